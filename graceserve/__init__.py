@@ -1,0 +1,43 @@
+"""graceserve: socketserver and http.server servers that stop gracefully.
+
+Why this package exists: the stdlib servers drop in-flight requests, reset
+queued connections, hang on idle keep-alive clients and leave stale pidfiles
+when asked to stop.  graceserve keeps their API and adds the drain.
+
+Modules, one concern each: ``drain`` (the registry and the wait for zero),
+``server`` (GracefulTCPServer), ``httpserver`` (GracefulHTTPServer),
+``signals``, ``pidfile``, ``config``, ``target``, ``runner`` (serve()),
+``cli``, ``demo`` (the built-in app), ``errors`` (exit codes).
+"""
+
+from ._version import __version__
+from .drain import DrainController, DrainReport
+from .errors import (
+    EXIT_CANNOT_START,
+    EXIT_CUT,
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_USAGE,
+    StartupError,
+    UsageError,
+)
+from .httpserver import DrainAwareRequestHandler, GracefulHTTPServer
+from .runner import serve
+from .server import GracefulTCPServer
+
+__all__ = [
+    "EXIT_CANNOT_START",
+    "EXIT_CUT",
+    "EXIT_INTERNAL",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "DrainAwareRequestHandler",
+    "DrainController",
+    "DrainReport",
+    "GracefulHTTPServer",
+    "GracefulTCPServer",
+    "StartupError",
+    "UsageError",
+    "__version__",
+    "serve",
+]

@@ -1,0 +1,240 @@
+"""GracefulHTTPServer: http.server.ThreadingHTTPServer with a keep-alive-aware drain.
+
+Why this module exists: an HTTP/1.1 client treats EOF on a keep-alive
+connection as an error unless the last response said ``Connection: close``.
+So a polite HTTP drain does not just wait; it ends every connection at a
+moment the client accepts:
+
+- a request in flight finishes, and its response carries ``Connection: close``;
+- a connection that answered less than ``drain_linger`` seconds ago is given
+  the chance to send one more request (it probably already has), which is
+  answered with ``Connection: close``;
+- a connection idle for longer, with nothing queued on it, gets a FIN;
+- a request that raced the cut, or a request head cut half-way, is never
+  dispatched (the race guard in ``handle_one_request``).
+
+The user's handler stays a plain ``BaseHTTPRequestHandler`` subclass: the
+server serves it through a subclass that puts ``DrainAwareRequestHandler``
+just above ``BaseHTTPRequestHandler`` in its MRO, so the user's overrides win
+and their ``super()`` calls reach ours.  The per-request path adds two
+uncontended lock round-trips and no system call: the handler blocks in
+``readline`` exactly like the stdlib, and idle timeouts are enforced from the
+outside by the reaper (``service_actions`` and ``service_drain``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import socket
+import threading
+import time
+from typing import Any
+
+from .server import Connection, GracefulTCPServer
+
+__all__ = ["DrainAwareRequestHandler", "GracefulHTTPServer"]
+
+_MAX_REQUEST_LINE = 65536
+
+
+class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
+    """The drain-aware request loop, slotted under a user's handler class.
+
+    Not meant to be subclassed directly (a user's plain handler gets it from
+    ``GracefulHTTPServer``), though doing so is harmless.  Runs in the
+    connection's own thread; shares ``Connection`` fields with the reaper
+    only under the registry lock.
+    """
+
+    server: GracefulHTTPServer
+    # The stdlib answers an unparsable request line HTTP/0.9-style, with no status line.
+    default_request_version = "HTTP/1.0"
+    _graceserve_said_connection = False
+    _graceserve_conn: Connection | None = None
+
+    def setup(self) -> None:
+        """Set up the streams and find this connection's registry record."""
+        super().setup()
+        self._graceserve_conn = self.server.registry.get(self.request)
+
+    def handle_one_request(self) -> None:
+        """Read, parse and dispatch one request; never dispatch one that raced a cut."""
+        self._graceserve_said_connection = False
+        if not self._enter(idle=True, reading=False):
+            self.close_connection = True
+            return
+        try:
+            self.raw_requestline = self.rfile.readline(_MAX_REQUEST_LINE + 1)
+        except (TimeoutError, ConnectionError):
+            self.raw_requestline = b""
+        if not self._enter(idle=False, reading=True) or not self.raw_requestline:
+            self.close_connection = True
+            return
+        if len(self.raw_requestline) > _MAX_REQUEST_LINE:
+            self.requestline = self.request_version = self.command = ""
+            self.send_error(414)
+            return
+        parsed = self.parse_request()
+        if not self._enter(idle=False, reading=False):
+            self.close_connection = True  # the head was cut half-way: don't act on it
+            return
+        if not parsed:
+            return
+        method = getattr(self, "do_" + self.command, None)
+        if method is None:
+            self.send_error(501, f"Unsupported method ({self.command!r})")
+            return
+        method()
+        self.wfile.flush()
+
+    def _enter(self, idle: bool, reading: bool) -> bool:
+        """Move this connection to a new state; False if the reaper has cut it."""
+        conn = self._graceserve_conn
+        if conn is None:
+            return True
+        registry = self.server.registry
+        with registry.condition:
+            conn.idle = idle
+            conn.reading = reading
+            conn.idle_since = time.monotonic()
+            return not registry.is_cut(self.request)
+
+    def send_header(self, keyword: str, value: str) -> None:
+        """Send a header; while draining, any Connection header says ``close``."""
+        if keyword.lower() == "connection":
+            self._graceserve_said_connection = True
+            if self.server.draining:
+                value = "close"
+        super().send_header(keyword, value)
+
+    def end_headers(self) -> None:
+        """End the header block, adding ``Connection: close`` while draining."""
+        if self.server.draining and not self._graceserve_said_connection:
+            self.send_header("Connection", "close")
+        super().end_headers()
+
+
+class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
+    """A ``ThreadingHTTPServer`` whose drain ends keep-alive connections cleanly.
+
+    Serves any ``BaseHTTPRequestHandler`` subclass unchanged (or a
+    ``functools.partial`` of one, as ``http.server`` does for ``--directory``).
+
+    Class variables (in addition to GracefulTCPServer's):
+
+    - idle_timeout = 60.0     close a keep-alive connection idle this long, or a
+                              request head still arriving after this long
+    - drain_linger = 0.2      at drain, a connection that answered less than this
+                              long ago may send one more request (answered with
+                              ``Connection: close``) before it is closed
+    - tcp_nodelay = True      no Nagle stall between header and body writes
+
+    Threading contract: as GracefulTCPServer.
+    """
+
+    idle_timeout: float | None = 60.0
+    drain_linger = 0.2
+    tcp_nodelay = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._handler_classes: dict[Any, Any] = {}
+        self._handler_classes_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Accept a connection, with ``TCP_NODELAY`` set."""
+        request, client_address = self.socket.accept()
+        if self.tcp_nodelay:
+            with contextlib.suppress(OSError):
+                request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return request, client_address
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Serve the connection with the drain-aware variant of the handler class."""
+        self.drain_aware(self.RequestHandlerClass)(request, client_address, self)
+
+    def drain_aware(self, handler_class: Any) -> Any:
+        """The handler class to use for ``handler_class``: a cached drain-aware subclass.
+
+        ``BaseHTTPRequestHandler`` subclasses get ``DrainAwareRequestHandler``
+        slotted in; a ``functools.partial`` of one is rebuilt around that
+        subclass; anything else is returned unchanged (and is then only cut at
+        the deadline).  Thread-safe.
+        """
+        with self._handler_classes_lock:
+            cached = self._handler_classes.get(handler_class)
+            if cached is None:
+                cached = _make_drain_aware(handler_class)
+                self._handler_classes[handler_class] = cached
+            return cached
+
+    def service_actions(self) -> None:
+        """Close connections idle past ``idle_timeout``.  Called by serve_forever."""
+        super().service_actions()
+        if self.idle_timeout is not None:
+            self._reap(time.monotonic(), self.idle_timeout, self.idle_timeout, forced=True)
+
+    def service_drain(self) -> float | None:
+        """Close idle connections whose linger has passed; ask to be called for the rest."""
+        super().service_drain()
+        return self._reap(time.monotonic(), self.drain_linger, self.idle_timeout, forced=False)
+
+    def _reap(
+        self, now: float, idle_after: float, reading_after: float | None, forced: bool
+    ) -> float | None:
+        """Cut idle connections quiet for ``idle_after`` seconds with nothing queued.
+
+        Also cuts request heads still arriving after ``reading_after`` seconds.
+        Returns when it wants to run again (while draining, at least every
+        ``idle_after`` seconds as long as connections are live), or None.
+        """
+        due: float | None = None
+        with self.registry.locked_items() as items:
+            if items and not forced:  # busy ones may go idle: look again after a linger
+                due = now + idle_after
+            for request, conn in items:
+                if conn.idle:
+                    ripe = conn.idle_since + idle_after
+                    if ripe > now:
+                        due = ripe if due is None else min(due, ripe)
+                    elif not _has_queued_bytes(request):
+                        self.cut_connection(request, forced=forced)
+                elif (
+                    conn.reading
+                    and reading_after is not None
+                    and now - conn.idle_since >= reading_after
+                ):
+                    self.cut_connection(request, forced=True)
+        return due
+
+
+def _has_queued_bytes(sock: socket.socket) -> bool:
+    """Whether the peer has sent bytes nobody has read yet.  Never blocks."""
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return False
+
+
+def _make_drain_aware(handler_class: Any) -> Any:
+    if isinstance(handler_class, functools.partial):
+        inner = _make_drain_aware(handler_class.func)
+        if inner is handler_class.func:
+            return handler_class
+        return functools.partial(inner, *handler_class.args, **handler_class.keywords)
+    if not (
+        isinstance(handler_class, type)
+        and issubclass(handler_class, http.server.BaseHTTPRequestHandler)
+    ):
+        return handler_class
+    if issubclass(handler_class, DrainAwareRequestHandler):
+        return handler_class
+    return type(
+        handler_class.__name__,
+        (handler_class, DrainAwareRequestHandler),
+        {"__module__": handler_class.__module__, "__qualname__": handler_class.__qualname__},
+    )

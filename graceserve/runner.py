@@ -1,0 +1,212 @@
+"""serve(): a server as a process, with signals, pidfile, drain and exit code.
+
+Why this module exists: the order of a graceful stop matters more than any one
+step, and it is easiest to get right when one thread owns it.  The main thread
+is the controller:
+
+1. install the signal handlers first, so that a signal during start-up is
+   recorded and PID 1 does not ignore TERM;
+2. take the pidfile, bind, run ``serve_forever`` in a thread, log readiness;
+3. sleep on a Condition until a signal arrives;
+4. on TERM/INT/HUP: the lame-duck delay if any, then the drain; the main
+   thread waits on the registry's Condition for zero, waking for a second
+   signal (cut now), the grace deadline (cut now) and the progress line;
+5. only then remove the pidfile, restore the signal handlers and return the
+   exit code.
+
+Nothing here is specific to the CLI: tests and embedders call ``serve()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import socketserver
+import threading
+import time
+from dataclasses import dataclass
+
+from .drain import DrainReport
+from .errors import EXIT_CUT, EXIT_OK, StartupError, exit_code_for_signal
+from .httpserver import GracefulHTTPServer
+from .pidfile import PidFile
+from .server import GracefulTCPServer, format_address
+from .signals import SignalRelay
+from .target import is_http_handler
+
+__all__ = ["serve"]
+
+log = logging.getLogger("graceserve")
+
+PROGRESS_INTERVAL = 1.0
+_FORCING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
+@dataclass
+class _Stop:
+    """How the stop went, for the exit code and the summary line."""
+
+    signum: int = 0
+    forced_by: int = 0  # the signal that forced a cut, 0 if none
+    deadline_passed: bool = False
+
+
+def serve(
+    handler_class: type[socketserver.BaseRequestHandler],
+    address: tuple[str, int] = ("127.0.0.1", 8000),
+    *,
+    grace: float = 8.0,
+    pidfile: str | None = None,
+    max_connections: int | None = 1024,
+    idle_timeout: float | None = 60.0,
+    drain_delay: float = 0.0,
+) -> int:
+    """Serve ``handler_class`` on ``address`` until a stop signal; return the exit code.
+
+    Raises StartupError (with a one-line message and ``exit_code``) if the
+    server cannot start; nothing is left behind then.  Call from the main
+    thread only: it installs signal handlers, and restores the previous ones
+    before it returns.
+    """
+    relay = SignalRelay()
+    relay.install()
+    try:
+        pid = PidFile(pidfile) if pidfile else None
+        if pid is not None:
+            pid.acquire()
+        try:
+            server = _make_server(handler_class, address, max_connections, idle_timeout)
+            return _run(server, relay, grace, drain_delay)
+        finally:
+            if pid is not None:
+                pid.release()
+    finally:
+        relay.restore()
+
+
+def _make_server(
+    handler_class: type[socketserver.BaseRequestHandler],
+    address: tuple[str, int],
+    max_connections: int | None,
+    idle_timeout: float | None,
+) -> GracefulTCPServer:
+    base: type[GracefulTCPServer] = (
+        GracefulHTTPServer if is_http_handler(handler_class) else GracefulTCPServer
+    )
+    host, port = address
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise StartupError(f"cannot resolve {host!r}: {exc.strerror}") from None
+    family, _type, _proto, _name, sockaddr = infos[0]
+    settings: dict[str, object] = {"address_family": family, "max_connections": max_connections}
+    if issubclass(base, GracefulHTTPServer):
+        settings["idle_timeout"] = idle_timeout
+    server_class: type[GracefulTCPServer] = type(base.__name__, (base,), settings)
+    try:
+        return server_class(sockaddr, handler_class)
+    except OSError as exc:
+        where = format_address(sockaddr)
+        raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+
+
+def _run(server: GracefulTCPServer, relay: SignalRelay, grace: float, drain_delay: float) -> int:
+    relay.add_listener(server.registry.condition)
+    accept_thread = threading.Thread(
+        target=server.serve_forever, name="graceserve-accept", daemon=True
+    )
+    accept_thread.start()
+    scheme = "http" if isinstance(server, GracefulHTTPServer) else "tcp"
+    log.info(
+        "listening on %s://%s (pid %d, grace %gs)",
+        scheme, format_address(server.server_address), os.getpid(), grace,
+    )  # fmt: skip
+    stop = _Stop()
+    try:
+        stop.signum = _wait_for_stop(relay)
+        if drain_delay > 0:
+            _lame_duck(server, relay, drain_delay, stop)
+        report = _drain(server, relay, grace, stop)
+    finally:
+        server.shutdown()
+        accept_thread.join(timeout=5.0)
+        server.server_close()
+    code = _exit_code(report, stop)
+    log.info(
+        "stopped: %d served during the drain, %d cut, %.3fs, exit code %d",
+        report.served_during_drain, report.forced, report.elapsed, code,
+    )  # fmt: skip
+    return code
+
+
+def _wait_for_stop(relay: SignalRelay) -> int:
+    """Sleep until TERM, INT, HUP or QUIT; return it."""
+    while True:
+        relay.wait()
+        for signum in relay.take():
+            return signum
+
+
+def _lame_duck(server: GracefulTCPServer, relay: SignalRelay, delay: float, stop: _Stop) -> None:
+    """Keep serving for ``delay`` seconds while health checks fail; a new signal ends it."""
+    if stop.signum == signal.SIGQUIT:
+        return
+    server.announce_stop()
+    log.info("%s: lame duck for %gs (still serving, /healthz fails)", _name(stop.signum), delay)
+    if relay.wait(delay):
+        signum = relay.take()[0]
+        if signum in _FORCING:
+            stop.forced_by = signum
+
+
+def _drain(server: GracefulTCPServer, relay: SignalRelay, grace: float, stop: _Stop) -> DrainReport:
+    server.start_drain()
+    deadline = time.monotonic() + grace
+    if stop.signum == signal.SIGQUIT:
+        stop.forced_by = signal.SIGQUIT
+    log.info(
+        "%s: draining %d connections (grace %gs); new connections are refused",
+        _name(stop.signum), server.active_connections, grace,
+    )  # fmt: skip
+    next_progress = time.monotonic() + PROGRESS_INTERVAL
+    while not stop.forced_by:
+        if server.wait_drained(min(deadline, next_progress), wake_up=relay.pending):
+            break
+        for signum in relay.take():
+            if signum in _FORCING:
+                stop.forced_by = signum
+                break
+            log.info("%s: already draining", _name(signum))
+        now = time.monotonic()
+        if not stop.forced_by and now >= deadline:
+            stop.deadline_passed = True
+            remaining = server.active_connections
+            log.warning("grace of %gs passed: cutting %d connections", grace, remaining)
+            break
+        if now >= next_progress:
+            log.info("draining: %d connections remaining", server.active_connections)
+            next_progress = now + PROGRESS_INTERVAL
+    if stop.forced_by and server.active_connections:
+        remaining = server.active_connections
+        log.warning("%s: cutting %d connections now", _name(stop.forced_by), remaining)
+    if stop.forced_by or stop.deadline_passed:
+        server.force_close()
+    return server.finish_drain()
+
+
+def _exit_code(report: DrainReport, stop: _Stop) -> int:
+    if stop.forced_by == signal.SIGQUIT:
+        cut = report.forced or report.remaining
+        return exit_code_for_signal(signal.SIGQUIT) if cut else EXIT_OK
+    if stop.forced_by:
+        return exit_code_for_signal(stop.forced_by)
+    return EXIT_OK if report.clean else EXIT_CUT
+
+
+def _name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"

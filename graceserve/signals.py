@@ -1,0 +1,148 @@
+"""Signals, recorded on arrival and handed to the controller thread.
+
+Why this module exists: a Python signal handler runs on the main thread at an
+arbitrary bytecode boundary, so it must not take locks, log, print or raise
+(all of which deadlocked or crashed here).  And the main thread, the
+controller, spends its life blocked on a Condition, which a signal cannot
+notify.  So the work is split:
+
+- Recording happens in C: with ``signal.set_wakeup_fd`` the interpreter's own
+  low-level handler writes the signal number to a socketpair before any Python
+  code runs.  Our Python-level handler has nothing left to do; it exists only
+  so that the disposition is not SIG_DFL (which, for PID 1, means "ignore").
+- A relay thread reads those numbers, queues them, and notifies the
+  Conditions the controller may be waiting on.  The append happens before the
+  notify, under the waiter's lock, so a waiter that checked ``pending`` and
+  went to sleep is always woken.
+
+SIGINT is installed even when inherited as ignored (background jobs of a
+shell); SIGHUP inherited as ignored (nohup) stays ignored.  SIGUSR1 is wired
+to ``faulthandler``, which dumps every thread's stack from C, and no Python
+code runs at all.  ``restore()`` puts back every previous handler.
+"""
+
+from __future__ import annotations
+
+import collections
+import faulthandler
+import signal
+import socket
+import sys
+import threading
+from types import FrameType
+from typing import Any
+
+__all__ = ["SignalRelay"]
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+
+
+def _recorded_in_c(signum: int, frame: FrameType | None) -> None:
+    """Nothing to do: the wake-up fd already carries ``signum`` to the relay."""
+
+
+class SignalRelay:
+    """Catches the stop signals and queues them for the controller.
+
+    ``install`` and ``restore`` must be called from the main thread;
+    ``pending``/``take`` and ``add_listener`` are thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self.condition = threading.Condition()
+        self._pending: collections.deque[int] = collections.deque()
+        self._listeners: list[threading.Condition] = [self.condition]
+        self._previous: dict[int, Any] = {}
+        self._previous_wakeup_fd = -1
+        self._reader: socket.socket | None = None
+        self._writer: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._faulthandler = False
+
+    def install(self) -> None:
+        """Install the handlers and start the relay.  Main thread only."""
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("signal handlers can only be installed from the main thread")
+        self._reader, self._writer = socket.socketpair()
+        self._reader.settimeout(None)
+        self._writer.setblocking(False)
+        self._thread = threading.Thread(target=self._relay, name="graceserve-signals", daemon=True)
+        self._thread.start()
+        self._previous_wakeup_fd = signal.set_wakeup_fd(
+            self._writer.fileno(), warn_on_full_buffer=False
+        )
+        for signum in STOP_SIGNALS:
+            previous = signal.getsignal(signum)
+            if signum == signal.SIGHUP and previous is signal.SIG_IGN:
+                continue  # nohup: the user asked for HUP to be ignored
+            self._previous[signum] = previous
+            signal.signal(signum, _recorded_in_c)
+        self._faulthandler = _dump_stacks_on(signal.SIGUSR1)
+
+    def restore(self) -> None:
+        """Put back the previous handlers and stop the relay.  Main thread only."""
+        if self._faulthandler:
+            faulthandler.unregister(signal.SIGUSR1)
+            self._faulthandler = False
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous.clear()
+        if self._writer is not None:
+            signal.set_wakeup_fd(self._previous_wakeup_fd)
+            self._writer.close()  # the relay's recv() returns b"": it ends
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        if self._reader is not None:
+            self._reader.close()
+        self._reader = self._writer = self._thread = None
+
+    def add_listener(self, condition: threading.Condition) -> None:
+        """Also notify ``condition`` whenever a signal arrives."""
+        with self.condition:
+            self._listeners.append(condition)
+
+    def pending(self) -> bool:
+        """Whether signals are waiting to be taken.  Lock-free; for ``wake_up`` predicates."""
+        return bool(self._pending)
+
+    def take(self) -> list[int]:
+        """Remove and return the signals received so far, oldest first."""
+        taken: list[int] = []
+        while self._pending:
+            taken.append(self._pending.popleft())
+        return taken
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until a signal is pending (or ``timeout``); True if one is."""
+        with self.condition:
+            return self.condition.wait_for(self.pending, timeout)
+
+    def _relay(self) -> None:
+        reader = self._reader
+        assert reader is not None
+        while True:
+            try:
+                data = reader.recv(64)
+            except OSError:
+                return
+            if not data:
+                return
+            self._pending.extend(data)
+            with self.condition:
+                listeners = list(self._listeners)
+            for condition in listeners:
+                with condition:
+                    condition.notify_all()
+
+
+def _dump_stacks_on(signum: int) -> bool:
+    """Register faulthandler's all-threads dump on ``signum``; False if stderr has no fd."""
+    for stream in (sys.stderr, sys.__stderr__):
+        try:
+            if stream is None:
+                continue
+            faulthandler.register(signum, file=stream, all_threads=True, chain=False)
+            return True
+        except (AttributeError, OSError, RuntimeError, ValueError):
+            continue
+    return False

