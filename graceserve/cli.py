@@ -16,7 +16,6 @@ from .config import parse_args
 from .demo import DemoHandler
 from .errors import EXIT_INTERNAL, StartupError
 from .runner import serve
-from .target import load_handler
 
 __all__ = ["main"]
 
@@ -32,9 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     _configure_logging(config.log_level)
     try:
-        handler = load_handler(config.target) if config.target else DemoHandler
         return serve(
-            handler,
+            config.target or DemoHandler,
             config.bind,
             grace=config.grace,
             pidfile=config.pidfile,

@@ -34,7 +34,7 @@ from .httpserver import GracefulHTTPServer
 from .pidfile import PidFile
 from .server import GracefulTCPServer, format_address
 from .signals import SignalRelay
-from .target import is_http_handler
+from .target import is_http_handler, load_handler
 
 __all__ = ["serve"]
 
@@ -54,7 +54,7 @@ class _Stop:
 
 
 def serve(
-    handler_class: type[socketserver.BaseRequestHandler],
+    handler: type[socketserver.BaseRequestHandler] | str,
     address: tuple[str, int] = ("127.0.0.1", 8000),
     *,
     grace: float = 8.0,
@@ -63,7 +63,11 @@ def serve(
     idle_timeout: float | None = 60.0,
     drain_delay: float = 0.0,
 ) -> int:
-    """Serve ``handler_class`` on ``address`` until a stop signal; return the exit code.
+    """Serve ``handler`` on ``address`` until a stop signal; return the exit code.
+
+    ``handler`` is a request handler class or a ``module:Handler`` target,
+    imported after the signal handlers are in place (a slow import is part of
+    start-up, and a TERM during it is honoured once serving has begun).
 
     Raises StartupError (with a one-line message and ``exit_code``) if the
     server cannot start; nothing is left behind then.  Call from the main
@@ -77,6 +81,7 @@ def serve(
         if pid is not None:
             pid.acquire()
         try:
+            handler_class = load_handler(handler) if isinstance(handler, str) else handler
             server = _make_server(handler_class, address, max_connections, idle_timeout)
             return _run(server, relay, grace, drain_delay)
         finally:
@@ -162,14 +167,14 @@ def _lame_duck(server: GracefulTCPServer, relay: SignalRelay, delay: float, stop
 
 
 def _drain(server: GracefulTCPServer, relay: SignalRelay, grace: float, stop: _Stop) -> DrainReport:
-    server.start_drain()
-    deadline = time.monotonic() + grace
-    if stop.signum == signal.SIGQUIT:
-        stop.forced_by = signal.SIGQUIT
     log.info(
         "%s: draining %d connections (grace %gs); new connections are refused",
         _name(stop.signum), server.active_connections, grace,
     )  # fmt: skip
+    server.start_drain()
+    deadline = time.monotonic() + grace
+    if stop.signum == signal.SIGQUIT:
+        stop.forced_by = signal.SIGQUIT
     next_progress = time.monotonic() + PROGRESS_INTERVAL
     while not stop.forced_by:
         if server.wait_drained(min(deadline, next_progress), wake_up=relay.pending):

@@ -398,7 +398,10 @@ class GracefulTCPServer(socketserver.ThreadingTCPServer):
         # 4. Tell the handlers.
         with contextlib.suppress(OSError):
             self._notice_w.send(b"\0")
-        log.debug("drain started: %d connections", self.active_connections)
+        log.debug(
+            "listener closed; %d connections, %d of them from the backlog",
+            self.active_connections, self._backlog_accepted,
+        )  # fmt: skip
         self.service_drain()
         return True
 

@@ -1,0 +1,1 @@
+"""Example handlers: run one with ``python -m graceserve examples.NAME:Handler``."""
