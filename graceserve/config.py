@@ -56,7 +56,7 @@ class Config:
     """Everything the runner needs to know, validated."""
 
     target: str | None
-    bind: tuple[str, int]
+    bind: tuple[str, int] | str
     grace: float
     pidfile: str | None
     max_connections: int
@@ -65,8 +65,13 @@ class Config:
     log_level: str
 
 
-def parse_bind(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[V6]:PORT`` into (host, port); UsageError if malformed."""
+def parse_bind(text: str) -> tuple[str, int] | str:
+    """``HOST:PORT`` or ``[V6]:PORT`` into (host, port), ``unix:PATH`` into PATH."""
+    if text.startswith("unix:"):
+        path = text[len("unix:") :]
+        if not path or "\0" in path:
+            raise UsageError(f"--bind {text!r}: unix: needs a socket path")
+        return os.path.abspath(path)
     match = _BIND.match(text.strip())
     if match is None:
         raise UsageError(f"--bind {text!r} is not HOST:PORT (or [IPV6]:PORT)")
@@ -105,7 +110,7 @@ def _level(text: str) -> str:
 # (flag, environment variable, converter, default, help)
 _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
     ("--bind", "GRACESERVE_BIND", parse_bind, DEFAULT_BIND,
-     "address to listen on: HOST:PORT or [IPV6]:PORT; port 0 picks a free one"),
+     "HOST:PORT, [IPV6]:PORT or unix:PATH to listen on; port 0 picks a free one"),
     ("--grace", "GRACESERVE_GRACE", _duration, DEFAULT_GRACE,
      "seconds in-flight connections get to finish before they are cut"),
     ("--pidfile", "GRACESERVE_PIDFILE", str, None,

@@ -28,6 +28,7 @@ import contextlib
 import functools
 import http.server
 import socket
+import socketserver
 import threading
 import time
 from typing import Any
@@ -143,9 +144,19 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
         self._handler_classes_lock = threading.Lock()
         super().__init__(*args, **kwargs)
 
+    def server_bind(self) -> None:
+        """Bind; on a Unix socket, without http.server's host:port bookkeeping."""
+        if self.address_family != socket.AF_UNIX:
+            super().server_bind()
+            return
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "localhost", 0
+
     def get_request(self) -> tuple[socket.socket, Any]:
         """Accept a connection, with ``TCP_NODELAY`` set."""
         request, client_address = self.socket.accept()
+        if self.address_family == socket.AF_UNIX:
+            return request, ("unix", 0)  # http.server logs client_address[0]
         if self.tcp_nodelay:
             with contextlib.suppress(OSError):
                 request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -22,19 +22,19 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import socketserver
 import threading
 import time
 from dataclasses import dataclass
 
 from .drain import DrainReport
-from .errors import EXIT_CUT, EXIT_OK, StartupError, exit_code_for_signal
+from .errors import EXIT_CUT, EXIT_OK, exit_code_for_signal
 from .httpserver import GracefulHTTPServer
+from .listener import Address, make_server, remove_unix_socket
 from .pidfile import PidFile
 from .server import GracefulTCPServer, format_address
 from .signals import SignalRelay
-from .target import is_http_handler, load_handler
+from .target import load_handler
 
 __all__ = ["serve"]
 
@@ -55,7 +55,7 @@ class _Stop:
 
 def serve(
     handler: type[socketserver.BaseRequestHandler] | str,
-    address: tuple[str, int] = ("127.0.0.1", 8000),
+    address: Address = ("127.0.0.1", 8000),
     *,
     grace: float = 8.0,
     pidfile: str | None = None,
@@ -82,39 +82,18 @@ def serve(
             pid.acquire()
         try:
             handler_class = load_handler(handler) if isinstance(handler, str) else handler
-            server = _make_server(handler_class, address, max_connections, idle_timeout)
-            return _run(server, relay, grace, drain_delay)
+            server = make_server(
+                handler_class, address, max_connections=max_connections, idle_timeout=idle_timeout
+            )
+            try:
+                return _run(server, relay, grace, drain_delay)
+            finally:
+                remove_unix_socket(server)
         finally:
             if pid is not None:
                 pid.release()
     finally:
         relay.restore()
-
-
-def _make_server(
-    handler_class: type[socketserver.BaseRequestHandler],
-    address: tuple[str, int],
-    max_connections: int | None,
-    idle_timeout: float | None,
-) -> GracefulTCPServer:
-    base: type[GracefulTCPServer] = (
-        GracefulHTTPServer if is_http_handler(handler_class) else GracefulTCPServer
-    )
-    host, port = address
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise StartupError(f"cannot resolve {host!r}: {exc.strerror}") from None
-    family, _type, _proto, _name, sockaddr = infos[0]
-    settings: dict[str, object] = {"address_family": family, "max_connections": max_connections}
-    if issubclass(base, GracefulHTTPServer):
-        settings["idle_timeout"] = idle_timeout
-    server_class: type[GracefulTCPServer] = type(base.__name__, (base,), settings)
-    try:
-        return server_class(sockaddr, handler_class)
-    except OSError as exc:
-        where = format_address(sockaddr)
-        raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from None
 
 
 def _run(server: GracefulTCPServer, relay: SignalRelay, grace: float, drain_delay: float) -> int:
@@ -124,10 +103,10 @@ def _run(server: GracefulTCPServer, relay: SignalRelay, grace: float, drain_dela
     )
     accept_thread.start()
     scheme = "http" if isinstance(server, GracefulHTTPServer) else "tcp"
-    log.info(
-        "listening on %s://%s (pid %d, grace %gs)",
-        scheme, format_address(server.server_address), os.getpid(), grace,
-    )  # fmt: skip
+    where = format_address(server.server_address)
+    if not where.startswith("unix:"):
+        where = f"{scheme}://{where}"
+    log.info("listening on %s (%s, pid %d, grace %gs)", where, scheme, os.getpid(), grace)
     stop = _Stop()
     try:
         stop.signum = _wait_for_stop(relay)

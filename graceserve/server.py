@@ -538,7 +538,9 @@ def _has_buffered_input(handler: socketserver.BaseRequestHandler, sock: socket.s
 
 
 def format_address(address: _Address) -> str:
-    """``host:port``, with brackets around an IPv6 host."""
+    """``host:port``, with brackets around an IPv6 host; ``unix:PATH`` for a path."""
+    if isinstance(address, (str, bytes)):
+        return "unix:" + (address.decode() if isinstance(address, bytes) else address)
     if isinstance(address, tuple) and len(address) >= 2:
         host, port = address[0], address[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
