@@ -42,6 +42,8 @@ def make_server(
     base: type[GracefulTCPServer] = (
         GracefulHTTPServer if is_http_handler(handler_class) else GracefulTCPServer
     )
+    family: int
+    sockaddr: Any
     if isinstance(address, str):
         _clear_stale_unix_socket(address)
         family, sockaddr = socket.AF_UNIX, address
