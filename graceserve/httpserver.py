@@ -103,16 +103,16 @@ class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
             return not registry.is_cut(self.request)
 
     def send_header(self, keyword: str, value: str) -> None:
-        """Send a header; while draining, any Connection header says ``close``."""
+        """Send a header; once the listener is closed, any Connection header says ``close``."""
         if keyword.lower() == "connection":
             self._graceserve_said_connection = True
-            if self.server.draining:
+            if self.server.listener_closed:
                 value = "close"
         super().send_header(keyword, value)
 
     def end_headers(self) -> None:
-        """End the header block, adding ``Connection: close`` while draining."""
-        if self.server.draining and not self._graceserve_said_connection:
+        """End the header block, adding ``Connection: close`` once the listener is closed."""
+        if self.server.listener_closed and not self._graceserve_said_connection:
             self.send_header("Connection", "close")
         super().end_headers()
 
@@ -142,6 +142,7 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._handler_classes: dict[Any, Any] = {}
         self._handler_classes_lock = threading.Lock()
+        self._next_reap = 0.0
         super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
@@ -182,10 +183,18 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
             return cached
 
     def service_actions(self) -> None:
-        """Close connections idle past ``idle_timeout``.  Called by serve_forever."""
+        """Close connections idle past ``idle_timeout``.  Called by serve_forever.
+
+        The registry is scanned once per quarter of the timeout (0.5 s at
+        most), not on every accept.
+        """
         super().service_actions()
-        if self.idle_timeout is not None:
-            self._reap(time.monotonic(), self.idle_timeout, self.idle_timeout, forced=True)
+        if self.idle_timeout is None:
+            return
+        now = time.monotonic()
+        if now >= self._next_reap:
+            self._next_reap = now + min(self.idle_timeout / 4, 0.5)
+            self._reap(now, self.idle_timeout, self.idle_timeout, forced=True)
 
     def service_drain(self) -> float | None:
         """Close idle connections whose linger has passed; ask to be called for the rest."""

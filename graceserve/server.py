@@ -122,6 +122,7 @@ class GracefulTCPServer(socketserver.ThreadingTCPServer):
             sock.setblocking(False)
         self._shutdown_request = False
         self._stopping = False
+        self._listener_closed = False
         self._serving_thread: int | None = None
         self._is_shut_down = threading.Event()
         self._is_shut_down.set()
@@ -151,6 +152,16 @@ class GracefulTCPServer(socketserver.ThreadingTCPServer):
         traffic.  Thread-safe.
         """
         return self._stopping or self._registry.draining
+
+    @property
+    def listener_closed(self) -> bool:
+        """True once the drain has closed the listener (new connects are refused).
+
+        The HTTP server starts answering ``Connection: close`` only from here:
+        a client told to reconnect earlier would land in a backlog about to
+        be closed.  Thread-safe.
+        """
+        return self._listener_closed
 
     def announce_stop(self) -> None:
         """Enter the lame-duck phase: keep serving, but ``stopping`` is True.  Thread-safe."""
@@ -395,6 +406,7 @@ class GracefulTCPServer(socketserver.ThreadingTCPServer):
         self._backlog_accepted = self._sweep_backlog()
         # 3. Close the listener: from now on new connects are refused.
         self.socket.close()
+        self._listener_closed = True
         # 4. Tell the handlers.
         with contextlib.suppress(OSError):
             self._notice_w.send(b"\0")
