@@ -31,7 +31,8 @@ _BIND = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.%\w]+)\]|(?P<host>[^:\[\]]+)):(?P<
 EPILOG = """\
 signals:
   TERM, INT   graceful drain; a second TERM or INT during the drain cuts at once
-  HUP         graceful drain (ignored if started under nohup)
+  HUP         graceful restart: a new process with the same arguments takes over
+              the listening socket; this one then drains (ignored under nohup)
   QUIT        immediate stop: cut every connection now
   USR1        dump every thread's stack to stderr, keep running
 
@@ -47,7 +48,8 @@ exit codes:
 Every option can also be set with an environment variable, shown in brackets;
 the flag wins.  TARGET is module:Handler, imported with the working directory
 on sys.path; without it the built-in demo app is served (/, /slow?seconds=N,
-/healthz).
+/healthz).  Under systemd, NOTIFY_SOCKET (Type=notify) and socket activation
+(LISTEN_FDS) are honoured.
 """
 
 

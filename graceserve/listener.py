@@ -32,16 +32,21 @@ Address = tuple[str, int] | str
 def make_server(
     handler_class: type[socketserver.BaseRequestHandler],
     address: Address,
+    inherited: socket.socket | None = None,
     **settings: Any,
 ) -> GracefulTCPServer:
     """A bound, listening server for ``handler_class``; StartupError if impossible.
 
-    ``settings`` become class attributes of the server (``max_connections``,
-    ``idle_timeout``, ...); those a server class does not know are dropped.
+    With ``inherited`` (socket activation, or a graceful restart), serve on
+    that listening socket and ignore ``address``.  ``settings`` become class
+    attributes of the server (``max_connections``, ``idle_timeout``, ...);
+    those a server class does not know are dropped.
     """
     base: type[GracefulTCPServer] = (
         GracefulHTTPServer if is_http_handler(handler_class) else GracefulTCPServer
     )
+    if inherited is not None:
+        return _adopt(base, handler_class, inherited, settings)
     family: int
     sockaddr: Any
     if isinstance(address, str):
@@ -49,10 +54,7 @@ def make_server(
         family, sockaddr = socket.AF_UNIX, address
     else:
         family, sockaddr = _resolve(address)
-    known = {key: value for key, value in settings.items() if hasattr(base, key)}
-    server_class: type[GracefulTCPServer] = type(
-        base.__name__, (base,), {"address_family": family, **known}
-    )
+    server_class = _configured(base, family, settings)
     old_umask = os.umask(0o177) if family == socket.AF_UNIX else None
     try:
         return server_class(sockaddr, handler_class)
@@ -62,6 +64,37 @@ def make_server(
     finally:
         if old_umask is not None:
             os.umask(old_umask)
+
+
+def _adopt(
+    base: type[GracefulTCPServer],
+    handler_class: type[socketserver.BaseRequestHandler],
+    listener: socket.socket,
+    settings: dict[str, Any],
+) -> GracefulTCPServer:
+    """A server around an already bound socket (it is put in listening state)."""
+    server_class = _configured(base, listener.family, settings)
+    try:
+        server = server_class(listener.getsockname(), handler_class, bind_and_activate=False)
+        server.socket.close()
+        server.socket = listener
+        server.server_address = listener.getsockname()
+        if isinstance(server, GracefulHTTPServer):
+            server.server_name, server.server_port = "localhost", 0
+            if isinstance(server.server_address, tuple):
+                server.server_port = server.server_address[1]
+        listener.listen(server.request_queue_size)
+    except OSError as exc:
+        raise StartupError(f"cannot serve on the inherited socket: {exc.strerror or exc}") from None
+    return server
+
+
+def _configured(
+    base: type[GracefulTCPServer], family: int, settings: dict[str, Any]
+) -> type[GracefulTCPServer]:
+    """A subclass of ``base`` with ``settings`` (those it knows) as class attributes."""
+    known = {key: value for key, value in settings.items() if hasattr(base, key)}
+    return type(base.__name__, (base,), {"address_family": family, **known})
 
 
 def remove_unix_socket(server: GracefulTCPServer) -> None:

@@ -14,6 +14,7 @@ the path still names our inode and still holds our pid.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -59,6 +60,35 @@ class PidFile:
             self._claim(pid if pid is not None else os.getpid())
             return
         raise StartupError(f"pidfile {self.path} keeps being replaced; giving up")
+
+    @property
+    def fileno(self) -> int | None:
+        """The locked descriptor (a restart passes it to the successor), or None."""
+        return self._fd
+
+    def adopt(self, fd: int) -> None:
+        """Take over the pidfile from the process we are replacing.
+
+        ``fd`` was inherited from it: the same open file, so the same lock.
+        Checks that it is still the file at our path, then writes our pid.
+        """
+        try:
+            same = self._still_at_path(fd)
+        except OSError:
+            same = False
+        if not same:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise StartupError(f"inherited pidfile descriptor {fd} is not {self.path}")
+        os.set_inheritable(fd, False)
+        self._fd = fd
+        self._claim(os.getpid(), taking_over=True)
+
+    def hand_over(self) -> None:
+        """Let go of the file without removing it: our successor holds it now."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
     def release(self) -> None:
         """Remove the file if it is still ours, then drop the lock.  Idempotent."""
@@ -118,10 +148,10 @@ class PidFile:
         ours = os.fstat(fd)
         return (there.st_dev, there.st_ino) == (ours.st_dev, ours.st_ino)
 
-    def _claim(self, pid: int) -> None:
+    def _claim(self, pid: int, taking_over: bool = False) -> None:
         assert self._fd is not None
         stale = _read(self._fd)
-        if stale and stale != pid:
+        if stale and stale != pid and not taking_over:
             log.warning("reclaiming stale pidfile %s left by pid %d", self.path, stale)
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, f"{pid}\n".encode(), 0)

@@ -1,4 +1,4 @@
-"""serve(): a server as a process, with signals, pidfile, drain and exit code.
+"""serve(): a server as a process, with signals, pidfile, drain, restart and exit code.
 
 Why this module exists: the order of a graceful stop matters more than any one
 step, and it is easiest to get right when one thread owns it.  The main thread
@@ -6,12 +6,16 @@ is the controller:
 
 1. install the signal handlers first, so that a signal during start-up is
    recorded and PID 1 does not ignore TERM;
-2. take the pidfile, bind, run ``serve_forever`` in a thread, log readiness;
+2. import the target, take the pidfile, bind (or adopt an inherited
+   listener), run ``serve_forever`` in a thread, report readiness;
 3. sleep on a Condition until a signal arrives;
-4. on TERM/INT/HUP: the lame-duck delay if any, then the drain; the main
-   thread waits on the registry's Condition for zero, waking for a second
-   signal (cut now), the grace deadline (cut now) and the progress line;
-5. only then remove the pidfile, restore the signal handlers and return the
+4. on HUP: start a successor with our argv, hand it the listener and the
+   pidfile once it is ready, then drain; if it fails, keep serving;
+5. on TERM/INT (or a HUP that restarted us): the lame-duck delay if any, then
+   the drain: the main thread waits on the registry's Condition for zero,
+   waking for a second signal (cut now), the grace deadline (cut now) and the
+   progress line;
+6. only then remove the pidfile, restore the signal handlers and return the
    exit code.
 
 Nothing here is specific to the CLI: tests and embedders call ``serve()``.
@@ -32,8 +36,10 @@ from .errors import EXIT_CUT, EXIT_OK, exit_code_for_signal
 from .httpserver import GracefulHTTPServer
 from .listener import Address, make_server, remove_unix_socket
 from .pidfile import PidFile
+from .restart import PIDFILE_FD_VARIABLE, RESTART_SOCKET_VARIABLE, Successor
 from .server import GracefulTCPServer, format_address
 from .signals import SignalRelay
+from .systemd import Notifier, inherited_listener
 from .target import load_handler
 
 __all__ = ["serve"]
@@ -41,16 +47,8 @@ __all__ = ["serve"]
 log = logging.getLogger("graceserve")
 
 PROGRESS_INTERVAL = 1.0
+RESTART_TIMEOUT = 30.0
 _FORCING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
-
-
-@dataclass
-class _Stop:
-    """How the stop went, for the exit code and the summary line."""
-
-    signum: int = 0
-    forced_by: int = 0  # the signal that forced a cut, 0 if none
-    deadline_passed: bool = False
 
 
 def serve(
@@ -67,7 +65,9 @@ def serve(
 
     ``handler`` is a request handler class or a ``module:Handler`` target,
     imported after the signal handlers are in place (a slow import is part of
-    start-up, and a TERM during it is honoured once serving has begun).
+    start-up, and a TERM during it is honoured once serving has begun).  A
+    socket passed by systemd socket activation (or by our own graceful
+    restart) is served instead of binding ``address``.
 
     Raises StartupError (with a one-line message and ``exit_code``) if the
     server cannot start; nothing is left behind then.  Call from the main
@@ -76,120 +76,211 @@ def serve(
     """
     relay = SignalRelay()
     relay.install()
+    notifier = Notifier.from_environment()
+    predecessor = Notifier(os.environ.pop(RESTART_SOCKET_VARIABLE, None))
+    inherited_pidfile = os.environ.pop(PIDFILE_FD_VARIABLE, "")
     try:
+        handler_class = load_handler(handler) if isinstance(handler, str) else handler
         pid = PidFile(pidfile) if pidfile else None
-        if pid is not None:
+        if pid is not None and inherited_pidfile.isdigit():
+            pid.adopt(int(inherited_pidfile))
+        elif pid is not None:
             pid.acquire()
         try:
-            handler_class = load_handler(handler) if isinstance(handler, str) else handler
             server = make_server(
-                handler_class, address, max_connections=max_connections, idle_timeout=idle_timeout
+                handler_class,
+                address,
+                inherited_listener(),
+                max_connections=max_connections,
+                idle_timeout=idle_timeout,
             )
             try:
-                return _run(server, relay, grace, drain_delay)
+                controller = _Controller(server, relay, notifier, predecessor, pid)
+                return controller.run(grace, drain_delay)
             finally:
                 remove_unix_socket(server)
         finally:
             if pid is not None:
                 pid.release()
     finally:
+        notifier.close()
+        predecessor.close()
         relay.restore()
 
 
-def _run(server: GracefulTCPServer, relay: SignalRelay, grace: float, drain_delay: float) -> int:
-    relay.add_listener(server.registry.condition)
-    accept_thread = threading.Thread(
-        target=server.serve_forever, name="graceserve-accept", daemon=True
-    )
-    accept_thread.start()
-    scheme = "http" if isinstance(server, GracefulHTTPServer) else "tcp"
-    where = format_address(server.server_address)
-    if not where.startswith("unix:"):
-        where = f"{scheme}://{where}"
-    log.info("listening on %s (%s, pid %d, grace %gs)", where, scheme, os.getpid(), grace)
-    stop = _Stop()
-    try:
-        stop.signum = _wait_for_stop(relay)
-        if drain_delay > 0:
-            _lame_duck(server, relay, drain_delay, stop)
-        report = _drain(server, relay, grace, stop)
-    finally:
-        server.shutdown()
-        accept_thread.join(timeout=5.0)
-        server.server_close()
-    code = _exit_code(report, stop)
-    log.info(
-        "stopped: %d served during the drain, %d cut, %.3fs, exit code %d",
-        report.served_during_drain, report.forced, report.elapsed, code,
-    )  # fmt: skip
-    return code
+@dataclass
+class _Stop:
+    """How the stop went, for the exit code and the summary line."""
+
+    signum: int = 0
+    forced_by: int = 0  # the signal that forced a cut, 0 if none
+    deadline_passed: bool = False
+    handed_over: bool = False  # a successor serves now; it speaks to systemd
 
 
-def _wait_for_stop(relay: SignalRelay) -> int:
-    """Sleep until TERM, INT, HUP or QUIT; return it."""
-    while True:
-        relay.wait()
-        for signum in relay.take():
-            return signum
+class _Controller:
+    """The main thread's view of one run.  Main thread only."""
 
+    def __init__(
+        self,
+        server: GracefulTCPServer,
+        relay: SignalRelay,
+        notifier: Notifier,
+        predecessor: Notifier,
+        pidfile: PidFile | None,
+    ) -> None:
+        self.server = server
+        self.relay = relay
+        self.notifier = notifier
+        self.predecessor = predecessor
+        self.pidfile = pidfile
+        self.stop = _Stop()
+        relay.add_listener(server.registry.condition)
 
-def _lame_duck(server: GracefulTCPServer, relay: SignalRelay, delay: float, stop: _Stop) -> None:
-    """Keep serving for ``delay`` seconds while health checks fail; a new signal ends it."""
-    if stop.signum == signal.SIGQUIT:
-        return
-    server.announce_stop()
-    log.info("%s: lame duck for %gs (still serving, /healthz fails)", _name(stop.signum), delay)
-    if relay.wait(delay):
-        signum = relay.take()[0]
-        if signum in _FORCING:
-            stop.forced_by = signum
+    def run(self, grace: float, drain_delay: float) -> int:
+        server = self.server
+        accept_thread = threading.Thread(
+            target=server.serve_forever, name="graceserve-accept", daemon=True
+        )
+        accept_thread.start()
+        try:
+            self._report_ready(grace)
+            self._serve_until_stop()
+            if drain_delay > 0:
+                self._lame_duck(drain_delay)
+            report = self._drain(grace)
+        finally:
+            server.shutdown()
+            accept_thread.join(timeout=5.0)
+            server.server_close()
+        code = self._exit_code(report)
+        log.info(
+            "stopped: %d served during the drain, %d cut, %.3fs, exit code %d",
+            report.served_during_drain, report.forced, report.elapsed, code,
+        )  # fmt: skip
+        return code
 
+    def _report_ready(self, grace: float) -> None:
+        server = self.server
+        scheme = "http" if isinstance(server, GracefulHTTPServer) else "tcp"
+        where = format_address(server.server_address)
+        if not where.startswith("unix:"):
+            where = f"{scheme}://{where}"
+        log.info("listening on %s (%s, pid %d, grace %gs)", where, scheme, os.getpid(), grace)
+        if self.predecessor.enabled:
+            self.predecessor.send("READY=1")  # it tells systemd, and hands over
+        else:
+            self.notifier.send("READY=1", f"STATUS=listening on {where}")
 
-def _drain(server: GracefulTCPServer, relay: SignalRelay, grace: float, stop: _Stop) -> DrainReport:
-    log.info(
-        "%s: draining %d connections (grace %gs); new connections are refused",
-        _name(stop.signum), server.active_connections, grace,
-    )  # fmt: skip
-    server.start_drain()
-    deadline = time.monotonic() + grace
-    if stop.signum == signal.SIGQUIT:
-        stop.forced_by = signal.SIGQUIT
-    next_progress = time.monotonic() + PROGRESS_INTERVAL
-    while not stop.forced_by:
-        if server.wait_drained(min(deadline, next_progress), wake_up=relay.pending):
-            break
-        for signum in relay.take():
+    def _serve_until_stop(self) -> None:
+        """Sleep until a stop signal; a HUP that fails to restart us keeps us serving."""
+        while True:
+            self.relay.wait()
+            for signum in self.relay.take():
+                self.stop.signum = signum
+                if signum != signal.SIGHUP or self._restart():
+                    return
+
+    def _restart(self) -> bool:
+        """Start a successor and hand over to it; False (still serving) if it fails."""
+        self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        pidfile_fd = self.pidfile.fileno if self.pidfile is not None else None
+        successor = Successor(self.server.fileno(), pidfile_fd, self.notifier.address)
+        try:
+            pid = successor.start()
+        except OSError as exc:
+            successor.close()
+            log.error("HUP: restart failed: cannot start a new process: %s; still serving", exc)
+            self.notifier.send("READY=1", "STATUS=restart failed")
+            return False
+        log.info("HUP: restarting: started pid %d, waiting until it is ready", pid)
+        why = successor.wait_ready(time.monotonic() + RESTART_TIMEOUT, self.relay.pending)
+        if why is not None:
+            successor.abandon()
+            log.error("HUP: restart failed: %s; still serving", why)
+            self.notifier.send("READY=1", "STATUS=restart failed; old process still serving")
+            return False
+        successor.close()
+        if self.pidfile is not None:
+            self.pidfile.hand_over()
+        self.notifier.send(f"MAINPID={pid}", "READY=1", f"STATUS=restarted as pid {pid}")
+        self.stop.handed_over = True
+        log.info("HUP: pid %d is serving; draining this process", pid)
+        return True
+
+    def _lame_duck(self, delay: float) -> None:
+        """Keep serving for ``delay`` seconds while health checks fail; a new signal ends it."""
+        if self.stop.signum == signal.SIGQUIT or self.stop.handed_over:
+            return
+        self.server.announce_stop()
+        self._notify("STOPPING=1", "STATUS=lame duck: health checks fail, still serving")
+        log.info("%s: lame duck for %gs (still serving, /healthz fails)", _name(self), delay)
+        if self.relay.wait(delay):
+            signum = self.relay.take()[0]
             if signum in _FORCING:
-                stop.forced_by = signum
+                self.stop.forced_by = signum
+
+    def _drain(self, grace: float) -> DrainReport:
+        server, stop = self.server, self.stop
+        log.info(
+            "%s: draining %d connections (grace %gs); new connections are refused",
+            _name(self), server.active_connections, grace,
+        )  # fmt: skip
+        self._notify("STOPPING=1", f"STATUS=draining {server.active_connections} connections")
+        server.start_drain()
+        deadline = time.monotonic() + grace
+        if stop.signum == signal.SIGQUIT:
+            stop.forced_by = signal.SIGQUIT
+        next_progress = time.monotonic() + PROGRESS_INTERVAL
+        last_count = server.active_connections
+        while not stop.forced_by:
+            if server.wait_drained(min(deadline, next_progress), wake_up=self.relay.pending):
                 break
-            log.info("%s: already draining", _name(signum))
-        now = time.monotonic()
-        if not stop.forced_by and now >= deadline:
-            stop.deadline_passed = True
+            self._take_signals_while_draining()
+            now = time.monotonic()
+            if not stop.forced_by and now >= deadline:
+                stop.deadline_passed = True
+                remaining = server.active_connections
+                log.warning("grace of %gs passed: cutting %d connections", grace, remaining)
+                break
+            if now >= next_progress:
+                count = server.active_connections
+                log.info("draining: %d connections remaining", count)
+                self._notify(f"STATUS=draining: {count} connections remaining")
+                if count < last_count:  # progress: ask systemd for the time the grace allows
+                    self._notify(f"EXTEND_TIMEOUT_USEC={int((deadline - now + 1) * 1e6)}")
+                last_count = count
+                next_progress = now + PROGRESS_INTERVAL
+        if stop.forced_by and server.active_connections:
             remaining = server.active_connections
-            log.warning("grace of %gs passed: cutting %d connections", grace, remaining)
-            break
-        if now >= next_progress:
-            log.info("draining: %d connections remaining", server.active_connections)
-            next_progress = now + PROGRESS_INTERVAL
-    if stop.forced_by and server.active_connections:
-        remaining = server.active_connections
-        log.warning("%s: cutting %d connections now", _name(stop.forced_by), remaining)
-    if stop.forced_by or stop.deadline_passed:
-        server.force_close()
-    return server.finish_drain()
+            log.warning("%s: cutting %d connections now", _name(self, forced=True), remaining)
+        if stop.forced_by or stop.deadline_passed:
+            server.force_close()
+        return server.finish_drain()
+
+    def _take_signals_while_draining(self) -> None:
+        for signum in self.relay.take():
+            if signum in _FORCING:
+                self.stop.forced_by = signum
+                return
+            log.info("%s: already draining", signal.Signals(signum).name)
+
+    def _notify(self, *fields: str) -> None:
+        if not self.stop.handed_over:
+            self.notifier.send(*fields)
+
+    def _exit_code(self, report: DrainReport) -> int:
+        forced_by = self.stop.forced_by
+        if forced_by == signal.SIGQUIT:
+            cut = report.forced or report.remaining
+            return exit_code_for_signal(signal.SIGQUIT) if cut else EXIT_OK
+        if forced_by:
+            return exit_code_for_signal(forced_by)
+        return EXIT_OK if report.clean else EXIT_CUT
 
 
-def _exit_code(report: DrainReport, stop: _Stop) -> int:
-    if stop.forced_by == signal.SIGQUIT:
-        cut = report.forced or report.remaining
-        return exit_code_for_signal(signal.SIGQUIT) if cut else EXIT_OK
-    if stop.forced_by:
-        return exit_code_for_signal(stop.forced_by)
-    return EXIT_OK if report.clean else EXIT_CUT
-
-
-def _name(signum: int) -> str:
+def _name(controller: _Controller, forced: bool = False) -> str:
+    signum = controller.stop.forced_by if forced else controller.stop.signum
     try:
         return signal.Signals(signum).name
     except ValueError:
