@@ -77,9 +77,20 @@ class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
             self.requestline = self.request_version = self.command = ""
             self.send_error(414)
             return
-        parsed = self.parse_request()
-        if not self._enter(idle=False, reading=False):
-            self.close_connection = True  # the head was cut half-way: don't act on it
+        if not self.raw_requestline.endswith(b"\n"):
+            self.close_connection = True  # EOF in the request line: incomplete, ignore
+            return
+        rfile = self.rfile
+        head = _HeadReader(rfile)
+        self.rfile = head  # type: ignore[assignment]  # duck-typed for parse_headers
+        try:
+            parsed = self.parse_request()
+        finally:
+            self.rfile = rfile
+        if not self._enter(idle=False, reading=False) or head.truncated:
+            # The head was cut half-way (by us, or by EOF before its blank
+            # line, which http.client takes as the end): don't act on it.
+            self.close_connection = True
             return
         if not parsed:
             return
@@ -115,6 +126,29 @@ class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
         if self.server.listener_closed and not self._graceserve_said_connection:
             self.send_header("Connection", "close")
         super().end_headers()
+
+
+class _HeadReader:
+    """Wraps ``rfile`` while the header block is parsed, noting an EOF inside it.
+
+    ``http.client.parse_headers`` treats EOF like the blank line that ends a
+    head, so a request cut short would be dispatched as if complete.
+    """
+
+    __slots__ = ("_rfile", "truncated")
+
+    def __init__(self, rfile: Any) -> None:
+        self._rfile = rfile
+        self.truncated = False
+
+    def readline(self, limit: int = -1) -> bytes:
+        line: bytes = self._rfile.readline(limit)
+        if not line.endswith(b"\n") and (limit < 0 or len(line) < limit):
+            self.truncated = True
+        return line
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._rfile, name)
 
 
 class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
