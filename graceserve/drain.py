@@ -83,9 +83,9 @@ class DrainController(Generic[K, V]):
     def discard(self, key: K) -> V | None:
         """Forget a connection; idempotent.  Wakes the waiters when it was the last."""
         with self.condition:
-            value = self._live.pop(key, None)
-            if value is None:
+            if key not in self._live:
                 return None
+            value = self._live.pop(key)
             if key in self._cut:
                 self._cut.discard(key)
             elif self._started_at is not None:

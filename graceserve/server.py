@@ -30,6 +30,7 @@ import select
 import selectors
 import socket
 import socketserver
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -187,11 +188,14 @@ class GracefulTCPServer(socketserver.ThreadingTCPServer):
         sock: socket.socket = handler.request
         if _has_buffered_input(handler, sock):
             return True
-        if timeout is None:
-            timeout = self.idle_timeout
         poller = select.poll()
         poller.register(sock, select.POLLIN)
-        poller.register(self._notice_r, select.POLLIN)
+        if self.draining:  # only what is already there counts
+            timeout = 0.0
+        else:
+            poller.register(self._notice_r, select.POLLIN)
+            if timeout is None:
+                timeout = self.idle_timeout
         ready = poller.poll(None if timeout is None else max(0, int(timeout * 1000)))
         return any(fd == sock.fileno() for fd, _ in ready)
 
@@ -252,7 +256,8 @@ class GracefulTCPServer(socketserver.ThreadingTCPServer):
     def _accept_paused(self) -> bool:
         """Whether the accept loop should leave new clients in the kernel backlog."""
         cap = self.max_connections
-        self._accept_capped = cap is not None and self._registry.count >= cap
+        with self._registry.condition:  # a handler ending now sees the flag, or we see it end
+            self._accept_capped = cap is not None and self._registry.count >= cap
         return self._accept_capped or time.monotonic() < self._accept_paused_until
 
     def _wake(self) -> None:
@@ -336,9 +341,11 @@ class GracefulTCPServer(socketserver.ThreadingTCPServer):
             finally:
                 self._safe_shutdown_request(request)
         finally:
-            self._registry.discard(request)
             _handler_thread.server = None
-            if self._accept_capped:  # a slot is free: let the accept loop resume
+            with self._registry.condition:
+                self._registry.discard(request)
+                capped = self._accept_capped
+            if capped:  # a slot is free: let the accept loop resume
                 self._wake()
 
     def shutdown_request(self, request: Any) -> None:
@@ -348,7 +355,9 @@ class GracefulTCPServer(socketserver.ThreadingTCPServer):
 
     def handle_error(self, request: Any, client_address: _Address) -> None:
         """Log the exception being handled, with its traceback.  May be overridden."""
-        log.error("exception while serving %s", format_address(client_address))
+        log.error(
+            "exception while serving %s", format_address(client_address), exc_info=sys.exc_info()
+        )
 
     def _report_error(self, request: Any, client_address: _Address) -> None:
         try:
