@@ -94,6 +94,11 @@ class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
             return
         if not parsed:
             return
+        if self.request_version == "HTTP/0.9" or len(self.requestline.split()) < 3:
+            self.request_version = "HTTP/1.0"  # answer with a status line, and close
+            self.close_connection = True
+            self.send_error(505, "HTTP/0.9 is not supported")
+            return
         method = getattr(self, "do_" + self.command, None)
         if method is None:
             self.send_error(501, f"Unsupported method ({self.command!r})")
