@@ -45,6 +45,7 @@ log = logging.getLogger("graceserve")
 _Address = Any  # socketserver's own address type: a tuple for TCP
 _handler_thread = threading.local()
 _conn_ids = itertools.count(1)
+_CLIENT_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 _ACCEPT_LIMIT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
@@ -335,6 +336,8 @@ class GracefulTCPServer(socketserver.ThreadingTCPServer):
         try:
             try:
                 self.finish_request(request, client_address)
+            except _CLIENT_GONE as exc:  # the client left: its business, not a bug
+                log.debug("%s went away: %s", format_address(client_address), exc)
             except Exception as exc:
                 if not (isinstance(exc, OSError) and self._was_cut(request)):
                     self._report_error(request, client_address)
