@@ -8,6 +8,7 @@ processes we started are signalled (by pid or process group).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -133,13 +134,10 @@ class ServerProcess:
         return code
 
     def stop(self) -> None:
-        """Kill the process group if still alive and release everything."""
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(10)
+        """Kill the process group (a restart's successor is in it too); release everything."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
         self._reader.join(timeout=5.0)
         if self.proc.stderr is not None:
             self.proc.stderr.close()
