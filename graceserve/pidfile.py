@@ -70,7 +70,8 @@ class PidFile:
         """Take over the pidfile from the process we are replacing.
 
         ``fd`` was inherited from it: the same open file, so the same lock.
-        Checks that it is still the file at our path, then writes our pid.
+        Checks that it is still the file at our path.  The file keeps naming
+        the old process until that one sees us ready and calls ``hand_over``.
         """
         try:
             same = self._still_at_path(fd)
@@ -82,13 +83,15 @@ class PidFile:
             raise StartupError(f"inherited pidfile descriptor {fd} is not {self.path}")
         os.set_inheritable(fd, False)
         self._fd = fd
-        self._claim(os.getpid(), taking_over=True)
+        self._pid = os.getpid()
 
-    def hand_over(self) -> None:
-        """Let go of the file without removing it: our successor holds it now."""
+    def hand_over(self, pid: int) -> None:
+        """Write our successor's ``pid`` and let go of the file: it holds the lock now."""
+        if self._fd is None:
+            return
+        self._claim(pid, taking_over=True)
         fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
+        os.close(fd)
 
     def release(self) -> None:
         """Remove the file if it is still ours, then drop the lock.  Idempotent."""

@@ -87,18 +87,22 @@ def serve(
         elif pid is not None:
             pid.acquire()
         try:
+            inherited = inherited_listener()
             server = make_server(
                 handler_class,
                 address,
-                inherited_listener(),
+                inherited,
                 max_connections=max_connections,
                 idle_timeout=idle_timeout,
             )
+            controller = _Controller(server, relay, notifier, predecessor, pid)
             try:
-                controller = _Controller(server, relay, notifier, predecessor, pid)
                 return controller.run(grace, drain_delay)
             finally:
-                remove_unix_socket(server)
+                # A socket file systemd bound, or one we handed on, is not ours to remove.
+                ours = inherited is None or predecessor.enabled
+                if ours and not controller.stop.handed_over:
+                    remove_unix_socket(server)
         finally:
             if pid is not None:
                 pid.release()
@@ -202,7 +206,7 @@ class _Controller:
             return False
         successor.close()
         if self.pidfile is not None:
-            self.pidfile.hand_over()
+            self.pidfile.hand_over(pid)
         self.notifier.send(f"MAINPID={pid}", "READY=1", f"STATUS=restarted as pid {pid}")
         self.stop.handed_over = True
         log.info("HUP: pid %d is serving; draining this process", pid)

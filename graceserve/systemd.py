@@ -60,7 +60,7 @@ class Notifier:
         self._sock: socket.socket | None = None
         if self._target is not None:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            self._sock.set_inheritable(False)
+            self._sock.setblocking(False)  # a supervisor that stops reading must not stop us
 
     @classmethod
     def from_environment(cls, environ: MutableMapping[str, str] = os.environ) -> Notifier:
