@@ -16,25 +16,32 @@ notify.  So the work is split:
   went to sleep is always woken.
 
 SIGINT is installed even when inherited as ignored (background jobs of a
-shell); SIGHUP inherited as ignored (nohup) stays ignored.  SIGUSR1 is wired
-to ``faulthandler``, which dumps every thread's stack from C, and no Python
-code runs at all.  ``restore()`` puts back every previous handler.
+shell); SIGHUP inherited as ignored (nohup) stays ignored.  SIGUSR1 is not
+queued: the relay thread itself dumps every thread's stack through logging.
+(``faulthandler.register(all_threads=True)`` does it from C, without the
+GIL, and crashed the process with SIGSEGV under load here; it also leaves
+USR1 deadly when stderr has no file descriptor.)  ``restore()`` puts back
+every previous handler.
 """
 
 from __future__ import annotations
 
 import collections
-import faulthandler
+import logging
 import signal
 import socket
 import sys
 import threading
+import traceback
 from types import FrameType
 from typing import Any
 
 __all__ = ["SignalRelay"]
 
+log = logging.getLogger("graceserve")
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+DUMP_SIGNAL = signal.SIGUSR1
 
 
 def _recorded_in_c(signum: int, frame: FrameType | None) -> None:
@@ -57,7 +64,6 @@ class SignalRelay:
         self._reader: socket.socket | None = None
         self._writer: socket.socket | None = None
         self._thread: threading.Thread | None = None
-        self._faulthandler = False
 
     def install(self) -> None:
         """Install the handlers and start the relay.  Main thread only."""
@@ -71,19 +77,15 @@ class SignalRelay:
         self._previous_wakeup_fd = signal.set_wakeup_fd(
             self._writer.fileno(), warn_on_full_buffer=False
         )
-        for signum in STOP_SIGNALS:
+        for signum in (*STOP_SIGNALS, DUMP_SIGNAL):
             previous = signal.getsignal(signum)
             if signum == signal.SIGHUP and previous is signal.SIG_IGN:
                 continue  # nohup: the user asked for HUP to be ignored
             self._previous[signum] = previous
             signal.signal(signum, _recorded_in_c)
-        self._faulthandler = _dump_stacks_on(signal.SIGUSR1)
 
     def restore(self) -> None:
         """Put back the previous handlers and stop the relay.  Main thread only."""
-        if self._faulthandler:
-            faulthandler.unregister(signal.SIGUSR1)
-            self._faulthandler = False
         for signum, previous in self._previous.items():
             signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
         self._previous.clear()
@@ -127,6 +129,9 @@ class SignalRelay:
                 return
             if not data:
                 return
+            if DUMP_SIGNAL in data:
+                _dump_stacks()
+                data = bytes(b for b in data if b != DUMP_SIGNAL)
             self._pending.extend(data)
             with self.condition:
                 listeners = list(self._listeners)
@@ -135,14 +140,14 @@ class SignalRelay:
                     condition.notify_all()
 
 
-def _dump_stacks_on(signum: int) -> bool:
-    """Register faulthandler's all-threads dump on ``signum``; False if stderr has no fd."""
-    for stream in (sys.stderr, sys.__stderr__):
-        try:
-            if stream is None:
-                continue
-            faulthandler.register(signum, file=stream, all_threads=True, chain=False)
-            return True
-        except (AttributeError, OSError, RuntimeError, ValueError):
-            continue
-    return False
+def _dump_stacks() -> None:
+    """Log every thread's stack, most recent call last.  Never raises."""
+    try:
+        names = {thread.ident: thread.name for thread in threading.enumerate()}
+        parts = []
+        for ident, frame in sys._current_frames().items():
+            stack = "".join(traceback.format_stack(frame))
+            parts.append(f"Thread {ident:#x} ({names.get(ident, '?')}):\n{stack}")
+        log.warning("SIGUSR1: stacks of %d threads\n%s", len(parts), "\n".join(parts))
+    except Exception:  # a dump must never take the server down
+        log.exception("SIGUSR1: could not dump the stacks")
