@@ -166,7 +166,7 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> 
         if given is None and env in environ:
             given, source = environ[env], env
         if given is None:
-            values[name] = default
+            values[name] = convert(default) if isinstance(default, str) else default
             continue
         try:
             values[name] = convert(given)
