@@ -53,6 +53,7 @@ class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
     # The stdlib answers an unparsable request line HTTP/0.9-style, with no status line.
     default_request_version = "HTTP/1.0"
     _graceserve_said_connection = False
+    _graceserve_interim = False
     _graceserve_conn: Connection | None = None
 
     def setup(self) -> None:
@@ -118,8 +119,16 @@ class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
             conn.idle_since = time.monotonic()
             return not registry.is_cut(self.request)
 
+    def send_response_only(self, code: int, message: str | None = None) -> None:
+        """Start a response; an interim one (1xx, as for ``Expect``) is left alone."""
+        self._graceserve_interim = code < 200
+        super().send_response_only(code, message)
+
     def send_header(self, keyword: str, value: str) -> None:
         """Send a header; once the listener is closed, any Connection header says ``close``."""
+        if self._graceserve_interim:
+            super().send_header(keyword, value)
+            return
         if keyword.lower() == "connection":
             self._graceserve_said_connection = True
             if self.server.listener_closed:
@@ -128,7 +137,9 @@ class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
 
     def end_headers(self) -> None:
         """End the header block, adding ``Connection: close`` once the listener is closed."""
-        if self.server.listener_closed and not self._graceserve_said_connection:
+        if self._graceserve_interim:
+            self._graceserve_interim = False
+        elif self.server.listener_closed and not self._graceserve_said_connection:
             self.send_header("Connection", "close")
         super().end_headers()
 
