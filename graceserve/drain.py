@@ -65,7 +65,7 @@ class DrainController(Generic[K, V]):
         self.condition = threading.Condition()
         self._clock = clock
         self._live: dict[K, V] = {}
-        self._cut: set[K] = set()
+        self._cut: dict[K, bool] = {}  # key -> cut by force (not just closed while idle)
         self._started_at: float | None = None
         self._active_at_start = 0
         self._ended_during_drain = 0
@@ -86,8 +86,8 @@ class DrainController(Generic[K, V]):
             if key not in self._live:
                 return None
             value = self._live.pop(key)
-            if key in self._cut:
-                self._cut.discard(key)
+            if self._cut.pop(key, None) is not None:
+                pass
             elif self._started_at is not None:
                 self._ended_during_drain += 1
             if not self._live:
@@ -117,19 +117,25 @@ class DrainController(Generic[K, V]):
             yield list(self._live.items())
 
     def mark_cut(self, key: K, forced: bool = True) -> bool:
-        """Record that the connection ``key`` is being cut; False if it was already.
+        """Record that the connection ``key`` is being cut; False if there is nothing to do.
 
         Call with the lock held (inside ``locked_items``).  A forced cut (work
         interrupted) during the drain counts in the report's ``forced``; an
         unforced one (an idle keep-alive connection closed) in ``idle_closed``.
-        Either way the connection does not count as served when it ends.
+        An unforced cut can later be made forced.  Either way the connection
+        does not count as served when it ends.
         """
-        if key in self._cut or key not in self._live:
+        if key not in self._live:
             return False
-        self._cut.add(key)
+        previous = self._cut.get(key)
+        if previous is not None and (previous or not forced):
+            return False
+        self._cut[key] = forced
         if self._started_at is not None:
             if forced:
                 self._forced += 1
+                if previous is False:
+                    self._idle_closed -= 1
             else:
                 self._idle_closed += 1
         return True
@@ -137,6 +143,10 @@ class DrainController(Generic[K, V]):
     def is_cut(self, key: K) -> bool:
         """Whether ``key`` was cut.  Call with the lock held for a stable answer."""
         return key in self._cut
+
+    def is_forced(self, key: K) -> bool:
+        """Whether ``key`` was cut by force.  Call with the lock held."""
+        return self._cut.get(key, False)
 
     # -- the drain ----------------------------------------------------------
 

@@ -38,6 +38,7 @@ from .server import Connection, GracefulTCPServer
 __all__ = ["DrainAwareRequestHandler", "GracefulHTTPServer"]
 
 _MAX_REQUEST_LINE = 65536
+_OPEN, _CLOSING, _FORCED = 0, 1, 2  # what the reaper has done to a connection
 
 
 class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
@@ -54,6 +55,7 @@ class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
     default_request_version = "HTTP/1.0"
     _graceserve_said_connection = False
     _graceserve_interim = False
+    _graceserve_closing = False
     _graceserve_conn: Connection | None = None
 
     def setup(self) -> None:
@@ -62,18 +64,21 @@ class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
         self._graceserve_conn = self.server.registry.get(self.request)
 
     def handle_one_request(self) -> None:
-        """Read, parse and dispatch one request; never dispatch one that raced a cut."""
+        """Read, parse and dispatch one request; never dispatch one cut short."""
         self._graceserve_said_connection = False
-        if not self._enter(idle=True, reading=False):
+        if self._enter(idle=True, reading=False) != _OPEN:
             self.close_connection = True
             return
         try:
             self.raw_requestline = self.rfile.readline(_MAX_REQUEST_LINE + 1)
         except (TimeoutError, ConnectionError):
             self.raw_requestline = b""
-        if not self._enter(idle=False, reading=True) or not self.raw_requestline:
+        state = self._enter(idle=False, reading=True)
+        if state == _FORCED or not self.raw_requestline:
             self.close_connection = True
             return
+        if state == _CLOSING:  # a request raced the close of an idle connection:
+            self._graceserve_closing = True  # answer it, with Connection: close
         if len(self.raw_requestline) > _MAX_REQUEST_LINE:
             self.requestline = self.request_version = self.command = ""
             self.send_error(414)
@@ -88,7 +93,7 @@ class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
             parsed = self.parse_request()
         finally:
             self.rfile = rfile
-        if not self._enter(idle=False, reading=False) or head.truncated:
+        if self._enter(idle=False, reading=False) == _FORCED or head.truncated:
             # The head was cut half-way (by us, or by EOF before its blank
             # line, which http.client takes as the end): don't act on it.
             self.close_connection = True
@@ -107,17 +112,24 @@ class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
         method()
         self.wfile.flush()
 
-    def _enter(self, idle: bool, reading: bool) -> bool:
-        """Move this connection to a new state; False if the reaper has cut it."""
+    def _enter(self, idle: bool, reading: bool) -> int:
+        """Move this connection to a new state; whether it was cut (_OPEN, _CLOSING, _FORCED)."""
         conn = self._graceserve_conn
         if conn is None:
-            return True
+            return _OPEN
         registry = self.server.registry
         with registry.condition:
             conn.idle = idle
             conn.reading = reading
             conn.idle_since = time.monotonic()
-            return not registry.is_cut(self.request)
+            if not registry.is_cut(self.request):
+                return _OPEN
+            return _FORCED if registry.is_forced(self.request) else _CLOSING
+
+    @property
+    def _graceserve_ending(self) -> bool:
+        """Whether this response must end the connection (drain, or an idle close)."""
+        return self._graceserve_closing or self.server.listener_closed
 
     def send_response_only(self, code: int, message: str | None = None) -> None:
         """Start a response; an interim one (1xx, as for ``Expect``) is left alone."""
@@ -131,7 +143,7 @@ class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
             return
         if keyword.lower() == "connection":
             self._graceserve_said_connection = True
-            if self.server.listener_closed:
+            if self._graceserve_ending:
                 value = "close"
         super().send_header(keyword, value)
 
@@ -139,7 +151,7 @@ class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
         """End the header block, adding ``Connection: close`` once the listener is closed."""
         if self._graceserve_interim:
             self._graceserve_interim = False
-        elif self.server.listener_closed and not self._graceserve_said_connection:
+        elif self._graceserve_ending and not self._graceserve_said_connection:
             self.send_header("Connection", "close")
         super().end_headers()
 

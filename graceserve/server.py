@@ -492,18 +492,22 @@ class GracefulTCPServer(socketserver.ThreadingTCPServer):
         cut = 0
         with self._registry.locked_items() as items:
             for request, _conn in items:
-                if self._registry.mark_cut(request):
-                    cut += 1
-                    _shutdown_quietly(request)
+                cut += self.cut_connection(request, forced=True)
         if cut:
             log.debug("cut %d connections", cut)
         return cut
 
     def cut_connection(self, request: socket.socket, forced: bool = True) -> bool:
-        """Cut one connection; call with ``registry.condition`` held.  True if it was cut now."""
+        """Cut one connection; call with ``registry.condition`` held.  True if it was cut now.
+
+        A forced cut shuts both directions: blocked reads return EOF, writes
+        fail.  An unforced one (closing an idle connection) shuts only the
+        reading side: the handler's blocked read returns EOF, and a request
+        that raced the cut can still be read and answered before it closes.
+        """
         if not self._registry.mark_cut(request, forced):
             return False
-        _shutdown_quietly(request)
+        _shutdown_quietly(request, socket.SHUT_RDWR if forced else socket.SHUT_RD)
         return True
 
     def finish_drain(self) -> DrainReport:
@@ -540,9 +544,9 @@ def _drain_socket(sock: socket.socket) -> None:
         pass
 
 
-def _shutdown_quietly(sock: socket.socket) -> None:
+def _shutdown_quietly(sock: socket.socket, how: int = socket.SHUT_RDWR) -> None:
     with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
+        sock.shutdown(how)
 
 
 def _has_buffered_input(handler: socketserver.BaseRequestHandler, sock: socket.socket) -> bool:
