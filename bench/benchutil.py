@@ -1,0 +1,413 @@
+"""Helpers shared by the benchmark scripts in bench/ (not a benchmark itself).
+
+Statistics (median, p90), a plain-text table printer, a run header (Python,
+git revision, load), server processes started in their own session and
+stopped by process group, an HTTP readiness probe, and a wrk runner/parser.
+
+Rules kept by every script: loopback only (127.0.0.1), every load bounded in
+time and count, only processes started here are signalled (by pid or process
+group, never by name).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import http.client
+import math
+import os
+import platform
+import re
+import select
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
+HOST = "127.0.0.1"
+MAX_LINES = 100_000
+READY = re.compile(r"listening on (?:http|tcp)://\[?([^\]\s]+?)\]?:(\d+)")
+
+
+# -- statistics -----------------------------------------------------------
+
+
+def median(values: Sequence[float]) -> float:
+    """Median, NaN for an empty sequence."""
+    return statistics.median(values) if values else math.nan
+
+
+def pct(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile ``p`` (0-100), NaN for an empty sequence."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def mean(values: Sequence[float]) -> float:
+    """Arithmetic mean, NaN for an empty sequence."""
+    return statistics.fmean(values) if values else math.nan
+
+
+# -- output ---------------------------------------------------------------
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]], title: str = "") -> str:
+    """A plain-text table, columns right-aligned except the first."""
+    cells = [[str(h) for h in headers], *[[_cell(v) for v in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+
+    def line(row: list[str]) -> str:
+        return "  ".join(
+            cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)
+        ).rstrip()
+
+    out = [title] if title else []
+    out.append(line(cells[0]))
+    out.append("  ".join("-" * w for w in widths))
+    out.extend(line(row) for row in cells[1:])
+    return "\n".join(out)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
+        if abs(value) >= 10:
+            return f"{value:.1f}"
+        return f"{value:.2f}"
+    return str(value)
+
+
+def header(title: str, argv: Sequence[str]) -> str:
+    """What was run, where and when: for the top of every report."""
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        rev = "?"
+    try:
+        load = Path("/proc/loadavg").read_text().split()[:3]
+    except OSError:
+        load = ["?"]
+    return "\n".join(
+        [
+            f"== {title}",
+            f"command: python {' '.join(argv)}",
+            f"python {platform.python_version()} | git {rev or '?'} | "
+            f"{os.cpu_count()} cpus | load {' '.join(load)} | {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        ]
+    )
+
+
+def say(*parts: object) -> None:
+    """Print now (progress goes to stderr so that stdout is only the report)."""
+    print(*parts, file=sys.stderr, flush=True)
+
+
+# -- processes -------------------------------------------------------------
+
+
+def child_env() -> dict[str, str]:
+    """The environment for a server process: this repository first on the path."""
+    env = dict(os.environ)
+    extra = [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(BENCH), *extra])
+    env["PYTHONUNBUFFERED"] = "1"
+    for key in [k for k in env if k.startswith("GRACESERVE_")]:
+        del env[key]
+    return env
+
+
+@dataclass
+class Server:
+    """A server process in its own session; stderr collected line by line.
+
+    A thread reads stderr all the time: a server that logs a lot (waitress's
+    queue-depth warnings, the stdlib's tracebacks) must never block on a full
+    pipe, or it stops serving.
+    """
+
+    name: str
+    cmd: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    port: int = 0
+    lines: list[str] = field(default_factory=list)
+    _seen: int = 0
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+    _pump: threading.Thread | None = None
+
+    def start(self, port: int = 0, ready_line: bool = False, timeout: float = 15.0) -> Server:
+        """Start; wait for the readiness line on stderr, or for ``GET /`` to answer."""
+        self.proc = subprocess.Popen(
+            self.cmd,
+            cwd=str(ROOT),
+            env=child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        self._pump = threading.Thread(target=self._read_stderr, daemon=True)
+        self._pump.start()
+        deadline = time.monotonic() + timeout
+        if ready_line:
+            while True:
+                for line in self.read_lines(max(0.0, deadline - time.monotonic())):
+                    match = READY.search(line)
+                    if match:
+                        self.port = int(match.group(2))
+                        return self
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.kill()
+                    raise RuntimeError(f"{self.name} did not start: {self.lines[-5:]}")
+        self.port = port
+        while not http_ok(port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"{self.name} did not start: {self.lines[-5:]}")
+            time.sleep(0.05)
+        return self
+
+    def _read_stderr(self) -> None:
+        assert self.proc is not None
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            with self._cond:
+                if len(self.lines) < MAX_LINES:
+                    self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+                self._cond.notify_all()
+
+    def read_lines(self, timeout: float) -> list[str]:
+        """Lines not returned before (waiting up to ``timeout`` for one)."""
+        with self._cond:
+            self._cond.wait_for(lambda: len(self.lines) > self._seen, timeout)
+            new = self.lines[self._seen :]
+            self._seen = len(self.lines)
+        return new
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the server process itself (not its group)."""
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait for exit; the exit code, or None if still running.
+
+        Woken by a pidfd the moment the process exits (``Popen.wait`` with a
+        timeout sleeps in steps of up to 50 ms, too coarse to time an exit).
+        """
+        assert self.proc is not None
+        try:
+            if self.proc.returncode is None:
+                pidfd = os.pidfd_open(self.proc.pid)
+                try:
+                    poller = select.poll()
+                    poller.register(pidfd, select.POLLIN)
+                    if not poller.poll(max(0, int(timeout * 1000))):
+                        return None
+                finally:
+                    os.close(pidfd)
+            code = self.proc.wait(5)
+            if self._pump is not None:
+                self._pump.join(2)  # stderr's last lines
+            return code
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM the process group, then SIGKILL it if it is still there."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            if self.wait(timeout) is None:
+                self.kill()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the process group (only ours: it has its own session)."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+
+    def cpu_seconds(self) -> float:
+        """User+system CPU time so far of the server process and its descendants (Linux /proc).
+
+        Descendants count while they live (gunicorn's worker), so that a
+        pre-forking server is measured like a single-process one.
+        """
+        assert self.proc is not None
+        stats: dict[int, list[str]] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        tree, frontier = set(), {self.proc.pid}
+        while frontier:
+            tree |= frontier
+            frontier = {pid for pid, f in stats.items() if int(f[1]) in frontier} - tree
+        ticks = sum(int(stats[pid][11]) + int(stats[pid][12]) for pid in tree if pid in stats)
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    """A port that was free a moment ago on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def http_ok(port: int, path: str = "/", timeout: float = 1.0) -> bool:
+    """Whether ``GET path`` answers 200."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Connection": "close"})
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+# -- wrk -------------------------------------------------------------------
+
+
+@dataclass
+class WrkResult:
+    """What wrk printed, parsed."""
+
+    requests: int = 0
+    rps: float = math.nan
+    connect: int = 0
+    read: int = 0
+    write: int = 0
+    timeout: int = 0
+    non2xx: int = 0
+    latency: dict[str, float] = field(default_factory=dict)  # "50%" -> ms
+    raw: str = ""
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def parse_wrk(text: str) -> WrkResult:
+    """Parse wrk 4.x output (with or without ``--latency``)."""
+    res = WrkResult(raw=text)
+    if m := re.search(r"(\d+) requests in", text):
+        res.requests = int(m.group(1))
+    if m := re.search(r"Requests/sec:\s+([\d.]+)", text):
+        res.rps = float(m.group(1))
+    if m := re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
+    ):
+        res.connect, res.read, res.write, res.timeout = (int(g) for g in m.groups())
+    if m := re.search(r"Non-2xx or 3xx responses: (\d+)", text):
+        res.non2xx = int(m.group(1))
+    if "Latency Distribution" in text:
+        dist = text.split("Latency Distribution", 1)[1]
+        for m in re.finditer(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s|m)\s*$", dist, re.MULTILINE):
+            res.latency[m.group(1) + "%"] = float(m.group(2)) * _UNITS[m.group(3)]
+    return res
+
+
+def wrk_command(port: int, duration: float, path: str = "/", latency: bool = False) -> list[str]:
+    """``wrk -t2 -c50 -dNs [--latency] http://127.0.0.1:PORT/path`` (wrk takes whole seconds)."""
+    cmd = ["wrk", "-t2", "-c50", f"-d{max(1, round(duration))}s"]
+    if latency:
+        cmd.append("--latency")
+    return [*cmd, f"http://{HOST}:{port}{path}"]
+
+
+# -- perf: what wrk's failed reads and writes really were ------------------------
+#
+# wrk 4.1 connects without blocking and never checks SO_ERROR, so a connect
+# refused after the listener closed surfaces as a failed write (ECONNREFUSED)
+# and is counted as a *write* error, not a connect error.  ``perf record`` with
+# in-kernel filters records only wrk's failed reads/writes (and EOF reads), at
+# no measurable cost to wrk, with CLOCK_MONOTONIC timestamps comparable to
+# ``time.monotonic()``.
+
+
+def perf_available() -> bool:
+    """Whether ``perf record`` with syscall tracepoints works here (root, tracefs)."""
+    try:
+        with tempfile_dir() as tmp:
+            done = subprocess.run(
+                [*perf_prefix(str(Path(tmp) / "probe.data")), "true"],
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )
+        return done.returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@contextlib.contextmanager
+def tempfile_dir() -> Iterator[str]:
+    """A temporary directory, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="graceserve-bench-") as tmp:
+        yield tmp
+
+
+def perf_prefix(data: str) -> list[str]:
+    """Prefix for a command: record its failed read/write syscalls (EAGAIN excluded)."""
+    return [
+        "perf",
+        "record",
+        "-q",
+        "-k",
+        "CLOCK_MONOTONIC",
+        "-o",
+        data,
+        "-e",
+        "syscalls:sys_exit_write",
+        "--filter",
+        "ret < 0 && ret != -11",
+        "-e",
+        "syscalls:sys_exit_read",
+        "--filter",
+        "ret <= 0 && ret != -11",
+        "--",
+    ]
+
+
+_PERF_LINE = re.compile(r"\s(\d+\.\d+):\s+syscalls:sys_exit_(\w+):\s+(0x[0-9a-f]+)")
+
+
+def perf_events(data: str) -> list[tuple[float, str, str]]:
+    """(monotonic time, "read"/"write", "EOF" or errno name) for each recorded event."""
+    out = subprocess.run(
+        ["perf", "script", "-i", data], capture_output=True, text=True, timeout=120, check=False
+    ).stdout
+    events = []
+    for m in _PERF_LINE.finditer(out):
+        ret = int(m.group(3), 16)
+        if ret >= 1 << 63:
+            ret -= 1 << 64
+        what = "EOF" if ret == 0 else errno.errorcode.get(-ret, str(ret))
+        events.append((float(m.group(1)), m.group(2), what))
+    return events

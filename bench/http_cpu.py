@@ -1,0 +1,142 @@
+"""CPU per keep-alive request of graceserve's HTTP handler path vs the stdlib's, no load generator.
+
+Run from the repository root (stdlib only, nothing to install):
+
+    python bench/http_cpu.py            # full run (~1 min)
+    python bench/http_cpu.py --quick    # short run (~10 s)
+
+Why: on a shared 2-core machine wrk's req/s swing by +-20 % from one run to
+the next, which hides a 5 % difference.  This measures what a request costs
+the thread that serves it, which noisy neighbours barely change: one
+keep-alive TCP connection on 127.0.0.1 (TCP_NODELAY both ends), a client
+thread sending wrk's exact request (``GET / HTTP/1.1`` + ``Host``) and
+waiting for each response (ping-pong, so the handler blocks in ``recv``
+between requests exactly as under wrk), and the server side run by the
+server's own ``finish_request`` in a thread whose CPU time
+(``time.thread_time()``, user + system) is divided by the number of requests.
+
+Compared, rounds interleaved (order rotated), medians reported:
+
+- stdlib ``ThreadingHTTPServer`` with ``peers.HelloHandler``
+- ``GracefulHTTPServer`` with the same ``peers.HelloHandler``
+  (drain-aware subclass slotted in, connection registered as in
+  ``process_request``)
+- both again with graceserve's demo handler (``graceserve.demo.DemoHandler``)
+
+The difference between the two servers with the same handler is graceserve's
+per-request price (state changes under the registry lock, the header-block
+guard, the Connection-header hooks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import benchutil as bu
+import peers
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from graceserve import GracefulHTTPServer  # noqa: E402
+from graceserve.demo import DemoHandler  # noqa: E402
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n"
+
+CASES = {
+    "stdlib + HelloHandler": (http.server.ThreadingHTTPServer, peers.HelloHandler),
+    "graceserve + HelloHandler": (GracefulHTTPServer, peers.HelloHandler),
+    "stdlib + DemoHandler": (http.server.ThreadingHTTPServer, DemoHandler),
+    "graceserve + DemoHandler": (GracefulHTTPServer, DemoHandler),
+}
+
+
+def serve_one_connection(case: str, requests: int) -> float:
+    """Handler-thread CPU microseconds per request for ``requests`` keep-alive requests."""
+    server_class, handler = CASES[case]
+    server = server_class((bu.HOST, 0), handler)
+    client = socket.create_connection(server.server_address, timeout=10)
+    conn, address = server.socket.accept()
+    for sock in (client, conn):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if isinstance(server, GracefulHTTPServer):
+        server.registry.add(conn, server.make_connection(conn, address))
+    cpu: list[float] = []
+
+    def serve() -> None:
+        t0 = time.thread_time()
+        server.finish_request(conn, address)
+        cpu.append(time.thread_time() - t0)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        buf = b""
+        for _ in range(requests):
+            client.sendall(REQUEST)
+            # Each response is one header block and a short body; read to the body's end.
+            while True:
+                head, sep, rest = buf.partition(b"\r\n\r\n")
+                if sep:
+                    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                    if len(rest) >= length:
+                        buf = rest[length:]
+                        break
+                chunk = client.recv(65536)
+                if not chunk:
+                    raise ConnectionError("server closed the connection")
+                buf += chunk
+        client.shutdown(socket.SHUT_WR)  # the handler reads EOF and returns
+    finally:
+        thread.join(10)
+        client.close()
+        conn.close()
+        if isinstance(server, GracefulHTTPServer):
+            server.registry.discard(conn)
+        server.server_close()
+    return cpu[0] / requests * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short run")
+    args = parser.parse_args()
+    rounds, requests = (3, 1000) if args.quick else (15, 3000)
+    print(bu.header("bench/http_cpu.py: handler-thread CPU per keep-alive request", sys.argv))
+    print()
+    names = list(CASES)
+    res: dict[str, list[float]] = {n: [] for n in names}
+    for n in names:
+        serve_one_connection(n, 200)  # warm-up
+    for r in range(rounds):
+        shift = r % len(names)
+        for n in names[shift:] + names[:shift]:
+            res[n].append(serve_one_connection(n, requests))
+        bu.say(f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {res[n][-1]:.1f}" for n in names))
+    rows = [[n, bu.median(v), min(v), max(v)] for n, v in res.items()]
+    print(
+        bu.table(
+            ["server + handler", "us/req med", "min", "max"],
+            rows,
+            title=f"{rounds} rounds x {requests} requests on one connection (order rotated)",
+        )
+    )
+    print()
+    for handler in ("HelloHandler", "DemoHandler"):
+        g, s = res[f"graceserve + {handler}"], res[f"stdlib + {handler}"]
+        paired = [a / b for a, b in zip(g, s, strict=True)]
+        print(
+            f"{handler}: graceserve - stdlib = {bu.median(g) - bu.median(s):+.1f} us/req; "
+            f"graceserve / stdlib = {bu.median(paired):.3f} (median of per-round ratios)"
+        )
+
+
+if __name__ == "__main__":
+    main()
