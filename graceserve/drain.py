@@ -62,7 +62,9 @@ class DrainController(Generic[K, V]):
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.condition = threading.Condition()
+        self.lock = threading.RLock()
+        """The Condition's lock: ``with lock:`` is the cheap way to hold it."""
+        self.condition = threading.Condition(self.lock)
         self._clock = clock
         self._live: dict[K, V] = {}
         self._cut: dict[K, bool] = {}  # key -> cut by force (not just closed while idle)

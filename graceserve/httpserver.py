@@ -33,12 +33,11 @@ import threading
 import time
 from typing import Any
 
-from .server import Connection, GracefulTCPServer
+from .server import CLOSING, FORCED, OPEN, Connection, GracefulTCPServer
 
 __all__ = ["DrainAwareRequestHandler", "GracefulHTTPServer"]
 
 _MAX_REQUEST_LINE = 65536
-_OPEN, _CLOSING, _FORCED = 0, 1, 2  # what the reaper has done to a connection
 
 
 class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
@@ -57,16 +56,21 @@ class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
     _graceserve_interim = False
     _graceserve_closing = False
     _graceserve_conn: Connection | None = None
+    _graceserve_lock: Any = None
+    _graceserve_head: _HeadReader
 
     def setup(self) -> None:
         """Set up the streams and find this connection's registry record."""
         super().setup()
-        self._graceserve_conn = self.server.registry.get(self.request)
+        registry = self.server.registry
+        self._graceserve_conn = registry.get(self.request)
+        self._graceserve_lock = registry.lock
+        self._graceserve_head = _HeadReader(self.rfile)
 
     def handle_one_request(self) -> None:
         """Read, parse and dispatch one request; never dispatch one cut short."""
         self._graceserve_said_connection = False
-        if self._enter(idle=True, reading=False) != _OPEN:
+        if self._enter(idle=True, reading=False) != OPEN:
             self.close_connection = True
             return
         try:
@@ -74,10 +78,10 @@ class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
         except (TimeoutError, ConnectionError):
             self.raw_requestline = b""
         state = self._enter(idle=False, reading=True)
-        if state == _FORCED or not self.raw_requestline:
+        if state == FORCED or not self.raw_requestline:
             self.close_connection = True
             return
-        if state == _CLOSING:  # a request raced the close of an idle connection:
+        if state == CLOSING:  # a request raced the close of an idle connection:
             self._graceserve_closing = True  # answer it, with Connection: close
         if len(self.raw_requestline) > _MAX_REQUEST_LINE:
             self.requestline = self.request_version = self.command = ""
@@ -86,14 +90,14 @@ class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
         if not self.raw_requestline.endswith(b"\n"):
             self.close_connection = True  # EOF in the request line: incomplete, ignore
             return
-        rfile = self.rfile
-        head = _HeadReader(rfile)
+        rfile, head = self.rfile, self._graceserve_head
+        head.truncated = False
         self.rfile = head  # type: ignore[assignment]  # duck-typed for parse_headers
         try:
             parsed = self.parse_request()
         finally:
             self.rfile = rfile
-        if self._enter(idle=False, reading=False) == _FORCED or head.truncated:
+        if self._enter(idle=False, reading=False) == FORCED or head.truncated:
             # The head was cut half-way (by us, or by EOF before its blank
             # line, which http.client takes as the end): don't act on it.
             self.close_connection = True
@@ -113,18 +117,16 @@ class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def _enter(self, idle: bool, reading: bool) -> int:
-        """Move this connection to a new state; whether it was cut (_OPEN, _CLOSING, _FORCED)."""
+        """Move this connection to a new state; what the reaper did (OPEN, CLOSING, FORCED)."""
         conn = self._graceserve_conn
         if conn is None:
-            return _OPEN
-        registry = self.server.registry
-        with registry.condition:
+            return OPEN
+        with self._graceserve_lock:
             conn.idle = idle
             conn.reading = reading
-            conn.idle_since = time.monotonic()
-            if not registry.is_cut(self.request):
-                return _OPEN
-            return _FORCED if registry.is_forced(self.request) else _CLOSING
+            if idle or reading:  # the reaper times only these two states
+                conn.idle_since = time.monotonic()
+            return conn.cut
 
     @property
     def _graceserve_ending(self) -> bool:

@@ -30,6 +30,7 @@ import select
 import selectors
 import socket
 import socketserver
+import struct
 import sys
 import threading
 import time
@@ -38,7 +39,7 @@ from typing import Any
 
 from .drain import DrainController, DrainReport
 
-__all__ = ["Connection", "GracefulTCPServer", "format_address"]
+__all__ = ["CLOSING", "FORCED", "OPEN", "Connection", "GracefulTCPServer", "format_address"]
 
 log = logging.getLogger("graceserve")
 
@@ -49,6 +50,9 @@ _CLIENT_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 _ACCEPT_LIMIT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
+OPEN, CLOSING, FORCED = 0, 1, 2  # what has been done to a connection (Connection.cut)
+
+
 class Connection:
     """One live connection, as the registry knows it.
 
@@ -56,7 +60,7 @@ class Connection:
     are only touched with the drain controller's lock held.
     """
 
-    __slots__ = ("address", "idle", "idle_since", "reading", "request")
+    __slots__ = ("address", "cut", "idle", "idle_since", "reading", "request")
 
     def __init__(self, request: socket.socket, address: _Address) -> None:
         self.request = request
@@ -64,6 +68,7 @@ class Connection:
         self.idle = False  # waiting for the next request and safe to cut
         self.reading = False  # receiving a request head
         self.idle_since = time.monotonic()  # when ``idle`` or ``reading`` last changed
+        self.cut = OPEN  # OPEN, CLOSING (read side shut while idle) or FORCED
 
 
 class GracefulTCPServer(socketserver.ThreadingTCPServer):
@@ -414,12 +419,16 @@ class GracefulTCPServer(socketserver.ThreadingTCPServer):
             return False
         # 1. Stop the accept loop; it may be in the middle of an accept.
         self.shutdown()
-        # 2. Serve what the kernel already queued: closing would reset it.
-        self._backlog_accepted = self._sweep_backlog()
+        # 2. Take what the kernel already queued: closing would reset it.
+        swept = self._sweep_backlog()
         # 3. Close the listener: from now on new connects are refused.
         self.socket.close()
         self._listener_closed = True
-        # 4. Tell the handlers.
+        # 4. Serve the swept connections (starting threads is the slow part).
+        self._backlog_accepted = len(swept)
+        for request, client_address in swept:
+            self._handle_accepted(request, client_address)
+        # 5. Tell the handlers.
         with contextlib.suppress(OSError):
             self._notice_w.send(b"\0")
         log.debug(
@@ -429,14 +438,22 @@ class GracefulTCPServer(socketserver.ThreadingTCPServer):
         self.service_drain()
         return True
 
-    def _sweep_backlog(self) -> int:
-        """Accept, without blocking, every connection the kernel has completed."""
-        accepted = 0
+    def _sweep_backlog(self) -> list[tuple[Any, _Address]]:
+        """Accept, without blocking, the connections the kernel completed before now.
+
+        Bounded by the accept queue's length at this moment (``TCP_INFO``), or
+        by a few milliseconds where the kernel does not say: under a storm of
+        new connects the queue never empties, and the listener must close.
+        """
         try:
             self.socket.setblocking(False)
         except OSError:  # the listener is already closed
-            return 0
-        for _ in range(max(self.request_queue_size, 1) * 2):
+            return []
+        queued = _accept_queue_length(self.socket)
+        limit = queued if queued is not None else max(self.request_queue_size, 1)
+        give_up = time.monotonic() + 0.005
+        swept: list[tuple[Any, _Address]] = []
+        while len(swept) < limit and (queued is not None or time.monotonic() < give_up):
             try:
                 request, client_address = self.get_request()
             except (BlockingIOError, InterruptedError):
@@ -448,9 +465,8 @@ class GracefulTCPServer(socketserver.ThreadingTCPServer):
                     log.error("backlog sweep stopped: %s; queued clients will be reset", exc)
                 break
             request.setblocking(True)
-            accepted += 1
-            self._handle_accepted(request, client_address)
-        return accepted
+            swept.append((request, client_address))
+        return swept
 
     def wait_drained(
         self, deadline: float | None, wake_up: Callable[[], bool] | None = None
@@ -507,6 +523,9 @@ class GracefulTCPServer(socketserver.ThreadingTCPServer):
         """
         if not self._registry.mark_cut(request, forced):
             return False
+        conn = self._registry.get(request)
+        if conn is not None:
+            conn.cut = FORCED if forced else CLOSING
         _shutdown_quietly(request, socket.SHUT_RDWR if forced else socket.SHUT_RD)
         return True
 
@@ -534,6 +553,21 @@ class GracefulTCPServer(socketserver.ThreadingTCPServer):
             closing = getattr(self, sock, None)
             if closing is not None:
                 closing.close()
+
+
+_TCP_INFO_LISTEN_QUEUE = struct.Struct("I")  # tcpi_unacked: the accept queue, on a listener
+_TCP_INFO_LISTEN_QUEUE_OFFSET = 24
+
+
+def _accept_queue_length(listener: socket.socket) -> int | None:
+    """How many completed connections wait to be accepted (Linux), or None."""
+    if listener.family not in (socket.AF_INET, socket.AF_INET6) or not hasattr(socket, "TCP_INFO"):
+        return None
+    try:
+        info = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        return int(_TCP_INFO_LISTEN_QUEUE.unpack_from(info, _TCP_INFO_LISTEN_QUEUE_OFFSET)[0])
+    except (OSError, struct.error):
+        return None
 
 
 def _drain_socket(sock: socket.socket) -> None:
