@@ -52,7 +52,6 @@ class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
     server: GracefulHTTPServer
     # The stdlib answers an unparsable request line HTTP/0.9-style, with no status line.
     default_request_version = "HTTP/1.0"
-    _graceserve_said_connection = False
     _graceserve_interim = False
     _graceserve_closing = False
     _graceserve_conn: Connection | None = None
@@ -69,7 +68,6 @@ class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
 
     def handle_one_request(self) -> None:
         """Read, parse and dispatch one request; never dispatch one cut short."""
-        self._graceserve_said_connection = False
         if self._enter(idle=True, reading=False) != OPEN:
             self.close_connection = True
             return
@@ -138,24 +136,29 @@ class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
         self._graceserve_interim = code < 200
         super().send_response_only(code, message)
 
-    def send_header(self, keyword: str, value: str) -> None:
-        """Send a header; once the listener is closed, any Connection header says ``close``."""
-        if self._graceserve_interim:
-            super().send_header(keyword, value)
-            return
-        if keyword.lower() == "connection":
-            self._graceserve_said_connection = True
-            if self._graceserve_ending:
-                value = "close"
-        super().send_header(keyword, value)
-
     def end_headers(self) -> None:
-        """End the header block, adding ``Connection: close`` once the listener is closed."""
+        """End the header block; while ending the connection, make it say ``close``.
+
+        Any ``Connection`` header the handler sent is rewritten rather than
+        doubled.  Only this once-per-response hook does the check, so the
+        per-header path stays the stdlib's.
+        """
         if self._graceserve_interim:
             self._graceserve_interim = False
-        elif self._graceserve_ending and not self._graceserve_said_connection:
-            self.send_header("Connection", "close")
+        elif self._graceserve_ending:
+            self._say_close()
         super().end_headers()
+
+    def _say_close(self) -> None:
+        lines: list[bytes] = getattr(self, "_headers_buffer", [])
+        found = False
+        for index, line in enumerate(lines):
+            if line[:11].lower() == b"connection:":
+                lines[index] = b"Connection: close\r\n"
+                found = True
+        if not found:
+            self.send_header("Connection", "close")
+        self.close_connection = True
 
 
 class _HeadReader:
