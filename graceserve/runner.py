@@ -226,13 +226,14 @@ class _Controller:
 
     def _drain(self, grace: float) -> DrainReport:
         server, stop = self.server, self.stop
+        self._notify("STOPPING=1")
+        server.start_drain()
+        deadline = time.monotonic() + grace
         log.info(
             "%s: draining %d connections (grace %gs); new connections are refused",
             _name(self), server.active_connections, grace,
         )  # fmt: skip
-        self._notify("STOPPING=1", f"STATUS=draining {server.active_connections} connections")
-        server.start_drain()
-        deadline = time.monotonic() + grace
+        self._notify(f"STATUS=draining {server.active_connections} connections")
         if stop.signum == signal.SIGQUIT:
             stop.forced_by = signal.SIGQUIT
         next_progress = time.monotonic() + PROGRESS_INTERVAL

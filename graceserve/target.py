@@ -33,7 +33,7 @@ def load_handler(target: str) -> type[socketserver.BaseRequestHandler]:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
+        if exc.name and (exc.name == module_name or module_name.startswith(exc.name + ".")):
             missing = f"cannot import {module_name!r}: no module named {exc.name!r}"
             raise StartupError(missing) from None
         log.debug("importing %s failed", module_name, exc_info=True)

@@ -22,7 +22,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-READY = re.compile(r"listening on (?P<scheme>http|tcp)://\[?(?P<host>[^\]\s]+?)\]?:(?P<port>\d+)")
+READY = re.compile(
+    r"listening on (?P<scheme>http|tcp)://"
+    r"(?:\[(?P<host6>[^\]]+)\]|(?P<host>[^\s:\]]+)):(?P<port>\d+)"
+)
 WATCHED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1)
 
 
@@ -117,7 +120,7 @@ class ServerProcess:
     def wait_ready(self, timeout: float = 15.0) -> tuple[str, int]:
         """Wait for the readiness line; return the real (host, port)."""
         match = self.wait_for_line(READY, timeout)
-        self.address = (match["host"], int(match["port"]))
+        self.address = (match["host6"] or match["host"], int(match["port"]))
         return self.address
 
     def send(self, signum: int) -> None:
@@ -139,7 +142,8 @@ class ServerProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
         self._reader.join(timeout=5.0)
-        if self.proc.stderr is not None:
+        # Closing under a reader still blocked (a stray holder of the pipe) would hang.
+        if self.proc.stderr is not None and not self._reader.is_alive():
             self.proc.stderr.close()
 
 

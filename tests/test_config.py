@@ -1,0 +1,303 @@
+"""Unit tests of the command line and its environment variables (graceserve.config).
+
+In-process and quick: ``parse_args`` is given an explicit environment, so the test
+process's own ``GRACESERVE_*`` variables never leak in.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from graceserve import __version__
+from graceserve.config import Config, build_parser, parse_args, parse_bind
+from graceserve.errors import EXIT_USAGE, StartupError, UsageError
+
+NO_DATABASE = settings(database=None, deadline=None, max_examples=200)
+
+
+# -- parse_bind ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:0", ("127.0.0.1", 0)),
+        ("127.0.0.1:8000", ("127.0.0.1", 8000)),
+        ("0.0.0.0:65535", ("0.0.0.0", 65535)),
+        ("localhost:80", ("localhost", 80)),
+        ("example.internal:443", ("example.internal", 443)),
+        ("[::1]:8000", ("::1", 8000)),
+        ("[::]:0", ("::", 0)),
+        ("[fe80::1%lo]:80", ("fe80::1%lo", 80)),
+        ("[::ffff:127.0.0.1]:1", ("::ffff:127.0.0.1", 1)),
+        ("  127.0.0.1:8000  ", ("127.0.0.1", 8000)),
+        ("127.0.0.1:0080", ("127.0.0.1", 80)),
+    ],
+)
+def test_parse_bind_accepts(text: str, expected: tuple[str, int]) -> None:
+    assert parse_bind(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "127.0.0.1",
+        "127.0.0.1:",
+        ":8000",
+        "::1:8000",  # IPv6 needs brackets
+        "[::1]",
+        "[::1]8000",
+        "host:port",
+        "host:-1",
+        "host:+80",
+        "host:8000:1",
+        "host: 80",
+        "127.0.0.1:123456",  # six digits
+        "[]:80",
+    ],
+)
+def test_parse_bind_rejects_malformed(text: str) -> None:
+    with pytest.raises(UsageError, match="--bind"):
+        parse_bind(text)
+
+
+@pytest.mark.parametrize("port", [65536, 70000, 99999])
+def test_parse_bind_rejects_port_out_of_range(port: int) -> None:
+    with pytest.raises(UsageError, match="out of range"):
+        parse_bind(f"127.0.0.1:{port}")
+
+
+def test_parse_bind_unix_socket_path(tmp_path: Any) -> None:
+    path = parse_bind(f"unix:{tmp_path}/s.sock")
+    assert path == f"{tmp_path}/s.sock"
+    relative = parse_bind("unix:run/s.sock")
+    assert relative == os.path.join(os.getcwd(), "run", "s.sock")
+    with pytest.raises(UsageError):
+        parse_bind("unix:")
+
+
+def test_usage_error_is_a_startup_error_with_exit_code_2() -> None:
+    with pytest.raises(StartupError) as caught:
+        parse_bind("nonsense")
+    assert caught.value.exit_code == EXIT_USAGE == 2
+
+
+@NO_DATABASE
+@given(address=st.ip_addresses(v=4), port=st.integers(0, 65535))
+def test_parse_bind_ipv4_round_trip(address: ipaddress.IPv4Address, port: int) -> None:
+    assert parse_bind(f"{address}:{port}") == (str(address), port)
+
+
+@NO_DATABASE
+@given(address=st.ip_addresses(v=6), port=st.integers(0, 65535))
+def test_parse_bind_ipv6_round_trip(address: ipaddress.IPv6Address, port: int) -> None:
+    assert parse_bind(f"[{address}]:{port}") == (str(address), port)
+
+
+@NO_DATABASE
+@given(port=st.integers(65536, 99999))
+def test_parse_bind_five_digit_ports_above_range(port: int) -> None:
+    with pytest.raises(UsageError, match="out of range"):
+        parse_bind(f"[::1]:{port}")
+
+
+@NO_DATABASE
+@given(text=st.text(max_size=40))
+def test_parse_bind_never_raises_anything_but_usage_error(text: str) -> None:
+    try:
+        result = parse_bind(text)
+    except UsageError:
+        return
+    if isinstance(result, str):
+        assert text.startswith("unix:")
+    else:
+        host, port = result
+        assert host
+        assert 0 <= port <= 65535
+
+
+# -- parse_args: defaults --------------------------------------------------------------
+
+
+def test_defaults() -> None:
+    config = parse_args([], environ={})
+    assert config == Config(
+        target=None,
+        bind=("127.0.0.1", 8000),
+        grace=config.grace,
+        pidfile=None,
+        max_connections=config.max_connections,
+        idle_timeout=config.idle_timeout,
+        drain_delay=0.0,
+        log_level="info",
+    )
+
+
+def test_default_grace_fits_inside_docker_stop() -> None:
+    grace = parse_args([], environ={}).grace
+    assert 0 < grace < 10.0  # docker stop sends SIGKILL after 10 s
+
+
+def test_defaults_do_not_throttle_real_use() -> None:
+    config = parse_args([], environ={})
+    assert config.max_connections >= 500  # hundreds of keep-alive clients
+    assert config.idle_timeout is None or config.idle_timeout >= 30.0
+
+
+# -- parse_args: every flag, and its environment variable ------------------------------
+
+# (flag, environment variable, given text, Config field, expected value)
+OPTIONS: list[tuple[str, str, str, str, Any]] = [
+    ("--bind", "GRACESERVE_BIND", "[::1]:9000", "bind", ("::1", 9000)),
+    ("--grace", "GRACESERVE_GRACE", "2.5", "grace", 2.5),
+    ("--grace", "GRACESERVE_GRACE", "0", "grace", 0.0),
+    ("--pidfile", "GRACESERVE_PIDFILE", "/run/gs.pid", "pidfile", "/run/gs.pid"),
+    ("--max-connections", "GRACESERVE_MAX_CONNECTIONS", "7", "max_connections", 7),
+    ("--idle-timeout", "GRACESERVE_IDLE_TIMEOUT", "1.5", "idle_timeout", 1.5),
+    ("--idle-timeout", "GRACESERVE_IDLE_TIMEOUT", "0", "idle_timeout", None),
+    ("--drain-delay", "GRACESERVE_DRAIN_DELAY", "0.25", "drain_delay", 0.25),
+    ("--log-level", "GRACESERVE_LOG_LEVEL", "DEBUG", "log_level", "debug"),
+    ("--log-level", "GRACESERVE_LOG_LEVEL", "warning", "log_level", "warning"),
+]
+OPTION_IDS = [f"{flag}={text}" for flag, _env, text, _field, _value in OPTIONS]
+
+
+@pytest.mark.parametrize(("flag", "env", "text", "field", "expected"), OPTIONS, ids=OPTION_IDS)
+def test_flag_sets_the_value(flag: str, env: str, text: str, field: str, expected: Any) -> None:
+    assert getattr(parse_args([flag, text], environ={}), field) == expected
+    assert getattr(parse_args([f"{flag}={text}"], environ={}), field) == expected
+
+
+@pytest.mark.parametrize(("flag", "env", "text", "field", "expected"), OPTIONS, ids=OPTION_IDS)
+def test_environment_variable_sets_the_value(
+    flag: str, env: str, text: str, field: str, expected: Any
+) -> None:
+    assert getattr(parse_args([], environ={env: text}), field) == expected
+
+
+# A valid value for each variable that differs from OPTIONS' own.
+OTHER = {
+    "GRACESERVE_BIND": "127.0.0.1:1",
+    "GRACESERVE_GRACE": "9",
+    "GRACESERVE_PIDFILE": "/elsewhere.pid",
+    "GRACESERVE_MAX_CONNECTIONS": "99",
+    "GRACESERVE_IDLE_TIMEOUT": "42",
+    "GRACESERVE_DRAIN_DELAY": "3",
+    "GRACESERVE_LOG_LEVEL": "error",
+}
+
+
+@pytest.mark.parametrize(("flag", "env", "text", "field", "expected"), OPTIONS, ids=OPTION_IDS)
+def test_flag_wins_over_environment_variable(
+    flag: str, env: str, text: str, field: str, expected: Any
+) -> None:
+    assert getattr(parse_args([flag, text], environ={env: OTHER[env]}), field) == expected
+
+
+@pytest.mark.parametrize(("flag", "env", "text", "field", "expected"), OPTIONS, ids=OPTION_IDS)
+def test_flag_wins_even_over_a_malformed_environment_variable(
+    flag: str, env: str, text: str, field: str, expected: Any
+) -> None:
+    assert getattr(parse_args([flag, text], environ={env: "\0bad\0"}), field) == expected
+
+
+def test_every_flag_has_an_environment_variable_in_help() -> None:
+    text = build_parser().format_help()
+    flags = {flag for flag, *_ in OPTIONS}
+    for flag in flags:
+        env = "GRACESERVE_" + flag.lstrip("-").replace("-", "_").upper()
+        assert flag in text
+        assert env in text, env
+        assert getattr(parse_args([], environ={env: OTHER[env]}), _field(flag)) is not None
+
+
+def _field(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def test_target_argument_and_environment() -> None:
+    assert parse_args(["app:Handler"], environ={}).target == "app:Handler"
+    assert parse_args([], environ={"GRACESERVE_TARGET": "env:Handler"}).target == "env:Handler"
+    both = parse_args(["app:Handler"], environ={"GRACESERVE_TARGET": "env:Handler"})
+    assert both.target == "app:Handler"
+    assert parse_args([], environ={"GRACESERVE_TARGET": ""}).target is None
+
+
+def test_unrelated_environment_is_ignored() -> None:
+    environ = {"GRACESERVE": "x", "GRACESERVE_UNKNOWN": "x", "PORT": "1", "BIND": "nonsense"}
+    assert parse_args([], environ=environ) == parse_args([], environ={})
+
+
+def test_empty_pidfile_means_none() -> None:
+    assert parse_args(["--pidfile", ""], environ={}).pidfile is None
+    assert parse_args([], environ={"GRACESERVE_PIDFILE": ""}).pidfile is None
+
+
+# -- parse_args: bad input ------------------------------------------------------------
+
+BAD = [
+    # (argv, environ, the message names)
+    (["--grace", "-1"], {}, "--grace"),
+    (["--grace=-0.5"], {}, "--grace"),
+    (["--grace", "abc"], {}, "--grace"),
+    (["--grace", "nan"], {}, "--grace"),
+    (["--grace", "inf"], {}, "--grace"),
+    (["--grace", ""], {}, "--grace"),
+    ([], {"GRACESERVE_GRACE": "abc"}, "GRACESERVE_GRACE"),
+    ([], {"GRACESERVE_GRACE": "-1"}, "GRACESERVE_GRACE"),
+    ([], {"GRACESERVE_GRACE": "inf"}, "GRACESERVE_GRACE"),
+    (["--bind", "nonsense"], {}, "--bind"),
+    ([], {"GRACESERVE_BIND": "nonsense"}, "GRACESERVE_BIND"),
+    ([], {"GRACESERVE_BIND": "127.0.0.1:70000"}, "GRACESERVE_BIND"),
+    (["--max-connections", "0"], {}, "--max-connections"),
+    (["--max-connections", "1.5"], {}, "--max-connections"),
+    ([], {"GRACESERVE_MAX_CONNECTIONS": "many"}, "GRACESERVE_MAX_CONNECTIONS"),
+    (["--idle-timeout", "-2"], {}, "--idle-timeout"),
+    ([], {"GRACESERVE_IDLE_TIMEOUT": "soon"}, "GRACESERVE_IDLE_TIMEOUT"),
+    (["--drain-delay", "-1"], {}, "--drain-delay"),
+    (["--log-level", "loud"], {}, "--log-level"),
+    ([], {"GRACESERVE_LOG_LEVEL": "trace"}, "GRACESERVE_LOG_LEVEL"),
+    (["--grace"], {}, "--grace"),
+    (["--frobnicate"], {}, "--frobnicate"),
+    (["a:B", "c:D"], {}, "c:D"),
+]
+
+
+@pytest.mark.parametrize(("argv", "environ", "names"), BAD, ids=[repr(b[:2]) for b in BAD])
+def test_bad_input_is_a_usage_error_naming_its_source(
+    argv: list[str], environ: dict[str, str], names: str
+) -> None:
+    with pytest.raises(UsageError) as caught:
+        parse_args(argv, environ=environ)
+    message = str(caught.value)
+    assert names in message
+    assert "\n" not in message  # one line
+    assert caught.value.exit_code == 2
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        parse_args(["--version"], environ={})
+    assert caught.value.code in (0, None)
+    assert capsys.readouterr().out.strip() == f"graceserve {__version__}"
+
+
+def test_help_documents_signals_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        parse_args(["--help"], environ={})
+    assert caught.value.code in (0, None)
+    text = capsys.readouterr().out
+    for needle in ("TERM", "INT", "HUP", "QUIT", "USR1", "143", "130", "module:Handler"):
+        assert needle in text, needle
+    for code, meaning in [("0", "drained"), ("2", "usage"), ("3", "start"), ("4", "grace")]:
+        assert any(line.split()[:1] == [code] and meaning in line for line in text.splitlines()), (
+            code,
+            meaning,
+        )
