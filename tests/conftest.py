@@ -9,6 +9,7 @@ processes we started are signalled (by pid or process group).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,6 +52,55 @@ def _leaves_process_state_alone() -> Iterator[None]:
         timeout=10.0,
         what="threads started by the test to end",
     )
+
+
+class Call(threading.Thread):
+    """Run ``fn(*args)`` in a thread and keep its result or exception."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        super().__init__(name=f"test-call-{getattr(fn, '__name__', 'fn')}", daemon=True)
+        self._fn = fn
+        self._args = args
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.value = self._fn(*self._args)
+        except BaseException as exc:
+            self.error = exc
+
+    def result(self, timeout: float = 10.0) -> Any:
+        self.join(timeout)
+        assert not self.is_alive(), f"{self.name} still running after {timeout}s"
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class _Messages(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def graceserve_log() -> Iterator[list[str]]:
+    """Messages logged on the "graceserve" logger during the test (whatever its propagation)."""
+    logger = logging.getLogger("graceserve")
+    handler = _Messages()
+    previous_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)
 
 
 class ServerProcess:

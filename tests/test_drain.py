@@ -13,10 +13,10 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
+from conftest import Call
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -37,31 +37,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-class Call(threading.Thread):
-    """Run ``fn(*args)`` in a thread and keep its result or exception."""
-
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        super().__init__(name=f"test-call-{getattr(fn, '__name__', 'fn')}", daemon=True)
-        self._fn = fn
-        self._args = args
-        self.value: Any = None
-        self.error: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            self.value = self._fn(*self._args)
-        except BaseException as exc:
-            self.error = exc
-
-    def result(self, timeout: float = JOIN_TIMEOUT) -> Any:
-        self.join(timeout)
-        assert not self.is_alive(), f"{self.name} still running after {timeout}s"
-        if self.error is not None:
-            raise self.error
-        return self.value
 
 
 class WaitingProbe:

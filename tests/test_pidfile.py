@@ -7,7 +7,6 @@ process.  The end-to-end tests start real servers (and SIGKILL one of them).
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import signal
@@ -23,30 +22,6 @@ from graceserve.errors import EXIT_CANNOT_START, StartupError
 from graceserve.pidfile import PidFile
 
 StartServer = Callable[..., ServerProcess]
-
-
-class _Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-@pytest.fixture
-def log_lines() -> Iterator[list[str]]:
-    """Messages logged on the "graceserve" logger during the test (whatever its propagation)."""
-    logger = logging.getLogger("graceserve")
-    handler = _Lines()
-    previous_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
-        yield handler.messages
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(previous_level)
 
 
 @pytest.fixture
@@ -148,7 +123,7 @@ def test_the_file_is_free_again_after_release(tmp_path: Path, held: list[PidFile
 
 
 def test_stale_file_is_reclaimed_and_logged(
-    tmp_path: Path, held: list[PidFile], log_lines: list[str]
+    tmp_path: Path, held: list[PidFile], graceserve_log: list[str]
 ) -> None:
     path = tmp_path / "app.pid"
     path.write_text("999999\n")  # left by a killed instance: nobody holds the lock
@@ -156,8 +131,8 @@ def test_stale_file_is_reclaimed_and_logged(
     assert path.read_text() == f"{os.getpid()}\n"
     assert any(
         re.search(rf"reclaiming stale pidfile {re.escape(str(path))} left by pid 999999", m)
-        for m in log_lines
-    ), log_lines
+        for m in graceserve_log
+    ), graceserve_log
 
 
 @pytest.mark.parametrize("content", ["", "garbage\n", "12 34\n", "-5\n", "\0\0\0"])
@@ -178,7 +153,7 @@ def test_longer_stale_content_is_truncated(tmp_path: Path, held: list[PidFile]) 
 
 
 def test_replaced_file_is_left_alone_at_release(
-    tmp_path: Path, held: list[PidFile], log_lines: list[str]
+    tmp_path: Path, held: list[PidFile], graceserve_log: list[str]
 ) -> None:
     path = tmp_path / "app.pid"
     pidfile = acquired(path, held)
@@ -187,18 +162,18 @@ def test_replaced_file_is_left_alone_at_release(
     os.replace(other, path)
     pidfile.release()
     assert path.read_text() == "31337\n"
-    assert any("replaced" in m for m in log_lines), log_lines
+    assert any("replaced" in m for m in graceserve_log), graceserve_log
 
 
 def test_file_rewritten_in_place_is_left_alone_at_release(
-    tmp_path: Path, held: list[PidFile], log_lines: list[str]
+    tmp_path: Path, held: list[PidFile], graceserve_log: list[str]
 ) -> None:
     path = tmp_path / "app.pid"
     pidfile = acquired(path, held)
     path.write_text("31337\n")  # same inode, someone else's pid
     pidfile.release()
     assert path.read_text() == "31337\n"
-    assert any("replaced" in m for m in log_lines), log_lines
+    assert any("replaced" in m for m in graceserve_log), graceserve_log
 
 
 def test_removed_file_does_not_break_release(tmp_path: Path, held: list[PidFile]) -> None:

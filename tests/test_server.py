@@ -20,11 +20,11 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
-from conftest import wait_until
+from conftest import Call, wait_until
 
 from graceserve import DrainController, DrainReport, GracefulTCPServer
 from graceserve import server as server_module
@@ -133,31 +133,6 @@ class Client:
     def close(self) -> None:
         self.reader.close()
         self.sock.close()
-
-
-class Call(threading.Thread):
-    """Run ``fn(*args)`` in a thread and keep its result or exception."""
-
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        super().__init__(name=f"test-call-{getattr(fn, '__name__', 'fn')}", daemon=True)
-        self._fn = fn
-        self._args = args
-        self.value: Any = None
-        self.error: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            self.value = self._fn(*self._args)
-        except BaseException as exc:
-            self.error = exc
-
-    def result(self, timeout: float = TIMEOUT) -> Any:
-        self.join(timeout)
-        assert not self.is_alive(), f"{self.name} still running after {timeout}s"
-        if self.error is not None:
-            raise self.error
-        return self.value
 
 
 class Harness:

@@ -9,7 +9,6 @@ that every handler is back and every thread started here has ended.
 from __future__ import annotations
 
 import faulthandler
-import logging
 import os
 import re
 import signal
@@ -329,30 +328,6 @@ def test_every_listener_is_woken(relay: SignalRelay) -> None:
 
 
 # -- USR1 --------------------------------------------------------------------------------
-
-
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.text: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.text.append(record.getMessage())
-
-
-@pytest.fixture
-def graceserve_log() -> Iterator[list[str]]:
-    """Messages logged on the "graceserve" logger during the test."""
-    logger = logging.getLogger("graceserve")
-    handler = _Records()
-    previous_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
-        yield handler.text
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(previous_level)
 
 
 def test_usr1_dumps_every_thread_and_is_not_a_stop_signal(
