@@ -80,6 +80,16 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], title: str =
     return "\n".join(out)
 
 
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A markdown (GitHub) table, numbers formatted like ``table``, right-aligned but the first."""
+    out = [
+        "| " + " | ".join(str(h) for h in headers) + " |",
+        "|" + "|".join([":---", *["---:"] * (len(headers) - 1)]) + "|",
+    ]
+    out += ["| " + " | ".join(_cell(v).replace("|", "/") for v in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
 def _cell(value: object) -> str:
     if isinstance(value, float):
         if math.isnan(value):
@@ -252,6 +262,14 @@ class Server:
             os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)
+
+    def close(self) -> None:
+        """Kill what is left of the group, then release the stderr pipe (no ResourceWarning)."""
+        self.kill()
+        if self._pump is not None:
+            self._pump.join(5)
+        if self.proc is not None and self.proc.stderr is not None:
+            self.proc.stderr.close()
 
     def cpu_seconds(self) -> float:
         """User+system CPU time so far of the server process and its descendants (Linux /proc).

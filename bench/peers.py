@@ -6,7 +6,9 @@ Every peer answers like graceserve's demo app: ``GET /`` -> 200
 -> 200 after N seconds, anything else 404.
 
     python bench/peers.py stdlib  [--port P] [--nodelay] [--backlog N]  # ThreadingHTTPServer
+    python bench/peers.py stdlib-plain [--port P]       # ThreadingHTTPServer, no handler at all
     python bench/peers.py waitress [--port P] [--threads N] # needs: bash bench/setup
+    python bench/peers.py cheroot [--port P] [--threads N]  # needs: bash bench/setup
     python -m gunicorn --chdir bench -w 1 -k sync peers:wsgi_app   # gunicorn, same app
 
 The stdlib peer stops the way most scripts do it (the naive way): a SIGTERM
@@ -14,6 +16,11 @@ handler starts ``server.shutdown()`` in a thread, then the main thread calls
 ``server_close()`` and exits.  Its handler threads are daemon threads, so
 requests in flight at exit are dropped.  It prints
 ``listening on http://127.0.0.1:PORT`` on stderr once the handler is installed.
+
+``stdlib-plain`` is the stock server as most scripts run it: ``serve_forever()``
+in the main thread and no signal handler, so SIGTERM kills it (exit -15).
+``cheroot`` runs the WSGI app on ``cheroot.wsgi.Server`` and calls
+``server.stop()`` on SIGTERM, the way cheroot's documentation shows.
 """
 
 from __future__ import annotations
@@ -115,6 +122,37 @@ def run_stdlib(port: int, nodelay: bool, backlog: int | None = None) -> None:
     server.server_close()
 
 
+def run_stdlib_plain(port: int) -> None:
+    """The stock ThreadingHTTPServer, no signal handler: SIGTERM's default action kills it."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), HelloHandler)
+    print(f"listening on http://127.0.0.1:{server.server_address[1]}", file=sys.stderr, flush=True)
+    server.serve_forever()
+
+
+def run_cheroot(port: int, threads: int) -> None:
+    """cheroot.wsgi.Server of the WSGI app, stopped the way cheroot's docs show.
+
+    The docs: ``prepare()``, ``serve()`` in a thread, wait for "some appropriate
+    stop condition", then ``stop()``.  The stop condition here is SIGTERM,
+    awaited with ``sigwait`` (blocked in every thread).  Calling ``stop()``
+    straight from a SIGTERM handler deadlocks when ``serve()`` runs in the main
+    thread: ``stop()`` waits for the serve loop the handler interrupted.
+    """
+    from cheroot import wsgi  # bench-only dependency, imported only here
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # inherited by every thread
+    server = wsgi.Server(("127.0.0.1", port), wsgi_app, numthreads=threads)
+    server.prepare()
+    serving = threading.Thread(target=server.serve)
+    serving.start()
+    print(f"listening on http://127.0.0.1:{server.bind_addr[1]}", file=sys.stderr, flush=True)
+    try:
+        signal.sigwait({signal.SIGTERM})
+    finally:
+        server.stop()
+        serving.join()
+
+
 def run_waitress(port: int, threads: int) -> None:
     """waitress.serve() of the WSGI app (waitress handles SIGTERM by exiting)."""
     import waitress  # bench-only dependency, imported only here
@@ -127,14 +165,18 @@ def run_waitress(port: int, threads: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="peer servers for the benchmarks")
-    parser.add_argument("kind", choices=["stdlib", "waitress"])
+    parser.add_argument("kind", choices=["stdlib", "stdlib-plain", "waitress", "cheroot"])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--nodelay", action="store_true", help="stdlib: set TCP_NODELAY")
     parser.add_argument("--backlog", type=int, help="stdlib: listen backlog (stdlib: 5)")
-    parser.add_argument("--threads", type=int, default=4, help="waitress: worker threads")
+    parser.add_argument("--threads", type=int, default=4, help="waitress, cheroot: worker threads")
     args = parser.parse_args()
     if args.kind == "stdlib":
         run_stdlib(args.port, args.nodelay, args.backlog)
+    elif args.kind == "stdlib-plain":
+        run_stdlib_plain(args.port)
+    elif args.kind == "cheroot":
+        run_cheroot(args.port, args.threads)
     else:
         run_waitress(args.port, args.threads)
 
