@@ -27,10 +27,11 @@ import sys
 import time
 from collections.abc import Callable
 
-__all__ = ["PIDFILE_FD_VARIABLE", "RESTART_SOCKET_VARIABLE", "Successor"]
+__all__ = ["PIDFILE_FD_VARIABLE", "RESTART_SOCKET_VARIABLE", "SOCKET_FILE_VARIABLE", "Successor"]
 
 RESTART_SOCKET_VARIABLE = "GRACESERVE_RESTART_SOCKET"
 PIDFILE_FD_VARIABLE = "GRACESERVE_PIDFILE_FD"
+SOCKET_FILE_VARIABLE = "GRACESERVE_OWNS_SOCKET_FILE"
 _LISTENER_FD = 3
 _PIDFILE_FD = 4
 _TRAMPOLINE = 'LISTEN_PID=$$; export LISTEN_PID; exec "$@"'
@@ -40,7 +41,14 @@ _UCRED = struct.Struct("iII")  # pid, uid, gid
 class Successor:
     """The process started to replace us.  Use from the controller thread only."""
 
-    def __init__(self, listener_fd: int, pidfile_fd: int | None, notify_socket: str | None) -> None:
+    def __init__(
+        self,
+        listener_fd: int,
+        pidfile_fd: int | None,
+        notify_socket: str | None,
+        owns_socket_file: bool = False,
+    ) -> None:
+        self._owns_socket_file = owns_socket_file
         self._listener_fd = listener_fd
         self._pidfile_fd = pidfile_fd
         self._notify_socket = notify_socket
@@ -58,6 +66,9 @@ class Successor:
         env.pop("LISTEN_PID", None)
         env["LISTEN_FDS"] = "1"
         env[RESTART_SOCKET_VARIABLE] = "@" + self._name
+        env.pop(SOCKET_FILE_VARIABLE, None)
+        if self._owns_socket_file:  # a unix socket file we bound: the successor removes it
+            env[SOCKET_FILE_VARIABLE] = "1"
         if self._notify_socket:
             env["NOTIFY_SOCKET"] = self._notify_socket
         # Move the descriptors into place via spare numbers, so neither overwrites the other.

@@ -36,7 +36,12 @@ from .errors import EXIT_CUT, EXIT_OK, exit_code_for_signal
 from .httpserver import GracefulHTTPServer
 from .listener import Address, make_server, remove_unix_socket
 from .pidfile import PidFile
-from .restart import PIDFILE_FD_VARIABLE, RESTART_SOCKET_VARIABLE, Successor
+from .restart import (
+    PIDFILE_FD_VARIABLE,
+    RESTART_SOCKET_VARIABLE,
+    SOCKET_FILE_VARIABLE,
+    Successor,
+)
 from .server import GracefulTCPServer, format_address
 from .signals import SignalRelay
 from .systemd import Notifier, inherited_listener
@@ -78,6 +83,7 @@ def serve(
     relay.install()
     notifier = Notifier.from_environment()
     predecessor = Notifier(os.environ.pop(RESTART_SOCKET_VARIABLE, None))
+    handed_socket_file = os.environ.pop(SOCKET_FILE_VARIABLE, "") == "1"
     inherited_pidfile = os.environ.pop(PIDFILE_FD_VARIABLE, "")
     try:
         handler_class = load_handler(handler) if isinstance(handler, str) else handler
@@ -95,13 +101,14 @@ def serve(
                 max_connections=max_connections,
                 idle_timeout=idle_timeout,
             )
-            controller = _Controller(server, relay, notifier, predecessor, pid)
+            # A unix socket file is removed by whoever bound it, or was handed it by a
+            # restart; never one systemd bound (socket activation), nor one handed on.
+            owns_socket_file = inherited is None or handed_socket_file
+            controller = _Controller(server, relay, notifier, predecessor, pid, owns_socket_file)
             try:
                 return controller.run(grace, drain_delay)
             finally:
-                # A socket file systemd bound, or one we handed on, is not ours to remove.
-                ours = inherited is None or predecessor.enabled
-                if ours and not controller.stop.handed_over:
+                if owns_socket_file and not controller.stop.handed_over:
                     remove_unix_socket(server)
         finally:
             if pid is not None:
@@ -132,7 +139,9 @@ class _Controller:
         notifier: Notifier,
         predecessor: Notifier,
         pidfile: PidFile | None,
+        owns_socket_file: bool,
     ) -> None:
+        self.owns_socket_file = owns_socket_file
         self.server = server
         self.relay = relay
         self.notifier = notifier
@@ -189,7 +198,9 @@ class _Controller:
         """Start a successor and hand over to it; False (still serving) if it fails."""
         self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         pidfile_fd = self.pidfile.fileno if self.pidfile is not None else None
-        successor = Successor(self.server.fileno(), pidfile_fd, self.notifier.address)
+        successor = Successor(
+            self.server.fileno(), pidfile_fd, self.notifier.address, self.owns_socket_file
+        )
         try:
             pid = successor.start()
         except OSError as exc:

@@ -214,10 +214,14 @@ class GracefulTCPServer(socketserver.ThreadingTCPServer):
         the loop at once.  ``poll_interval`` only paces ``service_actions``.
         Returns at once if the drain has already started.
         """
-        if self.draining:
-            return
-        self._is_shut_down.clear()
-        self._serving_thread = threading.get_ident()
+        with self._registry.lock:  # either the drain sees us serving, or we see it
+            if self.draining:
+                return
+            # Non-blocking accepts: a listener shared with another process (a graceful
+            # restart) can be readable here and emptied there before we accept.
+            self.socket.setblocking(False)
+            self._is_shut_down.clear()
+            self._serving_thread = threading.get_ident()
         try:
             with selectors.DefaultSelector() as selector:
                 selector.register(self._wakeup_r, selectors.EVENT_READ)

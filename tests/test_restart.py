@@ -1,0 +1,813 @@
+"""Graceful restart on SIGHUP, end to end: real processes, real signals, real sockets.
+
+On HUP the server starts a copy of itself with the same argv, hands it the listening
+socket (never closed, so no client is refused) and the locked pidfile, waits until the
+copy reports it is ready, moves the pidfile to it, then drains itself and exits 0.  If
+the copy fails, the old process keeps serving and says why.
+
+The successor is not our child: the old process starts it, and when the old process
+exits it is reparented.  It inherits the old process's stderr pipe (so its log lines
+reach ``ServerProcess.lines``, prefixed ``graceserve[PID]``) and its process group.
+The tests find its pid in those lines, check it by its process group before signalling
+it, and see it exit by its "stopped" line and by its disappearance from /proc.  The
+``start_server`` fixture's teardown kills whatever is left of each process group, so
+a successor never outlives a failed test.
+
+The target served here (``app.py``, written into ``tmp_path``; the server runs there)
+names its pid in every answer, so a test knows which process served a request, and
+lets a POST wait for its body, so a test decides when a request in flight ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from conftest import ServerProcess, wait_until
+
+from graceserve.restart import Successor
+
+StartServer = Callable[..., ServerProcess]
+
+IO_TIMEOUT = 10.0  # seconds, for every client socket
+EXIT_TIMEOUT = 15.0  # seconds a process may take to finish a restart or a drain
+LOG_PID = re.compile(r"graceserve\[(\d+)\]|started pid (\d+)")
+
+APP = '''\
+"""Test target: every answer names its version and pid; a POST waits for its body."""
+import os
+from http.server import BaseHTTPRequestHandler
+
+VERSION = "v1"
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        self._reply(f"{VERSION} pid {os.getpid()}")
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self._reply(f"{VERSION} pid {os.getpid()} got {body.decode()}")
+
+    def _reply(self, text):
+        data = text.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format, *args):
+        pass
+'''
+
+# Appended to app.py: the next process to import it stops just before it reports
+# that it is ready (after it has adopted the listener and the pidfile), and says so.
+HOLD_BEFORE_READY = """
+import logging, sys, threading
+
+
+class _HoldBeforeReady(logging.Filter):
+    def filter(self, record):
+        if record.getMessage().startswith("listening on"):
+            print(f"test-app: pid {os.getpid()} holding before ready", file=sys.stderr, flush=True)
+            threading.Event().wait()
+        return True
+
+
+logging.getLogger("graceserve").addFilter(_HoldBeforeReady())
+"""
+
+BROKEN_APP = 'raise RuntimeError("app.py broken on purpose")\n'
+
+ECHO_APP = """\
+import os
+import socketserver
+
+
+class Echo(socketserver.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(f"{os.getpid()} {line.decode()}".encode())
+"""
+
+
+# -- processes -----------------------------------------------------------------------
+
+
+def process_status(pid: int) -> tuple[str, int] | None:
+    """(state letter, process group) of ``pid`` from /proc, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            text = stat.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = text.rsplit(")", 1)[1].split()  # the command name may hold spaces and ")"
+    return fields[0], int(fields[2])
+
+
+def is_running(pid: int) -> bool:
+    """Whether ``pid`` exists and has not exited (a zombie has exited)."""
+    status = process_status(pid)
+    return status is not None and status[0] not in ("Z", "X")
+
+
+def group_members(pgid: int) -> set[int]:
+    """Pids of the running processes in process group ``pgid``."""
+    members: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            status = process_status(int(entry))
+            if status is not None and status[1] == pgid and status[0] not in ("Z", "X"):
+                members.add(int(entry))
+    return members
+
+
+def logged_pids(server: ServerProcess) -> set[int]:
+    """Every pid named in the log of ``server`` and its successors."""
+    return {int(a or b) for a, b in LOG_PID.findall(server.output)}
+
+
+def signal_successor(server: ServerProcess, pid: int, signum: int) -> None:
+    """Send ``signum`` to ``pid``, a process of ours: named in the log, in our group."""
+    assert pid in logged_pids(server), f"pid {pid} is not in the log of our server"
+    status = process_status(pid)
+    assert status is not None, f"pid {pid} is gone"
+    assert status[1] == server.proc.pid, f"pid {pid} is not in our process group"
+    os.kill(pid, signum)
+
+
+def wait_gone(pid: int, timeout: float = EXIT_TIMEOUT) -> None:
+    wait_until(lambda: not is_running(pid), timeout=timeout, what=f"pid {pid} to exit")
+
+
+def first_exit(server: ServerProcess, timeout: float = EXIT_TIMEOUT) -> int:
+    """Wait for the first process (our child) to exit; its exit code.
+
+    ``ServerProcess.wait_exit`` would also wait for the stderr reader, which a
+    successor keeps alive.  If it hangs, its thread stacks (USR1) go in the failure.
+    """
+    try:
+        return server.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(server.proc.pid, signal.SIGUSR1)
+        with contextlib.suppress(pytest.fail.Exception):
+            server.wait_for_line(r"most recent call first", timeout=5.0)
+        pytest.fail(f"pid {server.proc.pid} did not exit within {timeout}s:\n{server.output}")
+
+
+def stopped_line(pid: int, code: int = 0) -> str:
+    """The summary a process logs just before it exits with ``code``."""
+    return (
+        rf"graceserve\[{pid}\] INFO stopped: (?P<served>\d+) served during the drain, "
+        rf"0 cut, [\d.]+s, exit code {code}$"
+    )
+
+
+def started_successor(server: ServerProcess, parent: int) -> int:
+    """The pid that ``parent`` logged it started on HUP."""
+    match = server.wait_for_line(rf"graceserve\[{parent}\] INFO HUP: restarting: started pid (\d+)")
+    return int(match[1])
+
+
+# -- the app and its clients -----------------------------------------------------------
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path) -> Path:
+    """``tmp_path`` holding app.py; run the server there (cwd) as ``app:Handler``."""
+    (tmp_path / "app.py").write_text(APP)
+    return tmp_path
+
+
+def short_directory() -> Iterator[Path]:
+    """A directory whose paths fit in a sockaddr_un (tmp_path may be too long).
+
+    For a fixture to ``yield from``.
+    """
+    with tempfile.TemporaryDirectory(prefix="gs-", dir="/tmp") as name:
+        yield Path(name)
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    yield from short_directory()
+
+
+def start_app(
+    start_server: StartServer, directory: Path, *args: str, bind: str = "127.0.0.1:0"
+) -> ServerProcess:
+    """Serve app:Handler from ``directory`` and wait until it is ready."""
+    server = start_server(
+        ["app:Handler", "--bind", bind, "--grace", "10", *args],
+        cwd=directory,
+        env={"PYTHONDONTWRITEBYTECODE": "1"},  # app.py is rewritten: no stale bytecode
+    )
+    if bind.startswith("unix:"):
+        server.wait_for_line(rf"listening on {re.escape(bind)} ")
+    else:
+        server.wait_ready()
+    return server
+
+
+def address_of(server: ServerProcess) -> tuple[str, int]:
+    assert server.address is not None
+    return server.address
+
+
+def get(address: tuple[str, int], path: str = "/") -> tuple[int, str]:
+    """One GET on a fresh connection: (status, body)."""
+    conn = http.client.HTTPConnection(*address, timeout=IO_TIMEOUT)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+def unix_get(path: Path) -> tuple[int, str]:
+    """One GET on a fresh connection to the Unix socket ``path``: (status, body)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(IO_TIMEOUT)
+        sock.connect(str(path))
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        response = http.client.HTTPResponse(sock)
+        try:
+            response.begin()
+            return response.status, response.read().decode()
+        finally:
+            response.close()
+
+
+def served_by(body: str) -> int:
+    """The pid named in an app answer."""
+    match = re.search(r"pid (\d+)", body)
+    assert match is not None, body
+    return int(match[1])
+
+
+def read_pidfile(path: Path) -> int:
+    return int(path.read_text().strip())
+
+
+def is_locked(path: Path) -> bool:
+    """Whether some process holds the pidfile's lock."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def tcp_receive_queues() -> dict[tuple[int, int], int]:
+    """Unread bytes of every established TCP socket, by (local port, remote port)."""
+    queues: dict[tuple[int, int], int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                if fields[3] == "01":
+                    local = int(fields[1].rsplit(":", 1)[1], 16)
+                    remote = int(fields[2].rsplit(":", 1)[1], 16)
+                    queues[(local, remote)] = int(fields[4].split(":")[1], 16)
+    return queues
+
+
+def post_in_flight(address: tuple[str, int]) -> socket.socket:
+    """Send a POST head announcing a 4-byte body, and wait until a handler has read it.
+
+    The handler then waits for the body: the request stays in flight until the
+    test sends it (``finish_post``).
+    """
+    sock = socket.create_connection(address, timeout=IO_TIMEOUT)
+    try:
+        sock.sendall(b"POST /wait HTTP/1.1\r\nHost: test\r\nContent-Length: 4\r\n\r\n")
+        key = (address[1], sock.getsockname()[1])
+        wait_until(lambda: tcp_receive_queues().get(key) == 0, what="the server to read our POST")
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def finish_post(sock: socket.socket) -> tuple[int, dict[str, str], str]:
+    """Send the POST body; read the answer: status, lower-cased headers, body."""
+    sock.sendall(b"done")
+    response = http.client.HTTPResponse(sock)
+    try:
+        response.begin()
+        body = response.read().decode()
+        headers = {key.lower(): value for key, value in response.getheaders()}
+        return response.status, headers, body
+    finally:
+        response.close()
+
+
+# -- load ------------------------------------------------------------------------------
+
+
+MAX_REQUESTS = 20_000  # per client: the load is bounded by count as well as by the test
+LOAD_LIMIT = 30.0  # seconds: a client gives up after this, whatever happens
+
+
+@dataclass
+class Client:
+    """One client thread's record.  Written by its thread, read by the test."""
+
+    keepalive: bool
+    requests: int = 0
+    connects: int = 0
+    closes: int = 0  # answers that said Connection: close
+    pids: list[int] = field(default_factory=list)  # who served each request, in order
+    failures: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        kind = "keep-alive" if self.keepalive else "fresh"
+        served = {pid: self.pids.count(pid) for pid in dict.fromkeys(self.pids)}
+        return (
+            f"{kind} client: {self.requests} requests, {self.connects} connects, "
+            f"{self.closes} closes, served by {served}, {len(self.failures)} failures"
+        )
+
+
+def run_client(address: tuple[str, int], client: Client, stop: threading.Event) -> None:
+    """GET / in a loop until ``stop``; every exception or wrong answer is a failure.
+
+    A keep-alive client reuses its connection until an answer says
+    ``Connection: close`` (http.client then drops it and connects again for the
+    next request); the other kind opens a fresh connection per request.
+    """
+    give_up = time.monotonic() + LOAD_LIMIT
+    conn: http.client.HTTPConnection | None = None
+    try:
+        while not stop.is_set() and client.requests < MAX_REQUESTS:
+            if time.monotonic() > give_up:
+                client.failures.append("load did not stop in time")
+                return
+            try:
+                if conn is None or not client.keepalive:
+                    if conn is not None:
+                        conn.close()
+                    conn = http.client.HTTPConnection(*address, timeout=IO_TIMEOUT)
+                if conn.sock is None:
+                    client.connects += 1
+                headers = {} if client.keepalive else {"Connection": "close"}
+                conn.request("GET", "/", headers=headers)
+                response = conn.getresponse()
+                body = response.read().decode()
+                if response.status != 200 or not body.startswith("v1 pid "):
+                    client.failures.append(f"{response.status} {body!r}")
+                else:
+                    client.pids.append(served_by(body))
+                if response.will_close:
+                    client.closes += 1
+                client.requests += 1
+            except (OSError, http.client.HTTPException) as exc:
+                client.failures.append(f"request {client.requests + 1}: {exc!r}")
+                if conn is not None:
+                    conn.close()
+                conn = None
+    finally:
+        if conn is not None:
+            conn.close()
+
+
+class Load:
+    """Client threads hammering a server until ``stop()``."""
+
+    def __init__(self, address: tuple[str, int], keepalive: int, fresh: int) -> None:
+        self.clients = [Client(keepalive=True) for _ in range(keepalive)]
+        self.clients += [Client(keepalive=False) for _ in range(fresh)]
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(
+                target=run_client,
+                args=(address, client, self._stop),
+                name=f"test-client-{index}",
+                daemon=True,
+            )
+            for index, client in enumerate(self.clients)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def wait_for_requests(self, more: int, timeout: float = 15.0) -> None:
+        """Wait until every client has made ``more`` requests beyond its count now."""
+        marks = [client.requests for client in self.clients]
+
+        def done() -> bool:
+            pairs = zip(self.clients, marks, strict=True)
+            return all(client.requests >= mark + more for client, mark in pairs)
+
+        wait_until(done, timeout=timeout, what=f"every client to make {more} more requests")
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=IO_TIMEOUT * 2)
+        assert not any(thread.is_alive() for thread in self._threads), "a client hangs"
+
+    @property
+    def failures(self) -> list[str]:
+        return [failure for client in self.clients for failure in client.failures]
+
+
+# -- tests -----------------------------------------------------------------------------
+
+
+def test_restart_under_continuous_load_fails_no_request(
+    start_server: StartServer, app_dir: Path
+) -> None:
+    pidfile = app_dir / "server.pid"
+    server = start_app(start_server, app_dir, "--pidfile", str(pidfile))
+    old = server.proc.pid
+    load = Load(address_of(server), keepalive=4, fresh=2)
+    try:
+        load.wait_for_requests(20)
+        server.send(signal.SIGHUP)
+        new = started_successor(server, old)
+        server.wait_for_line(rf"graceserve\[{old}\] INFO HUP: pid {new} is serving")
+        assert first_exit(server) == 0  # the old process drained and exited 0
+        load.wait_for_requests(20)  # all of them now served by the new process
+    finally:
+        load.stop()
+
+    assert load.failures == []
+    server.wait_for_line(stopped_line(old))
+    for client in load.clients:
+        assert (client.pids[0], client.pids[-1]) == (old, new), str(client)
+        assert set(client.pids) == {old, new}, str(client)
+        if client.keepalive:  # told to reconnect once the old listener was closed
+            assert client.closes >= 1, str(client)
+            assert client.connects >= 2, str(client)
+    assert read_pidfile(pidfile) == new
+    assert is_locked(pidfile)
+
+    signal_successor(server, new, signal.SIGTERM)
+    server.wait_for_line(stopped_line(new))
+    wait_gone(new)
+    assert not pidfile.exists()
+    assert "Traceback" not in server.output, server.output
+
+
+def test_restart_lets_the_old_process_finish_what_is_in_flight(
+    start_server: StartServer, app_dir: Path
+) -> None:
+    server = start_app(start_server, app_dir)
+    old = server.proc.pid
+    with contextlib.closing(post_in_flight(address_of(server))) as sock:
+        server.send(signal.SIGHUP)
+        new = started_successor(server, old)
+        server.wait_for_line(rf"graceserve\[{old}\] INFO HUP: pid {new} is serving")
+        server.wait_for_line(rf"graceserve\[{old}\] INFO SIGHUP: draining 1 connections")
+        # While the old one still drains, the new one serves new connections (the old
+        # one may still take a few until its listener is closed, and serves them too).
+        answers: list[tuple[int, str]] = []
+
+        def served_by_new() -> bool:
+            answers.append(get(address_of(server)))
+            return answers[-1] == (200, f"v1 pid {new}")
+
+        wait_until(served_by_new, what=f"pid {new} to serve a new connection")
+        assert set(answers) <= {(200, f"v1 pid {old}"), (200, f"v1 pid {new}")}
+        assert server.proc.poll() is None
+        status, headers, body = finish_post(sock)
+    assert first_exit(server) == 0
+    assert (status, body) == (200, f"v1 pid {old} got done")
+    assert headers.get("connection", "").lower() == "close"
+    match = server.wait_for_line(stopped_line(old))
+    assert int(match["served"]) >= 1  # our POST, and any connection it took before closing
+    assert get(address_of(server)) == (200, f"v1 pid {new}")
+
+    signal_successor(server, new, signal.SIGTERM)
+    server.wait_for_line(stopped_line(new))
+    wait_gone(new)
+
+
+def test_restart_skips_the_lame_duck_delay(start_server: StartServer, app_dir: Path) -> None:
+    """The lame duck keeps a stopping server serving while health checks fail; on a
+    restart the new process serves instead, so the old one drains at once."""
+    server = start_app(start_server, app_dir, "--drain-delay", "30")
+    old = server.proc.pid
+    server.send(signal.SIGHUP)
+    new = started_successor(server, old)
+    assert first_exit(server) == 0  # long before the 30 s delay
+    server.wait_for_line(stopped_line(old))
+    assert not re.search(rf"graceserve\[{old}\] .*lame duck", server.output), server.output
+    assert get(address_of(server)) == (200, f"v1 pid {new}")
+
+    # Stopped for real, the new process does go through the lame duck; a HUP ends it.
+    signal_successor(server, new, signal.SIGTERM)
+    server.wait_for_line(rf"graceserve\[{new}\] INFO SIGTERM: lame duck for 30s")
+    signal_successor(server, new, signal.SIGHUP)
+    server.wait_for_line(stopped_line(new))
+    wait_gone(new)
+
+
+def test_failed_restart_keeps_the_old_process_serving(
+    start_server: StartServer, app_dir: Path
+) -> None:
+    pidfile = app_dir / "server.pid"
+    server = start_app(start_server, app_dir, "--pidfile", str(pidfile))
+    old = server.proc.pid
+    (app_dir / "app.py").write_text(BROKEN_APP)  # the new process will fail to import it
+
+    server.send(signal.SIGHUP)
+    new = started_successor(server, old)
+    server.wait_for_line(rf"graceserve\[{new}\] ERROR cannot start: .*broken on purpose")
+    server.wait_for_line(
+        rf"graceserve\[{old}\] ERROR HUP: restart failed: pid {new} exited with status 3 "
+        r"before it was ready; still serving"
+    )
+    wait_gone(new)
+    for _ in range(3):
+        assert get(address_of(server)) == (200, f"v1 pid {old}")
+    assert server.proc.poll() is None
+    assert read_pidfile(pidfile) == old
+
+    server.send(signal.SIGTERM)
+    assert first_exit(server) == 0
+    server.wait_for_line(stopped_line(old))
+    assert not pidfile.exists()
+    assert group_members(old) == set()
+
+
+def test_pidfile_names_the_old_process_until_the_new_one_is_ready(
+    start_server: StartServer, app_dir: Path
+) -> None:
+    """A new process that never reports ready does not take the pidfile with it.
+
+    The new process is held just before it reports ready (it has adopted the
+    listener and the pidfile by then); a TERM to the old one abandons the restart.
+    """
+    pidfile = app_dir / "server.pid"
+    server = start_app(start_server, app_dir, "--pidfile", str(pidfile))
+    old = server.proc.pid
+    (app_dir / "app.py").write_text(APP + HOLD_BEFORE_READY)
+
+    server.send(signal.SIGHUP)
+    new = started_successor(server, old)
+    server.wait_for_line(rf"test-app: pid {new} holding before ready")
+    named_while_not_ready = read_pidfile(pidfile)
+
+    server.send(signal.SIGTERM)
+    server.wait_for_line(
+        rf"graceserve\[{old}\] ERROR HUP: restart failed: interrupted by a signal; still serving"
+    )
+    assert first_exit(server) == 0
+    server.wait_for_line(stopped_line(old))
+    wait_gone(new)  # the old process killed it
+    assert (named_while_not_ready, pidfile.exists()) == (old, False), (
+        f"pidfile named pid {named_while_not_ready} while pid {new} was not ready "
+        f"(old pid {old}); left behind after exit: {pidfile.exists()}\n{server.output}"
+    )
+
+
+def test_three_restarts_leave_one_process_and_no_leaked_descriptors(
+    start_server: StartServer, app_dir: Path
+) -> None:
+    pidfile = app_dir / "server.pid"
+    server = start_app(start_server, app_dir, "--pidfile", str(pidfile))
+    address = address_of(server)
+    group = server.proc.pid
+    fresh = serving_descriptors(group)
+    pids = [group]
+    after_one_restart: list[str] = []
+    for round_ in range(3):
+        current = pids[-1]
+        if round_ == 0:
+            server.send(signal.SIGHUP)
+        else:
+            signal_successor(server, current, signal.SIGHUP)
+        new = started_successor(server, current)
+        server.wait_for_line(rf"graceserve\[{current}\] INFO HUP: pid {new} is serving")
+        server.wait_for_line(stopped_line(current))
+        pids.append(new)
+        if round_ == 0:
+            after_one_restart = serving_descriptors(new)
+        assert get(address) == (200, f"v1 pid {new}")
+        assert read_pidfile(pidfile) == new
+
+    final = pids[-1]
+    assert len(set(pids)) == 4
+    assert first_exit(server) == 0
+    wait_until(lambda: group_members(group) == {final}, what=f"only pid {final} to be left")
+    assert listening_ports(final) == [address[1]]
+    # No descriptor leaks into a successor: the third holds what the first held, and
+    # that is what a fresh process holds plus the socket it reported ready on.
+    held = serving_descriptors(final, like=after_one_restart)
+    assert kinds(held) == kinds(after_one_restart), f"first: {after_one_restart}\nthird: {held}"
+    assert len(held) <= len(fresh) + 1, f"fresh: {fresh}\nafter 3 restarts: {held}"
+    assert held.count(str(pidfile)) == 1, held
+
+    signal_successor(server, final, signal.SIGTERM)
+    server.wait_for_line(stopped_line(final))
+    wait_gone(final)
+    assert not pidfile.exists()
+    assert group_members(group) == set()
+
+
+def test_restart_keeps_the_unix_socket_file_for_the_new_process(
+    start_server: StartServer, app_dir: Path, short_dir: Path
+) -> None:
+    path = short_dir / "app.sock"
+    server = start_app(start_server, app_dir, bind=f"unix:{path}")
+    old = server.proc.pid
+    assert unix_get(path) == (200, f"v1 pid {old}")
+
+    server.send(signal.SIGHUP)
+    new = started_successor(server, old)
+    server.wait_for_line(rf"graceserve\[{old}\] INFO HUP: pid {new} is serving")
+    assert first_exit(server) == 0
+    server.wait_for_line(stopped_line(old))
+    # The new process serves on the same socket: its file must still lead there.
+    assert path.is_socket(), f"the old process removed {path}\n{server.output}"
+    assert unix_get(path) == (200, f"v1 pid {new}")
+
+    signal_successor(server, new, signal.SIGTERM)
+    server.wait_for_line(stopped_line(new))
+    wait_gone(new)
+    assert not path.exists()  # its last owner removed it
+
+
+def echo(address: tuple[str, int], text: str) -> str:
+    """Send one line to the echo target on a fresh connection; its answer."""
+    sock = socket.create_connection(address, timeout=IO_TIMEOUT)
+    with sock, sock.makefile("rwb") as stream:
+        stream.write(f"{text}\n".encode())
+        stream.flush()
+        return stream.readline().decode()
+
+
+def test_restart_of_a_plain_tcp_handler(start_server: StartServer, app_dir: Path) -> None:
+    (app_dir / "echo.py").write_text(ECHO_APP)
+    server = start_server(["echo:Echo", "--bind", "127.0.0.1:0", "--grace", "10"], cwd=app_dir)
+    address = server.wait_ready()
+    server.wait_for_line(r"listening on tcp://")
+    old = server.proc.pid
+    assert echo(address, "before") == f"{old} before\n"
+
+    server.send(signal.SIGHUP)
+    new = started_successor(server, old)
+    server.wait_for_line(rf"graceserve\[{new}\] INFO listening on tcp://127\.0\.0\.1:{address[1]} ")
+    assert first_exit(server) == 0
+    assert echo(address, "after") == f"{new} after\n"
+
+    signal_successor(server, new, signal.SIGTERM)
+    server.wait_for_line(stopped_line(new))
+    wait_gone(new)
+
+
+# -- Successor, in this process -------------------------------------------------------
+
+# Started by Successor.start() in place of graceserve (sys.orig_argv is patched): reports
+# what it inherited, waits until the test says go, then reports ready to its predecessor.
+SUCCESSOR_DOUBLE = """
+import json, os, socket
+listener = socket.socket(fileno=3)
+names = ("LISTEN_PID", "LISTEN_FDS", "GRACESERVE_PIDFILE_FD", "NOTIFY_SOCKET",
+         "GRACESERVE_RESTART_SOCKET")
+info = {
+    "pid": os.getpid(),
+    "environ": {name: os.environ.get(name) for name in names},
+    "listener": list(listener.getsockname()),
+    "listening": listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN),
+    "pidfile": os.readlink("/proc/self/fd/4"),
+}
+listener.detach()
+with open(os.environ["TEST_INFO"] + ".tmp", "w") as out:
+    json.dump(info, out)
+os.rename(os.environ["TEST_INFO"] + ".tmp", os.environ["TEST_INFO"])
+os.read(int(os.environ["TEST_GO_FD"]), 1)
+with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as report:
+    inbox = os.environ["GRACESERVE_RESTART_SOCKET"]
+    report.sendto(b"STATUS=almost\\nREADY=1", "\\0" + inbox[1:])
+"""
+
+
+def test_successor_inherits_listener_and_pidfile_and_only_its_own_ready_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    info_path = tmp_path / "info.json"
+    go_read, go_write = os.pipe()
+    os.set_inheritable(go_read, True)
+    monkeypatch.setattr("sys.orig_argv", ["python", "-c", SUCCESSOR_DOUBLE])
+    monkeypatch.setenv("TEST_INFO", str(info_path))
+    monkeypatch.setenv("TEST_GO_FD", str(go_read))
+    monkeypatch.setenv("LISTEN_PID", "1")  # a stale one must not reach the successor
+    pidfile = tmp_path / "server.pid"
+    pidfile_fd = os.open(pidfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    listener = socket.create_server(("127.0.0.1", 0))
+    successor = Successor(listener.fileno(), pidfile_fd, "@test-notify")
+    try:
+        pid = successor.start()
+        os.close(go_read)
+        go_read = -1
+        wait_until(info_path.exists, what="the successor to report what it inherited")
+        info = json.loads(info_path.read_text())
+        assert info == {
+            "pid": pid,
+            "environ": {
+                "LISTEN_PID": str(pid),
+                "LISTEN_FDS": "1",
+                "GRACESERVE_PIDFILE_FD": "4",
+                "NOTIFY_SOCKET": "@test-notify",
+                "GRACESERVE_RESTART_SOCKET": info["environ"]["GRACESERVE_RESTART_SOCKET"],
+            },
+            "listener": list(listener.getsockname()),
+            "listening": 1,
+            "pidfile": str(pidfile),
+        }
+        inbox = info["environ"]["GRACESERVE_RESTART_SOCKET"]
+        assert inbox.startswith("@graceserve-restart-")
+
+        # Anyone else's READY=1 is ignored: the sender's credentials are checked.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as spoof:
+            spoof.sendto(b"READY=1", "\0" + inbox[1:])
+        why = successor.wait_ready(time.monotonic() + 0.5, lambda: False)
+        assert why == f"pid {pid} was not ready in time"
+        assert successor.wait_ready(time.monotonic() + 5, lambda: True) == "interrupted by a signal"
+
+        os.write(go_write, b"g")
+        assert successor.wait_ready(time.monotonic() + EXIT_TIMEOUT, lambda: False) is None
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        successor.exit_status = 0
+    finally:
+        successor.abandon()  # kills and reaps it unless it was reaped above
+        for fd in (go_read, go_write, pidfile_fd):
+            if fd >= 0:
+                os.close(fd)
+        listener.close()
+
+
+# -- descriptors -------------------------------------------------------------------------
+
+
+def open_descriptors(pid: int) -> list[str]:
+    """What each open descriptor of ``pid`` refers to (socket:[inode] and such as they are)."""
+    targets: list[str] = []
+    with contextlib.suppress(FileNotFoundError):
+        for fd in sorted(os.listdir(f"/proc/{pid}/fd"), key=int):
+            with contextlib.suppress(OSError):
+                targets.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    return targets
+
+
+def kinds(descriptors: list[str]) -> list[str]:
+    """``descriptors`` without inode numbers, sorted: what kinds of things are open."""
+    return sorted(re.sub(r":\[\d+\]$", "", target) for target in descriptors)
+
+
+def serving_descriptors(pid: int, like: list[str] | None = None) -> list[str]:
+    """The descriptors of a server that is idle and serving, once they have settled.
+
+    The accept loop opens its selector just after the readiness line, and a
+    connection just served is closed just after the answer: poll (with a
+    deadline) until the selector is open and, given ``like``, until as many
+    descriptors are open as there.
+    """
+    deadline = time.monotonic() + 10.0
+    while True:
+        held = open_descriptors(pid)
+        settled = "anon_inode:[eventpoll]" in held and (like is None or len(held) <= len(like))
+        if settled or time.monotonic() > deadline:
+            return held
+        time.sleep(0.005)
+
+
+def listening_ports(pid: int) -> list[int]:
+    """TCP ports on which process ``pid`` holds a listening socket."""
+    inodes = {t[len("socket:[") : -1] for t in open_descriptors(pid) if t.startswith("socket:[")}
+    ports: list[int] = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:
+                    ports.append(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
