@@ -68,6 +68,7 @@ class DrainController(Generic[K, V]):
         self._clock = clock
         self._live: dict[K, V] = {}
         self._cut: dict[K, bool] = {}  # key -> cut by force (not just closed while idle)
+        self._idle_counted: set[K] = set()  # closed while idle during the drain
         self._started_at: float | None = None
         self._active_at_start = 0
         self._ended_during_drain = 0
@@ -88,6 +89,7 @@ class DrainController(Generic[K, V]):
             if key not in self._live:
                 return None
             value = self._live.pop(key)
+            self._idle_counted.discard(key)
             if self._cut.pop(key, None) is not None:
                 pass
             elif self._started_at is not None:
@@ -133,13 +135,15 @@ class DrainController(Generic[K, V]):
         if previous is not None and (previous or not forced):
             return False
         self._cut[key] = forced
+        if key in self._idle_counted:  # it was counted as closed while idle: no longer
+            self._idle_counted.discard(key)
+            self._idle_closed -= 1
         if self._started_at is not None:
             if forced:
                 self._forced += 1
-                if previous is False:
-                    self._idle_closed -= 1
             else:
                 self._idle_closed += 1
+                self._idle_counted.add(key)
         return True
 
     def is_cut(self, key: K) -> bool:

@@ -288,10 +288,11 @@ def test_term_with_in_flight_request_finishes_it_with_connection_close(
     start_server: StartServer,
 ) -> None:
     server = start_ready(start_server, "--grace", "5")
-    with contextlib.closing(in_flight(addr(server), "/slow?seconds=0.5")) as sock:
+    # Long enough that the drain has surely started (listener closed) before the answer.
+    with contextlib.closing(in_flight(addr(server), "/slow?seconds=2")) as sock:
         server.send(signal.SIGTERM)
         status, headers, body = read_response(sock)
-        assert (status, body) == (200, b"slept 0.5 s\n")
+        assert (status, body) == (200, b"slept 2 s\n")
         assert headers.get("connection", "").lower() == "close"
         assert read_until_closed(sock) == b""
     assert server.wait_exit() == 0

@@ -495,7 +495,8 @@ def test_accounting_matches_a_model(ops: list[tuple[str, int]], backlog: int) ->
     clock = FakeClock()
     controller: DrainController[int, str] = DrainController(clock=clock)
     live: set[int] = set()
-    cut: set[int] = set()
+    cut: dict[int, bool] = {}  # key -> cut by force
+    idle_counted: set[int] = set()  # closed while idle during the drain
     draining = False
     at_start = forced = idle = served = 0
     for op, key in ops:
@@ -506,20 +507,29 @@ def test_accounting_matches_a_model(ops: list[tuple[str, int]], backlog: int) ->
             controller.discard(key)
             if key in live:
                 live.discard(key)
+                idle_counted.discard(key)
                 if key in cut:
-                    cut.discard(key)
+                    del cut[key]
                 elif draining:
                     served += 1
         elif op in ("cut", "idle"):
+            by_force = op == "cut"
             with controller.locked_items():
-                marked = controller.mark_cut(key, forced=op == "cut")
-            assert marked == (key in live and key not in cut)
+                marked = controller.mark_cut(key, forced=by_force)
+            # New cuts count; so does forcing a connection that was only closed while idle.
+            upgrade = by_force and cut.get(key) is False
+            assert marked == (key in live and (key not in cut or upgrade))
             if marked:
-                cut.add(key)
-                if draining and op == "cut":
+                cut[key] = by_force
+                if key in idle_counted:
+                    idle_counted.discard(key)
+                    idle -= 1
+                if draining and by_force:
                     forced += 1
                 elif draining:
                     idle += 1
+                    idle_counted.add(key)
+        assert idle >= 0
         else:
             started = controller.begin()
             assert started == (not draining)
