@@ -53,6 +53,7 @@ log = logging.getLogger("graceserve")
 
 PROGRESS_INTERVAL = 1.0
 RESTART_TIMEOUT = 30.0
+FORCED_UNWIND = 0.1  # seconds cut handlers get after a forcing signal (TERM twice, QUIT)
 _FORCING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 
@@ -272,7 +273,8 @@ class _Controller:
             log.warning("%s: cutting %d connections now", _name(self, forced=True), remaining)
         if stop.forced_by or stop.deadline_passed:
             server.force_close()
-        return server.finish_drain()
+        # Asked to stop at once: handlers that ignore the cut get only a moment to unwind.
+        return server.finish_drain(FORCED_UNWIND if stop.forced_by else None)
 
     def _take_signals_while_draining(self) -> None:
         for signum in self.relay.take():

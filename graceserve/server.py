@@ -533,13 +533,15 @@ class GracefulTCPServer(socketserver.ThreadingTCPServer):
         _shutdown_quietly(request, socket.SHUT_RDWR if forced else socket.SHUT_RD)
         return True
 
-    def finish_drain(self) -> DrainReport:
-        """Give cut handlers ``unwind_timeout`` seconds to end, then return the report."""
+    def finish_drain(self, unwind_timeout: float | None = None) -> DrainReport:
+        """Give cut handlers ``unwind_timeout`` seconds (default: the class's) to end; report."""
         report = self._registry.report
         if report is not None:
             return report
+        if unwind_timeout is None:
+            unwind_timeout = self.unwind_timeout
         if self._registry.count:
-            self._registry.wait_for_zero(time.monotonic() + self.unwind_timeout)
+            self._registry.wait_for_zero(time.monotonic() + unwind_timeout)
         return self._registry.finish(self._backlog_accepted)
 
     # -- closing -----------------------------------------------------------
