@@ -187,9 +187,9 @@ class GracefulTCPServer(socketserver.ThreadingTCPServer):
         For long-lived stream protocols: call it before each read.  It returns
         True when input is waiting (in the handler's ``rfile`` buffer or on the
         socket, EOF included), and False once the drain has started with
-        nothing pending, or after ``timeout`` seconds (default: the server's
-        ``idle_timeout``; None waits for ever).  On False, say goodbye and
-        return.  Call from the handler's own thread.
+        nothing pending, or after ``timeout`` seconds (None: the server's
+        ``idle_timeout``, itself None for no limit).  On False, say goodbye
+        and return.  Call from the handler's own thread.
         """
         sock: socket.socket = handler.request
         if _has_buffered_input(handler, sock):
