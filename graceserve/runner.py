@@ -243,9 +243,9 @@ class _Controller:
         deadline = time.monotonic() + grace
         log.info(
             "%s: draining %d connections (grace %gs); new connections are refused",
-            _name(self), server.active_connections, grace,
+            _name(self), server.draining_from, grace,
         )  # fmt: skip
-        self._notify(f"STATUS=draining {server.active_connections} connections")
+        self._notify(f"STATUS=draining {server.draining_from} connections")
         if stop.signum == signal.SIGQUIT:
             stop.forced_by = signal.SIGQUIT
         next_progress = time.monotonic() + PROGRESS_INTERVAL

@@ -137,6 +137,7 @@ class GracefulTCPServer(socketserver.ThreadingTCPServer):
         self._accept_failing = False
         self._accept_capped = False
         self._backlog_accepted = 0
+        self._draining_from = 0
         super().__init__(server_address, RequestHandlerClass, bind_and_activate)
 
     # -- state for callers and handlers -------------------------------------
@@ -169,6 +170,12 @@ class GracefulTCPServer(socketserver.ThreadingTCPServer):
         be closed.  Thread-safe.
         """
         return self._listener_closed
+
+    @property
+    def draining_from(self) -> int:
+        """Connections live when the listener closed (swept backlog included), before
+        any handler was told of the drain.  0 until then.  Thread-safe."""
+        return self._draining_from
 
     def announce_stop(self) -> None:
         """Enter the lame-duck phase: keep serving, but ``stopping`` is True.  Thread-safe."""
@@ -427,6 +434,7 @@ class GracefulTCPServer(socketserver.ThreadingTCPServer):
         swept = self._sweep_backlog()
         # 3. Close the listener: from now on new connects are refused.
         self.socket.close()
+        self._draining_from = self.active_connections + len(swept)
         self._listener_closed = True
         # 4. Serve the swept connections (starting threads is the slow part).
         self._backlog_accepted = len(swept)
