@@ -150,10 +150,6 @@ class DrainController(Generic[K, V]):
         """Whether ``key`` was cut.  Call with the lock held for a stable answer."""
         return key in self._cut
 
-    def is_forced(self, key: K) -> bool:
-        """Whether ``key`` was cut by force.  Call with the lock held."""
-        return self._cut.get(key, False)
-
     # -- the drain ----------------------------------------------------------
 
     @property
