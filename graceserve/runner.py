@@ -36,6 +36,7 @@ from .errors import EXIT_CUT, EXIT_OK, exit_code_for_signal
 from .httpserver import GracefulHTTPServer
 from .listener import Address, make_server, remove_unix_socket
 from .pidfile import PidFile
+from .readiness import listen_url, ready_line
 from .restart import (
     PIDFILE_FD_VARIABLE,
     RESTART_SOCKET_VARIABLE,
@@ -177,10 +178,8 @@ class _Controller:
     def _report_ready(self, grace: float) -> None:
         server = self.server
         scheme = "http" if isinstance(server, GracefulHTTPServer) else "tcp"
-        where = format_address(server.server_address)
-        if not where.startswith("unix:"):
-            where = f"{scheme}://{where}"
-        log.info("listening on %s (%s, pid %d, grace %gs)", where, scheme, os.getpid(), grace)
+        where = listen_url(scheme, format_address(server.server_address))
+        log.info("%s", ready_line(where, scheme, os.getpid(), grace))
         if self.predecessor.enabled:
             self.predecessor.send("READY=1")  # it tells systemd, and hands over
         else:
