@@ -46,11 +46,7 @@ from pathlib import Path
 
 import benchutil as bu
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from graceserve import GracefulTCPServer  # noqa: E402
+from graceserve import GracefulTCPServer  # benchutil put this checkout on sys.path
 
 SELF = str(Path(__file__).resolve())
 CLIENT_THREADS = 4
@@ -133,18 +129,20 @@ def bench_throughput(rounds: int, seconds: float) -> str:
     rows = []
     for kind in SERVERS:
         rate = [x[0] for x in results[kind]]
-        cpu = [x[1] for x in results[kind]]
+        cpus = [x[1] for x in results[kind]]
         rows.append(
             [
                 kind,
                 bu.median(rate),
                 min(rate),
                 max(rate),
-                bu.median(cpu),
+                bu.median(cpus),
                 sum(x[2] for x in results[kind]),
             ]
         )
     g, s = results["graceful"], results["stdlib"]
+    medians = {kind: bu.median([x[0] for x in results[kind]]) for kind in SERVERS}
+    ratio_of_medians = medians["graceful"] / medians["stdlib"]
     pair_rate = [a[0] / b[0] for a, b in zip(g, s, strict=True)]
     pair_cpu = [a[1] / b[1] for a, b in zip(g, s, strict=True)]
     out = [
@@ -155,7 +153,7 @@ def bench_throughput(rounds: int, seconds: float) -> str:
             f"({CLIENT_THREADS} client threads, {rounds} rounds x {seconds:g} s, ABBA)",
         ),
         "",
-        f"graceful/stdlib conns/s: ratio of medians {rows[0][1] / rows[1][1]:.3f}, "
+        f"graceful/stdlib conns/s: ratio of medians {ratio_of_medians:.3f}, "
         f"median of per-round ratios {bu.median(pair_rate):.3f} "
         f"-> graceful overhead {100 * (1 - bu.median(pair_rate)):+.1f} % (target < 5 %)",
         f"graceful/stdlib server CPU per connection: median of per-round ratios "
@@ -170,12 +168,14 @@ def bench_throughput(rounds: int, seconds: float) -> str:
 def idle_stop(kind: str, how: str, phase: float) -> float:
     """Seconds for ``how`` to return on an idle server, ``phase`` s after serve_forever."""
     server = SERVERS[kind]((bu.HOST, 0), EchoHandler)
+    graceful = server if isinstance(server, GracefulTCPServer) else None
     loop = threading.Thread(target=server.serve_forever)
     loop.start()
     time.sleep(phase)
     t0 = time.perf_counter()
     if how == "drain()":
-        server.drain(timeout=5)
+        assert graceful is not None
+        graceful.drain(timeout=5)
     elif how == "shutdown()":
         server.shutdown()
     else:
@@ -240,6 +240,7 @@ def last_connection(kind: str) -> tuple[float, float]:
                 marks["handled"] = time.perf_counter()
 
     server = SERVERS[kind]((bu.HOST, 0), GatedHandler)
+    graceful = server if isinstance(server, GracefulTCPServer) else None
     loop = threading.Thread(target=server.serve_forever)
     loop.start()
     port = server.server_address[1]
@@ -251,8 +252,8 @@ def last_connection(kind: str) -> tuple[float, float]:
             reply.append(sock.recv(256))
 
     def stop() -> None:
-        if kind == "graceful":
-            report = server.drain(timeout=10)
+        if graceful is not None:
+            report = graceful.drain(timeout=10)
             assert report.clean, report
         else:
             server.shutdown()
@@ -269,7 +270,7 @@ def last_connection(kind: str) -> tuple[float, float]:
     # shutdown() up to its 0.5 s poll.
     deadline = time.monotonic() + 2
     while time.monotonic() < deadline:
-        if kind == "graceful" and server.draining:
+        if graceful is not None and graceful.draining:
             time.sleep(0.02)
             break
         if kind == "stdlib" and "stopped_accepting" in marks:

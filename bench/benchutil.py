@@ -2,7 +2,10 @@
 
 Statistics (median, p90), a plain-text table printer, a run header (Python,
 git revision, load), server processes started in their own session and
-stopped by process group, an HTTP readiness probe, and a wrk runner/parser.
+stopped by process group (on ``testsupport``, shared with the tests), an
+HTTP readiness probe, and a wrk runner/parser.  Importing it puts the
+repository root on ``sys.path``, so that every script imports graceserve
+and testsupport from this checkout.
 
 Rules kept by every script: loopback only (127.0.0.1), every load bounded in
 time and count, only processes started here are signalled (by pid or process
@@ -18,14 +21,12 @@ import math
 import os
 import platform
 import re
-import select
 import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,9 +34,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:  # graceserve and testsupport, for ``python bench/x.py``
+    sys.path.insert(0, str(ROOT))
+
+import testsupport as support  # noqa: E402
+from graceserve.readiness import parse_ready  # noqa: E402
+from testsupport import procfs  # noqa: E402
+
 HOST = "127.0.0.1"
 MAX_LINES = 100_000
-READY = re.compile(r"listening on (?:http|tcp)://\[?([^\]\s]+?)\]?:(\d+)")
 
 
 # -- statistics -----------------------------------------------------------
@@ -137,19 +144,13 @@ def say(*parts: object) -> None:
 
 
 def child_env() -> dict[str, str]:
-    """The environment for a server process: this repository first on the path."""
-    env = dict(os.environ)
-    extra = [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(BENCH), *extra])
-    env["PYTHONUNBUFFERED"] = "1"
-    for key in [k for k in env if k.startswith("GRACESERVE_")]:
-        del env[key]
-    return env
+    """The environment for a server process: this repository, then bench/, first on the path."""
+    return support.child_env({"PYTHONUNBUFFERED": "1"}, path=[BENCH])
 
 
 @dataclass
 class Server:
-    """A server process in its own session; stderr collected line by line.
+    """A server process in its own session (``testsupport.ChildProcess``), not started yet.
 
     A thread reads stderr all the time: a server that logs a lot (waitress's
     queue-depth warnings, the stdlib's tracebacks) must never block on a full
@@ -158,33 +159,30 @@ class Server:
 
     name: str
     cmd: list[str]
-    proc: subprocess.Popen[bytes] | None = None
     port: int = 0
-    lines: list[str] = field(default_factory=list)
-    _seen: int = 0
-    _cond: threading.Condition = field(default_factory=threading.Condition)
-    _pump: threading.Thread | None = None
+    child: support.ChildProcess | None = None
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        """The process (once started)."""
+        assert self.child is not None
+        return self.child.proc
+
+    @property
+    def lines(self) -> list[str]:
+        """Its stderr lines so far (at most MAX_LINES are kept)."""
+        return [] if self.child is None else self.child.lines
 
     def start(self, port: int = 0, ready_line: bool = False, timeout: float = 15.0) -> Server:
         """Start; wait for the readiness line on stderr, or for ``GET /`` to answer."""
-        self.proc = subprocess.Popen(
-            self.cmd,
-            cwd=str(ROOT),
-            env=child_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        self._pump = threading.Thread(target=self._read_stderr, daemon=True)
-        self._pump.start()
+        self.child = support.ChildProcess(self.cmd, env=child_env(), cwd=ROOT, max_lines=MAX_LINES)
         deadline = time.monotonic() + timeout
         if ready_line:
             while True:
-                for line in self.read_lines(max(0.0, deadline - time.monotonic())):
-                    match = READY.search(line)
-                    if match:
-                        self.port = int(match.group(2))
+                for line in self.child.new_lines(max(0.0, deadline - time.monotonic())):
+                    ready = parse_ready(line)
+                    if ready is not None and ready.port is not None:
+                        self.port = ready.port
                         return self
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.kill()
@@ -197,79 +195,38 @@ class Server:
             time.sleep(0.05)
         return self
 
-    def _read_stderr(self) -> None:
-        assert self.proc is not None
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            with self._cond:
-                if len(self.lines) < MAX_LINES:
-                    self.lines.append(raw.decode(errors="replace").rstrip("\n"))
-                self._cond.notify_all()
-
-    def read_lines(self, timeout: float) -> list[str]:
-        """Lines not returned before (waiting up to ``timeout`` for one)."""
-        with self._cond:
-            self._cond.wait_for(lambda: len(self.lines) > self._seen, timeout)
-            new = self.lines[self._seen :]
-            self._seen = len(self.lines)
-        return new
-
     def signal(self, signum: int) -> None:
         """Send ``signum`` to the server process itself (not its group)."""
-        assert self.proc is not None
-        self.proc.send_signal(signum)
+        assert self.child is not None
+        self.child.send(signum)
 
     def wait(self, timeout: float) -> int | None:
-        """Wait for exit; the exit code, or None if still running.
-
-        Woken by a pidfd the moment the process exits (``Popen.wait`` with a
-        timeout sleeps in steps of up to 50 ms, too coarse to time an exit).
-        """
-        assert self.proc is not None
-        try:
-            if self.proc.returncode is None:
-                pidfd = os.pidfd_open(self.proc.pid)
-                try:
-                    poller = select.poll()
-                    poller.register(pidfd, select.POLLIN)
-                    if not poller.poll(max(0, int(timeout * 1000))):
-                        return None
-                finally:
-                    os.close(pidfd)
-            code = self.proc.wait(5)
-            if self._pump is not None:
-                self._pump.join(2)  # stderr's last lines
-            return code
-        except subprocess.TimeoutExpired:
-            return None
+        """Wait for exit; the exit code, or None if still running (woken by a pidfd)."""
+        assert self.child is not None
+        return self.child.exited_within(timeout)
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM the process group, then SIGKILL it if it is still there."""
-        if self.proc is None:
+        if self.child is None:
             return None
         if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
+            self.child.kill_group(signal.SIGTERM)
             if self.wait(timeout) is None:
                 self.kill()
         return self.proc.returncode
 
     def kill(self) -> None:
         """SIGKILL the process group (only ours: it has its own session)."""
-        if self.proc is None:
+        if self.child is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.child.kill_group()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)
 
     def close(self) -> None:
         """Kill what is left of the group, then release the stderr pipe (no ResourceWarning)."""
-        self.kill()
-        if self._pump is not None:
-            self._pump.join(5)
-        if self.proc is not None and self.proc.stderr is not None:
-            self.proc.stderr.close()
+        if self.child is not None:
+            self.child.stop()
 
     def cpu_seconds(self) -> float:
         """User+system CPU time so far of the server process and its descendants (Linux /proc).
@@ -277,18 +234,7 @@ class Server:
         Descendants count while they live (gunicorn's worker), so that a
         pre-forking server is measured like a single-process one.
         """
-        assert self.proc is not None
-        stats: dict[int, list[str]] = {}
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                with contextlib.suppress(OSError):
-                    stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        tree, frontier = set(), {self.proc.pid}
-        while frontier:
-            tree |= frontier
-            frontier = {pid for pid, f in stats.items() if int(f[1]) in frontier} - tree
-        ticks = sum(int(stats[pid][11]) + int(stats[pid][12]) for pid in tree if pid in stats)
-        return ticks / os.sysconf("SC_CLK_TCK")
+        return procfs.cpu_seconds(self.proc.pid, descendants=True)
 
 
 def free_port() -> int:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import http.client
 import importlib.metadata
 import importlib.util
@@ -512,7 +513,7 @@ def agg(values: Sequence[object]) -> object:
 
 
 def md_rows(res: dict[str, list[dict[str, object]]], keys: Sequence[str]) -> list[list[object]]:
-    rows = []
+    rows: list[list[object]] = []
     for name, runs in res.items():
         good = [r for r in runs if "error" not in r]
         if not good:
@@ -709,11 +710,10 @@ def run(argv: Sequence[str]) -> int:
         bu.say("4. a second signal during the drain ...")
         res = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
-            part = interleaved(
-                specs, cfg.rounds, f"4. {sig.name}", lambda s, sig=sig: second_run(s, cfg, sig)
-            )
-            for name, runs in part.items():
-                res[f"{name}, TERM then {sig.name.removeprefix('SIG')}"] = runs
+            run_second = functools.partial(second_run, cfg=cfg, second=sig)
+            part = interleaved(specs, cfg.rounds, f"4. {sig.name}", run_second)
+            for name, part_runs in part.items():
+                res[f"{name}, TERM then {sig.name.removeprefix('SIG')}"] = part_runs
         keys = ["completed", "cut", "exit", "2nd->exit s", "exit_s"]
         out += [
             "",

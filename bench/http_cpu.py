@@ -62,7 +62,7 @@ def serve_one_connection(case: str, requests: int) -> float:
     """Handler-thread CPU microseconds per request for ``requests`` keep-alive requests."""
     server_class, handler = CASES[case]
     server = server_class((bu.HOST, 0), handler)
-    client = socket.create_connection(server.server_address, timeout=10)
+    client = socket.create_connection((bu.HOST, server.server_address[1]), timeout=10)
     conn, address = server.socket.accept()
     for sock in (client, conn):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -305,7 +305,7 @@ def bench_throughput(
     ours_name = next((k for k in med if k.startswith("graceserve")), None)
     ours = med[ours_name] if ours_name else float("nan")
     for row in rows:
-        row.append(f"{row[1] / ours:.2f}")
+        row.append(f"{med[str(row[0])] / ours:.2f}")
     table = bu.table(
         [
             "server (GET /, 1 process)",

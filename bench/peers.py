@@ -35,7 +35,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 HELLO = b"hello from graceserve\n"
 CONTENT_TYPE = "text/plain; charset=utf-8"
@@ -110,11 +110,14 @@ def wsgi_app(
     return [body]
 
 
+ServerClass = type[http.server.ThreadingHTTPServer]
+
+
 def run_stdlib(port: int, nodelay: bool, backlog: int | None = None) -> None:
     """The stock ThreadingHTTPServer with the naive SIGTERM handler."""
     cls = NoDelayHTTPServer if nodelay else http.server.ThreadingHTTPServer
     if backlog is not None:
-        cls = type(cls.__name__, (cls,), {"request_queue_size": backlog})
+        cls = cast(ServerClass, type(cls.__name__, (cls,), {"request_queue_size": backlog}))
     server = cls(("127.0.0.1", port), HelloHandler)
     signal.signal(signal.SIGTERM, lambda *a: threading.Thread(target=server.shutdown).start())
     print(f"listening on http://127.0.0.1:{server.server_address[1]}", file=sys.stderr, flush=True)

@@ -24,7 +24,6 @@ can count this process's own threads and file descriptors.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import os
 import random
 import re
@@ -49,44 +48,19 @@ from hypothesis import strategies as st
 
 from graceserve import GracefulHTTPServer
 from graceserve.demo import DemoHandler
+from graceserve.errors import EXIT_CANNOT_START, EXIT_OK
+from testsupport.procfs import accept_queue, cpu_seconds, status_field
+from testsupport.rawhttp import get_request, http_get, read_response
 
 IO_TIMEOUT = 5.0  # seconds any single client read may block before we call it a hang
 LOCALHOST = "127.0.0.1"
 BIND_ANY_PORT = ["--bind", f"{LOCALHOST}:0"]
 STATUS_LINE = re.compile(rb"^HTTP/1\.[01] (\d{3})[ \r]")
-EXIT_OK = 0
-EXIT_CANNOT_START = 3
-TCP_LISTEN = "0A"
 
 StartServer = Callable[..., ServerProcess]
 
 
 # -- helpers -----------------------------------------------------------------
-
-
-def get_request(path: str = "/", *, close: bool = False) -> bytes:
-    """A well-formed HTTP/1.1 GET."""
-    extra = "Connection: close\r\n" if close else ""
-    return f"GET {path} HTTP/1.1\r\nHost: test\r\n{extra}\r\n".encode()
-
-
-def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """Read exactly one response from ``sock``: (status, lower-cased headers, body)."""
-    response = http.client.HTTPResponse(sock)
-    try:
-        response.begin()
-        body = response.read()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, body
-    finally:
-        response.close()
-
-
-def http_get(address: tuple[str, int], path: str = "/") -> tuple[int, bytes]:
-    """One request on a fresh connection that the server closes afterwards."""
-    with socket.create_connection(address, timeout=IO_TIMEOUT) as sock:
-        sock.sendall(get_request(path, close=True))
-        status, _headers, body = read_response(sock)
-        return status, body
 
 
 def read_to_close(sock: socket.socket, limit: int = 1 << 20) -> tuple[bytes, str]:
@@ -133,38 +107,6 @@ def assert_error_or_clean_close(data: bytes, end: str, payload: bytes) -> int | 
     return status
 
 
-def accept_queue(port: int) -> int:
-    """How many completed connections wait in the accept queue of 127.0.0.1:port."""
-    local = f"0100007F:{port:04X}"
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[1] == local and fields[3] == TCP_LISTEN:
-            return int(fields[4].split(":")[1], 16)
-    raise AssertionError(f"no listener on {LOCALHOST}:{port}")
-
-
-def proc_threads(pid: int) -> int:
-    """Threads of process ``pid``."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Threads:"):
-            return int(line.split()[1])
-    raise AssertionError("no Threads line")
-
-
-def proc_rss_kib(pid: int | str = "self") -> int:
-    """Resident set size of a process, in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS line")
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """User plus system CPU time used so far by process ``pid``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def count_lines(server: ServerProcess, needle: str) -> int:
     """How many stderr lines so far contain ``needle``."""
     return server.output.count(needle)
@@ -207,12 +149,12 @@ def test_max_connections_holds_clients_in_backlog_and_caps_threads(
     address = server.wait_ready()
     port = address[1]
     pid = server.proc.pid
-    base_threads = proc_threads(pid)
+    base_threads = status_field(pid, "Threads")
     peak = base_threads
 
     def sample() -> None:
         nonlocal peak
-        peak = max(peak, proc_threads(pid))
+        peak = max(peak, status_field(pid, "Threads"))
 
     with contextlib.ExitStack() as stack:
         holders = [
@@ -573,9 +515,9 @@ def _exhaust_and_recover(server: ServerProcess, episode: int, window: float) -> 
             # Exhausted: a newcomer waits, and the server must not spin meanwhile.
             probe = probe_stack.enter_context(socket.create_connection(address, timeout=IO_TIMEOUT))
             probe.sendall(get_request(close=True))
-            cpu_before, started = proc_cpu_seconds(pid), time.monotonic()
+            cpu_before, started = cpu_seconds(pid), time.monotonic()
             assert not readable_within(probe, window), "served while out of descriptors?"
-            burnt = proc_cpu_seconds(pid) - cpu_before
+            burnt = cpu_seconds(pid) - cpu_before
             elapsed = time.monotonic() - started
             assert burnt < 0.2 * elapsed, f"busy loop: {burnt:.2f} CPU s in {elapsed:.2f} s"
             assert server.proc.poll() is None, server.output
@@ -681,7 +623,7 @@ def test_thousand_connections_leave_no_threads_fds_or_memory_behind() -> None:
         address = (LOCALHOST, int(server.server_address[1]))
         assert http_get(address)[0] == 200  # warm up: imports, caches, first thread
         wait_until(lambda: not _handler_threads(), what="the warm-up handler thread to end")
-        base = (threading.active_count(), _fd_count(), proc_rss_kib())
+        base = (threading.active_count(), _fd_count(), status_field("self", "VmRSS"))
 
         with contextlib.ExitStack() as stack:
             clients = [
@@ -693,12 +635,12 @@ def test_thousand_connections_leave_no_threads_fds_or_memory_behind() -> None:
             for client in clients:
                 assert read_response(client)[0] == 200
             wait_until(lambda: server.active_connections == HYGIENE_CLIENTS, timeout=20)
-            peak = (threading.active_count(), _fd_count(), proc_rss_kib())
+            peak = (threading.active_count(), _fd_count(), status_field("self", "VmRSS"))
         wait_until(lambda: server.active_connections == 0, what="every connection to end")
         wait_until(lambda: not _handler_threads(), what="handler threads to end")
         assert threading.active_count() == base[0]
         wait_until(lambda: _fd_count() == base[1], what="descriptors back to baseline")
-        after = (threading.active_count(), _fd_count(), proc_rss_kib())
+        after = (threading.active_count(), _fd_count(), status_field("self", "VmRSS"))
     finally:
         server.shutdown()
         server.server_close()

@@ -24,13 +24,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NamedTuple
 
 import pytest
-from conftest import READY, REPO, ServerProcess, wait_until
+from conftest import ServerProcess, wait_until
 
 from graceserve import __version__
 from graceserve.pidfile import PidFile
+from graceserve.readiness import READY_PATTERN
+from testsupport.process import child_env
+from testsupport.procfs import listening_ports, tcp_sockets
+from testsupport.rawhttp import get, open_request, read_response
 
 StartServer = Callable[..., ServerProcess]
 
@@ -47,46 +50,6 @@ SUMMARY = (
 def write_module(directory: Path, name: str, source: str) -> None:
     """Write ``directory/name.py`` for use as a target (run the server with cwd=directory)."""
     (directory / f"{name}.py").write_text(textwrap.dedent(source))
-
-
-def open_request(address: tuple[str, int], path: str) -> socket.socket:
-    """Connect and send ``GET path``; the request is then in flight (or queued) at the server."""
-    sock = socket.create_connection(address, timeout=IO_TIMEOUT)
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
-    return sock
-
-
-class TcpSocket(NamedTuple):
-    """One row of /proc/net/tcp{,6}."""
-
-    local_port: int
-    remote_port: int
-    state: str  # "01" established, "0A" listening
-    unsent: int  # tx_queue: bytes sent but not yet acknowledged by the peer
-    unread: int  # rx_queue: bytes received but not yet read by the application
-    inode: int  # 0 while the connection waits in the accept queue
-
-
-def tcp_sockets() -> list[TcpSocket]:
-    """Every TCP socket in our network namespace."""
-    entries: list[TcpSocket] = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(FileNotFoundError), open(table) as lines:
-            next(lines)
-            for line in lines:
-                fields = line.split()
-                tx_queue, rx_queue = fields[4].split(":")
-                entries.append(
-                    TcpSocket(
-                        local_port=int(fields[1].rsplit(":", 1)[1], 16),
-                        remote_port=int(fields[2].rsplit(":", 1)[1], 16),
-                        state=fields[3],
-                        unsent=int(tx_queue, 16),
-                        unread=int(rx_queue, 16),
-                        inode=int(fields[9]),
-                    )
-                )
-    return entries
 
 
 def wait_read_by_server(server_port: int, sock: socket.socket) -> None:
@@ -128,18 +91,6 @@ def in_flight(address: tuple[str, int], path: str) -> socket.socket:
     return sock
 
 
-def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """Read one HTTP response from ``sock``: status, lower-cased headers, body."""
-    response = http.client.HTTPResponse(sock)
-    try:
-        response.begin()
-        body = response.read()
-        headers = {key.lower(): value for key, value in response.getheaders()}
-        return response.status, headers, body
-    finally:
-        response.close()
-
-
 def read_until_closed(sock: socket.socket) -> bytes:
     """Everything the server sends until it closes (EOF) or resets the connection."""
     chunks: list[bytes] = []
@@ -152,12 +103,6 @@ def read_until_closed(sock: socket.socket) -> bytes:
             break
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def get(address: tuple[str, int], path: str = "/") -> tuple[int, dict[str, str], bytes]:
-    """One request on a fresh connection."""
-    with contextlib.closing(open_request(address, path)) as sock:
-        return read_response(sock)
 
 
 def start_ready(start_server: StartServer, *args: str, **kwargs: object) -> ServerProcess:
@@ -180,37 +125,6 @@ def count(server: ServerProcess, pattern: str) -> int:
 
 def assert_no_traceback(server: ServerProcess) -> None:
     assert "Traceback" not in server.output, server.output
-
-
-def listening_ports(pid: int) -> list[int]:
-    """TCP ports on which process ``pid`` has a listening socket (from /proc)."""
-    inodes: set[str] = set()
-    with contextlib.suppress(FileNotFoundError):
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[len("socket:[") : -1])
-    ports: list[int] = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(FileNotFoundError), open(table) as lines:
-            next(lines)
-            for line in lines:
-                fields = line.split()
-                local, state, inode = fields[1], fields[3], fields[9]
-                if state == "0A" and inode in inodes:
-                    ports.append(int(local.rsplit(":", 1)[1], 16))
-    return ports
-
-
-def server_env(**extra: str) -> dict[str, str]:
-    """The environment ServerProcess uses, for tests that spawn the server themselves."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRACESERVE_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-    env.update(extra)
-    return env
 
 
 def ipv6_loopback_available() -> bool:
@@ -513,9 +427,10 @@ def test_new_connections_are_refused_during_the_drain(start_server: StartServer)
 
 def test_readiness_line_names_the_real_address_pid_and_grace(start_server: StartServer) -> None:
     server = start_server(["--bind", "127.0.0.1:0", "--grace", "1.5"])
-    match = server.wait_for_line(READY)
-    host, port = match["host"], int(match["port"])
-    assert (host, match["scheme"]) == ("127.0.0.1", "http")
+    host, port = server.wait_ready()
+    assert server.ready is not None
+    ready = (host, server.ready.protocol, server.ready.pid, server.ready.grace)
+    assert ready == ("127.0.0.1", "http", server.proc.pid, 1.5)
     assert port != 0
     server.wait_for_line(
         rf"listening on http://127\.0\.0\.1:{port} \(.*pid {server.proc.pid}, grace 1.5s\)"
@@ -575,9 +490,8 @@ def test_ipv6_loopback(start_server: StartServer) -> None:
     if not ipv6_loopback_available():
         pytest.skip("no IPv6 loopback here")
     server = start_server(["--bind", "[::1]:0"])
-    # (conftest's READY pattern misreads a bracketed IPv6 address: parse it here)
-    match = server.wait_for_line(r"listening on http://\[::1\]:(?P<port>\d+) ")
-    host, port = "::1", int(match["port"])
+    host, port = server.wait_ready()
+    assert host == "::1"
     assert get((host, port))[0] == 200
     server.send(signal.SIGTERM)
     assert server.wait_exit() == 0
@@ -734,7 +648,7 @@ def test_pidfile_directory_missing_exits_3(start_server: StartServer, tmp_path: 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "graceserve", *args],
-        env=server_env(),
+        env=child_env(),
         capture_output=True,
         text=True,
         timeout=30,
@@ -1036,7 +950,7 @@ def spawned(
     """A server we spawn ourselves (to own its pipes); its process group is killed at the end."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "graceserve", *args],
-        env=server_env(PYTHONUNBUFFERED="1"),
+        env=child_env({"PYTHONUNBUFFERED": "1"}),
         stdin=subprocess.DEVNULL,
         stdout=stdout,
         stderr=subprocess.PIPE,
@@ -1059,7 +973,7 @@ def read_readiness(fd: int, timeout: float = 15.0) -> tuple[str, int]:
     data = b""
     deadline = time.monotonic() + timeout
     while True:
-        match = READY.search(data.decode("utf-8", "replace"))
+        match = READY_PATTERN.search(data.decode("utf-8", "replace"))
         if match and b"\n" in data[match.end() :]:
             return match["host"], int(match["port"])
         remaining = deadline - time.monotonic()

@@ -16,6 +16,7 @@ import signal
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -36,7 +37,7 @@ def compare() -> ModuleType:
 
 
 @pytest.fixture(scope="module")
-def cfg(compare: ModuleType) -> object:
+def cfg(compare: ModuleType) -> Any:  # compare.Config, loaded at run time
     return compare.MODES["sanity"]
 
 
@@ -48,7 +49,7 @@ OUTCOMES = ("completed", "reset", "no response", "refused", "other")
 
 
 @pytest.mark.parametrize("name", STDLIB_ONLY)
-def test_inflight_scenario_completes(compare: ModuleType, cfg: object, name: str) -> None:
+def test_inflight_scenario_completes(compare: ModuleType, cfg: Any, name: str) -> None:
     row = compare.inflight_run(spec(compare, name), cfg)
     assert sum(row[k] for k in OUTCOMES) == cfg.in_flight
     assert row["exit"] != "killed"
@@ -56,7 +57,7 @@ def test_inflight_scenario_completes(compare: ModuleType, cfg: object, name: str
 
 
 @pytest.mark.parametrize("name", STDLIB_ONLY)
-def test_idle_scenario_completes(compare: ModuleType, cfg: object, name: str) -> None:
+def test_idle_scenario_completes(compare: ModuleType, cfg: Any, name: str) -> None:
     row = compare.idle_run(spec(compare, name), cfg)
     seen = row["closed before"] + row["FIN"] + row["RST"] + row["open at exit limit"]
     assert seen == cfg.idle_conns
@@ -64,14 +65,14 @@ def test_idle_scenario_completes(compare: ModuleType, cfg: object, name: str) ->
 
 
 @pytest.mark.parametrize("name", ["graceserve", "stdlib (naive)"])
-def test_second_signal_scenario_completes(compare: ModuleType, cfg: object, name: str) -> None:
+def test_second_signal_scenario_completes(compare: ModuleType, cfg: Any, name: str) -> None:
     row = compare.second_run(spec(compare, name), cfg, signal.SIGINT)
     assert row["completed"] + row["cut"] == cfg.second_in_flight
     assert row["exit"] != "killed"
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason=NO_WRK)
-def test_wrk_scenarios_complete(compare: ModuleType, cfg: object) -> None:
+def test_wrk_scenarios_complete(compare: ModuleType, cfg: Any) -> None:
     row = compare.wrk_run(spec(compare, "graceserve"), cfg, use_perf=False)
     assert row["requests"] > 0
     assert row["exit"] != "killed"

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -31,6 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from graceserve.readiness import parse_ready
+from testsupport.procfs import ESTABLISHED, LISTEN, tcp_sockets
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PODMAN_DIR = Path(os.environ.get("GRACESERVE_PODMAN_DIR", "/var/tmp/graceserve-podman"))
@@ -44,9 +46,6 @@ READY_TIMEOUT = 20.0  # seconds for the readiness line to appear in `podman logs
 INFLIGHT_TIMEOUT = 10.0  # seconds for the server to read a request we sent
 POLL_PAUSE = 0.05  # pause inside bounded polling loops
 
-LISTENING_RE = re.compile(r"127\.0\.0\.1:(\d+)")
-TCP_ESTABLISHED = "01"
-TCP_LISTEN = "0A"
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(300)]
 
@@ -151,7 +150,7 @@ def wait_listening(container_id: str) -> str:
     while time.monotonic() < deadline:
         text = logs(container_id)
         for line in text.splitlines():
-            if "listening" in line:
+            if parse_ready(line) is not None:
                 return line
         if state(container_id)[0] not in {"created", "running"}:
             pytest.fail(f"container exited before listening:\n{text}")
@@ -166,54 +165,29 @@ def start_on_loopback(run_container: Callable[..., str], *env: str) -> tuple[str
         options += ["-e", assignment]
     container_id = run_container(*options)
     line = wait_listening(container_id)
-    match = LISTENING_RE.search(line)
-    assert match, f"readiness line names no 127.0.0.1 address: {line!r}"
+    ready = parse_ready(line)
+    assert ready is not None, f"not a readiness line: {line!r}"
+    assert ready.host == "127.0.0.1", f"readiness line names no 127.0.0.1 address: {line!r}"
+    assert ready.port is not None
     # Exec-form ENTRYPOINT: graceserve itself is PID 1 (no shell to swallow TERM).
-    assert re.search(r"\bpid 1\b", line), f"graceserve is not PID 1: {line!r}"
-    return container_id, int(match.group(1))
-
-
-@dataclass
-class TcpEntry:
-    """One row of /proc/net/tcp (ports as ints, queues in bytes)."""
-
-    local_port: int
-    remote_port: int
-    state: str
-    rx_queue: int
-
-
-def tcp_table() -> list[TcpEntry]:
-    """Parse /proc/net/tcp of the host's namespace (shared with --network host)."""
-    entries = []
-    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = row.split()
-        local, remote, tcp_state, queues = fields[1], fields[2], fields[3], fields[4]
-        entries.append(
-            TcpEntry(
-                local_port=int(local.rsplit(":", 1)[1], 16),
-                remote_port=int(remote.rsplit(":", 1)[1], 16),
-                state=tcp_state,
-                rx_queue=int(queues.split(":")[1], 16),
-            )
-        )
-    return entries
+    assert ready.pid == 1, f"graceserve is not PID 1: {line!r}"
+    return container_id, ready.port
 
 
 def wait_request_read(server_port: int, client_port: int) -> None:
     """Poll until the server accepted our connection and read every byte we sent."""
     deadline = time.monotonic() + INFLIGHT_TIMEOUT
     while time.monotonic() < deadline:
-        table = tcp_table()
-        backlog = [e for e in table if e.local_port == server_port and e.state == TCP_LISTEN]
+        table = tcp_sockets(("/proc/net/tcp",))
+        backlog = [e for e in table if e.local_port == server_port and e.state == LISTEN]
         ours = [
             e
             for e in table
             if e.local_port == server_port
             and e.remote_port == client_port
-            and e.state == TCP_ESTABLISHED
+            and e.state == ESTABLISHED
         ]
-        if backlog and backlog[0].rx_queue == 0 and ours and ours[0].rx_queue == 0:
+        if backlog and backlog[0].unread == 0 and ours and ours[0].unread == 0:
             return
         time.sleep(POLL_PAUSE)
     pytest.fail(f"the server did not read the request within {INFLIGHT_TIMEOUT} s")

@@ -40,6 +40,8 @@ import pytest
 from conftest import ServerProcess, wait_until
 
 from graceserve.restart import Successor
+from testsupport.procfs import listening_ports, open_descriptors, receive_queues
+from testsupport.rawhttp import read_response
 
 StartServer = Callable[..., ServerProcess]
 
@@ -281,21 +283,6 @@ def is_locked(path: Path) -> bool:
         os.close(fd)
 
 
-def tcp_receive_queues() -> dict[tuple[int, int], int]:
-    """Unread bytes of every established TCP socket, by (local port, remote port)."""
-    queues: dict[tuple[int, int], int] = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(FileNotFoundError), open(table) as lines:
-            next(lines)
-            for line in lines:
-                fields = line.split()
-                if fields[3] == "01":
-                    local = int(fields[1].rsplit(":", 1)[1], 16)
-                    remote = int(fields[2].rsplit(":", 1)[1], 16)
-                    queues[(local, remote)] = int(fields[4].split(":")[1], 16)
-    return queues
-
-
 def post_in_flight(address: tuple[str, int]) -> socket.socket:
     """Send a POST head announcing a 4-byte body, and wait until a handler has read it.
 
@@ -306,7 +293,7 @@ def post_in_flight(address: tuple[str, int]) -> socket.socket:
     try:
         sock.sendall(b"POST /wait HTTP/1.1\r\nHost: test\r\nContent-Length: 4\r\n\r\n")
         key = (address[1], sock.getsockname()[1])
-        wait_until(lambda: tcp_receive_queues().get(key) == 0, what="the server to read our POST")
+        wait_until(lambda: receive_queues().get(key) == 0, what="the server to read our POST")
     except BaseException:
         sock.close()
         raise
@@ -316,14 +303,8 @@ def post_in_flight(address: tuple[str, int]) -> socket.socket:
 def finish_post(sock: socket.socket) -> tuple[int, dict[str, str], str]:
     """Send the POST body; read the answer: status, lower-cased headers, body."""
     sock.sendall(b"done")
-    response = http.client.HTTPResponse(sock)
-    try:
-        response.begin()
-        body = response.read().decode()
-        headers = {key.lower(): value for key, value in response.getheaders()}
-        return response.status, headers, body
-    finally:
-        response.close()
+    status, headers, body = read_response(sock)
+    return status, headers, body.decode()
 
 
 # -- load ------------------------------------------------------------------------------
@@ -767,16 +748,6 @@ def test_successor_inherits_listener_and_pidfile_and_only_its_own_ready_counts(
 # -- descriptors -------------------------------------------------------------------------
 
 
-def open_descriptors(pid: int) -> list[str]:
-    """What each open descriptor of ``pid`` refers to (socket:[inode] and such as they are)."""
-    targets: list[str] = []
-    with contextlib.suppress(FileNotFoundError):
-        for fd in sorted(os.listdir(f"/proc/{pid}/fd"), key=int):
-            with contextlib.suppress(OSError):
-                targets.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
-    return targets
-
-
 def kinds(descriptors: list[str]) -> list[str]:
     """``descriptors`` without inode numbers, sorted: what kinds of things are open."""
     return sorted(re.sub(r":\[\d+\]$", "", target) for target in descriptors)
@@ -797,17 +768,3 @@ def serving_descriptors(pid: int, like: list[str] | None = None) -> list[str]:
         if settled or time.monotonic() > deadline:
             return held
         time.sleep(0.005)
-
-
-def listening_ports(pid: int) -> list[int]:
-    """TCP ports on which process ``pid`` holds a listening socket."""
-    inodes = {t[len("socket:[") : -1] for t in open_descriptors(pid) if t.startswith("socket:[")}
-    ports: list[int] = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(FileNotFoundError), open(table) as lines:
-            next(lines)
-            for line in lines:
-                fields = line.split()
-                if fields[3] == "0A" and fields[9] in inodes:
-                    ports.append(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
