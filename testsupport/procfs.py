@@ -11,6 +11,7 @@ snapshot and is thread-safe.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import os
 from pathlib import Path
@@ -49,6 +50,7 @@ class TcpSocket(NamedTuple):
     local_host: str  # the local IP address, as ``ipaddress`` writes it
 
 
+@functools.lru_cache(maxsize=256)
 def _host(hex_address: str) -> str:
     """An address column's IP: 32-bit words in the kernel's (here little-endian) byte order."""
     raw = bytes.fromhex(hex_address)
@@ -56,14 +58,20 @@ def _host(hex_address: str) -> str:
     return str(ipaddress.ip_address(swapped))
 
 
-def tcp_sockets(tables: tuple[str, ...] = TABLES) -> list[TcpSocket]:
-    """Every TCP socket in our network namespace (IPv4 and IPv6 unless ``tables`` says)."""
+def tcp_sockets(tables: tuple[str, ...] = TABLES, state: str | None = None) -> list[TcpSocket]:
+    """Every TCP socket in our network namespace (IPv4 and IPv6 unless ``tables`` says).
+
+    With ``state``, only the sockets in that state: much faster on a machine
+    with thousands of connections in TIME_WAIT.
+    """
     entries: list[TcpSocket] = []
     for table in tables:
         with contextlib.suppress(FileNotFoundError), open(table) as lines:
             next(lines)
             for line in lines:
                 fields = line.split()
+                if state is not None and fields[3] != state:
+                    continue
                 local_host, local_port = fields[1].rsplit(":", 1)
                 tx_queue, rx_queue = fields[4].split(":")
                 entries.append(
@@ -82,19 +90,15 @@ def tcp_sockets(tables: tuple[str, ...] = TABLES) -> list[TcpSocket]:
 
 def accept_queue(port: int, host: str = "127.0.0.1") -> int:
     """How many completed connections wait in the accept queue of the listener ``host:port``."""
-    for row in tcp_sockets():
-        if row.state == LISTEN and row.local_port == port and row.local_host == host:
+    for row in tcp_sockets(state=LISTEN):
+        if row.local_port == port and row.local_host == host:
             return row.unread
     raise AssertionError(f"no listener on {host}:{port}")
 
 
 def receive_queues() -> dict[tuple[int, int], int]:
     """Unread bytes of every established TCP socket, by (local port, remote port)."""
-    return {
-        (row.local_port, row.remote_port): row.unread
-        for row in tcp_sockets()
-        if row.state == ESTABLISHED
-    }
+    return {(row.local_port, row.remote_port): row.unread for row in tcp_sockets(state=ESTABLISHED)}
 
 
 def open_descriptors(pid: int | str = "self") -> list[str]:
@@ -116,7 +120,7 @@ def socket_inodes(pid: int | str = "self") -> set[int]:
 def listening_ports(pid: int) -> list[int]:
     """TCP ports on which process ``pid`` holds a listening socket."""
     inodes = socket_inodes(pid)
-    return [row.local_port for row in tcp_sockets() if row.state == LISTEN and row.inode in inodes]
+    return [row.local_port for row in tcp_sockets(state=LISTEN) if row.inode in inodes]
 
 
 def status_field(pid: int | str, name: str) -> int:
