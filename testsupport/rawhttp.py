@@ -63,6 +63,15 @@ def get(
 def http_get(
     address: tuple[str, int], path: str = "/", timeout: float = IO_TIMEOUT
 ) -> tuple[int, bytes]:
-    """One request on a fresh connection that the server closes afterwards: status, body."""
-    status, _headers, body = get(address, path, close=True, timeout=timeout)
+    """One request with ``Connection: close``: status and body, once the server has closed.
+
+    Waiting for the server's close means the server has let go of the
+    connection when this returns (graceserve unregisters a connection before
+    it closes it): a drain started next does not find it still open.
+    """
+    with contextlib.closing(open_request(address, path, close=True, timeout=timeout)) as sock:
+        status, _headers, body = read_response(sock)
+        after = sock.recv(1)
+    if after:
+        raise AssertionError(f"bytes after a Connection: close response: {after!r}")
     return status, body
