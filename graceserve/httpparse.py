@@ -28,6 +28,7 @@ directly instead of parsing text again.  ``Body`` lives in ``httpbody``
 from __future__ import annotations
 
 import http.client
+import io
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -139,6 +140,11 @@ _FIELD_LINE = re.compile(
     r"((?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?)[ \t]*\r?\n",
     re.M,
 )
+# The same for a block whose lines all end in CRLF and whose bytes have been
+# checked (no control bytes, no CR but before LF): much cheaper per byte.
+# Trailing OWS stays in the value; it is stripped when the block has any.
+_CRLF_FIELD = re.compile(r"\n([" + _TCHAR + r"]+):[ \t]*([^\r]*)")
+_FIELD_BYTES = bytes([9, 10, 13, *range(0x20, 0x7F), *range(0x80, 0x100)])
 _TOKEN = re.compile(r"[" + _TCHAR + r"]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
@@ -148,14 +154,36 @@ _HOST = r"(?:\[[0-9A-Za-z:.%_~\-]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)"
 _AUTHORITY_FORM = re.compile(_HOST + r":[0-9]+")
 _HOST_FIELD = re.compile(_HOST + r"(?::[0-9]*)?")
 
-# The fields framing() looks at, by lower-cased name.
-_CL, _TE, _HOST_N, _CONN, _EXPECT = range(5)
+# The fields framing() looks at, by lower-cased name; _KNOWN_FIELDS also has
+# the usual spellings of common fields (it saves a lower() per field).
+_OTHER, _CL, _TE, _HOST_N, _CONN, _EXPECT = range(6)
 _FRAMING_FIELDS = {
     "content-length": _CL,
     "transfer-encoding": _TE,
     "host": _HOST_N,
     "connection": _CONN,
     "expect": _EXPECT,
+}
+_COMMON_FIELDS = (
+    "Host Connection Content-Length Transfer-Encoding Expect User-Agent Accept "
+    "Accept-Encoding Accept-Language Accept-Charset Authorization Cache-Control "
+    "Content-Type Cookie DNT If-Modified-Since If-None-Match Origin Pragma Range "
+    "Referer TE Upgrade Upgrade-Insecure-Requests Via Sec-Fetch-Dest Sec-Fetch-Mode "
+    "Sec-Fetch-Site Sec-Fetch-User Priority X-Forwarded-For X-Forwarded-Proto "
+    "X-Real-IP X-Requested-With Forwarded Keep-Alive"
+)
+_KNOWN_FIELDS = {
+    spelling: _FRAMING_FIELDS.get(name.lower(), _OTHER)
+    for name in _COMMON_FIELDS.split()
+    for spelling in (name, name.lower())
+}
+_SIMPLE_CONNECTION = frozenset({"keep-alive", "close"})
+
+
+_NO_BODY = {
+    (keep_alive, expect): Framing(None, False, keep_alive, expect)
+    for keep_alive in (False, True)
+    for expect in (False, True)
 }
 
 
@@ -238,7 +266,18 @@ def read_fields(readline: ReadLine, limits: Limits = _DEFAULT) -> list[tuple[str
     starts with SP/HTAB), whitespace before the colon, an empty or non-token
     name, a bare CR, NUL or other control bytes (HTAB allowed) in a value.
     A line may end in CRLF or a bare LF (RFC 9112 2.2).
+
+    When ``readline`` is the bound method of an ``io.BufferedReader`` (a
+    socket's ``makefile("rb")``) and the whole block is already buffered,
+    it is taken in one ``read`` instead of a ``readline`` per line; anything
+    unusual (bare LF, a limit reached, a block not yet complete) goes the
+    line-by-line way, so the result and the errors are the same.
     """
+    rfile = getattr(readline, "__self__", None)
+    if isinstance(rfile, io.BufferedReader):
+        buffered = _buffered_block(rfile, limits)
+        if buffered is not None:
+            return _crlf_fields(*buffered)
     most = limits.field_size + 2
     lines: list[bytes] = []
     append = lines.append
@@ -257,9 +296,47 @@ def read_fields(readline: ReadLine, limits: Limits = _DEFAULT) -> list[tuple[str
             if not line:
                 raise IncompleteHeadError("EOF inside the request head")
             raise RequestError(431, f"more than {limits.fields} header fields")
-    fields: list[tuple[str, str]] = _FIELD_LINE.findall(b"".join(lines).decode("latin-1"))
+    block = b"".join(lines)
+    if block.count(b"\r\n") == len(lines):
+        return _crlf_fields(block, len(lines))
+    fields: list[tuple[str, str]] = _FIELD_LINE.findall(block.decode("latin-1"))
     if len(fields) != len(lines):
-        raise RequestError(400, _field_problem(lines))
+        raise RequestError(400, _field_problem(block))
+    return fields
+
+
+def _buffered_block(rfile: io.BufferedReader, limits: Limits) -> tuple[bytes, int] | None:
+    """Take the field lines (CRLF ended) and the blank line at once, if all are buffered.
+
+    Returns the field lines and their count, or None (nothing consumed).
+    """
+    buffer = rfile.peek(1)
+    if buffer[:2] == b"\r\n":
+        rfile.read(2)
+        return b"", 0
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    block = buffer[: end + 2]
+    count = block.count(b"\n")
+    if count > limits.fields or count != block.count(b"\r\n"):
+        return None
+    if len(block) > limits.field_size and max(map(len, block.split(b"\r\n"))) > limits.field_size:
+        return None
+    rfile.read(end + 4)
+    return block, count
+
+
+def _crlf_fields(block: bytes, count: int) -> list[tuple[str, str]]:
+    """Check and split ``count`` field lines, each ended by CRLF."""
+    if block.translate(None, _FIELD_BYTES) or block.count(b"\r") != count:
+        raise RequestError(400, _field_problem(block))
+    text = block.decode("latin-1")
+    fields: list[tuple[str, str]] = _CRLF_FIELD.findall("\n" + text)
+    if len(fields) != count:
+        raise RequestError(400, _field_problem(block))
+    if " \r" in text or "\t\r" in text:
+        return [(name, value.rstrip(" \t")) for name, value in fields]
     return fields
 
 
@@ -272,10 +349,10 @@ def _check_line(line: bytes, most: int) -> None:
         raise IncompleteHeadError("EOF inside the request head")
 
 
-def _field_problem(lines: list[bytes]) -> str:
-    """Why a header block that failed the regex is bad (slow path)."""
-    for raw in lines:
-        text = raw.decode("latin-1")
+def _field_problem(block: bytes) -> str:
+    """Why a header block that failed the checks is bad (slow path)."""
+    for raw in block.split(b"\n")[:-1]:
+        text = raw.decode("latin-1") + "\n"
         if _FIELD_LINE.fullmatch(text):
             continue
         text = text[:-2] if text.endswith("\r\n") else text[:-1]
@@ -321,50 +398,51 @@ def framing(line: RequestLine, fields: list[tuple[str, str]], limits: Limits = _
     _check_target(line.method, line.target)
     version = line.version
     if version == "HTTP/0.9":
-        return Framing(None, False, False, False)
+        return _NO_BODY[False, False]
     lengths: list[str] = []
     codings: list[str] = []
-    hosts: list[str] = []
     connection: list[str] = []
+    host: str | None = None
     expect = False
+    known = _KNOWN_FIELDS.get
     for name, value in fields:
-        which = _FRAMING_FIELDS.get(name.lower())
+        which = known(name)
         if which is None:
+            which = _FRAMING_FIELDS.get(name.lower(), _OTHER)
+        if which == _OTHER:
             continue
-        if which == _CL:
+        if which == _HOST_N:
+            if host is not None:
+                raise RequestError(400, "more than one Host header field")
+            host = value
+        elif which == _CONN:
+            connection.append(value)
+        elif which == _CL:
             lengths.append(value)
         elif which == _TE:
             codings.append(value)
-        elif which == _HOST_N:
-            hosts.append(value)
-        elif which == _CONN:
-            connection.append(value)
         elif value.lower() == "100-continue":
-            expect = True
-    if len(hosts) > 1:
-        raise RequestError(400, "more than one Host header field")
-    if hosts:
-        if _HOST_FIELD.fullmatch(hosts[0]) is None:
-            raise RequestError(400, "malformed Host header field")
-    elif version == "HTTP/1.1":
-        raise RequestError(400, "missing Host header field")
-    length: int | None = None
-    chunked = False
+            expect = version == "HTTP/1.1"
+    if host is None:
+        if version == "HTTP/1.1":
+            raise RequestError(400, "missing Host header field")
+    elif _HOST_FIELD.fullmatch(host) is None:
+        raise RequestError(400, "malformed Host header field")
+    if len(connection) == 1 and connection[0].lower() in _SIMPLE_CONNECTION:
+        tokens = {connection[0].lower()}
+    else:
+        tokens = {token.strip() for token in ",".join(connection).lower().split(",")}
+    if version == "HTTP/1.1":
+        keep_alive = "close" not in tokens
+    else:
+        keep_alive = "keep-alive" in tokens and "close" not in tokens
     if codings:
         if lengths:
             raise RequestError(400, "Content-Length together with Transfer-Encoding")
-        chunked = _chunked(codings, version)
-    elif lengths:
-        length = _content_length(lengths, limits)
-    if connection:
-        tokens = {token.strip() for token in ",".join(connection).lower().split(",")}
-        if version == "HTTP/1.1":
-            keep_alive = "close" not in tokens
-        else:
-            keep_alive = "keep-alive" in tokens and "close" not in tokens
-    else:
-        keep_alive = version == "HTTP/1.1"
-    return Framing(length, chunked, keep_alive, expect and version == "HTTP/1.1")
+        return Framing(None, _chunked(codings, version), keep_alive, expect)
+    if lengths:
+        return Framing(_content_length(lengths, limits), False, keep_alive, expect)
+    return _NO_BODY[keep_alive, expect]
 
 
 def _check_target(method: str, target: str) -> None:

@@ -6,6 +6,7 @@ server reads them from a socket's buffered file.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 
@@ -36,10 +37,10 @@ def parse(
     raw: bytes, limits: Limits = DEFAULT
 ) -> tuple[RequestLine, list[tuple[str, str]], Framing]:
     """Request line, fields and framing of a whole head."""
-    rfile = io.BytesIO(raw)
+    rfile = io.BufferedReader(io.BytesIO(raw))
     line = read_request_line(rfile.readline, limits)
     assert line is not None
-    fields = read_fields(rfile.readline, limits)
+    fields = read_fields_every_way(rfile.read(), limits)
     return line, fields, framing(line, fields, limits)
 
 
@@ -61,8 +62,35 @@ def get(fields: bytes = b"", target: bytes = b"/", version: bytes = b"HTTP/1.1")
     return b"GET " + target + b" " + version + b"\r\nHost: example.com\r\n" + fields + b"\r\n"
 
 
+def read_fields_every_way(raw: bytes, limits: Limits = DEFAULT) -> list[tuple[str, str]]:
+    """``read_fields`` line by line (BytesIO), from a whole buffered block
+    (BufferedReader) and from a block arriving in pieces (a 7-byte buffer):
+    same fields, same bytes left, or the same error, which is raised."""
+    outcomes: list[tuple[object, ...]] = []
+    for rfile in (
+        io.BytesIO(raw),
+        io.BufferedReader(io.BytesIO(raw)),
+        io.BufferedReader(io.BytesIO(raw), buffer_size=7),
+    ):
+        try:
+            fields = read_fields(rfile.readline, limits)
+        except RequestError as error:
+            outcomes.append((RequestError, error.status, error.message))
+        except IncompleteHeadError:
+            outcomes.append((IncompleteHeadError,))
+        else:
+            outcomes.append((fields, rfile.read()))
+    assert outcomes[1] == outcomes[0]
+    assert outcomes[2] == outcomes[0]
+    if outcomes[0][0] is RequestError:
+        raise RequestError(*outcomes[0][1:])  # type: ignore[arg-type]
+    if outcomes[0][0] is IncompleteHeadError:
+        raise IncompleteHeadError
+    return outcomes[0][0]  # type: ignore[return-value]
+
+
 def fields_of(raw: bytes, limits: Limits = DEFAULT) -> list[tuple[str, str]]:
-    return read_fields(io.BytesIO(raw).readline, limits)
+    return read_fields_every_way(raw, limits)
 
 
 def field_status(raw: bytes, limits: Limits = DEFAULT) -> int | None:
@@ -323,6 +351,16 @@ def test_framing_http10_persistence(extra: bytes, keep_alive: bool) -> None:
     assert parse(raw)[2] == Framing(None, False, keep_alive, False)
 
 
+def test_field_names_are_case_insensitive() -> None:
+    raw = (
+        b"POST / HTTP/1.1\r\nHOST: a\r\ncOnTeNt-LeNgTh: 3\r\nCONNECTION: CLOSE\r\n"
+        b"EXPECT: 100-continue\r\n\r\n"
+    )
+    assert parse(raw)[2] == Framing(3, False, False, True)
+    assert status(b"GET / HTTP/1.1\r\nhost: a\r\nHOST: b\r\n\r\n") == 400
+    assert status(get(b"transfer-ENCODING: chunked\r\nCONTENT-length: 1\r\n")) == 400
+
+
 def test_http10_without_host_and_http09() -> None:
     assert parse(b"GET / HTTP/1.0\r\n\r\n")[2] == Framing(None, False, False, False)
     assert parse(b"GET /\r\n\r\n")[2] == Framing(None, False, False, False)
@@ -517,7 +555,7 @@ def test_to_message_equals_parse_headers_on_valid_heads(
 ) -> None:
     ending = "\n" if lf else "\r\n"
     raw = ("".join(f"{n}:{ows}{v}{ending}" for n, v in fields) + ending).encode("latin-1")
-    ours = to_message(read_fields(io.BytesIO(raw).readline))
+    ours = to_message(read_fields_every_way(raw))
     stdlib = http.client.parse_headers(io.BytesIO(raw))
     assert ours.items() == stdlib.items() == fields
     for name, _ in fields:
@@ -921,6 +959,14 @@ def test_arbitrary_bytes_raise_only_the_documented_errors(data: bytes, small: bo
     else:
         code = None
     assert code in (None, 400, 413, 414, 431, 501, 505)
+
+
+@FUZZ
+@given(data=_INPUTS, small=st.booleans())
+def test_arbitrary_field_blocks_read_the_same_every_way(data: bytes, small: bool) -> None:
+    limits = Limits(fields=4, field_size=30) if small else Limits()
+    with contextlib.suppress(RequestError, IncompleteHeadError):
+        read_fields_every_way(data, limits)
 
 
 @FUZZ
