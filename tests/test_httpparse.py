@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import http.client
 import io
+import subprocess
+import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -974,3 +976,21 @@ def test_arbitrary_field_blocks_read_the_same_every_way(data: bytes, small: bool
 def test_discard_never_raises(data: bytes, chunk: bool, limit: int) -> None:
     body = Body(buffered(data), Framing(None if chunk else len(data) // 2, chunk, True, False))
     assert body.discard(limit) in (True, False)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "import graceserve.httpframing",
+        "import graceserve.httpbody",
+        "from graceserve.httpparse import Body, framing",
+        "from graceserve.httpparse import *",
+    ],
+)
+def test_each_module_can_be_imported_first(statement: str) -> None:
+    check = f"{statement}; from graceserve.httpparse import Body, framing; print(Body, framing)"
+    done = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "httpbody.Body" in done.stdout
