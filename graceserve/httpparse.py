@@ -134,11 +134,11 @@ _REQUEST_LINE = re.compile(
 )
 _VERSIONS = {b"HTTP/1.1": "HTTP/1.1", b"HTTP/1.0": "HTTP/1.0"}
 
-# Field lines, over "\n" + a block whose lines all end in CRLF and whose bytes
-# were checked (no control bytes, no CR but before LF): one match per valid
-# line (each starts at an LF), none for an invalid one.  Trailing OWS stays
-# in the value; _crlf_fields strips it when the block has any.
-_CRLF_FIELD = re.compile(r"\n([" + _TCHAR + r"]+):[ \t]*([^\r]*)")
+# Field lines, over "\n" + a block whose lines all end in CRLF (no other LF)
+# and whose bytes were checked (no control bytes but HTAB, CR, LF): one match
+# per valid line (each starts at an LF), none for an invalid one (a bare CR
+# included).  Trailing OWS stays in the value; _crlf_fields strips it.
+_CRLF_FIELD = re.compile(r"\n([" + _TCHAR + r"]+):[ \t]*([^\r]*)\r(?=\n)")
 _FIELD_BYTES = bytes([9, 10, 13, *range(0x20, 0x7F), *range(0x80, 0x100)])
 _TOKEN = re.compile(r"[" + _TCHAR + r"]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -281,8 +281,11 @@ def _buffered_block(rfile: io.BufferedReader, limits: Limits) -> tuple[bytes, in
 
 
 def _crlf_fields(block: bytes, count: int) -> list[tuple[str, str]]:
-    """Check and split ``count`` field lines, each ended by CRLF."""
-    if block.translate(None, _FIELD_BYTES) or block.count(b"\r") != count:
+    """Check and split ``count`` field lines, each ended by CRLF (no other LF).
+
+    A bare CR is caught by the regex: a line holding one does not match.
+    """
+    if block.translate(None, _FIELD_BYTES):
         raise RequestError(400, _field_problem(block))
     text = block.decode("latin-1")
     fields: list[tuple[str, str]] = _CRLF_FIELD.findall("\n" + text)

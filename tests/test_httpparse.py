@@ -567,6 +567,28 @@ def test_to_message_equals_parse_headers_on_valid_heads(
     assert ours.get_content_type() == stdlib.get_content_type()
 
 
+_FORBIDDEN = [bytes([c]) for c in [*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F]]
+
+
+@FUZZ
+@given(
+    fields=_valid_fields().filter(bool),
+    which=st.integers(0, 14),
+    where=st.integers(0, 50),
+    bad=st.sampled_from(_FORBIDDEN),
+)
+def test_a_control_byte_anywhere_in_a_valid_head_is_refused(
+    fields: list[tuple[str, str]], which: int, where: int, bad: bytes
+) -> None:
+    lines = [f"{n}: {v}\r\n".encode("latin-1") for n, v in fields]
+    line = lines[which % len(lines)]
+    at = where % (len(line) - 1)  # anywhere before the final LF
+    lines[which % len(lines)] = line[:at] + bad + line[at:]
+    with pytest.raises(RequestError) as caught:
+        read_fields_every_way(b"".join(lines) + b"\r\n")
+    assert caught.value.status == 400
+
+
 # -- bodies: Content-Length ------------------------------------------------------
 
 
