@@ -11,6 +11,7 @@ import http.client
 import io
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -1016,3 +1017,45 @@ def test_each_module_can_be_imported_first(statement: str) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "httpbody.Body" in done.stdout
+
+
+class _Stalls(io.RawIOBase):
+    """A raw stream that hands out ``data`` in ``piece``-byte reads, then times out."""
+
+    def __init__(self, data: bytes, piece: int) -> None:
+        self.data, self.piece = data, piece
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if not self.data:
+            raise TimeoutError("timed out")
+        n = min(self.piece, len(buffer), len(self.data))
+        buffer[:n] = self.data[:n]
+        self.data = self.data[n:]
+        return n
+
+
+@pytest.mark.parametrize("chunk", [False, True])
+def test_a_timeout_inside_the_body_leaves_it_unusable(chunk: bool) -> None:
+    data = b"a\r\n0123456789\r\n0\r\n\r\n" if chunk else b"0123456789"
+    rfile = io.BufferedReader(_Stalls(data[:-3], 4), buffer_size=4)
+    body = Body(rfile, Framing(None if chunk else 10, chunk, True, False))
+    with pytest.raises(TimeoutError):
+        body.read()
+    assert not body.complete
+    assert not body.discard(100)
+    if chunk:
+        with pytest.raises(TimeoutError):
+            body.read()
+    else:
+        assert body.read() == b""
+
+
+def test_discard_never_raises_even_when_the_hook_does() -> None:
+    def hook() -> None:
+        raise BrokenPipeError
+
+    body = Body(buffered(b"0123456789"), Framing(10, False, True, False), before_first_read=hook)
+    assert not body.discard(100)
