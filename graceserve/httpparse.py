@@ -15,16 +15,29 @@ Rule: no sockets, no threads, no clock.  Functions take bytes, or a
 ``RequestError`` (with the status to answer) or ``IncompleteHeadError`` (EOF
 inside a head: never dispatch it).  Everything here is tested without I/O.
 
-STATUS: interface only.  The implementation is being written on the
-``parser`` branch; code against the signatures and docstrings below.
+How it is fast: no per-byte Python.  A head already in the socket file's
+buffer is taken with one ``peek``/``read`` (else one C ``readline`` per
+line); its bytes are checked at once with ``bytes.translate`` and counts,
+it is decoded once and split by one precompiled regex whose ``findall``
+yields the ``(name, value)`` pairs.  A bad block is diagnosed slowly, only
+once it has failed.  ``to_message`` fills an ``HTTPMessage``'s header list
+directly.  ``framing`` lives in ``httpframing`` and ``Body`` in ``httpbody``
+(both re-exported here).
 """
 
 from __future__ import annotations
 
 import http.client
-from collections.abc import Callable, Iterator
+import importlib
+import io
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from graceserve.httpbody import Body
+    from graceserve.httpframing import framing
 
 __all__ = [
     "Body",
@@ -37,6 +50,7 @@ __all__ = [
     "framing",
     "parse_request_line",
     "read_fields",
+    "read_request_line",
     "to_message",
 ]
 
@@ -107,20 +121,99 @@ class Framing:
         return self.chunked or bool(self.content_length)
 
 
-def parse_request_line(line: bytes, limits: Limits = Limits()) -> RequestLine:
+_DEFAULT = Limits()
+
+# RFC 9110 5.6.2: tchar; as a regex character class body (str and bytes alike).
+_TCHAR = r"!#$%&'*+\-.^_`|~0-9A-Za-z"
+
+# method SP request-target SP HTTP-version, or the HTTP/0.9 form without a
+# version.  The target may hold any visible byte, obs-text included (raw
+# UTF-8 paths are common); never whitespace, controls or DEL.
+_REQUEST_LINE = re.compile(
+    rb"([" + _TCHAR.encode() + rb"]+) ([\x21-\x7e\x80-\xff]+)(?: (HTTP/[0-9]\.[0-9]))?"
+)
+_VERSIONS = {b"HTTP/1.1": "HTTP/1.1", b"HTTP/1.0": "HTTP/1.0"}
+
+# Field lines, over "\n" + a block whose lines all end in CRLF (no other LF)
+# and whose bytes were checked (no control bytes but HTAB, CR, LF): one match
+# per valid line (each starts at an LF), none for an invalid one (a bare CR
+# included).  Trailing OWS stays in the value; _crlf_fields strips it.
+_CRLF_FIELD = re.compile(r"\n([" + _TCHAR + r"]+):[ \t]*([^\r]*)\r(?=\n)")
+_FIELD_BYTES = bytes([9, 10, 13, *range(0x20, 0x7F), *range(0x80, 0x100)])
+_TOKEN = re.compile(r"[" + _TCHAR + r"]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def read_request_line(readline: ReadLine, limits: Limits = _DEFAULT) -> RequestLine | None:
+    """Read and parse the request line; None at EOF before any byte of it.
+
+    One empty line before it is skipped (RFC 9112 2.2: a client may send a
+    CRLF after a POST body).  Reads at most ``limits.request_line + 2`` bytes
+    per line, so a line exactly at the limit passes.  Raises as
+    ``parse_request_line``.
+    """
+    most = limits.request_line + 2
+    line = readline(most)
+    if line == b"\r\n" or line == b"\n":
+        line = readline(most)
+    if not line:
+        return None
+    return parse_request_line(line, limits)
+
+
+def parse_request_line(line: bytes, limits: Limits = _DEFAULT) -> RequestLine:
     """Parse ``METHOD SP request-target SP HTTP-version CRLF`` (LF alone tolerated).
 
-    ``line`` is what ``readline`` returned, line ending included.  Raises
-    RequestError: 414 over ``limits.request_line``; 400 for a bad method
-    token, a target with whitespace/control bytes, extra spaces, or a
+    ``line`` is what ``readline`` returned, line ending included: read it with
+    ``readline(limits.request_line + 2)`` so a line exactly at the limit fits.
+    Raises RequestError: 414 over ``limits.request_line``; 400 for a bad
+    method token, a target with whitespace/control bytes, extra spaces, or a
     malformed version; 505 for a well-formed but unsupported version (not
     1.0/1.1).  ``METHOD target`` with no version parses as HTTP/0.9 (the
-    caller decides how to answer it).
+    caller decides how to answer it).  IncompleteHeadError for a line with
+    no line ending that is not over the limit (EOF inside it).
     """
-    raise NotImplementedError
+    if line[-2:] == b"\r\n":
+        text = line[:-2]
+    elif line[-1:] == b"\n":
+        text = line[:-1]
+    elif len(line) > limits.request_line:
+        raise RequestError(414, "request line too long")
+    else:
+        raise IncompleteHeadError("EOF inside the request line")
+    if len(text) > limits.request_line:
+        raise RequestError(414, "request line too long")
+    match = _REQUEST_LINE.fullmatch(text)
+    if match is None:
+        raise RequestError(400, _request_line_problem(text))
+    method, target, raw_version = match.groups()
+    if raw_version is None:
+        version = "HTTP/0.9"
+    else:
+        found = _VERSIONS.get(raw_version)
+        if found is None:
+            raise RequestError(505, f"{raw_version.decode('ascii')} is not supported")
+        version = found
+    return RequestLine(method.decode("ascii"), target.decode("latin-1"), version)
 
 
-def read_fields(readline: ReadLine, limits: Limits = Limits()) -> list[tuple[str, str]]:
+def _request_line_problem(text: bytes) -> str:
+    """Why a request line that failed the regex is bad (slow path)."""
+    if not text:
+        return "empty request line"
+    if re.search(rb"[\x00-\x1f\x7f]", text):
+        return "control character in the request line"
+    parts = text.split(b" ")
+    if len(parts) > 3 or b"" in parts:
+        return "malformed request line (extra or missing spaces)"
+    if len(parts) == 1:
+        return "malformed request line (no request-target)"
+    if re.fullmatch(rb"[" + _TCHAR.encode() + rb"]+", parts[0]) is None:
+        return "bad method token"
+    return "malformed HTTP version"
+
+
+def read_fields(readline: ReadLine, limits: Limits = _DEFAULT) -> list[tuple[str, str]]:
     """Read header field lines up to and including the blank line.
 
     Returns ``(name, value)`` pairs in order, names as sent, values with
@@ -129,83 +222,137 @@ def read_fields(readline: ReadLine, limits: Limits = Limits()) -> list[tuple[str
     ``limits.fields`` or ``limits.field_size``; 400 for obs-fold (a line that
     starts with SP/HTAB), whitespace before the colon, an empty or non-token
     name, a bare CR, NUL or other control bytes (HTAB allowed) in a value.
+    A line may end in CRLF or a bare LF (RFC 9112 2.2).
+
+    When ``readline`` is an ``io.BufferedReader``'s (a socket's
+    ``makefile("rb")``) and the whole block is in its buffer, the block is
+    taken in one ``read``; anything unusual (bare LF, a limit reached, a
+    block still arriving) goes line by line: same result, same errors.
     """
-    raise NotImplementedError
+    rfile = getattr(readline, "__self__", None)
+    if isinstance(rfile, io.BufferedReader):
+        buffered = _buffered_block(rfile, limits)
+        if buffered is not None:
+            return _crlf_fields(*buffered)
+    most = limits.field_size + 2
+    lines: list[bytes] = []
+    append = lines.append
+    for _ in range(limits.fields):
+        line = readline(most)
+        if len(line) < 3:  # the blank line, or too short to be "n:" + LF
+            if line == b"\r\n" or line == b"\n":
+                break
+            _check_line(line, most)
+        elif line[-1] != 10 or len(line) == most:
+            _check_line(line, most)
+        append(line)
+    else:
+        line = readline(most)
+        if line != b"\r\n" and line != b"\n":
+            if not line:
+                raise IncompleteHeadError("EOF inside the request head")
+            raise RequestError(431, f"more than {limits.fields} header fields")
+    block = b"".join(lines)
+    if block.count(b"\r\n") != len(lines):  # some end in a bare LF: make them CRLF
+        block = b"".join(x if x[-2:] == b"\r\n" else x[:-1] + b"\r\n" for x in lines)
+    return _crlf_fields(block, len(lines))
 
 
-def framing(line: RequestLine, fields: list[tuple[str, str]], limits: Limits = Limits()) -> Framing:
-    """Decide body framing and persistence; reject what RFC 9112 says to reject.
+def _buffered_block(rfile: io.BufferedReader, limits: Limits) -> tuple[bytes, int] | None:
+    """Take the field lines (CRLF ended) and the blank line at once, if all are buffered.
 
-    RequestError: 400 for ``Content-Length`` together with
-    ``Transfer-Encoding``, conflicting/list-form/non-decimal
-    ``Content-Length``, a missing ``Host`` on HTTP/1.1, a request-target in
-    the wrong form for its method (``*`` only with OPTIONS, authority-form
-    only with CONNECT, else origin-form or absolute-form); 501 for a
-    Transfer-Encoding whose last coding is not ``chunked`` (or any
-    Transfer-Encoding on HTTP/1.0); 413 for a ``Content-Length`` over
-    ``limits.body``.
+    Returns the field lines and their count, or None (nothing consumed).
     """
-    raise NotImplementedError
+    buffer = rfile.peek(1)
+    if buffer[:2] == b"\r\n":
+        rfile.read(2)
+        return b"", 0
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    block = buffer[: end + 2]
+    count = block.count(b"\n")
+    if count > limits.fields or count != block.count(b"\r\n"):
+        return None
+    if len(block) > limits.field_size and max(map(len, block.split(b"\r\n"))) > limits.field_size:
+        return None
+    rfile.read(end + 4)
+    return block, count
+
+
+def _crlf_fields(block: bytes, count: int) -> list[tuple[str, str]]:
+    """Check and split ``count`` field lines, each ended by CRLF (no other LF).
+
+    A bare CR is caught by the regex: a line holding one does not match.
+    """
+    if block.translate(None, _FIELD_BYTES):
+        raise RequestError(400, _field_problem(block))
+    text = block.decode("latin-1")
+    fields: list[tuple[str, str]] = _CRLF_FIELD.findall("\n" + text)
+    if len(fields) != count:
+        raise RequestError(400, _field_problem(block))
+    if " \r" in text or "\t\r" in text:
+        return [(name, value.rstrip(" \t")) for name, value in fields]
+    return fields
+
+
+def _check_line(line: bytes, most: int) -> None:
+    """Raise for a field line that hit EOF or the size limit; pass one that did not."""
+    if len(line) == most:
+        if line[-2:] != b"\r\n":
+            raise RequestError(431, f"header field line longer than {most - 2} bytes")
+    elif not line.endswith(b"\n"):
+        raise IncompleteHeadError("EOF inside the request head")
+
+
+def _field_problem(block: bytes) -> str:
+    """Why a CRLF-ended field block that failed the checks is bad (slow path)."""
+    for line in block.decode("latin-1").split("\r\n")[:-1]:
+        name, colon, value = line.partition(":")
+        if line[:1] in (" ", "\t"):
+            return "obs-fold (a field line starting with whitespace) is not allowed"
+        if not colon:
+            return "header field line without a colon"
+        if not name:
+            return "empty header field name"
+        if name[-1] in " \t":
+            return "whitespace before the colon in a header field"
+        if _TOKEN.fullmatch(name) is None:
+            return "bad character in a header field name"
+        if "\r" in value:
+            return "bare CR in a header field value"
+        if "\x00" in value:
+            return "NUL in a header field value"
+        if _CONTROL.search(value):
+            return "control character in a header field value"
+    return "malformed header field line"
 
 
 def to_message(fields: list[tuple[str, str]]) -> http.client.HTTPMessage:
     """The fields as the ``http.client.HTTPMessage`` that ``BaseHTTPRequestHandler.headers`` is.
 
     Cheap: no ``email.parser``.  ``get``, ``get_all``, ``items``, ``in`` and
-    ``[]`` behave as on a parsed message.
+    ``[]`` behave as on a parsed message (compat32 stores headers as the
+    very ``(name, value)`` pairs given here, and a parsed head's payload is
+    ``""``).  The list is copied: changing the message leaves ``fields`` as
+    they were.
     """
-    raise NotImplementedError
+    message = http.client.HTTPMessage()
+    state = vars(message)
+    state["_headers"] = list(fields)
+    state["_payload"] = ""
+    return message
 
 
-class Body:
-    """A request body read from the connection's buffered ``rfile``, bounded by its framing.
+_ELSEWHERE = {"Body": "graceserve.httpbody", "framing": "graceserve.httpframing"}
 
-    Content-Length or chunked (de-chunked here; trailers read and dropped).
-    Reading past the end returns ``b""`` and never touches the next request's
-    bytes.  ``before_first_read`` (if given) is called once, just before the
-    first byte is read: the place to send ``100 Continue``.  Malformed chunks
-    raise RequestError(400); a body over ``limits.body`` raises
-    RequestError(413); EOF before the end raises IncompleteBodyError (a
-    ConnectionError: the client went away).
 
-    Not thread-safe: used by the connection's own thread only.
-    """
-
-    def __init__(
-        self,
-        rfile: BinaryIO,
-        framing: Framing,
-        limits: Limits = Limits(),
-        before_first_read: Callable[[], None] | None = None,
-    ) -> None:
-        raise NotImplementedError
-
-    def read(self, size: int | None = -1) -> bytes:
-        """Up to ``size`` bytes (all that is left for None or a negative size)."""
-        raise NotImplementedError
-
-    def readline(self, size: int | None = -1) -> bytes:
-        """One line (through LF), at most ``size`` bytes."""
-        raise NotImplementedError
-
-    def readlines(self, hint: int | None = -1) -> list[bytes]:
-        """Lines until the end (or until ``hint`` bytes have been read)."""
-        raise NotImplementedError
-
-    def __iter__(self) -> Iterator[bytes]:
-        """The remaining lines."""
-        raise NotImplementedError
-
-    @property
-    def complete(self) -> bool:
-        """Whether the whole body (and, if chunked, its trailer) has been read."""
-        raise NotImplementedError
-
-    def discard(self, limit: int) -> bool:
-        """Read and drop what is left, up to ``limit`` bytes; True if the end was reached.
-
-        After a response, so the connection can carry the next request; on
-        False (too much left, or an error) the caller closes the connection.
-        Never raises.
-        """
-        raise NotImplementedError
+def __getattr__(name: str) -> Any:
+    # Body and framing live in modules that import this one: resolve them on
+    # first use (then cache them here), so any of the three can be imported first.
+    module = _ELSEWHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
