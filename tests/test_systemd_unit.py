@@ -246,8 +246,8 @@ class Request:
         files = f"/tmp/gs-{name}"
         script = (
             f"rm -f {files}.*; curl -v -sS --max-time 60 -o {files}.body -w '%{{http_code}}' "
-            f"'{BASE_URL}{path}' >{files}.code 2>{files}.err; echo $? >{files}.tmp; "
-            f"mv {files}.tmp {files}.rc"
+            f"'{BASE_URL}{path}' >{files}.code 2>{files}.err; "
+            f'echo "$? $(date +%s.%N)" >{files}.tmp; mv {files}.tmp {files}.rc'
         )
         podman_ok("exec", "-d", CONTAINER, "sh", "-c", script)
         return cls(name)
@@ -256,17 +256,33 @@ class Request:
         """Whether curl has written the request (its verbose log shows the request line)."""
         return "> GET " in inside("cat", f"/tmp/gs-{self.name}.err").stdout
 
-    def result(self, timeout: float = 40.0) -> tuple[int, str, str]:
-        """Wait for curl to end; return (curl's exit code, HTTP status, curl's stderr)."""
+    def finished(self) -> bool:
+        """Whether curl has ended."""
+        return inside("test", "-e", f"/tmp/gs-{self.name}.rc").returncode == 0
+
+    def result(self, timeout: float = 40.0) -> Outcome:
+        """Wait for curl to end and return what it got."""
         files = f"/tmp/gs-{self.name}"
-        poll(
-            f"curl {self.name} to finish",
-            lambda: inside("test", "-e", f"{files}.rc").returncode == 0,
-            timeout=timeout,
-        )
-        rc = int(inside_ok("cat", f"{files}.rc").strip())
+        poll(f"curl {self.name} to finish", self.finished, timeout=timeout)
+        rc, ended = inside_ok("cat", f"{files}.rc").split()
         err = "".join(inside_ok("cat", f"{files}.err").splitlines(keepends=True)[-5:])
-        return rc, inside_ok("cat", f"{files}.code").strip(), err
+        return Outcome(int(rc), inside_ok("cat", f"{files}.code").strip(), err, float(ended))
+
+
+@dataclass
+class Outcome:
+    """How a background curl ended: its exit code, the HTTP status ('000': none), the end
+    of its stderr, and when it ended (the container's clock, seconds since the epoch)."""
+
+    rc: int
+    status: str
+    err: str
+    ended: float
+
+    @property
+    def ok(self) -> bool:
+        """A complete 200 response."""
+        return (self.rc, self.status) == (0, "200")
 
 
 def curl(path: str) -> str:
@@ -300,11 +316,21 @@ def unit(container: str) -> Iterator[Unit]:
         inside("sh", "-c", reset, timeout=90)
 
 
-def timed(*argv: str) -> tuple[float, subprocess.CompletedProcess[str]]:
-    """Run ARGV inside the container; return (seconds it took, the result)."""
+@dataclass
+class Stop:
+    """A ``systemctl stop``: its exit code, how long it took, and when it returned."""
+
+    rc: int
+    elapsed: float
+    returned: float  # the container's clock, seconds since the epoch
+
+
+def stop_service() -> Stop:
+    """Run ``systemctl stop`` (it returns once the unit is inactive)."""
+    script = f'systemctl stop {UNIT}; echo "$? $(date +%s.%N)"'
     start = time.monotonic()
-    result = inside(*argv)
-    return time.monotonic() - start, result
+    out = inside_ok("sh", "-c", script).split()
+    return Stop(int(out[-2]), time.monotonic() - start, float(out[-1]))
 
 
 def start_service(unit: Unit) -> int:
@@ -344,12 +370,13 @@ def test_stop_drains_request_in_flight(unit: Unit) -> None:
     start_service(unit)
     request = Request.start("stop", "/slow?seconds=3")
     unit.in_flight(request)
-    elapsed, stop = timed("systemctl", "stop", UNIT)
-    assert stop.returncode == 0, stop.stderr
+    stop = stop_service()
+    assert stop.rc == 0
 
-    rc, status, err = request.result()
-    assert (rc, status) == (0, "200"), (err, unit.journal())
-    assert elapsed > 1.0, f"systemctl stop returned after {elapsed:.2f} s: it did not wait"
+    got = request.result()
+    assert got.ok, (got, unit.journal())
+    # systemctl stop waited for the drain: the answer came before it returned.
+    assert got.ended <= stop.returned, (got, stop)
     assert_stopped_cleanly(unit, "0")
 
 
@@ -362,13 +389,14 @@ def test_grace_cut_exits_4_and_unit_succeeds(unit: Unit) -> None:
     start_service(unit)
     request = Request.start("cut", "/slow?seconds=30")
     unit.in_flight(request)
-    elapsed, stop = timed("systemctl", "stop", UNIT)
-    assert stop.returncode == 0, stop.stderr
+    stop = stop_service()
+    assert stop.rc == 0
 
-    rc, status, _ = request.result()
-    assert status != "200", "the request outlasting the grace was answered"
-    assert rc != 0, "curl did not see the connection cut"
-    assert 1.5 < elapsed < 20, f"systemctl stop took {elapsed:.2f} s (grace 2 s)"
+    got = request.result()
+    assert got.status != "200", "the request outlasting the grace was answered"
+    assert got.rc != 0, f"curl did not see the connection cut: {got}"
+    # Cut by graceserve at its grace (2 s), long before TimeoutStopSec (30 s).
+    assert 1.5 < stop.elapsed < 20, stop
     assert_stopped_cleanly(unit, "4")
 
 
@@ -381,8 +409,8 @@ def test_reload_with_request_in_flight(unit: Unit) -> None:
     poll("a second readiness line", lambda: len(unit.ready_pids()) >= 2)
     assert curl("/healthz") == "200"
 
-    rc, status, err = request.result()
-    assert (rc, status) == (0, "200"), (err, unit.journal())
+    got = request.result()
+    assert got.ok, (got, unit.journal())
     pids = unit.ready_pids()
     assert len(pids) == 2, (pids, unit.journal())
     assert pids[0] == first, pids
@@ -408,13 +436,13 @@ def test_two_reloads_then_stop_drains_request_in_flight(unit: Unit) -> None:
     assert curl("/healthz") == "200"
     request = Request.start("reloads-stop", "/slow?seconds=3")
     unit.in_flight(request)
-    elapsed, stop = timed("systemctl", "stop", UNIT)
-    assert stop.returncode == 0, stop.stderr
+    stop = stop_service()
+    assert stop.rc == 0
 
-    rc, status, err = request.result()
+    got = request.result()
     journal = unit.journal()
-    assert (rc, status) == (0, "200"), (elapsed, err, journal)
-    assert elapsed > 1.0, f"systemctl stop returned after {elapsed:.2f} s:\n{journal}"
+    assert got.ok, (got, stop, journal)
+    assert got.ended <= stop.returned, (got, stop, journal)
     assert_stopped_cleanly(unit, "0")
 
 
@@ -452,8 +480,8 @@ def test_reload_of_broken_code_keeps_old_generation_serving(broken_deploy: Unit)
     assert unit.main_pid() == old
     assert unit.ready_pids() == [old], unit.journal()
     assert curl("/healthz") == "200"
-    rc, status, err = request.result()
-    assert (rc, status) == (0, "200"), (err, unit.journal())
+    got = request.result()
+    assert got.ok, (got, unit.journal())
     assert unit.show("ActiveState")["ActiveState"] == "active"
 
 
@@ -479,17 +507,20 @@ def test_socket_activation_serves_request_made_during_drain(unit: Unit) -> None:
     first = unit.main_pid()
     assert first > 0
 
-    slow = Request.start("sock-slow", "/slow?seconds=3")
+    slow = Request.start("sock-slow", "/slow?seconds=5")
     unit.in_flight(slow)
     inside_ok("systemctl", "stop", "--no-block", UNIT)
     poll("the drain (SubState=stop-sigterm)",
          lambda: unit.show("SubState")["SubState"] == "stop-sigterm")  # fmt: skip
     late = Request.start("sock-late", "/healthz")
+    poll("the late request to be sent", late.sent)
+    assert not slow.finished(), "the drain ended before the late request was sent"
 
-    rc, status, err = slow.result()
-    assert (rc, status) == (0, "200"), (err, unit.journal())
-    rc, status, err = late.result()
-    assert (rc, status) == (0, "200"), (err, unit.journal())
+    got_slow = slow.result()
+    assert got_slow.ok, (got_slow, unit.journal())
+    got_late = late.result()
+    assert got_late.ok, (got_late, unit.journal())
+    assert got_late.ended >= got_slow.ended, (got_late, got_slow)
     pids = unit.ready_pids()
     assert len(pids) == 2, (pids, unit.journal())  # a second start served the late one
     assert pids[0] == first, pids
