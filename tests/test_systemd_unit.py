@@ -51,7 +51,8 @@ BOOT_TIMEOUT = 30.0  # seconds for `systemctl is-system-running` to settle
 WAIT_TIMEOUT = 15.0  # seconds for anything else we poll for
 POLL_PAUSE = 0.05  # pause inside bounded polling loops
 
-pytestmark = [pytest.mark.systemd, pytest.mark.timeout(300)]
+# Also "container": `-m "not container"` leaves out every test that runs podman.
+pytestmark = [pytest.mark.container, pytest.mark.systemd, pytest.mark.timeout(300)]
 
 SOURCE_IGNORE = shutil.ignore_patterns(
     ".git", "__pycache__", "*.egg-info", "build", "dist", ".venv", "venv", ".*_cache", "*.pyc"
