@@ -497,14 +497,19 @@ def test_reload_of_broken_code_fails_systemctl_reload(broken_deploy: Unit) -> No
     assert curl("/healthz") == "200"
 
 
-def test_socket_activation_serves_request_made_during_drain(unit: Unit) -> None:
+def start_socket(unit: Unit) -> int:
+    """Install and start the shipped socket unit; connect once to start the service."""
     inside_ok("cp", f"/src/examples/{SOCKET_UNIT}", f"/etc/systemd/system/{SOCKET_UNIT}")
     inside_ok("systemctl", "daemon-reload")
     inside_ok("systemctl", "start", SOCKET_UNIT)
     assert unit.show("ActiveState", unit=SOCKET_UNIT)["ActiveState"] == "active"
-    # The first connection starts the service.
+    assert unit.show("ActiveState")["ActiveState"] == "inactive"
     assert curl("/healthz") == "200", unit.journal()
-    first = unit.main_pid()
+    return unit.main_pid()
+
+
+def test_socket_activation_serves_request_made_during_drain(unit: Unit) -> None:
+    first = start_socket(unit)
     assert first > 0
 
     slow = Request.start("sock-slow", "/slow?seconds=5")
@@ -531,3 +536,16 @@ def test_socket_activation_serves_request_made_during_drain(unit: Unit) -> None:
     assert "Deactivated successfully" in journal, journal
     assert "Main process exited" not in journal, journal
     assert "SIGKILL" not in journal, journal
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 15 item 3: under socket activation the drain log line says new connections "
+    "are refused, but systemd keeps the socket and they are queued for the next start",
+)
+def test_socket_activation_drain_log_tells_the_truth(unit: Unit) -> None:
+    start_socket(unit)
+    stop = stop_service()
+    assert stop.rc == 0
+    journal = assert_stopped_cleanly(unit, "0")
+    assert "refused" not in journal, journal
