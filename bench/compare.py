@@ -731,8 +731,8 @@ def run(argv: Sequence[str]) -> int:
             f"{cfg.exit_limit:g} s after the second signal, SIGKILLed by the bench. graceserve "
             "cuts every connection at the second signal, then gives the cut handlers up to 0.1 s "
             "(never past the grace) to return before it exits; `/slow` sleeps, so that moment "
-            "is used in full. cheroot: with the docs pattern (`try: ... finally: server.stop()`), a "
-            "SIGINT during `stop()` raises KeyboardInterrupt inside it; where this table says "
+            "is used in full. cheroot: with the docs pattern (`try: ... finally: server.stop()`), "
+            "a SIGINT during `stop()` raises KeyboardInterrupt inside it; where this table says "
             "killed, the process never exited (cause not investigated further).",
         ]  # fmt: skip
 
