@@ -148,7 +148,7 @@ class Once(socketserver.BaseRequestHandler):
         self.request.sendall(data)
 
 
-ROUNDS = 6
+ROUNDS = 10
 STORM_THREADS = 4
 PER_THREAD = 2000  # bound on each client's connects
 

@@ -104,6 +104,8 @@ def test_a_late_forcing_signal_still_ends_within_the_grace(start_server: StartSe
 
 
 # -- every signal is acted on, in order ----------------------------------------------------
+# Signals reaching the relay in one batch: tests/test_runner_signals.py (exact).  Here the
+# whole process, with a USR1 first or not, each signal seen to act before the next.
 
 
 def pending_signals(pid: int) -> int:
@@ -143,14 +145,20 @@ BACK_TO_BACK = [
     BACK_TO_BACK,
     ids=["-".join(s.name[3:] for s in case[0]) for case in BACK_TO_BACK],
 )
-def test_two_stop_signals_back_to_back_force(
+def test_two_stop_signals_one_after_the_other_force(
     start_server: StartServer, signals: tuple[signal.Signals, ...], code: int
 ) -> None:
     server = start_ready(start_server, "--grace", "30")
     with contextlib.closing(in_flight(addr(server), "/slow?seconds=30")) as sock:
         started = time.monotonic()
-        for signum in signals:
-            send_delivered(server, signum)
+        *first, last = signals
+        for signum in first:  # each seen to act before the next: a handler thread that
+            send_delivered(server, signum)  # took one may still be writing its byte
+            if signum == signal.SIGUSR1:
+                server.wait_for_line(r"SIGUSR1: stacks of")
+            else:
+                server.wait_for_line(rf"{signal.Signals(signum).name}: draining 1 connections")
+        send_delivered(server, last)
         assert server.wait_exit() == code, server.output
         assert time.monotonic() - started < QUICK
         assert read_until_closed(sock) == b""
