@@ -110,7 +110,8 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
     ("--max-connections", "GRACESERVE_MAX_CONNECTIONS", _count, DEFAULTS.max_connections,
      "at this many live connections new clients wait in the kernel backlog"),
     ("--idle-timeout", "GRACESERVE_IDLE_TIMEOUT", _duration, DEFAULTS.idle_timeout,
-     "close HTTP connections idle (or sending a request head) this long; 0 disables"),
+     "close HTTP connections idle (or sending a request head) this long (TCP targets: "
+     "the default timeout of wait_for_input); 0 disables"),
     ("--drain-delay", "GRACESERVE_DRAIN_DELAY", _duration, DEFAULTS.drain_delay,
      "lame-duck seconds after the stop signal: keep serving, /healthz answers 503"),
     ("--log-level", "GRACESERVE_LOG_LEVEL", _level, DEFAULTS.log_level,
