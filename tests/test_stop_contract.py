@@ -221,7 +221,8 @@ def test_queued_clients_lost_for_want_of_descriptors_are_counted(
     limit = ["sh", "-c", 'ulimit -n 40 && exec "$@"', "sh"]
     server = start_server(["--bind", "127.0.0.1:0", "--grace", "10"], prefix=limit)
     server.wait_ready()
-    clients = [open_request(addr(server), "/slow?seconds=1") for _ in range(60)]
+    # Long enough that no handler ends (and frees a descriptor) before the TERM.
+    clients = [open_request(addr(server), "/slow?seconds=3") for _ in range(60)]
     try:
         server.wait_for_line(r"accept\(\) failed")
         server.send(signal.SIGTERM)
