@@ -210,17 +210,19 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
 
     # -- the listener's end -------------------------------------------------
 
-    def close_listener(self, hand_over: bool = False) -> tuple[list[tuple[Any, _Address]], int]:
+    def close_listener(self, shared: bool = False) -> tuple[list[tuple[Any, _Address]], int]:
         """Take the listener out of service; the connections swept from its queue, and
         how many queued clients could not be accepted (reset by the close).
 
-        Call after the accept loop has stopped.  With ``hand_over`` (a graceful
-        restart: a successor accepts from the same listener) only our copy is
-        closed: no filter, no sweep, no ``shutdown``, since all of those act on
-        the socket every process shares.
+        Call after the accept loop has stopped.  With ``shared`` (another
+        process serves on, or will serve on, the same listening socket: the
+        successor of a graceful restart, or systemd, which keeps an activated
+        socket to start the service again) only our copy is closed: no filter,
+        no sweep, no ``shutdown``, since all of those act on the socket every
+        holder shares.
         """
         listener = self.socket
-        if hand_over:
+        if shared:
             listener.close()
             return [], 0
         filtered = attach_drop_all_filter(listener)

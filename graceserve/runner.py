@@ -47,6 +47,7 @@ from .pidfile import PidFile
 from .restart import (
     PIDFILE_FD_VARIABLE,
     RESTART_SOCKET_VARIABLE,
+    SHARED_LISTENER_VARIABLE,
     SOCKET_FILE_VARIABLE,
     Successor,
 )
@@ -119,6 +120,9 @@ def run(
     predecessor = Notifier(os.environ.pop(RESTART_SOCKET_VARIABLE, None))
     handed_socket_file = os.environ.pop(SOCKET_FILE_VARIABLE, "") == "1"
     inherited_pidfile = os.environ.pop(PIDFILE_FD_VARIABLE, "")
+    # Is another process (systemd) keeping the listener after us?  Said by our
+    # predecessor after a restart; otherwise true of any socket activation.
+    shared_by_predecessor = os.environ.pop(SHARED_LISTENER_VARIABLE, "") == "1"
     try:
         handler_class = load_handler(handler) if isinstance(handler, str) else handler
         pid = PidFile(settings.pidfile) if settings.pidfile else None
@@ -132,7 +136,12 @@ def run(
             # A unix socket file is removed by whoever bound it, or was handed it by a
             # restart; never one systemd bound (socket activation), nor one handed on.
             owns_socket_file = inherited is None or handed_socket_file
-            controller = _Controller(server, relay, notifier, predecessor, pid, owns_socket_file)
+            shared = inherited is not None and (
+                shared_by_predecessor if predecessor.enabled else True
+            )
+            controller = _Controller(
+                server, relay, notifier, predecessor, pid, owns_socket_file, shared
+            )
             try:
                 return controller.run(settings.grace, settings.drain_delay)
             finally:
@@ -168,8 +177,10 @@ class _Controller:
         predecessor: Notifier,
         pidfile: PidFile | None,
         owns_socket_file: bool,
+        shared_listener: bool = False,
     ) -> None:
         self.owns_socket_file = owns_socket_file
+        self.shared_listener = shared_listener  # systemd keeps it: never filter or shut it
         self.server = server
         self.relay = relay
         self.notifier = notifier
@@ -256,7 +267,11 @@ class _Controller:
         self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         pidfile_fd = self.pidfile.fileno if self.pidfile is not None else None
         successor = Successor(
-            self.server.fileno(), pidfile_fd, self.notifier.address, self.owns_socket_file
+            self.server.fileno(),
+            pidfile_fd,
+            self.notifier.address,
+            self.owns_socket_file,
+            self.shared_listener,
         )
         try:
             pid = successor.start()
@@ -306,7 +321,7 @@ class _Controller:
         force = self.stop.forced_by or (signal.SIGQUIT if self.stop.signum == signal.SIGQUIT else 0)
         report, forced_by = run_drain(
             self.server, grace, _RunnerHooks(self, grace), force=force,
-            hand_over=self.stop.handed_over,
+            shared_listener=self.stop.handed_over or self.shared_listener,
         )  # fmt: skip
         self.stop.forced_by = forced_by
         return report

@@ -282,12 +282,13 @@ class GracefulTCPServer(AcceptingServer):
             raise RuntimeError("drain() called from a handler thread would wait for itself")
         return run_drain(self, timeout)[0]
 
-    def start_drain(self, hand_over: bool = False) -> bool:
+    def start_drain(self, shared_listener: bool = False) -> bool:
         """Begin the drain: stop accepting, sweep the backlog, close the listener, notify.
 
         Returns False (and does nothing) if the drain had already started.
-        With ``hand_over`` (a graceful restart) the listener is left in service
-        for the successor that shares it: only our copy is closed.
+        With ``shared_listener`` (a graceful restart's successor, or systemd,
+        holds the same listening socket) the listener is left in service for
+        the other holder: only our copy is closed.
         Thread-safe; returns as soon as the listener is closed.
         """
         if not self._registry.begin():
@@ -295,7 +296,7 @@ class GracefulTCPServer(AcceptingServer):
         # 1. Stop the accept loop; it may be in the middle of an accept.
         self.shutdown()
         # 2-3. Stop new handshakes, take what the kernel queued, close the listener.
-        swept, self._lost = self.close_listener(hand_over)
+        swept, self._lost = self.close_listener(shared_listener)
         self._draining_from = self.active_connections + len(swept)
         self._listener_closed = True
         # 4. Serve the swept connections (starting threads is the slow part).

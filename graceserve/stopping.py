@@ -64,7 +64,7 @@ def run_drain(
     hooks: DrainHooks | None = None,
     *,
     force: int = 0,
-    hand_over: bool = False,
+    shared_listener: bool = False,
 ) -> tuple[DrainReport, int]:
     """Drain ``server`` within ``grace`` seconds of the drain's start; the report and
     what forced it (``force``, or what ``take_force`` returned; 0 if nothing did).
@@ -73,7 +73,7 @@ def run_drain(
     drain had already started elsewhere, waits (within ``grace``) for its report.
     """
     hooks = hooks if hooks is not None else DrainHooks()
-    if not server.start_drain(hand_over=hand_over):  # started elsewhere: wait for its end
+    if not server.start_drain(shared_listener):  # started elsewhere: wait for its end
         until = None if grace is None else time.monotonic() + max(grace, 0.0)
         report = server.registry.wait_report(until)
         return (report if report is not None else server.finish_drain()), force
