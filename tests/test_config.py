@@ -153,6 +153,7 @@ def test_default_grace_fits_inside_docker_stop() -> None:
 
 def test_defaults_do_not_throttle_real_use() -> None:
     config = parse_args([], environ={})
+    assert config.max_connections is not None
     assert config.max_connections >= 500  # hundreds of keep-alive clients
     assert config.idle_timeout is None or config.idle_timeout >= 30.0
 
