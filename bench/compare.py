@@ -729,10 +729,10 @@ def run(argv: Sequence[str]) -> int:
             "A second TERM or INT usually means 'stop now'. '(on 1st)': the process was already "
             "gone when the second signal was due; killed: still running "
             f"{cfg.exit_limit:g} s after the second signal, SIGKILLed by the bench. graceserve "
-            "cuts every connection at the second signal, then gives the cut handlers up to 1 s "
-            "(`unwind_timeout`) to return before it exits; `/slow` sleeps, so that second is "
-            "used in full. cheroot: with the docs pattern (`try: ... finally: server.stop()`), a "
-            "SIGINT during `stop()` raises KeyboardInterrupt inside it; where this table says "
+            "cuts every connection at the second signal, then gives the cut handlers up to 0.1 s "
+            "(never past the grace) to return before it exits; `/slow` sleeps, so that moment "
+            "is used in full. cheroot: with the docs pattern (`try: ... finally: server.stop()`), "
+            "a SIGINT during `stop()` raises KeyboardInterrupt inside it; where this table says "
             "killed, the process never exited (cause not investigated further).",
         ]  # fmt: skip
 

@@ -5,9 +5,12 @@ queued connections, hang on idle keep-alive clients and leave stale pidfiles
 when asked to stop.  graceserve keeps their API and adds the drain.
 
 Modules, one concern each: ``drain`` (the registry and the wait for zero),
-``server`` (GracefulTCPServer), ``httpserver`` (GracefulHTTPServer),
-``signals``, ``pidfile``, ``config``, ``target``, ``runner`` (serve()),
-``cli``, ``demo`` (the built-in app), ``errors`` (exit codes).
+``connection`` (the registry's record), ``accepting`` (the accept loop and the
+listener's end), ``stopping`` (the drain sequence), ``server``
+(GracefulTCPServer), ``httpserver`` (GracefulHTTPServer), ``settings`` (one
+frozen object, every default), ``signals``, ``pidfile``, ``config`` (flags and
+environment), ``target``, ``runner`` (serve()), ``cli``, ``demo`` (the
+built-in app), ``errors`` (exit codes).
 """
 
 from ._version import __version__

@@ -1,7 +1,10 @@
 """The ``graceserve`` command: parse, configure logging, serve, exit.
 
 Why this module exists: to turn every way a run can end into the documented
-exit code and, for bad input, one line on stderr instead of a traceback.
+exit code and, for bad input, one line on stderr instead of a traceback.  The
+process exits with the code it logged, whatever the app left behind (a
+non-daemon thread would make the interpreter wait for it) and whatever signal
+arrives after the drain (every signal we handled stays ignored).
 """
 
 from __future__ import annotations
@@ -10,12 +13,13 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 from collections.abc import Sequence
 
 from .config import parse_args
 from .demo import DemoHandler
 from .errors import EXIT_INTERNAL, StartupError
-from .runner import serve
+from .runner import run as run_settings
 
 __all__ = ["main"]
 
@@ -31,15 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     _configure_logging(config.log_level)
     try:
-        return serve(
-            config.target or DemoHandler,
-            config.bind,
-            grace=config.grace,
-            pidfile=config.pidfile,
-            max_connections=config.max_connections,
-            idle_timeout=config.idle_timeout,
-            drain_delay=config.drain_delay,
-        )
+        return run_settings(config.target or DemoHandler, config, ignore_signals_after=True)
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return exc.exit_code
@@ -51,8 +47,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run() -> None:
     """Entry point of ``python -m graceserve`` and the console script."""
     code = main()
+    leftovers = _leftover_threads()
+    if leftovers:
+        names = ", ".join(sorted(thread.name for thread in leftovers))
+        log.warning(
+            "exiting with code %d without waiting for %d threads the app left running: %s",
+            code, len(leftovers), names,
+        )  # fmt: skip
+        _flush_standard_streams()
+        os._exit(code)  # the interpreter would wait for them, past the grace
     _flush_standard_streams()
     sys.exit(code)
+
+
+def _leftover_threads() -> list[threading.Thread]:
+    """Non-daemon threads still running, other than this one."""
+    current = threading.current_thread()
+    return [
+        thread
+        for thread in threading.enumerate()
+        if thread is not current and not thread.daemon and thread.is_alive()
+    ]
 
 
 def _configure_logging(level: str) -> None:

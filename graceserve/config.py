@@ -1,8 +1,9 @@
-"""The command line and its environment variables, parsed into a Config.
+"""The command line and its environment variables, parsed into Settings.
 
 Why this module exists: every flag has an environment variable (flag wins),
 and every value is checked here, once, so that bad input ends with one clear
-line and exit code 2 before anything is opened, bound or locked.
+line and exit code 2 before anything is opened, bound or locked.  The
+defaults are not written here: they are ``graceserve.settings.DEFAULTS``.
 """
 
 from __future__ import annotations
@@ -12,18 +13,14 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from ._version import __version__
 from .errors import UsageError
+from .settings import DEFAULTS, Settings
 
 __all__ = ["Config", "parse_args", "parse_bind"]
 
-DEFAULT_BIND = "127.0.0.1:8000"
-DEFAULT_GRACE = 8.0  # inside docker stop's 10 s, so graceserve decides what is cut
-DEFAULT_MAX_CONNECTIONS = 1024
-DEFAULT_IDLE_TIMEOUT = 60.0
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 _BIND = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.%\w]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d{1,5})$")
@@ -41,7 +38,8 @@ exit codes:
   1           internal error
   2           usage error
   3           could not start (pidfile held, address in use, target not importable)
-  4           grace deadline passed: connections were cut
+  4           grace deadline passed: connections were cut (or queued clients
+              were reset, out of file descriptors)
   128+N       forced by a repeated signal N (143 for TERM, 130 for INT),
               or 131 when QUIT cut connections
 
@@ -53,18 +51,8 @@ on sys.path; without it the built-in demo app is served (/, /slow?seconds=N,
 """
 
 
-@dataclass(frozen=True)
-class Config:
-    """Everything the runner needs to know, validated."""
-
-    target: str | None
-    bind: tuple[str, int] | str
-    grace: float
-    pidfile: str | None
-    max_connections: int
-    idle_timeout: float | None
-    drain_delay: float
-    log_level: str
+Config = Settings
+"""What ``parse_args`` returns (the name the command line has always used)."""
 
 
 def parse_bind(text: str) -> tuple[str, int] | str:
@@ -109,21 +97,24 @@ def _level(text: str) -> str:
     return text.lower()
 
 
-# (flag, environment variable, converter, default, help)
+# (flag, environment variable, converter, default, help); the Settings field is the
+# flag's name.  A value that converts to 0 (or "") means "none" where the field is
+# optional (--pidfile, --idle-timeout).
 _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
-    ("--bind", "GRACESERVE_BIND", parse_bind, DEFAULT_BIND,
+    ("--bind", "GRACESERVE_BIND", parse_bind, DEFAULTS.bind,
      "HOST:PORT, [IPV6]:PORT or unix:PATH to listen on; port 0 picks a free one"),
-    ("--grace", "GRACESERVE_GRACE", _duration, DEFAULT_GRACE,
+    ("--grace", "GRACESERVE_GRACE", _duration, DEFAULTS.grace,
      "seconds in-flight connections get to finish before they are cut"),
-    ("--pidfile", "GRACESERVE_PIDFILE", str, None,
+    ("--pidfile", "GRACESERVE_PIDFILE", str, DEFAULTS.pidfile,
      "write our pid here, locked; removed after the drain"),
-    ("--max-connections", "GRACESERVE_MAX_CONNECTIONS", _count, DEFAULT_MAX_CONNECTIONS,
+    ("--max-connections", "GRACESERVE_MAX_CONNECTIONS", _count, DEFAULTS.max_connections,
      "at this many live connections new clients wait in the kernel backlog"),
-    ("--idle-timeout", "GRACESERVE_IDLE_TIMEOUT", _duration, DEFAULT_IDLE_TIMEOUT,
-     "close HTTP connections idle (or sending a request head) this long; 0 disables"),
-    ("--drain-delay", "GRACESERVE_DRAIN_DELAY", _duration, 0.0,
+    ("--idle-timeout", "GRACESERVE_IDLE_TIMEOUT", _duration, DEFAULTS.idle_timeout,
+     "close HTTP connections idle (or sending a request head) this long (TCP targets: "
+     "the default timeout of wait_for_input); 0 disables"),
+    ("--drain-delay", "GRACESERVE_DRAIN_DELAY", _duration, DEFAULTS.drain_delay,
      "lame-duck seconds after the stop signal: keep serving, /healthz answers 503"),
-    ("--log-level", "GRACESERVE_LOG_LEVEL", _level, "info",
+    ("--log-level", "GRACESERVE_LOG_LEVEL", _level, DEFAULTS.log_level,
      "one of " + ", ".join(LOG_LEVELS)),
 ]  # fmt: skip
 
@@ -155,33 +146,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> Config:
+_OPTIONAL = frozenset({"pidfile", "idle_timeout"})  # 0 or "" given: none
+
+
+def parse_args(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> Settings:
     """Flags, then environment variables, then defaults; UsageError on bad input."""
     args = build_parser().parse_args(list(argv))
     values: dict[str, Any] = {}
-    for flag, env, convert, default, _text in _OPTIONS:
+    for flag, env, convert, _default, _text in _OPTIONS:
         name = flag.lstrip("-").replace("-", "_")
         given = getattr(args, name)
         source = flag
         if given is None and env in environ:
             given, source = environ[env], env
         if given is None:
-            values[name] = convert(default) if isinstance(default, str) else default
-            continue
+            continue  # the default, from Settings
         try:
-            values[name] = convert(given)
+            value = convert(given)
         except UsageError as exc:
             raise UsageError(str(exc).replace("--bind", source, 1)) from None
         except ValueError as exc:
             raise UsageError(f"{source}: {exc}") from None
+        values[name] = value if value or name not in _OPTIONAL else None
     target = args.target or environ.get("GRACESERVE_TARGET") or None
-    return Config(
-        target=target,
-        bind=values["bind"],
-        grace=values["grace"],
-        pidfile=values["pidfile"] or None,
-        max_connections=values["max_connections"],
-        idle_timeout=values["idle_timeout"] or None,
-        drain_delay=values["drain_delay"],
-        log_level=values["log_level"],
-    )
+    return Settings(target=target, **values)

@@ -25,10 +25,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-__all__ = ["DrainController", "DrainReport"]
+__all__ = ["CLOSING", "FORCED", "OPEN", "DrainController", "DrainReport"]
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+
+OPEN, CLOSING, FORCED = 0, 1, 2
+"""What has been done to a connection: nothing, read side shut while idle, cut by force."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,9 @@ class DrainReport:
     """Idle keep-alive connections closed cleanly by the drain."""
     remaining: int
     """Connections still registered when the drain returned (handlers that ignored the cut)."""
+    lost: int = 0
+    """Clients the kernel had queued that could not be accepted (out of file descriptors)
+    and were reset when the listener closed.  A drain that lost any is not clean."""
 
 
 class DrainController(Generic[K, V]):
@@ -67,7 +73,7 @@ class DrainController(Generic[K, V]):
         self.condition = threading.Condition(self.lock)
         self._clock = clock
         self._live: dict[K, V] = {}
-        self._cut: dict[K, bool] = {}  # key -> cut by force (not just closed while idle)
+        self._cut: dict[K, int] = {}  # key -> CLOSING or FORCED: the one record of a cut
         self._idle_counted: set[K] = set()  # closed while idle during the drain
         self._started_at: float | None = None
         self._active_at_start = 0
@@ -131,10 +137,10 @@ class DrainController(Generic[K, V]):
         """
         if key not in self._live:
             return False
-        previous = self._cut.get(key)
-        if previous is not None and (previous or not forced):
+        previous = self._cut.get(key, OPEN)
+        if previous == FORCED or (previous == CLOSING and not forced):
             return False
-        self._cut[key] = forced
+        self._cut[key] = FORCED if forced else CLOSING
         if key in self._idle_counted:  # it was counted as closed while idle: no longer
             self._idle_counted.discard(key)
             self._idle_closed -= 1
@@ -150,6 +156,10 @@ class DrainController(Generic[K, V]):
         """Whether ``key`` was cut.  Call with the lock held for a stable answer."""
         return key in self._cut
 
+    def cut_state(self, key: K) -> int:
+        """OPEN, CLOSING or FORCED: what was done to ``key``.  Call with the lock held."""
+        return self._cut.get(key, OPEN)
+
     # -- the drain ----------------------------------------------------------
 
     @property
@@ -162,12 +172,14 @@ class DrainController(Generic[K, V]):
         """The clock reading when the drain began, or None."""
         return self._started_at
 
-    def begin(self) -> bool:
-        """Mark the drain as started; True only for the call that started it."""
+    def begin(self, at: float | None = None) -> bool:
+        """Mark the drain as started (at clock reading ``at``, default now); True only
+        for the call that started it.  The grace and the report's ``elapsed`` are both
+        measured from this one instant."""
         with self.condition:
             if self._started_at is not None:
                 return False
-            self._started_at = self._clock()
+            self._started_at = self._clock() if at is None else at
             self._active_at_start = len(self._live)
             return True
 
@@ -195,14 +207,14 @@ class DrainController(Generic[K, V]):
                 self.condition.wait(remaining)
             return True
 
-    def finish(self, backlog_accepted: int = 0) -> DrainReport:
+    def finish(self, backlog_accepted: int = 0, lost: int = 0) -> DrainReport:
         """Close the books: build the report (once) and wake everyone waiting for it."""
         with self.condition:
             if self._report is not None:
                 return self._report
             started = self._started_at if self._started_at is not None else self._clock()
             self._report = DrainReport(
-                clean=self._forced == 0 and not self._live,
+                clean=self._forced == 0 and not self._live and not lost,
                 forced=self._forced,
                 elapsed=self._clock() - started,
                 active_at_start=self._active_at_start,
@@ -210,6 +222,7 @@ class DrainController(Generic[K, V]):
                 backlog_accepted=backlog_accepted,
                 idle_closed=self._idle_closed,
                 remaining=len(self._live),
+                lost=lost,
             )
             self.condition.notify_all()
             return self._report

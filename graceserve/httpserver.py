@@ -34,6 +34,7 @@ import time
 from typing import Any
 
 from .server import CLOSING, FORCED, OPEN, Connection, GracefulTCPServer
+from .settings import DEFAULTS
 
 __all__ = ["DrainAwareRequestHandler", "GracefulHTTPServer"]
 
@@ -202,7 +203,7 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
     Threading contract: as GracefulTCPServer.
     """
 
-    idle_timeout: float | None = 60.0
+    idle_timeout: float | None = DEFAULTS.idle_timeout
     drain_linger = 0.2
     tcp_nodelay = True
 

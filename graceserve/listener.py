@@ -21,32 +21,36 @@ from typing import Any
 from .errors import StartupError
 from .httpserver import GracefulHTTPServer
 from .server import GracefulTCPServer, format_address
+from .settings import Address, Settings, apply_settings
 from .target import is_http_handler
 
 __all__ = ["Address", "make_server", "remove_unix_socket"]
 
-Address = tuple[str, int] | str
-"""(host, port) for TCP, or a filesystem path for a Unix socket."""
-
 
 def make_server(
     handler_class: type[socketserver.BaseRequestHandler],
-    address: Address,
+    settings: Settings,
     inherited: socket.socket | None = None,
-    **settings: Any,
 ) -> GracefulTCPServer:
     """A bound, listening server for ``handler_class``; StartupError if impossible.
 
     With ``inherited`` (socket activation, or a graceful restart), serve on
-    that listening socket and ignore ``address``.  ``settings`` become class
-    attributes of the server (``max_connections``, ``idle_timeout``, ...);
-    those a server class does not know are dropped.
+    that listening socket and ignore ``settings.bind``.  The server gets every
+    setting it reads (``Settings.server_attributes``) before it binds.
     """
-    base: type[GracefulTCPServer] = (
-        GracefulHTTPServer if is_http_handler(handler_class) else GracefulTCPServer
-    )
+    http = is_http_handler(handler_class)
+    server_class: type[GracefulTCPServer] = GracefulHTTPServer if http else GracefulTCPServer
+    attributes = settings.server_attributes(http)
     if inherited is not None:
-        return _adopt(base, handler_class, inherited, settings)
+        try:
+            adopted = server_class.from_socket(inherited, handler_class)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot serve on the inherited socket: {exc.strerror or exc}"
+            ) from None
+        apply_settings(adopted, attributes)
+        return adopted
+    address = settings.bind
     family: int
     sockaddr: Any
     if isinstance(address, str):
@@ -54,47 +58,23 @@ def make_server(
         family, sockaddr = socket.AF_UNIX, address
     else:
         family, sockaddr = _resolve(address)
-    server_class = _configured(base, family, settings)
+    server_class = type(server_class.__name__, (server_class,), {"address_family": family})
     old_umask = os.umask(0o177) if family == socket.AF_UNIX else None
+    server: GracefulTCPServer | None = None
     try:
-        return server_class(sockaddr, handler_class)
+        server = server_class(sockaddr, handler_class, bind_and_activate=False)
+        apply_settings(server, attributes)
+        server.server_bind()
+        server.server_activate()
+        return server
     except OSError as exc:
+        if server is not None:
+            server.server_close()
         where = format_address(sockaddr)
         raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from None
     finally:
         if old_umask is not None:
             os.umask(old_umask)
-
-
-def _adopt(
-    base: type[GracefulTCPServer],
-    handler_class: type[socketserver.BaseRequestHandler],
-    listener: socket.socket,
-    settings: dict[str, Any],
-) -> GracefulTCPServer:
-    """A server around an already bound socket (it is put in listening state)."""
-    server_class = _configured(base, listener.family, settings)
-    try:
-        server = server_class(listener.getsockname(), handler_class, bind_and_activate=False)
-        server.socket.close()
-        server.socket = listener
-        server.server_address = listener.getsockname()
-        if isinstance(server, GracefulHTTPServer):
-            server.server_name, server.server_port = "localhost", 0
-            if isinstance(server.server_address, tuple):
-                server.server_port = server.server_address[1]
-        listener.listen(server.request_queue_size)
-    except OSError as exc:
-        raise StartupError(f"cannot serve on the inherited socket: {exc.strerror or exc}") from None
-    return server
-
-
-def _configured(
-    base: type[GracefulTCPServer], family: int, settings: dict[str, Any]
-) -> type[GracefulTCPServer]:
-    """A subclass of ``base`` with ``settings`` (those it knows) as class attributes."""
-    known = {key: value for key, value in settings.items() if hasattr(base, key)}
-    return type(base.__name__, (base,), {"address_family": family, **known})
 
 
 def remove_unix_socket(server: GracefulTCPServer) -> None:

@@ -125,13 +125,22 @@ class PidFile:
             )
 
     def _open(self) -> int:
-        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; cleared below.
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         try:
-            return os.open(self.path, flags, 0o644)
+            fd = os.open(self.path, flags, 0o644)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise StartupError(f"refusing pidfile {self.path}: it is a symbolic link") from None
             raise StartupError(f"cannot open pidfile {self.path}: {exc.strerror}") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise StartupError(f"pidfile {self.path} is not a regular file")
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def _lock(self, fd: int) -> None:
         try:

@@ -27,11 +27,18 @@ import sys
 import time
 from collections.abc import Callable
 
-__all__ = ["PIDFILE_FD_VARIABLE", "RESTART_SOCKET_VARIABLE", "SOCKET_FILE_VARIABLE", "Successor"]
+__all__ = [
+    "PIDFILE_FD_VARIABLE",
+    "RESTART_SOCKET_VARIABLE",
+    "SHARED_LISTENER_VARIABLE",
+    "SOCKET_FILE_VARIABLE",
+    "Successor",
+]
 
 RESTART_SOCKET_VARIABLE = "GRACESERVE_RESTART_SOCKET"
 PIDFILE_FD_VARIABLE = "GRACESERVE_PIDFILE_FD"
 SOCKET_FILE_VARIABLE = "GRACESERVE_OWNS_SOCKET_FILE"
+SHARED_LISTENER_VARIABLE = "GRACESERVE_SHARED_LISTENER"  # systemd holds it too
 _LISTENER_FD = 3
 _PIDFILE_FD = 4
 _TRAMPOLINE = 'LISTEN_PID=$$; export LISTEN_PID; exec "$@"'
@@ -47,8 +54,10 @@ class Successor:
         pidfile_fd: int | None,
         notify_socket: str | None,
         owns_socket_file: bool = False,
+        shared_listener: bool = False,
     ) -> None:
         self._owns_socket_file = owns_socket_file
+        self._shared_listener = shared_listener
         self._listener_fd = listener_fd
         self._pidfile_fd = pidfile_fd
         self._notify_socket = notify_socket
@@ -69,6 +78,9 @@ class Successor:
         env.pop(SOCKET_FILE_VARIABLE, None)
         if self._owns_socket_file:  # a unix socket file we bound: the successor removes it
             env[SOCKET_FILE_VARIABLE] = "1"
+        env.pop(SHARED_LISTENER_VARIABLE, None)
+        if self._shared_listener:  # socket activation: systemd keeps a copy after us both
+            env[SHARED_LISTENER_VARIABLE] = "1"
         if self._notify_socket:
             env["NOTIFY_SOCKET"] = self._notify_socket
         # Move the descriptors into place via spare numbers, so neither overwrites the other.

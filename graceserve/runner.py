@@ -15,14 +15,22 @@ is the controller:
    the drain: the main thread waits on the registry's Condition for zero,
    waking for a second signal (cut now), the grace deadline (cut now) and the
    progress line;
-6. only then remove the pidfile, restore the signal handlers and return the
-   exit code.
+6. only then remove the pidfile, restore the signal handlers (or, for the
+   command line, leave every one ignored so that nothing arriving after the
+   drain changes the exit code) and return the exit code.
+
+Every signal is acted on, in the order it arrived: the controller keeps its
+own queue, so a batch (HUP then TERM, TERM then TERM) is never cut to its
+first element.  The drain itself is ``graceserve.stopping.run_drain``, the
+same sequence ``GracefulTCPServer.drain()`` runs, with hooks for the progress
+line, the signals that force, and systemd's status.
 
 Nothing here is specific to the CLI: tests and embedders call ``serve()``.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import signal
@@ -40,33 +48,35 @@ from .readiness import listen_url, ready_line
 from .restart import (
     PIDFILE_FD_VARIABLE,
     RESTART_SOCKET_VARIABLE,
+    SHARED_LISTENER_VARIABLE,
     SOCKET_FILE_VARIABLE,
     Successor,
 )
 from .server import GracefulTCPServer, format_address
+from .settings import DEFAULTS, Settings
 from .signals import SignalRelay
+from .stopping import DrainHooks, run_drain
 from .systemd import Notifier, inherited_listener
 from .target import load_handler
 
-__all__ = ["serve"]
+__all__ = ["run", "serve"]
 
 log = logging.getLogger("graceserve")
 
 PROGRESS_INTERVAL = 1.0
 RESTART_TIMEOUT = 30.0
-FORCED_UNWIND = 0.1  # seconds cut handlers get after a forcing signal (TERM twice, QUIT)
 _FORCING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 
 def serve(
     handler: type[socketserver.BaseRequestHandler] | str,
-    address: Address = ("127.0.0.1", 8000),
+    address: Address = DEFAULTS.bind,
     *,
-    grace: float = 8.0,
-    pidfile: str | None = None,
-    max_connections: int | None = 1024,
-    idle_timeout: float | None = 60.0,
-    drain_delay: float = 0.0,
+    grace: float = DEFAULTS.grace,
+    pidfile: str | None = DEFAULTS.pidfile,
+    max_connections: int | None = DEFAULTS.max_connections,
+    idle_timeout: float | None = DEFAULTS.idle_timeout,
+    drain_delay: float = DEFAULTS.drain_delay,
 ) -> int:
     """Serve ``handler`` on ``address`` until a stop signal; return the exit code.
 
@@ -81,34 +91,60 @@ def serve(
     thread only: it installs signal handlers, and restores the previous ones
     before it returns.
     """
+    settings = DEFAULTS.but(
+        bind=address,
+        grace=grace,
+        pidfile=pidfile,
+        max_connections=max_connections,
+        idle_timeout=idle_timeout,
+        drain_delay=drain_delay,
+    )
+    return run(handler, settings)
+
+
+def run(
+    handler: type[socketserver.BaseRequestHandler] | str,
+    settings: Settings,
+    *,
+    ignore_signals_after: bool = False,
+) -> int:
+    """``serve()`` with its settings in one object.
+
+    ``ignore_signals_after``: instead of restoring the previous signal
+    handlers, leave every signal we handled ignored (the command line: the
+    process is about to exit with the code it logged, and a late TERM, INT or
+    USR1 must not kill it with another).
+    """
     relay = SignalRelay()
     relay.install()
     notifier = Notifier.from_environment()
     predecessor = Notifier(os.environ.pop(RESTART_SOCKET_VARIABLE, None))
     handed_socket_file = os.environ.pop(SOCKET_FILE_VARIABLE, "") == "1"
     inherited_pidfile = os.environ.pop(PIDFILE_FD_VARIABLE, "")
+    # Is another process (systemd) keeping the listener after us?  Said by our
+    # predecessor after a restart; otherwise true of any socket activation.
+    shared_by_predecessor = os.environ.pop(SHARED_LISTENER_VARIABLE, "") == "1"
     try:
         handler_class = load_handler(handler) if isinstance(handler, str) else handler
-        pid = PidFile(pidfile) if pidfile else None
+        pid = PidFile(settings.pidfile) if settings.pidfile else None
         if pid is not None and inherited_pidfile.isdigit():
             pid.adopt(int(inherited_pidfile))
         elif pid is not None:
             pid.acquire()
         try:
             inherited = inherited_listener()
-            server = make_server(
-                handler_class,
-                address,
-                inherited,
-                max_connections=max_connections,
-                idle_timeout=idle_timeout,
-            )
+            server = make_server(handler_class, settings, inherited)
             # A unix socket file is removed by whoever bound it, or was handed it by a
             # restart; never one systemd bound (socket activation), nor one handed on.
             owns_socket_file = inherited is None or handed_socket_file
-            controller = _Controller(server, relay, notifier, predecessor, pid, owns_socket_file)
+            shared = inherited is not None and (
+                shared_by_predecessor if predecessor.enabled else True
+            )
+            controller = _Controller(
+                server, relay, notifier, predecessor, pid, owns_socket_file, shared
+            )
             try:
-                return controller.run(grace, drain_delay)
+                return controller.run(settings.grace, settings.drain_delay)
             finally:
                 if owns_socket_file and not controller.stop.handed_over:
                     remove_unix_socket(server)
@@ -118,7 +154,7 @@ def serve(
     finally:
         notifier.close()
         predecessor.close()
-        relay.restore()
+        relay.restore(ignore=ignore_signals_after)
 
 
 @dataclass
@@ -142,15 +178,32 @@ class _Controller:
         predecessor: Notifier,
         pidfile: PidFile | None,
         owns_socket_file: bool,
+        shared_listener: bool = False,
     ) -> None:
         self.owns_socket_file = owns_socket_file
+        self.shared_listener = shared_listener  # systemd keeps it: never filter or shut it
         self.server = server
         self.relay = relay
         self.notifier = notifier
         self.predecessor = predecessor
         self.pidfile = pidfile
         self.stop = _Stop()
+        self.inbox: collections.deque[int] = collections.deque()  # taken, not yet acted on
         relay.add_listener(server.registry.condition)
+
+    # -- signals, in order ------------------------------------------------------
+
+    def has_signal(self) -> bool:
+        """Whether a signal waits to be acted on.  Lock-free (a ``wake_up`` predicate)."""
+        return bool(self.inbox) or self.relay.pending()
+
+    def next_signal(self) -> int | None:
+        """The oldest signal not yet acted on, or None."""
+        if not self.inbox:
+            self.inbox.extend(self.relay.take())
+        return self.inbox.popleft() if self.inbox else None
+
+    # -- the run ----------------------------------------------------------------
 
     def run(self, grace: float, drain_delay: float) -> int:
         server = self.server
@@ -169,6 +222,13 @@ class _Controller:
             accept_thread.join(timeout=5.0)
             server.server_close()
         code = self._exit_code(report)
+        if report.remaining:
+            log.warning(
+                "still running: %d handlers ignored the cut; leaving them behind",
+                report.remaining,
+            )
+        if report.lost:
+            log.error("%d queued clients were reset: out of file descriptors", report.lost)
         log.info(
             "stopped: %d served during the drain, %d cut, %.3fs, exit code %d",
             report.served_during_drain, report.forced, report.elapsed, code,
@@ -186,20 +246,31 @@ class _Controller:
             self.notifier.send("READY=1", f"STATUS=listening on {where}")
 
     def _serve_until_stop(self) -> None:
-        """Sleep until a stop signal; a HUP that fails to restart us keeps us serving."""
+        """Act on signals in order until one stops us; a HUP that fails to restart us
+        keeps us serving (and the next signal is acted on)."""
         while True:
-            self.relay.wait()
-            for signum in self.relay.take():
-                self.stop.signum = signum
-                if signum != signal.SIGHUP or self._restart():
-                    return
+            signum = self.next_signal()
+            if signum is None:
+                self.relay.wait()
+                continue
+            self.stop.signum = signum
+            if signum != signal.SIGHUP or self._restart():
+                return
 
     def _restart(self) -> bool:
-        """Start a successor and hand over to it; False (still serving) if it fails."""
+        """Start a successor and hand over to it; False (still serving) if it fails.
+
+        A signal arriving before the successor is ready abandons the restart:
+        it is acted on next (a TERM right after a HUP stops the service).
+        """
         self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         pidfile_fd = self.pidfile.fileno if self.pidfile is not None else None
         successor = Successor(
-            self.server.fileno(), pidfile_fd, self.notifier.address, self.owns_socket_file
+            self.server.fileno(),
+            pidfile_fd,
+            self.notifier.address,
+            self.owns_socket_file,
+            self.shared_listener,
         )
         try:
             pid = successor.start()
@@ -209,7 +280,7 @@ class _Controller:
             self.notifier.send("READY=1", "STATUS=restart failed")
             return False
         log.info("HUP: restarting: started pid %d, waiting until it is ready", pid)
-        why = successor.wait_ready(time.monotonic() + RESTART_TIMEOUT, self.relay.pending)
+        why = successor.wait_ready(time.monotonic() + RESTART_TIMEOUT, self.has_signal)
         if why is not None:
             successor.abandon()
             log.error("HUP: restart failed: %s; still serving", why)
@@ -224,63 +295,35 @@ class _Controller:
         return True
 
     def _lame_duck(self, delay: float) -> None:
-        """Keep serving for ``delay`` seconds while health checks fail; a new signal ends it."""
+        """Keep serving for ``delay`` seconds while health checks fail; a new signal ends
+        it, and a second stop signal (TERM, INT, QUIT) forces."""
         if self.stop.signum == signal.SIGQUIT or self.stop.handed_over:
             return
         self.server.announce_stop()
         self._notify("STOPPING=1", "STATUS=lame duck: health checks fail, still serving")
         log.info("%s: lame duck for %gs (still serving, /healthz fails)", _name(self), delay)
-        if self.relay.wait(delay):
-            signum = self.relay.take()[0]
+        if self.has_signal() or self.relay.wait(delay):
+            self._take_signals()
+
+    def _take_signals(self, doing: str = "stopping") -> int:
+        """Act on every signal waiting, in order; the first forcing one is returned (0: none)."""
+        while (signum := self.next_signal()) is not None:
             if signum in _FORCING:
                 self.stop.forced_by = signum
+                self.inbox.clear()  # forced: nothing after it can matter
+                return signum
+            log.info("%s: already %s", signal.Signals(signum).name, doing)
+        return 0
 
     def _drain(self, grace: float) -> DrainReport:
-        server, stop = self.server, self.stop
         self._notify("STOPPING=1")
-        server.start_drain()
-        deadline = time.monotonic() + grace
-        log.info(
-            "%s: draining %d connections (grace %gs); new connections are refused",
-            _name(self), server.draining_from, grace,
+        force = self.stop.forced_by or (signal.SIGQUIT if self.stop.signum == signal.SIGQUIT else 0)
+        report, forced_by = run_drain(
+            self.server, grace, _RunnerHooks(self, grace), force=force,
+            shared_listener=self.stop.handed_over or self.shared_listener,
         )  # fmt: skip
-        self._notify(f"STATUS=draining {server.draining_from} connections")
-        if stop.signum == signal.SIGQUIT:
-            stop.forced_by = signal.SIGQUIT
-        next_progress = time.monotonic() + PROGRESS_INTERVAL
-        last_count = server.active_connections
-        while not stop.forced_by:
-            if server.wait_drained(min(deadline, next_progress), wake_up=self.relay.pending):
-                break
-            self._take_signals_while_draining()
-            now = time.monotonic()
-            if not stop.forced_by and now >= deadline:
-                stop.deadline_passed = True
-                remaining = server.active_connections
-                log.warning("grace of %gs passed: cutting %d connections", grace, remaining)
-                break
-            if now >= next_progress:
-                count = server.active_connections
-                log.info("draining: %d connections remaining", count)
-                self._notify(f"STATUS=draining: {count} connections remaining")
-                if count < last_count:  # progress: ask systemd for the time the grace allows
-                    self._notify(f"EXTEND_TIMEOUT_USEC={int((deadline - now + 1) * 1e6)}")
-                last_count = count
-                next_progress = now + PROGRESS_INTERVAL
-        if stop.forced_by and server.active_connections:
-            remaining = server.active_connections
-            log.warning("%s: cutting %d connections now", _name(self, forced=True), remaining)
-        if stop.forced_by or stop.deadline_passed:
-            server.force_close()
-        # Asked to stop at once: handlers that ignore the cut get only a moment to unwind.
-        return server.finish_drain(FORCED_UNWIND if stop.forced_by else None)
-
-    def _take_signals_while_draining(self) -> None:
-        for signum in self.relay.take():
-            if signum in _FORCING:
-                self.stop.forced_by = signum
-                return
-            log.info("%s: already draining", signal.Signals(signum).name)
+        self.stop.forced_by = forced_by
+        return report
 
     def _notify(self, *fields: str) -> None:
         if not self.stop.handed_over:
@@ -289,15 +332,60 @@ class _Controller:
     def _exit_code(self, report: DrainReport) -> int:
         forced_by = self.stop.forced_by
         if forced_by == signal.SIGQUIT:
-            cut = report.forced or report.remaining
+            cut = report.forced or report.remaining or report.lost
             return exit_code_for_signal(signal.SIGQUIT) if cut else EXIT_OK
         if forced_by:
             return exit_code_for_signal(forced_by)
         return EXIT_OK if report.clean else EXIT_CUT
 
 
-def _name(controller: _Controller, forced: bool = False) -> str:
-    signum = controller.stop.forced_by if forced else controller.stop.signum
+class _RunnerHooks(DrainHooks):
+    """What the process adds to the drain: log lines, systemd status, signals that force."""
+
+    progress_interval = PROGRESS_INTERVAL
+
+    def __init__(self, controller: _Controller, grace: float) -> None:
+        self.controller = controller
+        self.grace = grace
+        self.last_count = 0
+
+    def started(self, server: GracefulTCPServer, deadline: float | None) -> None:
+        log.info(
+            "%s: draining %d connections (grace %gs); new connections are refused",
+            _name(self.controller), server.draining_from, self.grace,
+        )  # fmt: skip
+        self.controller._notify(f"STATUS=draining {server.draining_from} connections")
+        self.last_count = server.active_connections
+
+    def interrupted(self) -> bool:
+        return self.controller.has_signal()
+
+    def take_force(self) -> int:
+        return self.controller._take_signals("draining")
+
+    def progress(self, server: GracefulTCPServer, deadline: float | None) -> None:
+        count = server.active_connections
+        log.info("draining: %d connections remaining", count)
+        self.controller._notify(f"STATUS=draining: {count} connections remaining")
+        if count < self.last_count and deadline is not None:
+            # Progress: ask systemd for the time the grace allows.
+            left = deadline - time.monotonic() + 1
+            self.controller._notify(f"EXTEND_TIMEOUT_USEC={int(left * 1e6)}")
+        self.last_count = count
+
+    def cutting(self, server: GracefulTCPServer, forced_by: int) -> None:
+        remaining = server.active_connections
+        if forced_by:
+            if remaining:
+                name = _name(self.controller, forced=True, signum=forced_by)
+                log.warning("%s: cutting %d connections now", name, remaining)
+        else:
+            log.warning("grace of %gs passed: cutting %d connections", self.grace, remaining)
+
+
+def _name(controller: _Controller, forced: bool = False, signum: int = 0) -> str:
+    if not signum:
+        signum = controller.stop.forced_by if forced else controller.stop.signum
     try:
         return signal.Signals(signum).name
     except ValueError:

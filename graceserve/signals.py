@@ -21,7 +21,9 @@ queued: the relay thread itself writes every thread's stack to stderr.
 (``faulthandler.register(all_threads=True)`` does it from C, without the
 GIL, and crashed the process with SIGSEGV under load here; it also leaves
 USR1 deadly when stderr has no file descriptor.)  ``restore()`` puts back
-every previous handler.
+every previous handler; ``restore(ignore=True)`` instead leaves every signal
+we handled ignored, for a process that is about to exit with the code it has
+already logged (a late signal must not kill it with another).
 """
 
 from __future__ import annotations
@@ -84,9 +86,15 @@ class SignalRelay:
             self._previous[signum] = previous
             signal.signal(signum, _recorded_in_c)
 
-    def restore(self) -> None:
-        """Put back the previous handlers and stop the relay.  Main thread only."""
+    def restore(self, ignore: bool = False) -> None:
+        """Put back the previous handlers (``ignore``: SIG_IGN instead) and stop the relay.
+
+        Main thread only.  Each disposition changes in one step, from our
+        handler to the next one, so no signal finds the default action between.
+        """
         for signum, previous in self._previous.items():
+            if ignore:
+                previous = signal.SIG_IGN
             signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
         self._previous.clear()
         if self._writer is not None:

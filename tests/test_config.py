@@ -6,17 +6,23 @@ process's own ``GRACESERVE_*`` variables never leak in.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import ipaddress
 import os
+import socketserver
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from graceserve import __version__
+from graceserve import GracefulHTTPServer, GracefulTCPServer, __version__, serve
 from graceserve.config import Config, build_parser, parse_args, parse_bind
+from graceserve.demo import DemoHandler
 from graceserve.errors import EXIT_USAGE, StartupError, UsageError
+from graceserve.listener import make_server
+from graceserve.settings import DEFAULTS, apply_settings
 
 NO_DATABASE = settings(database=None, deadline=None, max_examples=200)
 
@@ -147,6 +153,7 @@ def test_default_grace_fits_inside_docker_stop() -> None:
 
 def test_defaults_do_not_throttle_real_use() -> None:
     config = parse_args([], environ={})
+    assert config.max_connections is not None
     assert config.max_connections >= 500  # hundreds of keep-alive clients
     assert config.idle_timeout is None or config.idle_timeout >= 30.0
 
@@ -301,3 +308,54 @@ def test_help_documents_signals_and_exit_codes(capsys: pytest.CaptureFixture[str
             code,
             meaning,
         )
+
+
+# -- one settings object, each default written once ----------------------------------
+
+
+def test_parse_args_without_input_gives_the_defaults() -> None:
+    assert parse_args([], environ={}) == DEFAULTS
+
+
+def test_every_default_is_the_settings_default() -> None:
+    parameters = inspect.signature(serve).parameters
+    assert parameters["address"].default == DEFAULTS.bind
+    for name in ("grace", "pidfile", "max_connections", "idle_timeout", "drain_delay"):
+        assert parameters[name].default == getattr(DEFAULTS, name), name
+    assert GracefulHTTPServer.idle_timeout == DEFAULTS.idle_timeout
+
+
+def test_settings_are_frozen_and_copied_with_changes() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DEFAULTS.grace = 1.0  # type: ignore[misc]
+    changed = DEFAULTS.but(grace=1.0)
+    assert (changed.grace, DEFAULTS.grace) == (1.0, 8.0)
+
+
+@pytest.mark.parametrize("http", [True, False], ids=["http", "tcp"])
+def test_every_server_setting_reaches_the_server_by_name(http: bool) -> None:
+    handler: type[socketserver.BaseRequestHandler] = (
+        DemoHandler if http else socketserver.StreamRequestHandler
+    )
+    settings = DEFAULTS.but(bind=("127.0.0.1", 0), max_connections=7, idle_timeout=3.5)
+    server = make_server(handler, settings)
+    try:
+        attributes = settings.server_attributes(http)
+        assert attributes["max_connections"] == 7
+        timeout = "idle_timeout" if http else "input_timeout"  # one name, one meaning
+        assert attributes == {"max_connections": 7, timeout: 3.5}
+        for name, value in attributes.items():
+            assert getattr(server, name) == value
+    finally:
+        server.server_close()
+
+
+def test_a_setting_the_server_does_not_have_is_an_error_not_dropped() -> None:
+    server = GracefulTCPServer(
+        ("127.0.0.1", 0), socketserver.BaseRequestHandler, bind_and_activate=False
+    )
+    try:
+        with pytest.raises(TypeError, match="no setting 'idle_timeout'"):
+            apply_settings(server, {"idle_timeout": 1.0})
+    finally:
+        server.server_close()

@@ -27,7 +27,7 @@ import pytest
 from conftest import Call, wait_until
 
 from graceserve import DrainController, DrainReport, GracefulTCPServer
-from graceserve import server as server_module
+from graceserve import accepting as accepting_module
 
 HOST = "127.0.0.1"
 TIMEOUT = 10.0  # seconds: every socket, every join, every wait on an event
@@ -587,7 +587,6 @@ def test_drain_reports_stuck_handler_as_remaining(
     harness: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
     server = harness.server(GatedHandler)
-    server.unwind_timeout = 0.1
     client = harness.client(server)
     client.send(b"stuck\n")
     server.entered.wait_for(1)
@@ -930,9 +929,16 @@ def test_wait_for_input_false_on_timeout(harness: Harness) -> None:
     assert server.draining is False
 
 
-def test_wait_for_input_default_timeout_is_idle_timeout(harness: Harness) -> None:
-    server = harness.server(WaitingHandler)
-    server.idle_timeout = 0.05
+def test_wait_for_input_default_timeout_is_input_timeout(harness: Harness) -> None:
+    class DefaultTimeout(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            server = probe(self)
+            server.results.append(server.wait_for_input(self))
+            server.gate.set()
+
+    server = harness.server(DefaultTimeout)
+    server.input_timeout = 0.05
+    assert not hasattr(GracefulTCPServer, "idle_timeout")  # one name, one meaning
     harness.client(server)
     assert server.gate.wait(TIMEOUT)
     assert server.results == [False]
@@ -966,7 +972,7 @@ def test_line_protocol_says_goodbye_at_drain(harness: Harness) -> None:
 
 
 def test_wait_for_input_after_server_close_does_not_raise(harness: Harness) -> None:
-    # A handler that ignored the cut past unwind_timeout comes back to
+    # A handler that ignored the cut past the drain's deadline comes back to
     # wait_for_input() after server_close(): it must get an answer, not an exception.
     class LateHandler(socketserver.StreamRequestHandler):
         def handle(self) -> None:
@@ -980,7 +986,6 @@ def test_wait_for_input_after_server_close_does_not_raise(harness: Harness) -> N
                 server.results.append(repr(exc))
 
     server = harness.server(LateHandler)
-    server.unwind_timeout = 0.05
     client = harness.client(server)
     client.send(b"late\n")
     server.entered.wait_for(1)
@@ -1062,7 +1067,7 @@ def test_max_connections_slot_freed_during_capacity_check_is_not_lost(
 ) -> None:
     # The accept loop must not sleep for a whole poll_interval with a slot free
     # and a client waiting in the backlog.
-    monkeypatch.setattr(server_module, "DrainController", SlotRaceController)
+    monkeypatch.setattr(accepting_module, "DrainController", SlotRaceController)
     server = harness.server(GatedHandler, serve=False)
     registry = server.registry
     assert isinstance(registry, SlotRaceController)

@@ -373,6 +373,42 @@ def test_socket_activation_serves_on_the_inherited_socket(start_server: StartSer
         socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT).close()
 
 
+@pytest.mark.parametrize("restarted", [False, True], ids=["first", "after-restart"])
+def test_socket_activation_leaves_the_listener_in_service_for_systemd(
+    start_server: StartServer, restarted: bool
+) -> None:
+    """systemd keeps its copy of an activated socket, to start the service again on the next
+    client: the drain closes our copy only (no filter, no shutdown of the shared socket),
+    also in the process a graceful restart handed the socket to."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    with contextlib.closing(listener):
+        port = listener.getsockname()[1]
+        server = start_server(
+            ["--grace", "5"], prefix=["sh", "-c", ACTIVATE, "sh"], stdout=listener.fileno()
+        )
+        assert server.wait_ready() == ("127.0.0.1", port)
+        assert get(address_of(server), "/")[0] == 200
+        if restarted:
+            old = server.proc.pid
+            server.send(signal.SIGHUP)
+            new = started_successor(server, old)
+            assert first_exit(server) == 0
+            assert get(address_of(server), "/")[0] == 200
+            signal_successor(server, new, signal.SIGTERM)
+            server.wait_for_line(stopped_line(new))
+            wait_gone(new)
+        else:
+            server.send(signal.SIGTERM)
+            assert server.wait_exit() == 0
+        # The next client waits in systemd's socket (here, ours) for the next activation.
+        with socket.create_connection(("127.0.0.1", port), timeout=3.0) as client:
+            listener.settimeout(IO_TIMEOUT)
+            accepted, _ = listener.accept()
+            with accepted:
+                accepted.sendall(b"x")
+                assert client.recv(1) == b"x"
+
+
 def test_socket_activation_leaves_the_unix_socket_file_to_its_owner(
     start_server: StartServer, short_dir: Path
 ) -> None:
