@@ -24,13 +24,13 @@ from test_cli import (
     addr,
     assert_no_traceback,
     in_flight,
-    open_request,
-    read_response,
     read_until_closed,
     refused,
     start_ready,
     write_module,
 )
+
+from testsupport.rawhttp import open_request, read_response
 
 StartServer = Callable[..., ServerProcess]
 
