@@ -29,6 +29,7 @@ from test_httpserver import (
     Harness,
     RawClient,
     address_of,
+    idle_for,
     make_handler,
 )
 
@@ -391,3 +392,53 @@ def test_drain_during_a_request_that_raced_the_linger_is_answered_with_close(
     assert response.header("Connection") == "close"
     assert client.read_to_eof() == b""
     assert drainer.result().clean
+
+
+# -- 4. the linger follows each connection's rhythm -----------------------------------------
+
+RHYTHM = 0.3  # seconds between a response and the next request (the client's think time)
+
+
+def test_linger_learns_a_connections_rhythm(harness: Harness) -> None:
+    """Idle for longer than ``drain_linger`` at the drain, but within its own rhythm:
+    the next request is answered with close instead of a FIN racing it."""
+    server = harness.serve()
+    client = harness.client(server)
+    for number in range(4):
+        if number:
+            time.sleep(RHYTHM)  # the client's think time: the behaviour under test
+        client.get(f"/r{number}")
+        assert client.read_response().status == 200
+    wait_until(
+        lambda: idle_for(server) > server.drain_linger + 0.05,
+        5.0,
+        "the connection to be idle for longer than the fixed linger",
+    )
+    assert server.drain_linger_max + 0.01 > 3 * RHYTHM  # the learned linger is not capped
+
+    drainer = Drainer(server)
+    drainer.wait_listener_closed()
+    client.get("/next")
+    response = client.read_response()
+
+    assert response.status == 200
+    assert response.header("Connection") == "close"
+    assert client.read_to_eof() == b""
+    report = drainer.result()
+    assert report.clean
+    assert report.idle_closed == 0
+
+
+def test_linger_of_a_silent_connection_is_bounded(harness: Harness) -> None:
+    """However slow its rhythm, an idle connection is closed within ``drain_linger_max``."""
+    server = harness.serve()
+    client = harness.client(server)
+    client.get("/first")
+    client.read_response()
+    with server.registry.locked_items() as items:
+        for _request, conn in items:
+            conn.rhythm = 100.0  # as if it had a 100 s think time
+    report = server.drain(DRAIN_TIMEOUT)
+    assert client.read_to_eof() == b""
+    assert report.idle_closed == 1
+    assert report.elapsed < server.drain_linger_max + 1.0
