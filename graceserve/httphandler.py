@@ -215,7 +215,9 @@ class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
         if framing.has_body:
             self._start_body(framing)
         if framing.expect_continue and self.protocol_version >= "HTTP/1.1":
-            return self.handle_expect_100()
+            if not self.handle_expect_100():
+                self.close_connection = True  # the client may or may not send the body
+                return False
         return True
 
     def _versionless(self, line: httpparse.RequestLine) -> bool:
