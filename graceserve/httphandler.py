@@ -214,10 +214,10 @@ class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
             self._graceserve_keep_alive = line.version == "HTTP/1.0"
         if framing.has_body:
             self._start_body(framing)
-        if framing.expect_continue and self.protocol_version >= "HTTP/1.1":
-            if not self.handle_expect_100():
-                self.close_connection = True  # the client may or may not send the body
-                return False
+        expect = framing.expect_continue and self.protocol_version >= "HTTP/1.1"
+        if expect and not self.handle_expect_100():
+            self.close_connection = True  # the client may or may not send the body
+            return False
         return True
 
     def _versionless(self, line: httpparse.RequestLine) -> bool:
