@@ -33,7 +33,7 @@ from test_httpserver import (
     make_handler,
 )
 
-from graceserve import GracefulHTTPServer
+from graceserve import GracefulHTTPServer, httpserver
 from graceserve.httpserver import BODY, HEAD, IDLE
 
 
@@ -442,3 +442,38 @@ def test_linger_of_a_silent_connection_is_bounded(harness: Harness) -> None:
     assert client.read_to_eof() == b""
     assert report.idle_closed == 1
     assert report.elapsed < server.drain_linger_max + 1.0
+
+
+# -- 9. the reaper's system calls are made outside the registry lock ----------------------------
+
+
+def test_reaper_peeks_outside_the_registry_lock(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the reaper checks a socket for queued bytes, handlers can still take the lock."""
+    server = harness.serve()
+    client = harness.client(server)
+    client.get("/first")
+    client.read_response()
+    free_during_peek: list[bool] = []
+    real_peek = httpserver._has_queued_bytes
+
+    def peek(sock: socket.socket) -> bool:
+        def try_lock() -> None:
+            got = server.registry.lock.acquire(timeout=2.0)
+            free_during_peek.append(got)
+            if got:
+                server.registry.lock.release()
+
+        other = threading.Thread(target=try_lock, name="test-lock-probe")
+        other.start()
+        other.join(5.0)
+        return real_peek(sock)
+
+    monkeypatch.setattr(httpserver, "_has_queued_bytes", peek)
+    report = server.drain(DRAIN_TIMEOUT)
+
+    assert free_during_peek, "the reaper never peeked"
+    assert all(free_during_peek), "the registry lock was held during a peek"
+    assert report.idle_closed == 1
+    assert client.read_to_eof() == b""
