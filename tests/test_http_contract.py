@@ -477,3 +477,57 @@ def test_reaper_peeks_outside_the_registry_lock(
     assert all(free_during_peek), "the registry lock was held during a peek"
     assert report.idle_closed == 1
     assert client.read_to_eof() == b""
+
+
+def test_chunked_body_is_passed_through_and_the_connection_then_closes(harness: Harness) -> None:
+    """A stdlib handler de-chunks a chunked body itself: it gets the bytes as sent."""
+    got: list[bytes] = []
+
+    class Dechunker(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            data = b""
+            while size := int(self.rfile.readline().strip(), 16):
+                data += self.rfile.read(size)
+                self.rfile.readline()
+            self.rfile.readline()  # the blank line after the last chunk
+            got.append(data)
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = harness.serve(Dechunker)
+    client = harness.client(server)
+    client.send(
+        b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    )
+    response = client.read_response()
+
+    assert response.status == 204
+    assert response.header("Connection") == "close"
+    assert client.read_to_eof() == b""
+    assert got == [b"hello world"]
+
+
+def test_expect_100_refused_by_the_handler_closes_the_connection(harness: Harness) -> None:
+    class Refuser(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def handle_expect_100(self) -> bool:
+            self.send_response_only(417)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return False
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = harness.serve(Refuser)
+    client = harness.client(server)
+    client.send(b"POST /e HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+    assert client.read_response().status == 417
+    assert client.read_to_eof() == b""  # at once: no wait for a body that may never come
