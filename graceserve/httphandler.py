@@ -64,7 +64,9 @@ class HTTPConnection(Connection):
         self.request = request
         self.address = address
         self.cut = OPEN
-        self.state = IDLE  # a new connection is waiting for its first request
+        # BUSY until its handler reaches the request loop: a handler that replaces the
+        # loop (its own handle()) never records a state, and is then never reaped.
+        self.state = BUSY
         self.since = _now()  # when ``state`` was entered (BODY: last progress)
         self.rhythm = 0.0  # recent gaps between a response and the next request (decaying max)
 
