@@ -9,9 +9,10 @@ connection at a moment the client accepts:
 - a request in flight finishes, and its response carries ``Connection: close``;
 - an idle keep-alive connection is given its *linger* to send one more request
   (answered with ``Connection: close``): a small multiple of that connection's
-  own recent gaps between a response and the next request, at least
-  ``drain_linger`` and at most ``drain_linger_max``, counted from its last
-  response; one idle for longer, with nothing queued on it, gets a FIN at once;
+  own recent gaps between a response and the next request (at least
+  ``drain_linger``), counted from its last response, and never more than
+  ``drain_linger_max`` from the drain's start; one idle for longer, with
+  nothing queued on it, gets a FIN at once;
 - a request that is still arriving (an unfinished head, a stalled body) is not
   work in flight: it gets ``drain_linger_max`` to make progress, then is closed;
 - a request that raced the close, or a head cut half-way, is never dispatched
@@ -77,7 +78,7 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
     - drain_linger = 0.2        at drain, the least an idle keep-alive connection
                                 is given to send one more request (answered with
                                 ``Connection: close``), from its last response
-    - drain_linger_max = 1.0    the most it is given (a connection with a slow
+    - drain_linger_max = 2.0    the most it is given (a connection with a slow
                                 rhythm), and what an unfinished request is given
                                 to make progress; a runner sets it to a fraction
                                 of the grace
@@ -89,7 +90,7 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
 
     idle_timeout: float | None = 60.0
     drain_linger = 0.2
-    drain_linger_max = 1.0
+    drain_linger_max = 2.0
     request_limits = STDLIB_LIMITS
     tcp_nodelay = True
 
@@ -161,12 +162,18 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
         super().service_drain()
         return self._reap(time.monotonic(), draining=True)
 
-    def linger_for(self, conn: HTTPConnection) -> float:
-        """How long an idle ``conn`` is given at drain, from its last response."""
+    def linger_until(self, conn: HTTPConnection, since: float, started: float) -> float:
+        """Until when an idle ``conn`` (idle from ``since``) may send one more request.
+
+        Three times its recent gaps (at least ``drain_linger``) from its last
+        response, but never past ``drain_linger_max`` from the drain's start
+        (``started``): a connection with a slow rhythm gets the whole bound,
+        one idle for longer than its rhythm says gets a FIN at once.
+        """
         linger = RHYTHM_FACTOR * conn.rhythm
         if linger < self.drain_linger:
-            return self.drain_linger
-        return min(linger, max(self.drain_linger_max, self.drain_linger))
+            linger = self.drain_linger
+        return min(since + linger, started + max(self.drain_linger_max, self.drain_linger))
 
     def _reap(self, now: float, draining: bool) -> float | None:
         """Cut connections whose time is up; while draining, when to run again.
@@ -210,7 +217,7 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
                 if timeout is None or now - since < timeout:
                     continue
             elif state == IDLE:
-                ripe = since + self.linger_for(conn)
+                ripe = self.linger_until(conn, since, started)
                 if ripe > now:
                     due = ripe if due is None else min(due, ripe)
                     continue
