@@ -15,19 +15,20 @@ Rule: no sockets, no threads, no clock.  Functions take bytes, or a
 ``RequestError`` (with the status to answer) or ``IncompleteHeadError`` (EOF
 inside a head: never dispatch it).  Everything here is tested without I/O.
 
-How it is fast: a head is read with the buffered file's own ``readline``
-(C code), one call per line; the field lines are joined once, decoded once
-(latin-1) and checked and split by a single precompiled regex anchored at
-each line start, whose ``findall`` returns the ``(name, value)`` pairs
-directly.  A malformed block is diagnosed (slowly, line by line) only once
-it has failed.  ``to_message`` fills an ``HTTPMessage``'s header list
-directly instead of parsing text again.  ``Body`` lives in ``httpbody``
-(re-exported here).
+How it is fast: no per-byte Python.  A head already in the socket file's
+buffer is taken with one ``peek``/``read`` (else one C ``readline`` per
+line); its bytes are checked at once with ``bytes.translate`` and counts,
+it is decoded once and split by one precompiled regex whose ``findall``
+yields the ``(name, value)`` pairs.  A bad block is diagnosed slowly, only
+once it has failed.  ``to_message`` fills an ``HTTPMessage``'s header list
+directly.  ``framing`` lives in ``httpframing`` and ``Body`` in ``httpbody``
+(both re-exported here).
 """
 
 from __future__ import annotations
 
 import http.client
+import importlib
 import io
 import re
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from graceserve.httpbody import Body
+    from graceserve.httpframing import framing
 
 __all__ = [
     "Body",
@@ -132,59 +134,14 @@ _REQUEST_LINE = re.compile(
 )
 _VERSIONS = {b"HTTP/1.1": "HTTP/1.1", b"HTTP/1.0": "HTTP/1.0"}
 
-# One field line, CRLF (or LF) included, value without its surrounding OWS.
-# Anchored at line starts (re.M), so findall over the joined block finds
-# exactly one match per valid line and none in an invalid one.
-_FIELD_LINE = re.compile(
-    r"^([" + _TCHAR + r"]+):[ \t]*"
-    r"((?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?)[ \t]*\r?\n",
-    re.M,
-)
-# The same for a block whose lines all end in CRLF and whose bytes have been
-# checked (no control bytes, no CR but before LF): much cheaper per byte.
-# Trailing OWS stays in the value; it is stripped when the block has any.
-_CRLF_FIELD = re.compile(r"\n([" + _TCHAR + r"]+):[ \t]*([^\r]*)")
+# Field lines, over "\n" + a block whose lines all end in CRLF (no other LF)
+# and whose bytes were checked (no control bytes but HTAB, CR, LF): one match
+# per valid line (each starts at an LF), none for an invalid one (a bare CR
+# included).  Trailing OWS stays in the value; _crlf_fields strips it.
+_CRLF_FIELD = re.compile(r"\n([" + _TCHAR + r"]+):[ \t]*([^\r]*)\r(?=\n)")
 _FIELD_BYTES = bytes([9, 10, 13, *range(0x20, 0x7F), *range(0x80, 0x100)])
 _TOKEN = re.compile(r"[" + _TCHAR + r"]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-
-# Request-target forms (RFC 9112 3.2) other than origin-form ("/...") and "*".
-_ABSOLUTE_FORM = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*://")
-_HOST = r"(?:\[[0-9A-Za-z:.%_~\-]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)"
-_AUTHORITY_FORM = re.compile(_HOST + r":[0-9]+")
-_HOST_FIELD = re.compile(_HOST + r"(?::[0-9]*)?")
-
-# The fields framing() looks at, by lower-cased name; _KNOWN_FIELDS also has
-# the usual spellings of common fields (it saves a lower() per field).
-_OTHER, _CL, _TE, _HOST_N, _CONN, _EXPECT = range(6)
-_FRAMING_FIELDS = {
-    "content-length": _CL,
-    "transfer-encoding": _TE,
-    "host": _HOST_N,
-    "connection": _CONN,
-    "expect": _EXPECT,
-}
-_COMMON_FIELDS = (
-    "Host Connection Content-Length Transfer-Encoding Expect User-Agent Accept "
-    "Accept-Encoding Accept-Language Accept-Charset Authorization Cache-Control "
-    "Content-Type Cookie DNT If-Modified-Since If-None-Match Origin Pragma Range "
-    "Referer TE Upgrade Upgrade-Insecure-Requests Via Sec-Fetch-Dest Sec-Fetch-Mode "
-    "Sec-Fetch-Site Sec-Fetch-User Priority X-Forwarded-For X-Forwarded-Proto "
-    "X-Real-IP X-Requested-With Forwarded Keep-Alive"
-)
-_KNOWN_FIELDS = {
-    spelling: _FRAMING_FIELDS.get(name.lower(), _OTHER)
-    for name in _COMMON_FIELDS.split()
-    for spelling in (name, name.lower())
-}
-_SIMPLE_CONNECTION = frozenset({"keep-alive", "close"})
-
-
-_NO_BODY = {
-    (keep_alive, expect): Framing(None, False, keep_alive, expect)
-    for keep_alive in (False, True)
-    for expect in (False, True)
-}
 
 
 def read_request_line(readline: ReadLine, limits: Limits = _DEFAULT) -> RequestLine | None:
@@ -267,11 +224,10 @@ def read_fields(readline: ReadLine, limits: Limits = _DEFAULT) -> list[tuple[str
     name, a bare CR, NUL or other control bytes (HTAB allowed) in a value.
     A line may end in CRLF or a bare LF (RFC 9112 2.2).
 
-    When ``readline`` is the bound method of an ``io.BufferedReader`` (a
-    socket's ``makefile("rb")``) and the whole block is already buffered,
-    it is taken in one ``read`` instead of a ``readline`` per line; anything
-    unusual (bare LF, a limit reached, a block not yet complete) goes the
-    line-by-line way, so the result and the errors are the same.
+    When ``readline`` is an ``io.BufferedReader``'s (a socket's
+    ``makefile("rb")``) and the whole block is in its buffer, the block is
+    taken in one ``read``; anything unusual (bare LF, a limit reached, a
+    block still arriving) goes line by line: same result, same errors.
     """
     rfile = getattr(readline, "__self__", None)
     if isinstance(rfile, io.BufferedReader):
@@ -297,12 +253,9 @@ def read_fields(readline: ReadLine, limits: Limits = _DEFAULT) -> list[tuple[str
                 raise IncompleteHeadError("EOF inside the request head")
             raise RequestError(431, f"more than {limits.fields} header fields")
     block = b"".join(lines)
-    if block.count(b"\r\n") == len(lines):
-        return _crlf_fields(block, len(lines))
-    fields: list[tuple[str, str]] = _FIELD_LINE.findall(block.decode("latin-1"))
-    if len(fields) != len(lines):
-        raise RequestError(400, _field_problem(block))
-    return fields
+    if block.count(b"\r\n") != len(lines):  # some end in a bare LF: make them CRLF
+        block = b"".join(x if x[-2:] == b"\r\n" else x[:-1] + b"\r\n" for x in lines)
+    return _crlf_fields(block, len(lines))
 
 
 def _buffered_block(rfile: io.BufferedReader, limits: Limits) -> tuple[bytes, int] | None:
@@ -328,8 +281,11 @@ def _buffered_block(rfile: io.BufferedReader, limits: Limits) -> tuple[bytes, in
 
 
 def _crlf_fields(block: bytes, count: int) -> list[tuple[str, str]]:
-    """Check and split ``count`` field lines, each ended by CRLF."""
-    if block.translate(None, _FIELD_BYTES) or block.count(b"\r") != count:
+    """Check and split ``count`` field lines, each ended by CRLF (no other LF).
+
+    A bare CR is caught by the regex: a line holding one does not match.
+    """
+    if block.translate(None, _FIELD_BYTES):
         raise RequestError(400, _field_problem(block))
     text = block.decode("latin-1")
     fields: list[tuple[str, str]] = _CRLF_FIELD.findall("\n" + text)
@@ -350,15 +306,11 @@ def _check_line(line: bytes, most: int) -> None:
 
 
 def _field_problem(block: bytes) -> str:
-    """Why a header block that failed the checks is bad (slow path)."""
-    for raw in block.split(b"\n")[:-1]:
-        text = raw.decode("latin-1") + "\n"
-        if _FIELD_LINE.fullmatch(text):
-            continue
-        text = text[:-2] if text.endswith("\r\n") else text[:-1]
-        if text[:1] in (" ", "\t"):
+    """Why a CRLF-ended field block that failed the checks is bad (slow path)."""
+    for line in block.decode("latin-1").split("\r\n")[:-1]:
+        name, colon, value = line.partition(":")
+        if line[:1] in (" ", "\t"):
             return "obs-fold (a field line starting with whitespace) is not allowed"
-        name, colon, value = text.partition(":")
         if not colon:
             return "header field line without a colon"
         if not name:
@@ -373,123 +325,7 @@ def _field_problem(block: bytes) -> str:
             return "NUL in a header field value"
         if _CONTROL.search(value):
             return "control character in a header field value"
-        break
     return "malformed header field line"
-
-
-def framing(line: RequestLine, fields: list[tuple[str, str]], limits: Limits = _DEFAULT) -> Framing:
-    """Decide body framing and persistence; reject what RFC 9112 says to reject.
-
-    RequestError: 400 for ``Content-Length`` together with
-    ``Transfer-Encoding``, conflicting/list-form/non-decimal
-    ``Content-Length``, a missing ``Host`` on HTTP/1.1, a request-target in
-    the wrong form for its method (``*`` only with OPTIONS, authority-form
-    only with CONNECT, else origin-form or absolute-form); 501 for a
-    Transfer-Encoding whose last coding is not ``chunked`` (or any
-    Transfer-Encoding on HTTP/1.0); 413 for a ``Content-Length`` over
-    ``limits.body``.
-
-    Also 400 for: two ``Content-Length`` fields even with equal values (RFC
-    9110 8.6 lets a recipient reject them; a proxy may have picked either),
-    more than one ``Host`` or a malformed one, an empty ``Transfer-Encoding``
-    or ``chunked`` applied twice.  501 for a coding before ``chunked`` (none
-    is implemented).
-    """
-    _check_target(line.method, line.target)
-    version = line.version
-    if version == "HTTP/0.9":
-        return _NO_BODY[False, False]
-    lengths: list[str] = []
-    codings: list[str] = []
-    connection: list[str] = []
-    host: str | None = None
-    expect = False
-    known = _KNOWN_FIELDS.get
-    for name, value in fields:
-        which = known(name)
-        if which is None:
-            which = _FRAMING_FIELDS.get(name.lower(), _OTHER)
-        if which == _OTHER:
-            continue
-        if which == _HOST_N:
-            if host is not None:
-                raise RequestError(400, "more than one Host header field")
-            host = value
-        elif which == _CONN:
-            connection.append(value)
-        elif which == _CL:
-            lengths.append(value)
-        elif which == _TE:
-            codings.append(value)
-        elif value.lower() == "100-continue":
-            expect = version == "HTTP/1.1"
-    if host is None:
-        if version == "HTTP/1.1":
-            raise RequestError(400, "missing Host header field")
-    elif _HOST_FIELD.fullmatch(host) is None:
-        raise RequestError(400, "malformed Host header field")
-    if len(connection) == 1 and connection[0].lower() in _SIMPLE_CONNECTION:
-        tokens = {connection[0].lower()}
-    else:
-        tokens = {token.strip() for token in ",".join(connection).lower().split(",")}
-    if version == "HTTP/1.1":
-        keep_alive = "close" not in tokens
-    else:
-        keep_alive = "keep-alive" in tokens and "close" not in tokens
-    if codings:
-        if lengths:
-            raise RequestError(400, "Content-Length together with Transfer-Encoding")
-        return Framing(None, _chunked(codings, version), keep_alive, expect)
-    if lengths:
-        return Framing(_content_length(lengths, limits), False, keep_alive, expect)
-    return _NO_BODY[keep_alive, expect]
-
-
-def _check_target(method: str, target: str) -> None:
-    """400 unless the request-target has the form its method allows (RFC 9112 3.2)."""
-    if target[0] == "/" or _ABSOLUTE_FORM.match(target):
-        if method == "CONNECT":
-            raise RequestError(400, "CONNECT needs an authority-form target (host:port)")
-    elif target == "*":
-        if method != "OPTIONS":
-            raise RequestError(400, "the asterisk-form target is only for OPTIONS")
-    elif _AUTHORITY_FORM.fullmatch(target):
-        if method != "CONNECT":
-            raise RequestError(400, "the authority-form target is only for CONNECT")
-    else:
-        raise RequestError(400, "malformed request-target")
-
-
-def _chunked(values: list[str], version: str) -> bool:
-    """Check the Transfer-Encoding field values: True, or raise 400/501."""
-    if version != "HTTP/1.1":
-        raise RequestError(501, "Transfer-Encoding on an HTTP/1.0 request")
-    codings = [c.strip().lower() for c in ",".join(values).split(",")]
-    codings = [c for c in codings if c]
-    if not codings:
-        raise RequestError(400, "empty Transfer-Encoding")
-    if codings[-1] != "chunked":
-        raise RequestError(501, "Transfer-Encoding does not end in chunked")
-    if "chunked" in codings[:-1]:
-        raise RequestError(400, "chunked applied more than once")
-    if len(codings) > 1:
-        raise RequestError(501, f"transfer coding {codings[0]!r} is not implemented")
-    return True
-
-
-def _content_length(values: list[str], limits: Limits) -> int:
-    """The one decimal Content-Length, or raise 400/413."""
-    if len(values) > 1:
-        raise RequestError(400, "more than one Content-Length header field")
-    value = values[0]
-    if not (value.isdigit() and value.isascii()):
-        raise RequestError(400, "Content-Length is not a single decimal number")
-    if len(value) > 18:
-        raise RequestError(413, "Content-Length too large")
-    length = int(value)
-    if limits.body is not None and length > limits.body:
-        raise RequestError(413, f"request body larger than {limits.body} bytes")
-    return length
 
 
 def to_message(fields: list[tuple[str, str]]) -> http.client.HTTPMessage:
@@ -508,11 +344,15 @@ def to_message(fields: list[tuple[str, str]]) -> http.client.HTTPMessage:
     return message
 
 
-def __getattr__(name: str) -> Any:
-    # Body lives in httpbody, which imports this module: resolve it lazily
-    # so either module can be imported first.
-    if name == "Body":
-        from graceserve.httpbody import Body
+_ELSEWHERE = {"Body": "graceserve.httpbody", "framing": "graceserve.httpframing"}
 
-        return Body
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __getattr__(name: str) -> Any:
+    # Body and framing live in modules that import this one: resolve them on
+    # first use (then cache them here), so any of the three can be imported first.
+    module = _ELSEWHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -9,6 +9,9 @@ from __future__ import annotations
 import contextlib
 import http.client
 import io
+import subprocess
+import sys
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -565,6 +568,28 @@ def test_to_message_equals_parse_headers_on_valid_heads(
     assert ours.get_content_type() == stdlib.get_content_type()
 
 
+_FORBIDDEN = [bytes([c]) for c in [*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F]]
+
+
+@FUZZ
+@given(
+    fields=_valid_fields().filter(bool),
+    which=st.integers(0, 14),
+    where=st.integers(0, 50),
+    bad=st.sampled_from(_FORBIDDEN),
+)
+def test_a_control_byte_anywhere_in_a_valid_head_is_refused(
+    fields: list[tuple[str, str]], which: int, where: int, bad: bytes
+) -> None:
+    lines = [f"{n}: {v}\r\n".encode("latin-1") for n, v in fields]
+    line = lines[which % len(lines)]
+    at = where % (len(line) - 1)  # anywhere before the final LF
+    lines[which % len(lines)] = line[:at] + bad + line[at:]
+    with pytest.raises(RequestError) as caught:
+        read_fields_every_way(b"".join(lines) + b"\r\n")
+    assert caught.value.status == 400
+
+
 # -- bodies: Content-Length ------------------------------------------------------
 
 
@@ -974,3 +999,63 @@ def test_arbitrary_field_blocks_read_the_same_every_way(data: bytes, small: bool
 def test_discard_never_raises(data: bytes, chunk: bool, limit: int) -> None:
     body = Body(buffered(data), Framing(None if chunk else len(data) // 2, chunk, True, False))
     assert body.discard(limit) in (True, False)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "import graceserve.httpframing",
+        "import graceserve.httpbody",
+        "from graceserve.httpparse import Body, framing",
+        "from graceserve.httpparse import *",
+    ],
+)
+def test_each_module_can_be_imported_first(statement: str) -> None:
+    check = f"{statement}; from graceserve.httpparse import Body, framing; print(Body, framing)"
+    done = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "httpbody.Body" in done.stdout
+
+
+class _Stalls(io.RawIOBase):
+    """A raw stream that hands out ``data`` in ``piece``-byte reads, then times out."""
+
+    def __init__(self, data: bytes, piece: int) -> None:
+        self.data, self.piece = data, piece
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if not self.data:
+            raise TimeoutError("timed out")
+        n = min(self.piece, len(buffer), len(self.data))
+        buffer[:n] = self.data[:n]
+        self.data = self.data[n:]
+        return n
+
+
+@pytest.mark.parametrize("chunk", [False, True])
+def test_a_timeout_inside_the_body_leaves_it_unusable(chunk: bool) -> None:
+    data = b"a\r\n0123456789\r\n0\r\n\r\n" if chunk else b"0123456789"
+    rfile = io.BufferedReader(_Stalls(data[:-3], 4), buffer_size=4)
+    body = Body(rfile, Framing(None if chunk else 10, chunk, True, False))
+    with pytest.raises(TimeoutError):
+        body.read()
+    assert not body.complete
+    assert not body.discard(100)
+    if chunk:
+        with pytest.raises(TimeoutError):
+            body.read()
+    else:
+        assert body.read() == b""
+
+
+def test_discard_never_raises_even_when_the_hook_does() -> None:
+    def hook() -> None:
+        raise BrokenPipeError
+
+    body = Body(buffered(b"0123456789"), Framing(10, False, True, False), before_first_read=hook)
+    assert not body.discard(100)
