@@ -70,21 +70,45 @@ class HTTPConnection(Connection):
         self.since = _now()  # when ``state`` was entered (BODY: last progress)
         self.rhythm = 0.0  # recent gaps between a response and the next request (decaying max)
 
-    # The generic Connection's view, for code written against it.
+    def note_gap(self, gap: float) -> None:
+        """Record the gap between a response and the next request (the rhythm the linger learns)."""
+        decayed = self.rhythm * RHYTHM_DECAY
+        self.rhythm = gap if gap > decayed else decayed
+
+    # The generic Connection's flags, for code written against them (reads and
+    # writes map onto ``state``; same atomicity: one attribute per write).
     @property
-    def idle(self) -> bool:  # type: ignore[override]
+    def idle(self) -> bool:
         """Waiting for the next request."""
         return self.state == IDLE
 
+    @idle.setter
+    def idle(self, value: bool) -> None:
+        if value:
+            self.state = IDLE
+        elif self.state == IDLE:
+            self.state = BUSY
+
     @property
-    def reading(self) -> bool:  # type: ignore[override]
+    def reading(self) -> bool:
         """Half-way through a request head or body."""
         return self.state in (HEAD, BODY)
 
+    @reading.setter
+    def reading(self, value: bool) -> None:
+        if value:
+            self.state = HEAD
+        elif self.state in (HEAD, BODY):
+            self.state = BUSY
+
     @property
-    def idle_since(self) -> float:  # type: ignore[override]
+    def idle_since(self) -> float:
         """When the current state began."""
         return self.since
+
+    @idle_since.setter
+    def idle_since(self, value: float) -> None:
+        self.since = value
 
 
 class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
@@ -147,8 +171,7 @@ class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
             gap = now - conn.since
             conn.state = HEAD
             conn.since = now
-        decayed = conn.rhythm * RHYTHM_DECAY
-        conn.rhythm = gap if gap > decayed else decayed
+        conn.note_gap(gap)
         if cut == FORCED or not raw or (raw[-1:] != b"\n" and len(raw) < limit):
             self.close_connection = True  # cut, EOF, or EOF in the request line: ignore
             return

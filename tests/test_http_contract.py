@@ -531,3 +531,23 @@ def test_expect_100_refused_by_the_handler_closes_the_connection(harness: Harnes
     client.send(b"POST /e HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
     assert client.read_response().status == 417
     assert client.read_to_eof() == b""  # at once: no wait for a body that may never come
+
+
+def test_connection_flags_written_the_generic_way_map_onto_the_state() -> None:
+    """Code written against ``Connection``'s flags (idle, reading, idle_since) drives
+    the same reaper states."""
+    left, right = socket.socketpair()
+    try:
+        conn = httpserver.HTTPConnection(left, ("test", 0))
+        assert conn.state == httpserver.BUSY
+        conn.idle_since = 12.5
+        conn.idle = True
+        assert (conn.state, conn.since, conn.idle, conn.reading) == (IDLE, 12.5, True, False)
+        conn.reading = True
+        conn.idle = False
+        assert (conn.state, conn.idle, conn.reading) == (HEAD, False, True)
+        conn.reading = False
+        assert conn.state == httpserver.BUSY
+    finally:
+        left.close()
+        right.close()
