@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import http.server
 import io
+import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import wait_until
+from conftest import ServerProcess, wait_until
 from test_httpserver import (
     DRAIN_TIMEOUT,
     Drainer,
@@ -551,3 +552,32 @@ def test_connection_flags_written_the_generic_way_map_onto_the_state() -> None:
     finally:
         left.close()
         right.close()
+
+
+def test_sigterm_with_unfinished_requests_exits_0_well_within_the_grace(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    """The process view of item 6: stalled heads and bodies do not hold the drain to
+    the grace (it used to exit 4 after the whole grace)."""
+    grace = 10.0
+    proc = start_server(["--bind", "127.0.0.1:0", "--grace", f"{grace:g}"])
+    address = proc.wait_ready()
+    clients = [RawClient(address) for _ in range(3)]
+    try:
+        clients[0].send(b"GET / HTTP/1.1\r\nHost: t\r\nX-Stalled: ")
+        clients[1].send(b"GET /")
+        clients[2].send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nabc")
+        healthy = RawClient(address)
+        clients.append(healthy)
+        healthy.get("/")
+        assert healthy.read_response().status == 200  # every connection was accepted
+
+        sent = time.monotonic()
+        proc.send(signal.SIGTERM)
+        code = proc.wait_exit()
+        took = time.monotonic() - sent
+    finally:
+        for client in clients:
+            client.close()
+    assert code == 0, proc.output
+    assert took < grace / 2, f"exit after {took:.1f}s:\n{proc.output}"
