@@ -944,6 +944,35 @@ def test_chunked_discard() -> None:
     assert rfile.read() == NEXT
 
 
+@FUZZ
+@given(
+    pieces=st.lists(st.binary(min_size=1, max_size=40), max_size=8),
+    extensions=st.lists(st.sampled_from([b"", b";a", b";a=b", b' ; q="x y"']), min_size=9),
+    upper=st.booleans(),
+    sizes=st.lists(st.one_of(st.none(), st.integers(-1, 50).filter(bool)), min_size=1, max_size=20),
+    lines=st.booleans(),
+)
+def test_chunked_round_trip(
+    pieces: list[bytes], extensions: list[bytes], upper: bool, sizes: list[int | None], lines: bool
+) -> None:
+    wire = b"".join(
+        (b"%X" if upper else b"%x") % len(piece) + ext + b"\r\n" + piece + b"\r\n"
+        for piece, ext in zip(pieces, extensions, strict=False)
+    )
+    body, rfile = chunked(wire + b"0" + extensions[-1] + b"\r\nT: v\r\n\r\n" + NEXT)
+    got = []
+    for i in range(1000):  # at least a byte per read: 8 x 40 bytes at most
+        size = sizes[i % len(sizes)]
+        data = body.readline(size) if lines else body.read(size)
+        if not data:
+            break
+        assert size is None or size < 0 or len(data) <= size
+        got.append(data)
+    assert b"".join(got) == b"".join(pieces)
+    assert body.complete
+    assert rfile.read() == NEXT
+
+
 # -- fuzz ------------------------------------------------------------------------
 
 _PIECES = st.sampled_from(
