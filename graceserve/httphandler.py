@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import httpparse
 from .bodyreader import DISCARD_LIMIT, RequestBody
-from .server import FORCED, OPEN, Connection
+from .server import FORCED, Connection
 
 if TYPE_CHECKING:
     from .httpserver import GracefulHTTPServer
@@ -60,15 +60,13 @@ class HTTPConnection(Connection):
 
     __slots__ = ("rhythm", "since", "state")
 
-    def __init__(self, request: socket.socket, address: Any) -> None:
-        self.request = request
-        self.address = address
-        self.cut = OPEN
+    def __init__(self, request: socket.socket, address: Any, *args: Any) -> None:
         # BUSY until its handler reaches the request loop: a handler that replaces the
         # loop (its own handle()) never records a state, and is then never reaped.
         self.state = BUSY
         self.since = _now()  # when ``state`` was entered (BODY: last progress)
         self.rhythm = 0.0  # recent gaps between a response and the next request (decaying max)
+        super().__init__(request, address, *args)  # its flags map onto ``state`` (below)
 
     def note_gap(self, gap: float) -> None:
         """Record the gap between a response and the next request (the rhythm the linger learns)."""
