@@ -397,7 +397,7 @@ def test_drain_during_a_request_that_raced_the_linger_is_answered_with_close(
 
 # -- 4. the linger follows each connection's rhythm -----------------------------------------
 
-RHYTHM = 0.3  # seconds between a response and the next request (the client's think time)
+RHYTHM = 0.5  # seconds between a response and the next request (the client's think time)
 
 
 def test_linger_learns_a_connections_rhythm(harness: Harness) -> None:
