@@ -46,7 +46,7 @@ from .httphandler import (
     HTTPConnection,
     make_drain_aware,
 )
-from .server import GracefulTCPServer
+from .server import Connection, GracefulTCPServer
 
 __all__ = [
     "BODY",
@@ -162,7 +162,7 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
         super().service_drain()
         return self._reap(time.monotonic(), draining=True)
 
-    def linger_until(self, conn: HTTPConnection, since: float, started: float) -> float:
+    def linger_until(self, conn: Connection, since: float, started: float) -> float:
         """Until when an idle ``conn`` (idle from ``since``) may send one more request.
 
         Three times its recent gaps (at least ``drain_linger``) from its last
@@ -170,7 +170,7 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
         (``started``): a connection with a slow rhythm gets the whole bound,
         one idle for longer than its rhythm says gets a FIN at once.
         """
-        linger = RHYTHM_FACTOR * conn.rhythm
+        linger = RHYTHM_FACTOR * getattr(conn, "rhythm", 0.0)
         if linger < self.drain_linger:
             linger = self.drain_linger
         return min(since + linger, started + max(self.drain_linger_max, self.drain_linger))
@@ -206,11 +206,9 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
         timeout = self.idle_timeout
         linger_max = max(self.drain_linger_max, self.drain_linger)
         due: float | None = now + self.drain_linger if draining else None
-        candidates: list[tuple[socket.socket, HTTPConnection, int, float]] = []
+        candidates: list[tuple[socket.socket, Connection, int, float]] = []
         for request, conn in items:
-            if not isinstance(conn, HTTPConnection):
-                continue
-            state, since = conn.state, conn.since
+            state, since = _state_of(conn)
             if state == BUSY:
                 continue
             if started is None:  # the idle timeout
@@ -232,9 +230,17 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
         if candidates:
             with self.registry.locked_items():
                 for request, conn, state, since in candidates:
-                    if conn.state == state and conn.since == since:
+                    if _state_of(conn) == (state, since):
                         self.cut_connection(request, forced=False)
         return due
+
+
+def _state_of(conn: Connection) -> tuple[int, float]:
+    """(state, since) of a registry record; a plain ``Connection`` by its flags."""
+    if isinstance(conn, HTTPConnection):
+        return conn.state, conn.since
+    state = IDLE if conn.idle else HEAD if conn.reading else BUSY
+    return state, conn.idle_since
 
 
 def _has_queued_bytes(sock: socket.socket) -> bool:

@@ -36,6 +36,7 @@ from test_httpserver import (
 
 from graceserve import GracefulHTTPServer, httpserver
 from graceserve.httpserver import BODY, HEAD, IDLE
+from graceserve.server import Connection
 
 
 @pytest.fixture
@@ -581,3 +582,29 @@ def test_sigterm_with_unfinished_requests_exits_0_well_within_the_grace(
             client.close()
     assert code == 0, proc.output
     assert took < grace / 2, f"exit after {took:.1f}s:\n{proc.output}"
+
+
+def test_reaper_also_reads_a_plain_connections_flags(harness: Harness) -> None:
+    """A registry record that is a plain ``Connection`` (a subclass's own make_connection)
+    is reaped by its ``idle`` flag like an HTTPConnection."""
+    server = harness.serve(forever=False)
+    left, right = socket.socketpair()
+    try:
+        conn = Connection(left, ("test", 0))
+        conn.idle = True
+        conn.idle_since = time.monotonic() - 10.0  # idle far longer than any linger
+        server.registry.add(left, conn)
+
+        def serve() -> None:  # what a handler thread does: block, then unregister
+            left.recv(1)
+            server.registry.discard(left)
+
+        handler = threading.Thread(target=serve, name="test-plain-conn")
+        handler.start()
+        report = server.drain(DRAIN_TIMEOUT)
+        handler.join(5.0)
+    finally:
+        left.close()
+        right.close()
+    assert report.idle_closed == 1
+    assert report.elapsed < server.drain_linger_max
