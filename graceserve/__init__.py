@@ -6,6 +6,8 @@ when asked to stop.  graceserve keeps their API and adds the drain.
 
 Modules, one concern each: ``drain`` (the registry and the wait for zero),
 ``server`` (GracefulTCPServer), ``httpserver`` (GracefulHTTPServer),
+``wsgi`` (GracefulWSGIServer, make_server; with ``wsgihandler`` and
+``wsgiresponse``), ``httpparse`` (the strict HTTP/1.1 reader),
 ``signals``, ``pidfile``, ``config``, ``target``, ``runner`` (serve()),
 ``cli``, ``demo`` (the built-in app), ``errors`` (exit codes).
 """
@@ -24,6 +26,7 @@ from .errors import (
 from .httpserver import DrainAwareRequestHandler, GracefulHTTPServer
 from .runner import serve
 from .server import GracefulTCPServer
+from .wsgi import GracefulWSGIServer, make_server
 
 __all__ = [
     "EXIT_CANNOT_START",
@@ -36,8 +39,10 @@ __all__ = [
     "DrainReport",
     "GracefulHTTPServer",
     "GracefulTCPServer",
+    "GracefulWSGIServer",
     "StartupError",
     "UsageError",
     "__version__",
+    "make_server",
     "serve",
 ]

@@ -39,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_connections=config.max_connections,
             idle_timeout=config.idle_timeout,
             drain_delay=config.drain_delay,
+            **config.wsgi_settings(),
         )
     except StartupError as exc:
         log.error("cannot start: %s", exc)

@@ -46,10 +46,11 @@ exit codes:
               or 131 when QUIT cut connections
 
 Every option can also be set with an environment variable, shown in brackets;
-the flag wins.  TARGET is module:Handler, imported with the working directory
-on sys.path; without it the built-in demo app is served (/, /slow?seconds=N,
-/healthz).  Under systemd, NOTIFY_SOCKET (Type=notify) and socket activation
-(LISTEN_FDS) are honoured.
+the flag wins.  TARGET is module:Handler (a socketserver handler class),
+module:app (a WSGI application) or module:factory() (called once to get
+either), imported with the working directory on sys.path; without it the
+built-in demo app is served (/, /slow?seconds=N, /healthz).  Under systemd,
+NOTIFY_SOCKET (Type=notify) and socket activation (LISTEN_FDS) are honoured.
 """
 
 
@@ -65,6 +66,24 @@ class Config:
     idle_timeout: float | None
     drain_delay: float
     log_level: str
+    root_path: str = ""
+    limit_request_line: int = 8190
+    limit_request_fields: int = 100
+    limit_request_field_size: int = 8190
+    max_body_size: int | None = None
+
+    def wsgi_settings(self) -> dict[str, Any]:
+        """The settings that apply to a WSGI application (``serve(**...)``)."""
+        return {name: getattr(self, name) for name in WSGI_SETTINGS}
+
+
+WSGI_SETTINGS = (
+    "root_path",
+    "limit_request_line",
+    "limit_request_fields",
+    "limit_request_field_size",
+    "max_body_size",
+)
 
 
 def parse_bind(text: str) -> tuple[str, int] | str:
@@ -103,6 +122,25 @@ def _count(text: str) -> int:
     return value
 
 
+def _root_path(text: str) -> str:
+    path = text.strip().rstrip("/")
+    if path and not path.startswith("/"):
+        raise ValueError(f"{text!r} must start with /")
+    if any(c in path for c in "?#%") or not path.isprintable():
+        raise ValueError(f"{text!r} is not a plain URL path")
+    return path
+
+
+def _body_size(text: str) -> int | None:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number of bytes") from None
+    if value < 0:
+        raise ValueError(f"{text!r} must be 0 (no limit) or more")
+    return value or None
+
+
 def _level(text: str) -> str:
     if text.lower() not in LOG_LEVELS:
         raise ValueError(f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
@@ -125,6 +163,17 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
      "lame-duck seconds after the stop signal: keep serving, /healthz answers 503"),
     ("--log-level", "GRACESERVE_LOG_LEVEL", _level, "info",
      "one of " + ", ".join(LOG_LEVELS)),
+    # WSGI applications only:
+    ("--root-path", "GRACESERVE_ROOT_PATH", _root_path, "",
+     "WSGI: SCRIPT_NAME, the path the app is mounted at behind a proxy (e.g. /app)"),
+    ("--limit-request-line", "GRACESERVE_LIMIT_REQUEST_LINE", _count, 8190,
+     "WSGI: bytes in a request line; longer ones get 414"),
+    ("--limit-request-fields", "GRACESERVE_LIMIT_REQUEST_FIELDS", _count, 100,
+     "WSGI: header fields in a request; more get 431"),
+    ("--limit-request-field-size", "GRACESERVE_LIMIT_REQUEST_FIELD_SIZE", _count, 8190,
+     "WSGI: bytes in one header field line; longer ones get 431"),
+    ("--max-body-size", "GRACESERVE_MAX_BODY_SIZE", _body_size, None,
+     "WSGI: bytes of request body; larger ones get 413; 0 or unset: no limit"),
 ]  # fmt: skip
 
 
@@ -137,13 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also what ``--help`` prints)."""
     parser = _Parser(
         prog="graceserve",
-        description="Serve a socketserver/http.server handler and stop gracefully.",
+        description="Serve a socketserver/http.server handler or a WSGI app and stop gracefully.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "target", nargs="?", metavar="TARGET",
-        help="module:Handler to serve [GRACESERVE_TARGET]; default: the demo app",
+        help="module:Handler, module:app (WSGI) or module:factory() to serve "
+        "[GRACESERVE_TARGET]; default: the demo app",
     )  # fmt: skip
     for flag, env, _convert, default, text in _OPTIONS:
         shown = default[0] + ":" + str(default[1]) if isinstance(default, tuple) else default
@@ -166,7 +216,7 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> 
         if given is None and env in environ:
             given, source = environ[env], env
         if given is None:
-            values[name] = convert(default) if isinstance(default, str) else default
+            values[name] = convert(default) if isinstance(default, str) and default else default
             continue
         try:
             values[name] = convert(given)
@@ -184,4 +234,5 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> 
         idle_timeout=values["idle_timeout"] or None,
         drain_delay=values["drain_delay"],
         log_level=values["log_level"],
+        **{name: values[name] for name in WSGI_SETTINGS},
     )

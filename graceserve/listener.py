@@ -21,7 +21,8 @@ from typing import Any
 from .errors import StartupError
 from .httpserver import GracefulHTTPServer
 from .server import GracefulTCPServer, format_address
-from .target import is_http_handler
+from .target import is_http_handler, is_wsgi_app
+from .wsgi import GracefulWSGIServer
 
 __all__ = ["Address", "make_server", "remove_unix_socket"]
 
@@ -37,6 +38,8 @@ def make_server(
 ) -> GracefulTCPServer:
     """A bound, listening server for ``handler_class``; StartupError if impossible.
 
+    ``handler_class`` may also be a WSGI application (served by GracefulWSGIServer).
+
     With ``inherited`` (socket activation, or a graceful restart), serve on
     that listening socket and ignore ``address``.  ``settings`` become class
     attributes of the server (``max_connections``, ``idle_timeout``, ...);
@@ -45,6 +48,8 @@ def make_server(
     base: type[GracefulTCPServer] = (
         GracefulHTTPServer if is_http_handler(handler_class) else GracefulTCPServer
     )
+    if is_wsgi_app(handler_class):  # the app takes the handler class's place
+        base = GracefulWSGIServer
     if inherited is not None:
         return _adopt(base, handler_class, inherited, settings)
     family: int

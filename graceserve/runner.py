@@ -30,6 +30,7 @@ import socketserver
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from .drain import DrainReport
 from .errors import EXIT_CUT, EXIT_OK, exit_code_for_signal
@@ -45,7 +46,8 @@ from .restart import (
 from .server import GracefulTCPServer, format_address
 from .signals import SignalRelay
 from .systemd import Notifier, inherited_listener
-from .target import load_handler
+from .target import load_target
+from .wsgi import WSGIApplication
 
 __all__ = ["serve"]
 
@@ -58,7 +60,7 @@ _FORCING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 
 def serve(
-    handler: type[socketserver.BaseRequestHandler] | str,
+    handler: type[socketserver.BaseRequestHandler] | WSGIApplication | str,
     address: Address = ("127.0.0.1", 8000),
     *,
     grace: float = 8.0,
@@ -66,10 +68,12 @@ def serve(
     max_connections: int | None = 1024,
     idle_timeout: float | None = 60.0,
     drain_delay: float = 0.0,
+    **wsgi_settings: Any,
 ) -> int:
     """Serve ``handler`` on ``address`` until a stop signal; return the exit code.
 
-    ``handler`` is a request handler class or a ``module:Handler`` target,
+    ``handler`` is a request handler class, a WSGI application, or a
+    ``module:Handler`` / ``module:app`` / ``module:factory()`` target,
     imported after the signal handlers are in place (a slow import is part of
     start-up, and a TERM during it is honoured once serving has begun).  A
     socket passed by systemd socket activation (or by our own graceful
@@ -79,6 +83,10 @@ def serve(
     server cannot start; nothing is left behind then.  Call from the main
     thread only: it installs signal handlers, and restores the previous ones
     before it returns.
+
+    ``wsgi_settings`` apply to a WSGI application (GracefulWSGIServer class
+    variables): ``root_path``, ``limit_request_line``, ``limit_request_fields``,
+    ``limit_request_field_size``, ``max_body_size``.
     """
     relay = SignalRelay()
     relay.install()
@@ -87,7 +95,7 @@ def serve(
     handed_socket_file = os.environ.pop(SOCKET_FILE_VARIABLE, "") == "1"
     inherited_pidfile = os.environ.pop(PIDFILE_FD_VARIABLE, "")
     try:
-        handler_class = load_handler(handler) if isinstance(handler, str) else handler
+        handler_class = load_target(handler) if isinstance(handler, str) else handler
         pid = PidFile(pidfile) if pidfile else None
         if pid is not None and inherited_pidfile.isdigit():
             pid.adopt(int(inherited_pidfile))
@@ -101,6 +109,7 @@ def serve(
                 inherited,
                 max_connections=max_connections,
                 idle_timeout=idle_timeout,
+                **wsgi_settings,
             )
             # A unix socket file is removed by whoever bound it, or was handed it by a
             # restart; never one systemd bound (socket activation), nor one handed on.

@@ -1,0 +1,134 @@
+"""``python -m graceserve module:app``: WSGI targets through the real command line.
+
+A WSGI app, a factory call, a bad target (one line, exit 3), the WSGI flags
+and their environment variables, and SIGTERM with a request in flight.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import ServerProcess
+from wsgi_support import Client, get
+
+StartServer = Callable[..., ServerProcess]
+
+APP = """
+import threading, time
+
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/slow":
+        time.sleep(float(environ["QUERY_STRING"] or "1"))
+    body = ("%s|%s|%s" % (environ["SCRIPT_NAME"], environ["PATH_INFO"],
+                          environ["graceserve.stopping"]())).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+
+def create_app():
+    def factory_app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"from the factory"]
+    return factory_app
+
+def needs_arguments(x, y, z):
+    return []
+
+def failing_factory():
+    raise RuntimeError("factory blew up")
+"""
+
+
+def start(start_server: StartServer, tmp_path: Path, *args: str, **env: str) -> ServerProcess:
+    (tmp_path / "wsgimod.py").write_text(textwrap.dedent(APP))
+    server = start_server([*args, "--bind", "127.0.0.1:0"], cwd=tmp_path, env=env)
+    server.wait_ready()
+    return server
+
+
+def test_wsgi_app_is_served_and_stops_cleanly(start_server: StartServer, tmp_path: Path) -> None:
+    server = start(start_server, tmp_path, "wsgimod:app")
+    assert server.address is not None
+    reply = get(server.address, "/x")
+    assert (reply.status, reply.body) == (200, b"|/x|False")
+    server.send(signal.SIGTERM)
+    assert server.wait_exit() == 0
+    assert "Traceback" not in server.output
+
+
+def test_factory_call_target(start_server: StartServer, tmp_path: Path) -> None:
+    server = start(start_server, tmp_path, "wsgimod:create_app()")
+    assert server.address is not None
+    assert get(server.address).body == b"from the factory"
+    server.send(signal.SIGTERM)
+    assert server.wait_exit() == 0
+
+
+def test_wsgi_flags_and_their_environment_variables(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    server = start(
+        start_server, tmp_path, "wsgimod:app", "--root-path", "/mount",
+        GRACESERVE_LIMIT_REQUEST_LINE="64",
+    )  # fmt: skip
+    assert server.address is not None
+    assert get(server.address, "/mount/p").body == b"/mount|/p|False"
+    assert get(server.address, "/" + "a" * 100).status == 414
+    server.send(signal.SIGTERM)
+    assert server.wait_exit() == 0
+
+
+def test_sigterm_with_a_request_in_flight_finishes_it_with_close(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    server = start(start_server, tmp_path, "wsgimod:app")
+    assert server.address is not None
+    with Client(server.address) as client:
+        client.request("GET", "/slow?1.0")  # in flight, or in the backlog: served either way
+        server.send(signal.SIGTERM)
+        server.wait_for_line("draining")
+        reply = client.read_response()
+        assert reply.status == 200
+        assert reply.body == b"|/slow|True"
+        assert reply.header("Connection") == "close"
+    assert server.wait_exit() == 0
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("wsgimod:needs_arguments", r"nor a WSGI application"),
+        ("wsgimod:failing_factory()", r"calling wsgimod.failing_factory\(\) failed: RuntimeError"),
+        ("wsgimod:nothing()", r"has no attribute 'nothing'"),
+    ],
+)
+def test_bad_wsgi_target_says_one_line_and_exits_3(
+    start_server: StartServer, tmp_path: Path, target: str, message: str
+) -> None:
+    (tmp_path / "wsgimod.py").write_text(textwrap.dedent(APP))
+    server = start_server([target, "--bind", "127.0.0.1:0"], cwd=tmp_path)
+    assert server.wait_exit() == 3
+    lines = [line for line in server.output.splitlines() if line.strip()]
+    assert len(lines) == 1, server.output
+    assert re.search(message, lines[0]), lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--root-path", "app"], r"--root-path: 'app' must start with /"),
+        (["--max-body-size", "-1"], r"--max-body-size: '-1' must be 0"),
+        (["--limit-request-fields", "0"], r"--limit-request-fields: '0' must be 1 or more"),
+    ],
+)
+def test_bad_wsgi_flag_is_a_usage_error(
+    start_server: StartServer, tmp_path: Path, args: list[str], message: str
+) -> None:
+    server = start_server(["--bind", "127.0.0.1:0", *args], cwd=tmp_path)
+    assert server.wait_exit() == 2
+    assert re.search(message, server.output), server.output
