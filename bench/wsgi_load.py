@@ -190,8 +190,10 @@ def main() -> None:
     parser.add_argument("--only", choices=["throughput", "loss"])
     parser.add_argument("--rounds", type=int, help="throughput rounds (default 5, quick 2)")
     parser.add_argument("--runs", type=int, help="loss runs per signal (default 5, quick 2)")
-    parser.add_argument("--signal", choices=["TERM", "HUP"], action="append",
-                        help="stop signal(s) for the loss runs (default: TERM and HUP)")  # fmt: skip
+    parser.add_argument(
+        "--signal", choices=["TERM", "HUP"], action="append",
+        help="stop signal(s) for the loss runs (default: TERM and HUP)",
+    )  # fmt: skip
     parser.add_argument("--waitress-threads", type=int, default=16)
     parser.add_argument("--gthread-threads", type=int, default=16)
     args = parser.parse_args()
