@@ -8,9 +8,11 @@ with its iterable's ``close()`` called.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from conftest import Call, wait_until
@@ -122,3 +124,25 @@ def test_streaming_app_ends_politely_when_graceserve_stopping() -> None:
         assert report.clean
         rest = client.file.read()
         assert rest.endswith(b"data: bye\n\n\r\n0\r\n\r\n")
+
+
+def test_example_app_events_say_goodbye_at_the_drain_and_health_fails() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    try:
+        from examples.wsgi_app import app
+    finally:
+        sys.path.pop(0)
+    with serving(app) as server, Client(server.server_address) as client:
+        assert get_status(server.server_address, "/healthz") == 200
+        client.request("GET", "/events")
+        assert client.read_head().header("Content-Type") == "text/event-stream"
+        assert client.file.readline() == b"e\r\n"  # the first chunk: "data: tick 0\n\n"
+        report = server.drain(10.0)
+        assert report.clean
+        assert b"event: bye" in client.file.read()
+
+
+def get_status(address: tuple[str, int], path: str) -> int:
+    with Client(address) as client:
+        client.request("GET", path, headers={"Connection": "close"})
+        return client.read_response().status
