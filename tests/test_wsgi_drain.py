@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from wsgiref.validate import validator
 
 from conftest import Call, wait_until
 from wsgi_support import Client, hello_app, serving
@@ -146,3 +147,51 @@ def get_status(address: tuple[str, int], path: str) -> int:
     with Client(address) as client:
         client.request("GET", path, headers={"Connection": "close"})
         return client.read_response().status
+
+
+def test_idle_timeout_closes_a_quiet_keepalive_connection() -> None:
+    with serving(hello_app, idle_timeout=0.2) as server, Client(server.server_address) as client:
+        client.request("GET", "/")
+        assert client.read_response().status == 200
+        assert client.at_eof()  # closed by the reaper, between requests
+
+
+def test_head_trickling_in_past_the_idle_timeout_is_cut_and_never_dispatched() -> None:
+    called = threading.Event()
+
+    def app(environ: Environ, start_response: Any) -> list[bytes]:
+        called.set()
+        return hello_app(environ, start_response)
+
+    with serving(app, idle_timeout=0.2) as server, Client(server.server_address) as client:
+        client.send(b"GET / HTTP/1.1\r\nHost: h\r\n")  # and never the blank line
+        assert client.at_eof()
+    assert not called.is_set()
+
+
+def test_unix_socket_serves_with_empty_remote_addr(tmp_path: Path) -> None:
+    import socket
+
+    from graceserve.wsgi import GracefulWSGIServer
+
+    def app(environ: Environ, start_response: Any) -> list[bytes]:
+        body = f"[{environ['REMOTE_ADDR']}]".encode()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [body]
+
+    path = str(tmp_path / "wsgi.sock")
+    server_class = type("UnixWSGI", (GracefulWSGIServer,), {"address_family": socket.AF_UNIX})
+    server = server_class(path, validator(app))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(path)
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+            data = b"".join(iter(lambda: sock.recv(65536), b""))
+        assert data.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert data.endswith(b"\r\n\r\n2\r\n[]\r\n0\r\n\r\n")
+    finally:
+        server.server_close()
+        thread.join(10)
