@@ -133,21 +133,46 @@ class WSGIConnection:
         finally:
             self.rfile.close()
 
-    def _enter(self, idle: bool, reading: bool) -> int:
-        """Move this connection to a new state; what the reaper did (OPEN, CLOSING, FORCED)."""
+    # State changes, as the reaper sees them (``Connection`` fields).  Only the
+    # move out of idle takes the registry lock, together with the read of
+    # ``cut``: a connection the reaper closes while idle either never reads its
+    # request, or knows it raced the close.  The other moves are single
+    # attribute writes (atomic), ordered so the reaper never sees a state with
+    # a stale timestamp: one lock round-trip per request.
+
+    def _to_idle(self) -> int:
+        """Waiting for the next request (the reaper may close us); what was done to us."""
+        conn = self.conn
+        if conn is None:
+            return OPEN
+        conn.reading = False
+        conn.idle_since = time.monotonic()
+        conn.idle = True
+        return conn.cut
+
+    def _to_reading(self) -> int:
+        """A request (head or body) is arriving; what was done to us meanwhile."""
         conn = self.conn
         if conn is None:
             return OPEN
         with self.lock:
-            conn.idle = idle
-            conn.reading = reading
-            if idle or reading:  # the reaper times only these two states
-                conn.idle_since = time.monotonic()
+            conn.idle_since = time.monotonic()
+            conn.reading = True
+            conn.idle = False
             return conn.cut
+
+    def _to_busy(self) -> int:
+        """Serving a request: neither idle nor reading; what was done to us."""
+        conn = self.conn
+        if conn is None:
+            return OPEN
+        conn.reading = False
+        conn.idle = False
+        return conn.cut
 
     def serve_one(self) -> bool:
         """Read and answer one request; True if the connection may carry another."""
-        if self._enter(idle=True, reading=False) != OPEN:
+        if self._to_idle() != OPEN:
             return False
         limits = self.server.limits
         try:
@@ -156,7 +181,7 @@ class WSGIConnection:
                 line = self.rfile.readline(limits.request_line + 3)
         except OSError:
             line = b""
-        state = self._enter(idle=False, reading=True)
+        state = self._to_reading()
         if state == FORCED or not line:
             return False
         if state != OPEN:  # a request raced the close of an idle connection: answer, then close
@@ -172,10 +197,10 @@ class WSGIConnection:
         except OSError:
             return False
         except RequestError as exc:
-            if self._enter(idle=False, reading=False) != FORCED:
+            if self._to_busy() != FORCED:
                 self.send_error(exc.status, exc.message)
             return False
-        if self._enter(idle=False, reading=False) == FORCED:
+        if self._to_busy() == FORCED:
             return False  # the head was cut half-way: never act on it
         if request_line.version == "HTTP/0.9":
             self.send_error(505, "HTTP/0.9 is not supported", version="HTTP/1.0")
@@ -239,7 +264,7 @@ class WSGIConnection:
         if body is not None and not body.complete:
             if framing.expect_continue and not response.continue_sent:
                 return False  # the client may never send a body we did not ask for
-            self._enter(idle=False, reading=True)  # the reaper times a stalled upload
+            self._to_reading()  # the reaper times a stalled upload
             if not body.discard(self.server.discard_limit):
                 return False
         return True
