@@ -6,14 +6,17 @@ and their environment variables, and SIGTERM with a request in flight.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import subprocess
+import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess
+from conftest import READY, REPO, ServerProcess
 from wsgi_support import Client, get
 
 StartServer = Callable[..., ServerProcess]
@@ -132,3 +135,39 @@ def test_bad_wsgi_flag_is_a_usage_error(
     server = start_server(["--bind", "127.0.0.1:0", *args], cwd=tmp_path)
     assert server.wait_exit() == 2
     assert re.search(message, server.output), server.output
+
+
+def test_library_serve_takes_a_wsgi_app(tmp_path: Path) -> None:
+    (tmp_path / "wsgimod.py").write_text(textwrap.dedent(APP))
+    script = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
+        "from graceserve import serve\n"
+        "from wsgimod import app\n"
+        "sys.exit(serve(app, ('127.0.0.1', 0), grace=5, root_path='/lib'))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(tmp_path)]))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        match = None
+        for _ in range(50):  # bounded: start-up logs a handful of lines
+            line = proc.stderr.readline().decode()
+            match = READY.search(line)
+            if match or not line:
+                break
+        assert match is not None, "no readiness line"
+        address = (match["host"], int(match["port"]))
+        assert get(address, "/lib/x").body == b"/lib|/x|False"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        if proc.stderr is not None:
+            proc.stderr.close()
