@@ -8,8 +8,9 @@ loop); a chunked body is de-chunked here, strictly: chunk-size lines and the
 CRLF after each chunk's data must be exact (CRLF, not a bare LF: a lenient
 chunk parser behind a strict proxy, or the reverse, is a smuggling vector),
 sizes are 1 to 16 hex digits with no sign, ``0x`` or ``_``, extensions must
-follow the grammar, and the trailer is read and dropped under the header
-field limits.  Re-exported by ``httpparse``, whose errors and limits it uses.
+follow the grammar (a chunk-size line is bounded by ``limits.field_size``),
+and the trailer is read and dropped under the header field limits.
+Re-exported by ``httpparse``, whose errors and limits it uses.
 """
 
 from __future__ import annotations
@@ -56,8 +57,10 @@ class Body:
     RequestError(413) (a chunked one as soon as a chunk's declared size takes
     the total past it; a ``Content-Length`` one at construction, though
     ``framing`` already refuses it); EOF before the end raises
-    IncompleteBodyError (a ConnectionError: the client went away).  After an
-    error in a chunked body, every further read raises it again.
+    IncompleteBodyError (a ConnectionError: the client went away).  After
+    any error (these, or the file's own, such as a timeout) the body is
+    unusable: it is not ``complete``, ``discard`` answers False, and further
+    reads raise the error again (chunked) or return ``b""``.
 
     Not thread-safe: used by the connection's own thread only.
     """
@@ -110,10 +113,13 @@ class Body:
             self._start()
         if size is None or size < 0 or size > left:
             size = left
-        data = self._rfile.read(size)
+        try:
+            data = self._rfile.read(size)
+        except Exception as error:  # a timeout, a reset: where the body stands is unknown
+            raise self._fail(error) from None
         self._left = left - len(data)
         if len(data) < size:
-            raise IncompleteBodyError("EOF inside the request body")
+            raise self._fail(IncompleteBodyError("EOF inside the request body"))
         return data
 
     def readline(self, size: int | None = -1) -> bytes:
@@ -127,10 +133,13 @@ class Body:
             self._start()
         if size is None or size < 0 or size > left:
             size = left
-        line = self._rfile.readline(size)
+        try:
+            line = self._rfile.readline(size)
+        except Exception as error:
+            raise self._fail(error) from None
         self._left = left - len(line)
         if len(line) < size and not line.endswith(b"\n"):
-            raise IncompleteBodyError("EOF inside the request body")
+            raise self._fail(IncompleteBodyError("EOF inside the request body"))
         return line
 
     def readlines(self, hint: int | None = -1) -> list[bytes]:
@@ -157,6 +166,8 @@ class Body:
     @property
     def complete(self) -> bool:
         """Whether the whole body (and, if chunked, its trailer) has been read."""
+        if self._error is not None:
+            return False
         return self._done if self._chunked else self._left <= 0
 
     def discard(self, limit: int) -> bool:
@@ -185,8 +196,14 @@ class Body:
                 if budget < 0:
                     return False
             return True
-        except (RequestError, OSError, ValueError):
+        except Exception:  # documented: never raises (the caller closes)
             return False
+
+    def _fail(self, error: Exception) -> Exception:
+        """Record that reading failed part-way (the body is unusable from now on)."""
+        self._error = error
+        self._left = 0
+        return error
 
     def _start(self) -> None:
         """Call ``before_first_read``, once."""
@@ -225,7 +242,7 @@ class Body:
                     raise IncompleteBodyError("EOF inside a chunk")
                 if size > 0:
                     size -= got
-        except (RequestError, IncompleteBodyError) as error:
+        except Exception as error:  # a bad chunk, EOF, a timeout: the framing is lost
             self._error = error
             raise
         return b"".join(parts)

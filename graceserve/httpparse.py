@@ -15,19 +15,21 @@ Rule: no sockets, no threads, no clock.  Functions take bytes, or a
 ``RequestError`` (with the status to answer) or ``IncompleteHeadError`` (EOF
 inside a head: never dispatch it).  Everything here is tested without I/O.
 
-How it is fast: a head is read with the buffered file's own ``readline``
-(C code), one call per line; the field lines are joined once, decoded once
-(latin-1) and checked and split by a single precompiled regex anchored at
-each line start, whose ``findall`` returns the ``(name, value)`` pairs
-directly.  A malformed block is diagnosed (slowly, line by line) only once
-it has failed.  ``to_message`` fills an ``HTTPMessage``'s header list
-directly instead of parsing text again.  ``Body`` lives in ``httpbody``
-(re-exported here).
+How it is fast: no per-byte Python.  A head already in the socket file's
+buffer is taken with one ``peek``/``read`` (else one C ``readline`` per
+line); its bytes are checked at once with ``bytes.translate`` and counts,
+it is decoded once and split by one precompiled regex whose ``findall``
+yields the ``(name, value)`` pairs.  A bad block is diagnosed slowly, only
+once it has failed.  ``to_message`` fills an ``HTTPMessage``'s header list
+directly.  ``framing`` lives in ``httpframing`` and ``Body`` in ``httpbody``
+(both re-exported here).
 """
 
 from __future__ import annotations
 
 import http.client
+import importlib
+import io
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from graceserve.httpbody import Body
+    from graceserve.httpframing import framing
 
 __all__ = [
     "Body",
@@ -131,32 +134,14 @@ _REQUEST_LINE = re.compile(
 )
 _VERSIONS = {b"HTTP/1.1": "HTTP/1.1", b"HTTP/1.0": "HTTP/1.0"}
 
-# One field line, CRLF (or LF) included, value without its surrounding OWS.
-# Anchored at line starts (re.M), so findall over the joined block finds
-# exactly one match per valid line and none in an invalid one.
-_FIELD_LINE = re.compile(
-    r"^([" + _TCHAR + r"]+):[ \t]*"
-    r"((?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?)[ \t]*\r?\n",
-    re.M,
-)
+# Field lines, over "\n" + a block whose lines all end in CRLF (no other LF)
+# and whose bytes were checked (no control bytes but HTAB, CR, LF): one match
+# per valid line (each starts at an LF), none for an invalid one (a bare CR
+# included).  Trailing OWS stays in the value; _crlf_fields strips it.
+_CRLF_FIELD = re.compile(r"\n([" + _TCHAR + r"]+):[ \t]*([^\r]*)\r(?=\n)")
+_FIELD_BYTES = bytes([9, 10, 13, *range(0x20, 0x7F), *range(0x80, 0x100)])
 _TOKEN = re.compile(r"[" + _TCHAR + r"]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-
-# Request-target forms (RFC 9112 3.2) other than origin-form ("/...") and "*".
-_ABSOLUTE_FORM = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*://")
-_HOST = r"(?:\[[0-9A-Za-z:.%_~\-]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)"
-_AUTHORITY_FORM = re.compile(_HOST + r":[0-9]+")
-_HOST_FIELD = re.compile(_HOST + r"(?::[0-9]*)?")
-
-# The fields framing() looks at, by lower-cased name.
-_CL, _TE, _HOST_N, _CONN, _EXPECT = range(5)
-_FRAMING_FIELDS = {
-    "content-length": _CL,
-    "transfer-encoding": _TE,
-    "host": _HOST_N,
-    "connection": _CONN,
-    "expect": _EXPECT,
-}
 
 
 def read_request_line(readline: ReadLine, limits: Limits = _DEFAULT) -> RequestLine | None:
@@ -238,7 +223,17 @@ def read_fields(readline: ReadLine, limits: Limits = _DEFAULT) -> list[tuple[str
     starts with SP/HTAB), whitespace before the colon, an empty or non-token
     name, a bare CR, NUL or other control bytes (HTAB allowed) in a value.
     A line may end in CRLF or a bare LF (RFC 9112 2.2).
+
+    When ``readline`` is an ``io.BufferedReader``'s (a socket's
+    ``makefile("rb")``) and the whole block is in its buffer, the block is
+    taken in one ``read``; anything unusual (bare LF, a limit reached, a
+    block still arriving) goes line by line: same result, same errors.
     """
+    rfile = getattr(readline, "__self__", None)
+    if isinstance(rfile, io.BufferedReader):
+        buffered = _buffered_block(rfile, limits)
+        if buffered is not None:
+            return _crlf_fields(*buffered)
     most = limits.field_size + 2
     lines: list[bytes] = []
     append = lines.append
@@ -257,9 +252,47 @@ def read_fields(readline: ReadLine, limits: Limits = _DEFAULT) -> list[tuple[str
             if not line:
                 raise IncompleteHeadError("EOF inside the request head")
             raise RequestError(431, f"more than {limits.fields} header fields")
-    fields: list[tuple[str, str]] = _FIELD_LINE.findall(b"".join(lines).decode("latin-1"))
-    if len(fields) != len(lines):
-        raise RequestError(400, _field_problem(lines))
+    block = b"".join(lines)
+    if block.count(b"\r\n") != len(lines):  # some end in a bare LF: make them CRLF
+        block = b"".join(x if x[-2:] == b"\r\n" else x[:-1] + b"\r\n" for x in lines)
+    return _crlf_fields(block, len(lines))
+
+
+def _buffered_block(rfile: io.BufferedReader, limits: Limits) -> tuple[bytes, int] | None:
+    """Take the field lines (CRLF ended) and the blank line at once, if all are buffered.
+
+    Returns the field lines and their count, or None (nothing consumed).
+    """
+    buffer = rfile.peek(1)
+    if buffer[:2] == b"\r\n":
+        rfile.read(2)
+        return b"", 0
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    block = buffer[: end + 2]
+    count = block.count(b"\n")
+    if count > limits.fields or count != block.count(b"\r\n"):
+        return None
+    if len(block) > limits.field_size and max(map(len, block.split(b"\r\n"))) > limits.field_size:
+        return None
+    rfile.read(end + 4)
+    return block, count
+
+
+def _crlf_fields(block: bytes, count: int) -> list[tuple[str, str]]:
+    """Check and split ``count`` field lines, each ended by CRLF (no other LF).
+
+    A bare CR is caught by the regex: a line holding one does not match.
+    """
+    if block.translate(None, _FIELD_BYTES):
+        raise RequestError(400, _field_problem(block))
+    text = block.decode("latin-1")
+    fields: list[tuple[str, str]] = _CRLF_FIELD.findall("\n" + text)
+    if len(fields) != count:
+        raise RequestError(400, _field_problem(block))
+    if " \r" in text or "\t\r" in text:
+        return [(name, value.rstrip(" \t")) for name, value in fields]
     return fields
 
 
@@ -272,16 +305,12 @@ def _check_line(line: bytes, most: int) -> None:
         raise IncompleteHeadError("EOF inside the request head")
 
 
-def _field_problem(lines: list[bytes]) -> str:
-    """Why a header block that failed the regex is bad (slow path)."""
-    for raw in lines:
-        text = raw.decode("latin-1")
-        if _FIELD_LINE.fullmatch(text):
-            continue
-        text = text[:-2] if text.endswith("\r\n") else text[:-1]
-        if text[:1] in (" ", "\t"):
+def _field_problem(block: bytes) -> str:
+    """Why a CRLF-ended field block that failed the checks is bad (slow path)."""
+    for line in block.decode("latin-1").split("\r\n")[:-1]:
+        name, colon, value = line.partition(":")
+        if line[:1] in (" ", "\t"):
             return "obs-fold (a field line starting with whitespace) is not allowed"
-        name, colon, value = text.partition(":")
         if not colon:
             return "header field line without a colon"
         if not name:
@@ -296,122 +325,7 @@ def _field_problem(lines: list[bytes]) -> str:
             return "NUL in a header field value"
         if _CONTROL.search(value):
             return "control character in a header field value"
-        break
     return "malformed header field line"
-
-
-def framing(line: RequestLine, fields: list[tuple[str, str]], limits: Limits = _DEFAULT) -> Framing:
-    """Decide body framing and persistence; reject what RFC 9112 says to reject.
-
-    RequestError: 400 for ``Content-Length`` together with
-    ``Transfer-Encoding``, conflicting/list-form/non-decimal
-    ``Content-Length``, a missing ``Host`` on HTTP/1.1, a request-target in
-    the wrong form for its method (``*`` only with OPTIONS, authority-form
-    only with CONNECT, else origin-form or absolute-form); 501 for a
-    Transfer-Encoding whose last coding is not ``chunked`` (or any
-    Transfer-Encoding on HTTP/1.0); 413 for a ``Content-Length`` over
-    ``limits.body``.
-
-    Also 400 for: two ``Content-Length`` fields even with equal values (RFC
-    9110 8.6 lets a recipient reject them; a proxy may have picked either),
-    more than one ``Host`` or a malformed one, an empty ``Transfer-Encoding``
-    or ``chunked`` applied twice.  501 for a coding before ``chunked`` (none
-    is implemented).
-    """
-    _check_target(line.method, line.target)
-    version = line.version
-    if version == "HTTP/0.9":
-        return Framing(None, False, False, False)
-    lengths: list[str] = []
-    codings: list[str] = []
-    hosts: list[str] = []
-    connection: list[str] = []
-    expect = False
-    for name, value in fields:
-        which = _FRAMING_FIELDS.get(name.lower())
-        if which is None:
-            continue
-        if which == _CL:
-            lengths.append(value)
-        elif which == _TE:
-            codings.append(value)
-        elif which == _HOST_N:
-            hosts.append(value)
-        elif which == _CONN:
-            connection.append(value)
-        elif value.lower() == "100-continue":
-            expect = True
-    if len(hosts) > 1:
-        raise RequestError(400, "more than one Host header field")
-    if hosts:
-        if _HOST_FIELD.fullmatch(hosts[0]) is None:
-            raise RequestError(400, "malformed Host header field")
-    elif version == "HTTP/1.1":
-        raise RequestError(400, "missing Host header field")
-    length: int | None = None
-    chunked = False
-    if codings:
-        if lengths:
-            raise RequestError(400, "Content-Length together with Transfer-Encoding")
-        chunked = _chunked(codings, version)
-    elif lengths:
-        length = _content_length(lengths, limits)
-    if connection:
-        tokens = {token.strip() for token in ",".join(connection).lower().split(",")}
-        if version == "HTTP/1.1":
-            keep_alive = "close" not in tokens
-        else:
-            keep_alive = "keep-alive" in tokens and "close" not in tokens
-    else:
-        keep_alive = version == "HTTP/1.1"
-    return Framing(length, chunked, keep_alive, expect and version == "HTTP/1.1")
-
-
-def _check_target(method: str, target: str) -> None:
-    """400 unless the request-target has the form its method allows (RFC 9112 3.2)."""
-    if target[0] == "/" or _ABSOLUTE_FORM.match(target):
-        if method == "CONNECT":
-            raise RequestError(400, "CONNECT needs an authority-form target (host:port)")
-    elif target == "*":
-        if method != "OPTIONS":
-            raise RequestError(400, "the asterisk-form target is only for OPTIONS")
-    elif _AUTHORITY_FORM.fullmatch(target):
-        if method != "CONNECT":
-            raise RequestError(400, "the authority-form target is only for CONNECT")
-    else:
-        raise RequestError(400, "malformed request-target")
-
-
-def _chunked(values: list[str], version: str) -> bool:
-    """Check the Transfer-Encoding field values: True, or raise 400/501."""
-    if version != "HTTP/1.1":
-        raise RequestError(501, "Transfer-Encoding on an HTTP/1.0 request")
-    codings = [c.strip().lower() for c in ",".join(values).split(",")]
-    codings = [c for c in codings if c]
-    if not codings:
-        raise RequestError(400, "empty Transfer-Encoding")
-    if codings[-1] != "chunked":
-        raise RequestError(501, "Transfer-Encoding does not end in chunked")
-    if "chunked" in codings[:-1]:
-        raise RequestError(400, "chunked applied more than once")
-    if len(codings) > 1:
-        raise RequestError(501, f"transfer coding {codings[0]!r} is not implemented")
-    return True
-
-
-def _content_length(values: list[str], limits: Limits) -> int:
-    """The one decimal Content-Length, or raise 400/413."""
-    if len(values) > 1:
-        raise RequestError(400, "more than one Content-Length header field")
-    value = values[0]
-    if not (value.isdigit() and value.isascii()):
-        raise RequestError(400, "Content-Length is not a single decimal number")
-    if len(value) > 18:
-        raise RequestError(413, "Content-Length too large")
-    length = int(value)
-    if limits.body is not None and length > limits.body:
-        raise RequestError(413, f"request body larger than {limits.body} bytes")
-    return length
 
 
 def to_message(fields: list[tuple[str, str]]) -> http.client.HTTPMessage:
@@ -430,11 +344,15 @@ def to_message(fields: list[tuple[str, str]]) -> http.client.HTTPMessage:
     return message
 
 
-def __getattr__(name: str) -> Any:
-    # Body lives in httpbody, which imports this module: resolve it lazily
-    # so either module can be imported first.
-    if name == "Body":
-        from graceserve.httpbody import Body
+_ELSEWHERE = {"Body": "graceserve.httpbody", "framing": "graceserve.httpframing"}
 
-        return Body
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __getattr__(name: str) -> Any:
+    # Body and framing live in modules that import this one: resolve them on
+    # first use (then cache them here), so any of the three can be imported first.
+    module = _ELSEWHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -6,8 +6,12 @@ server reads them from a socket's buffered file.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
+import subprocess
+import sys
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -36,10 +40,10 @@ def parse(
     raw: bytes, limits: Limits = DEFAULT
 ) -> tuple[RequestLine, list[tuple[str, str]], Framing]:
     """Request line, fields and framing of a whole head."""
-    rfile = io.BytesIO(raw)
+    rfile = io.BufferedReader(io.BytesIO(raw))
     line = read_request_line(rfile.readline, limits)
     assert line is not None
-    fields = read_fields(rfile.readline, limits)
+    fields = read_fields_every_way(rfile.read(), limits)
     return line, fields, framing(line, fields, limits)
 
 
@@ -61,8 +65,35 @@ def get(fields: bytes = b"", target: bytes = b"/", version: bytes = b"HTTP/1.1")
     return b"GET " + target + b" " + version + b"\r\nHost: example.com\r\n" + fields + b"\r\n"
 
 
+def read_fields_every_way(raw: bytes, limits: Limits = DEFAULT) -> list[tuple[str, str]]:
+    """``read_fields`` line by line (BytesIO), from a whole buffered block
+    (BufferedReader) and from a block arriving in pieces (a 7-byte buffer):
+    same fields, same bytes left, or the same error, which is raised."""
+    outcomes: list[tuple[object, ...]] = []
+    for rfile in (
+        io.BytesIO(raw),
+        io.BufferedReader(io.BytesIO(raw)),
+        io.BufferedReader(io.BytesIO(raw), buffer_size=7),
+    ):
+        try:
+            fields = read_fields(rfile.readline, limits)
+        except RequestError as error:
+            outcomes.append((RequestError, error.status, error.message))
+        except IncompleteHeadError:
+            outcomes.append((IncompleteHeadError,))
+        else:
+            outcomes.append((fields, rfile.read()))
+    assert outcomes[1] == outcomes[0]
+    assert outcomes[2] == outcomes[0]
+    if outcomes[0][0] is RequestError:
+        raise RequestError(*outcomes[0][1:])  # type: ignore[arg-type]
+    if outcomes[0][0] is IncompleteHeadError:
+        raise IncompleteHeadError
+    return outcomes[0][0]  # type: ignore[return-value]
+
+
 def fields_of(raw: bytes, limits: Limits = DEFAULT) -> list[tuple[str, str]]:
-    return read_fields(io.BytesIO(raw).readline, limits)
+    return read_fields_every_way(raw, limits)
 
 
 def field_status(raw: bytes, limits: Limits = DEFAULT) -> int | None:
@@ -323,6 +354,16 @@ def test_framing_http10_persistence(extra: bytes, keep_alive: bool) -> None:
     assert parse(raw)[2] == Framing(None, False, keep_alive, False)
 
 
+def test_field_names_are_case_insensitive() -> None:
+    raw = (
+        b"POST / HTTP/1.1\r\nHOST: a\r\ncOnTeNt-LeNgTh: 3\r\nCONNECTION: CLOSE\r\n"
+        b"EXPECT: 100-continue\r\n\r\n"
+    )
+    assert parse(raw)[2] == Framing(3, False, False, True)
+    assert status(b"GET / HTTP/1.1\r\nhost: a\r\nHOST: b\r\n\r\n") == 400
+    assert status(get(b"transfer-ENCODING: chunked\r\nCONTENT-length: 1\r\n")) == 400
+
+
 def test_http10_without_host_and_http09() -> None:
     assert parse(b"GET / HTTP/1.0\r\n\r\n")[2] == Framing(None, False, False, False)
     assert parse(b"GET /\r\n\r\n")[2] == Framing(None, False, False, False)
@@ -517,7 +558,7 @@ def test_to_message_equals_parse_headers_on_valid_heads(
 ) -> None:
     ending = "\n" if lf else "\r\n"
     raw = ("".join(f"{n}:{ows}{v}{ending}" for n, v in fields) + ending).encode("latin-1")
-    ours = to_message(read_fields(io.BytesIO(raw).readline))
+    ours = to_message(read_fields_every_way(raw))
     stdlib = http.client.parse_headers(io.BytesIO(raw))
     assert ours.items() == stdlib.items() == fields
     for name, _ in fields:
@@ -525,6 +566,28 @@ def test_to_message_equals_parse_headers_on_valid_heads(
         assert ours[name.upper()] == stdlib[name.upper()]
         assert name.lower() in ours
     assert ours.get_content_type() == stdlib.get_content_type()
+
+
+_FORBIDDEN = [bytes([c]) for c in [*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F]]
+
+
+@FUZZ
+@given(
+    fields=_valid_fields().filter(bool),
+    which=st.integers(0, 14),
+    where=st.integers(0, 50),
+    bad=st.sampled_from(_FORBIDDEN),
+)
+def test_a_control_byte_anywhere_in_a_valid_head_is_refused(
+    fields: list[tuple[str, str]], which: int, where: int, bad: bytes
+) -> None:
+    lines = [f"{n}: {v}\r\n".encode("latin-1") for n, v in fields]
+    line = lines[which % len(lines)]
+    at = where % (len(line) - 1)  # anywhere before the final LF
+    lines[which % len(lines)] = line[:at] + bad + line[at:]
+    with pytest.raises(RequestError) as caught:
+        read_fields_every_way(b"".join(lines) + b"\r\n")
+    assert caught.value.status == 400
 
 
 # -- bodies: Content-Length ------------------------------------------------------
@@ -924,7 +987,75 @@ def test_arbitrary_bytes_raise_only_the_documented_errors(data: bytes, small: bo
 
 
 @FUZZ
+@given(data=_INPUTS, small=st.booleans())
+def test_arbitrary_field_blocks_read_the_same_every_way(data: bytes, small: bool) -> None:
+    limits = Limits(fields=4, field_size=30) if small else Limits()
+    with contextlib.suppress(RequestError, IncompleteHeadError):
+        read_fields_every_way(data, limits)
+
+
+@FUZZ
 @given(data=_INPUTS, chunk=st.booleans(), limit=st.integers(0, 100))
 def test_discard_never_raises(data: bytes, chunk: bool, limit: int) -> None:
     body = Body(buffered(data), Framing(None if chunk else len(data) // 2, chunk, True, False))
     assert body.discard(limit) in (True, False)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "import graceserve.httpframing",
+        "import graceserve.httpbody",
+        "from graceserve.httpparse import Body, framing",
+        "from graceserve.httpparse import *",
+    ],
+)
+def test_each_module_can_be_imported_first(statement: str) -> None:
+    check = f"{statement}; from graceserve.httpparse import Body, framing; print(Body, framing)"
+    done = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "httpbody.Body" in done.stdout
+
+
+class _Stalls(io.RawIOBase):
+    """A raw stream that hands out ``data`` in ``piece``-byte reads, then times out."""
+
+    def __init__(self, data: bytes, piece: int) -> None:
+        self.data, self.piece = data, piece
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if not self.data:
+            raise TimeoutError("timed out")
+        n = min(self.piece, len(buffer), len(self.data))
+        buffer[:n] = self.data[:n]
+        self.data = self.data[n:]
+        return n
+
+
+@pytest.mark.parametrize("chunk", [False, True])
+def test_a_timeout_inside_the_body_leaves_it_unusable(chunk: bool) -> None:
+    data = b"a\r\n0123456789\r\n0\r\n\r\n" if chunk else b"0123456789"
+    rfile = io.BufferedReader(_Stalls(data[:-3], 4), buffer_size=4)
+    body = Body(rfile, Framing(None if chunk else 10, chunk, True, False))
+    with pytest.raises(TimeoutError):
+        body.read()
+    assert not body.complete
+    assert not body.discard(100)
+    if chunk:
+        with pytest.raises(TimeoutError):
+            body.read()
+    else:
+        assert body.read() == b""
+
+
+def test_discard_never_raises_even_when_the_hook_does() -> None:
+    def hook() -> None:
+        raise BrokenPipeError
+
+    body = Body(buffered(b"0123456789"), Framing(10, False, True, False), before_first_read=hook)
+    assert not body.discard(100)
