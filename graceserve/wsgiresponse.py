@@ -198,6 +198,7 @@ class Response:
             self.connection.log_app_error(environ, "application error")
             self.status, self.headers, self.length = "500 Internal Server Error", [], None
             self.has_date = self.has_server = False
+            self.no_body, self.chunked, self.close_delimited = self.head_only, False, False
             self.headers.append(("Content-Type", "text/plain; charset=utf-8"))
             try:
                 self._send(
@@ -265,7 +266,6 @@ class Response:
     def head(self, body_length: int | None) -> bytes:
         """The response head; decides the framing.  ``body_length`` is known, or None."""
         assert self.status is not None
-        self.headers_sent = True
         status = self.status
         code = int(status[:3])
         connection = self.connection
@@ -300,7 +300,12 @@ class Response:
             lines.append("Connection: keep-alive\r\n\r\n")
         else:
             lines.append("\r\n")
-        return "".join(lines).encode("latin-1")
+        try:
+            head = "".join(lines).encode("latin-1")
+        except UnicodeEncodeError:
+            raise ValueError("status and header values must be latin-1 (PEP 3333)") from None
+        self.headers_sent = True  # from here on the status can no longer change
+        return head
 
     def _frame(self, data: bytes) -> bytes:
         """One chunk of body as it goes on the wire; counts it against Content-Length."""

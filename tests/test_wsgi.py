@@ -620,3 +620,13 @@ def test_head_cut_short_is_never_dispatched() -> None:
         client.sock.shutdown(socket.SHUT_WR)
         assert client.at_eof()
     assert not called.is_set()
+
+
+def test_header_value_outside_latin1_is_a_500_not_a_silent_close() -> None:
+    def app(environ: Environ, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain"), ("X-Name", "\u20ac")])
+        return [b"x"]
+
+    with serving(app) as server:
+        reply = get(server.server_address)
+    assert reply.status == 500
