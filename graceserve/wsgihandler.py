@@ -259,6 +259,12 @@ class WSGIConnection:
         else:
             environ["wsgi.input"] = _EMPTY_INPUT
         keep = response.run(self.server.application, environ, response.start)
+        if log.isEnabledFor(logging.DEBUG):  # the access log: --log-level debug
+            log.debug(
+                '%s "%s %s %s" %s %d', self.client_text(), request_line.method,
+                request_line.target, request_line.version,
+                response.status[:3] if response.status else "-", response.sent,
+            )  # fmt: skip
         if not keep or self.closing:
             return False
         if body is not None and not body.complete:

@@ -630,3 +630,21 @@ def test_header_value_outside_latin1_is_a_500_not_a_silent_close() -> None:
     with serving(app) as server:
         reply = get(server.server_address)
     assert reply.status == 500
+
+
+def test_chunked_body_over_max_body_size_is_413_when_the_app_reads_it() -> None:
+    with serving(body_app_all, max_body_size=10) as server, Client(server.server_address) as c:
+        c.request("POST", "/", headers={"Transfer-Encoding": "chunked"})
+        c.send(b"8\r\n12345678\r\n8\r\n12345678\r\n0\r\n\r\n")
+        reply = c.read_response()
+        assert reply.status == 413
+        assert reply.header("Connection") == "close"
+        assert c.at_eof()
+
+
+def test_malformed_chunk_met_by_the_app_is_a_400_and_the_connection_closes() -> None:
+    with serving(body_app_all) as server, Client(server.server_address) as client:
+        client.request("POST", "/", headers={"Transfer-Encoding": "chunked"})
+        client.send(b"+5\r\nhello\r\n0\r\n\r\n")
+        assert client.read_response().status == 400
+        assert client.at_eof()

@@ -64,6 +64,15 @@ def test_wsgi_app_is_served_and_stops_cleanly(start_server: StartServer, tmp_pat
     assert "Traceback" not in server.output
 
 
+def test_log_level_debug_shows_access_lines(start_server: StartServer, tmp_path: Path) -> None:
+    server = start(start_server, tmp_path, "wsgimod:app", "--log-level", "debug")
+    assert server.address is not None
+    assert get(server.address, "/seen?q=1").status == 200
+    server.wait_for_line(r'127\.0\.0\.1:\d+ "GET /seen\?q=1 HTTP/1\.1" 200 \d+')
+    server.send(signal.SIGTERM)
+    assert server.wait_exit() == 0
+
+
 def test_factory_call_target(start_server: StartServer, tmp_path: Path) -> None:
     server = start(start_server, tmp_path, "wsgimod:create_app()")
     assert server.address is not None
