@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import benchutil as bu
 import http_load
@@ -44,7 +45,7 @@ def graceserve_cmd(port: int, log_level: str = "warning") -> list[str]:
 
 
 def servers(waitress_threads: int, gthread_threads: int) -> list[bu.Server]:
-    specs = [
+    specs: list[tuple[str, Callable[[int], list[str]]]] = [
         ("graceserve (WSGI)", graceserve_cmd),
         (
             f"waitress threads={waitress_threads}",
@@ -179,7 +180,7 @@ def bench_loss(runs: int, duration: float, at: float, signame: str) -> str:
         title=f"(b) wrk -t2 -c50 -d{round(duration)}s keep-alive on the WSGI app, "
         f"SIG{signame} at {at:g} s",
     )  # fmt: skip
-    total = sum(int(row[6]) for row in rows)
+    total = sum(int(str(row[6])) for row in rows)
     note = "" if use_perf else " (no perf: refusals not told apart from write errors)"
     return f"{table}\nbroken requests over {runs} runs: {total}{note}\n"
 

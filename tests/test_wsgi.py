@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from wsgi_support import Client, get, hello_app, serving
+from wsgi_support import Address, Client, get, hello_app, serving
 
 from graceserve.wsgi import GracefulWSGIServer, make_server
 
@@ -25,7 +25,7 @@ Environ = dict[str, Any]
 
 def environ_app(environ: Environ, start_response: Any) -> list[bytes]:
     """Answers with the environ's str values (and a few facts about the others) as JSON."""
-    shown = {k: v for k, v in environ.items() if isinstance(v, str)}
+    shown: dict[str, Any] = {k: v for k, v in environ.items() if isinstance(v, str)}
     shown["wsgi.version"] = list(environ["wsgi.version"])
     shown["wsgi.input_terminated"] = environ["wsgi.input_terminated"]
     shown["wsgi.multithread"] = environ["wsgi.multithread"]
@@ -36,7 +36,7 @@ def environ_app(environ: Environ, start_response: Any) -> list[bytes]:
     return [body]
 
 
-def environ_of(address: tuple[str, int], request: bytes) -> Environ:
+def environ_of(address: Address, request: bytes) -> Environ:
     with Client(address) as client:
         client.send(request)
         reply = client.read_response()

@@ -17,7 +17,7 @@ from typing import Any
 from wsgiref.validate import validator
 
 from conftest import Call, wait_until
-from wsgi_support import Client, hello_app, serving
+from wsgi_support import Address, Client, hello_app, serving
 
 Environ = dict[str, Any]
 
@@ -143,7 +143,7 @@ def test_example_app_events_say_goodbye_at_the_drain_and_health_fails() -> None:
         assert b"event: bye" in client.file.read()
 
 
-def get_status(address: tuple[str, int], path: str) -> int:
+def get_status(address: Address, path: str) -> int:
     with Client(address) as client:
         client.request("GET", path, headers={"Connection": "close"})
         return client.read_response().status

@@ -1,3 +1,5 @@
+# mypy: disable-error-code="import-untyped,untyped-decorator"
+# (Django ships no type information.)
 """A one-module Django project for the WSGI tests: settings, URLs and views in one place.
 
 ``application`` is what a project's ``wsgi.py`` would export.  Settings are

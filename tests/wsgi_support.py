@@ -18,6 +18,9 @@ from graceserve.wsgi import GracefulWSGIServer
 
 TIMEOUT = 10.0
 
+Address = Any
+"""A TCP ``server_address`` as socketserver types it; (host, port) here."""
+
 
 @contextlib.contextmanager
 def serving(
@@ -53,7 +56,7 @@ class Reply:
 class Client:
     """One raw connection; reads responses exactly as framed (or fails the test)."""
 
-    def __init__(self, address: tuple[str, int], timeout: float = TIMEOUT) -> None:
+    def __init__(self, address: Address, timeout: float = TIMEOUT) -> None:
         self.sock = socket.create_connection(address, timeout=timeout)
         self.file = self.sock.makefile("rb")
 
@@ -130,7 +133,7 @@ class Client:
         return self.file.read(1) == b""
 
 
-def get(address: tuple[str, int], target: str = "/", **kwargs: Any) -> Reply:
+def get(address: Address, target: str = "/", **kwargs: Any) -> Reply:
     with Client(address) as client:
         client.request("GET", target, headers={"Connection": "close"}, **kwargs)
         return client.read_response()
