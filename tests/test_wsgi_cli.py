@@ -12,10 +12,13 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import test_http_drain_e2e as e2e
 from conftest import READY, REPO, ServerProcess
 from wsgi_support import Client, get
 
@@ -38,6 +41,11 @@ def create_app():
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"from the factory"]
     return factory_app
+
+def hello(environ, start_response):
+    body = b"hello from graceserve\\n"
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body]
 
 def needs_arguments(x, y, z):
     return []
@@ -180,3 +188,36 @@ def test_library_serve_takes_a_wsgi_app(tmp_path: Path) -> None:
             proc.wait(10)
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def test_keepalive_load_through_sigterm_breaks_no_request(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """As test_http_drain_e2e's, on a WSGI app: every request sent gets a complete
+    response, a connection ends only after a response that said close, and the
+    reconnect is refused; exit code 0."""
+    server = start(start_server, tmp_path, "wsgimod:hello")
+    address = server.address
+    deadline = time.monotonic() + e2e.LOAD_DEADLINE
+    logs = [e2e.ClientLog() for _ in range(e2e.LOAD_THREADS)]
+    threads = [
+        threading.Thread(
+            target=e2e.keepalive_client, args=(address, log, deadline), name=f"test-load-{n}"
+        )
+        for n, log in enumerate(logs)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        for log in logs:
+            assert log.warm.wait(e2e.LOAD_DEADLINE), f"a client never got warm: {log}"
+        server.send(signal.SIGTERM)
+    finally:
+        for thread in threads:
+            thread.join(e2e.LOAD_DEADLINE + e2e.SOCKET_TIMEOUT)
+    code = server.wait_exit()
+    summary = "\n".join(f"client {n}: {log}" for n, log in enumerate(logs))
+    assert not [log for log in logs if log.errors], f"broken requests:\n{summary}"
+    assert all(log.refused_after_close for log in logs), f"a client did not end cleanly:\n{summary}"
+    assert all(log.close_responses == log.connects for log in logs), summary
+    assert code == 0, server.output
