@@ -6,9 +6,10 @@ missed: headers go out with the first non-empty chunk (not before, so an app
 can still turn its response into an error); an app's ``Content-Length`` is
 a promise that must be kept (a short body closes the connection instead of
 leaving the client waiting for bytes that never come); without one the body
-is chunked on HTTP/1.1 and close-delimited on HTTP/1.0; HEAD, 1xx, 204 and
-304 carry no body; hop-by-hop headers belong to the server; and the
-iterable's ``close()`` runs whatever happened.
+is chunked on HTTP/1.1 and close-delimited on HTTP/1.0; HEAD, 204 and 304
+carry no body; 1xx and hop-by-hop headers are the server's business (an app
+that sends them gets a 500; ``100 Continue`` goes out at the first body
+read); and the iterable's ``close()`` runs whatever happened.
 
 Speed: a list or tuple result (the common ``return [body]``) is sent with a
 computed ``Content-Length`` in one ``sendall`` with the head; a
@@ -125,6 +126,8 @@ class Response:
             raise ValueError(f"status {status!r} is not '<3 digits> <reason>'")
         if not _BAD_IN_VALUE.isdisjoint(status):
             raise ValueError(f"status {status!r} contains a control character")
+        if status[0] == "1":  # a client would wait for the final response that never comes
+            raise ValueError(f"status {status!r}: interim (1xx) responses are the server's")
         if not isinstance(headers, list):
             raise TypeError(f"headers must be a list, not {type(headers).__name__}")
         length: int | None = None
@@ -271,10 +274,8 @@ class Response:
         connection = self.connection
         lines = [f"HTTP/1.1 {status}\r\n"]
         lines.extend(f"{name}: {value}\r\n" for name, value in self.headers)
-        if code < 200 or code in (204, 304):
+        if code in (204, 304):
             self.no_body = True
-            if code < 200:  # an interim status as the final one: nothing can follow it
-                connection.closing = True
         elif self.head_only:
             self.no_body = True
             if self.length is None and body_length is not None:  # what GET would say

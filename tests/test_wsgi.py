@@ -361,6 +361,17 @@ def test_bad_headers_from_the_app_are_errors(headers: list[tuple[str, str]]) -> 
     assert b"Injected" not in reply.raw_head
 
 
+def test_interim_status_from_the_app_is_an_error() -> None:
+    """A 1xx as the final response would leave the client waiting for the real one."""
+
+    def app(environ: Environ, start_response: Any) -> list[bytes]:
+        start_response("103 Early Hints", [("Link", "</s.css>; rel=preload")])
+        return [b""]
+
+    with serving(app, validate=False) as server:
+        assert get(server.server_address).status == 500
+
+
 def test_status_with_a_newline_is_an_error() -> None:
     def app(environ: Environ, start_response: Any) -> list[bytes]:
         start_response("200 OK\r\nX: y", [])
