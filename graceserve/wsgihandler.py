@@ -255,7 +255,7 @@ class WSGIConnection:
         if framing.has_body:
             before = response.send_continue if framing.expect_continue else None
             body = Body(self.rfile, framing, self.server.limits, before)
-            environ["wsgi.input"] = body
+            environ["wsgi.input"] = response.body = body
         else:
             environ["wsgi.input"] = _EMPTY_INPUT
         keep = response.run(self.server.application, environ, response.start)

@@ -539,6 +539,7 @@ def test_expect_100_continue_unread_is_not_answered_and_the_connection_closes() 
         client.request("POST", "/?none", headers={"Expect": "100-continue", "Content-Length": "5"})
         reply = client.read_response()
         assert (reply.status, reply.body) == (200, b"unread")
+        assert reply.header("Connection") == "close"
         assert client.at_eof()
 
 
@@ -554,7 +555,9 @@ def test_large_unread_body_closes_the_connection() -> None:
     with serving(body_app, discard_limit=1000) as server, Client(server.server_address) as client:
         client.request("POST", "/?none", headers={"Content-Length": "100000"})
         client.send(b"z" * 5000)
-        assert client.read_response().body == b"unread"
+        reply = client.read_response()
+        assert reply.body == b"unread"
+        assert reply.header("Connection") == "close"  # said in advance, not a surprise EOF
         assert client.at_eof()
 
 
