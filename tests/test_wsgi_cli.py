@@ -47,6 +47,9 @@ def hello(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [body]
 
+import functools, http.server
+Files = functools.partial(http.server.SimpleHTTPRequestHandler, directory=".")
+
 def needs_arguments(x, y, z):
     return []
 
@@ -77,6 +80,18 @@ def test_log_level_debug_shows_access_lines(start_server: StartServer, tmp_path:
     assert server.address is not None
     assert get(server.address, "/seen?q=1").status == 200
     server.wait_for_line(r'127\.0\.0\.1:\d+ "GET /seen\?q=1 HTTP/1\.1" 200 \d+')
+    server.send(signal.SIGTERM)
+    assert server.wait_exit() == 0
+
+
+def test_partial_of_a_handler_is_served_as_a_handler(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    (tmp_path / "served.txt").write_text("static file\n")
+    server = start(start_server, tmp_path, "wsgimod:Files")
+    assert server.address is not None
+    reply = get(server.address, "/served.txt")
+    assert (reply.status, reply.body) == (200, b"static file\n")
     server.send(signal.SIGTERM)
     assert server.wait_exit() == 0
 
