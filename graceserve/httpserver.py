@@ -91,7 +91,7 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
 
     idle_timeout: float | None = DEFAULTS.idle_timeout
     drain_linger = 0.2
-    drain_linger_max = 2.0
+    drain_linger_max = DEFAULTS.drain_linger_max
     request_limits = STDLIB_LIMITS
     tcp_nodelay = True
 

@@ -18,6 +18,10 @@ Address = tuple[str, int] | str
 """(host, port) for TCP, or a filesystem path for a Unix socket."""
 
 
+LINGER_MAX = 2.0
+"""Seconds: the most the HTTP drain's linger ever takes (see ``drain_linger_max``)."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a run needs to know, validated.  Immutable; safe to share."""
@@ -51,6 +55,15 @@ class Settings:
     max_body_size: int | None = None
     """WSGI: bytes of request body (413 beyond); None: no limit."""
 
+    @property
+    def drain_linger_max(self) -> float:
+        """HTTP: the longest an idle or unfinished connection may linger at drain.
+
+        A quarter of the grace, at most 2 s: the linger must leave most of the
+        budget to the requests in flight.
+        """
+        return min(LINGER_MAX, self.grace / 4)
+
     def but(self, **changes: Any) -> Settings:
         """A copy with ``changes``."""
         return replace(self, **changes)
@@ -62,6 +75,8 @@ class Settings:
             "max_connections": self.max_connections,
             timeout: self.idle_timeout,
         }
+        if http or wsgi:
+            attributes["drain_linger_max"] = self.drain_linger_max
         if wsgi:
             attributes.update(
                 root_path=self.root_path,
