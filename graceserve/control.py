@@ -313,8 +313,16 @@ class ControlServer:
             pass
 
 
-def request(path: str, message: dict[str, Any], timeout: float) -> dict[str, Any]:
+def request(
+    path: str,
+    message: dict[str, Any],
+    timeout: float,
+    sent: Callable[[], None] | None = None,
+) -> dict[str, Any]:
     """Send ``message`` to the control socket at ``path``; its answer.
+
+    ``sent()`` is called once the request is sent, before the answer is read
+    (``ctl stop`` sends its TERM there: the server already holds the request).
 
     Raises OSError (FileNotFoundError, ConnectionRefusedError: nothing answers
     there; TimeoutError) or ValueError (the answer is not a JSON object).
@@ -324,6 +332,8 @@ def request(path: str, message: dict[str, Any], timeout: float) -> dict[str, Any
         with _address(path) as address:
             sock.connect(address)
         sock.sendall(json.dumps(message).encode() + b"\n")
+        if sent is not None:
+            sent()
         answer = json.loads(_read_line(sock, limit=1 << 20) or b"null")
     if not isinstance(answer, dict):
         raise ValueError("the control socket closed without an answer")
