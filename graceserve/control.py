@@ -37,7 +37,7 @@ import contextlib
 import json
 import logging
 import os
-import selectors
+import select
 import socket
 import stat
 import struct
@@ -215,16 +215,17 @@ class ControlServer:
 
     def _serve(self) -> None:
         assert self._sock is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(self._sock, selectors.EVENT_READ)
-            selector.register(self._wake_r, selectors.EVENT_READ)
-            while not self._closed():
-                for key, _events in selector.select():
-                    if key.fileobj is self._sock:
-                        self._accept_one()
-        self._sock.setblocking(False)  # closing: answer what is already queued
-        while self._accept_one():
-            pass
+        poller = select.poll()  # no descriptor of its own, unlike epoll: every one we hold
+        poller.register(self._sock, select.POLLIN)  # exists once start() returns
+        poller.register(self._wake_r, select.POLLIN)
+        while not self._closed():
+            for fd, _events in poller.poll():
+                if fd == self._sock.fileno():
+                    self._accept_one()
+        with contextlib.suppress(OSError):  # closed under us if close() gave up waiting
+            self._sock.setblocking(False)  # closing: answer what is already queued
+            while self._accept_one():
+                pass
 
     def _accept_one(self) -> bool:
         assert self._sock is not None
