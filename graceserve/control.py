@@ -16,11 +16,8 @@ Protocol: one connection, one JSON request line, one JSON line back.
   wait), or the server stops; with neither field it waits for the stop.  Answer:
   ``{"ok": true, "done": bool, "status": {...}}`` (``done`` false: timed out).
 
-The status (``ServerStatus.snapshot``) has ``pid``, ``generation`` (1 at start, +1
-per successful reload), ``state`` (starting, serving, reloading, draining,
-stopped), ``active_connections``, ``workers`` (a count, or None), ``reloads``,
-``last_reload`` (``{"generation", "ok", "reason"}`` or None), ``grace``,
-``drain_delay``, and once stopped ``exit_code`` and ``summary``.
+The status is whatever the provider returns; ``graceserve.status.ServerStatus``
+(re-exported here) is the record the runner publishes, its fields listed there.
 
 Closing is a small drain: no new connection is accepted, the ones already queued
 are answered, and every waiter gets the final status.  So a client that connected
@@ -45,6 +42,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from .status import ServerStatus
 
 __all__ = ["ControlServer", "ServerStatus", "control_path", "publish", "request"]
 
@@ -74,66 +73,6 @@ def temporary_path(path: str, pid: int) -> str:
 def publish(temporary: str, path: str) -> None:
     """Make the socket bound at ``temporary`` the one at ``path`` (atomic rename)."""
     os.rename(temporary, path)
-
-
-class ServerStatus:
-    """What the process publishes; the provider of a ``ControlServer``.  Thread-safe."""
-
-    def __init__(
-        self,
-        connections: Callable[[], int] = lambda: 0,
-        *,
-        generation: int = 1,
-        reloads: int = 0,
-        workers: int | None = None,
-        grace: float | None = None,
-        drain_delay: float = 0.0,
-    ) -> None:
-        self._lock = threading.Lock()
-        self._connections = connections
-        self._listeners: list[Callable[[], None]] = []
-        # guarded by _lock:
-        self._fields: dict[str, Any] = {
-            "pid": os.getpid(), "generation": generation, "state": "starting",
-            "workers": workers, "reloads": reloads, "last_reload": None,
-            "grace": grace, "drain_delay": drain_delay, "exit_code": None, "summary": None,
-        }  # fmt: skip
-
-    def subscribe(self, listener: Callable[[], None]) -> None:
-        """Call ``listener()`` (no lock held) after every change."""
-        self._listeners.append(listener)
-
-    def update(self, **fields: Any) -> None:
-        """Set fields (``state``, ``workers``, ...) and tell the listeners."""
-        with self._lock:
-            self._fields.update(fields)
-        self._changed()
-
-    def record_reload(self, ok: bool, reason: str, generation: int | None = None) -> None:
-        """A reload attempt ended.  ``ok``: the generation moves on (to ``generation`` if
-        given) unless this process is being replaced (then only the record says so)."""
-        with self._lock:
-            new = generation if generation is not None else self._fields["generation"] + 1
-            if ok and generation is None:
-                self._fields["generation"] = new
-            self._fields["reloads"] += 1
-            self._fields["last_reload"] = {"generation": new, "ok": ok, "reason": reason}
-        self._changed()
-
-    def finish(self, exit_code: int, summary: dict[str, Any]) -> None:
-        """The run is over: publish the exit code and the drain summary."""
-        self.update(state="stopped", exit_code=exit_code, summary=summary)
-
-    def snapshot(self) -> dict[str, Any]:
-        """A copy of everything, with the live connection count."""
-        with self._lock:
-            fields = dict(self._fields)
-        fields["active_connections"] = self._connections()
-        return fields
-
-    def _changed(self) -> None:
-        for listener in list(self._listeners):
-            listener()
 
 
 class ControlServer:
