@@ -40,6 +40,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from . import runstatus
+from .control import ServerStatus
 from .drain import DrainReport
 from .errors import EXIT_CUT, EXIT_OK, exit_code_for_signal
 from .httpserver import GracefulHTTPServer
@@ -47,6 +49,7 @@ from .listener import Address, make_server, remove_unix_socket
 from .pidfile import PidFile
 from .readiness import listen_url, ready_line
 from .restart import (
+    CONTROL_VARIABLE,
     PIDFILE_FD_VARIABLE,
     RESTART_SOCKET_VARIABLE,
     SHARED_LISTENER_VARIABLE,
@@ -133,6 +136,9 @@ def run(
     # Is another process (systemd) keeping the listener after us?  Said by our
     # predecessor after a restart; otherwise true of any socket activation.
     shared_by_predecessor = os.environ.pop(SHARED_LISTENER_VARIABLE, "") == "1"
+    # After a restart: our generation and reload count, and the predecessor publishes our
+    # control socket once we are ready (see _restart).
+    handed_control = runstatus.handed_generation(os.environ.pop(CONTROL_VARIABLE, ""))
     try:
         handler_class = load_target(handler) if isinstance(handler, str) else handler
         pid = PidFile(settings.pidfile) if settings.pidfile else None
@@ -152,9 +158,16 @@ def run(
             controller = _Controller(
                 server, relay, notifier, predecessor, pid, owns_socket_file, shared
             )
+            status = controller.status = runstatus.make_status(server, settings, handed_control)
+            control = None
             try:
+                control = runstatus.open_control(
+                    server, pid, status, publish_now=handed_control is None
+                )
                 return controller.run(settings.grace, settings.drain_delay)
             finally:
+                if control is not None:
+                    control.close()
                 if owns_socket_file and not controller.stop.handed_over:
                     remove_unix_socket(server)
         finally:
@@ -197,6 +210,7 @@ class _Controller:
         self.predecessor = predecessor
         self.pidfile = pidfile
         self.stop = _Stop()
+        self.status = ServerStatus()  # what the control socket publishes
         self.inbox: collections.deque[int] = collections.deque()  # taken, not yet acted on
         relay.add_listener(server.registry.condition)
 
@@ -231,6 +245,7 @@ class _Controller:
             accept_thread.join(timeout=5.0)
             server.server_close()
         code = self._exit_code(report)
+        self.status.finish(code, runstatus.summary(report))
         if report.remaining:
             log.warning(
                 "still running: %d handlers ignored the cut; leaving them behind",
@@ -249,6 +264,7 @@ class _Controller:
         scheme = "http" if isinstance(server, GracefulHTTPServer) else "tcp"
         where = listen_url(scheme, format_address(server.server_address))
         log.info("%s", ready_line(where, scheme, os.getpid(), grace))
+        self.status.update(state="serving")
         if self.predecessor.enabled:
             self.predecessor.send("READY=1")  # it tells systemd, and hands over
         else:
@@ -273,6 +289,8 @@ class _Controller:
         it is acted on next (a TERM right after a HUP stops the service).
         """
         self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        self.status.update(state="reloading")
+        generation, handed = runstatus.successor_generation(self.status)
         pidfile_fd = self.pidfile.fileno if self.pidfile is not None else None
         successor = Successor(
             self.server.fileno(),
@@ -281,11 +299,13 @@ class _Controller:
             self.owns_socket_file,
             self.shared_listener,
         )
+        successor.environment[CONTROL_VARIABLE] = handed
         try:
             pid = successor.start()
         except OSError as exc:
             successor.close()
             log.error("HUP: restart failed: cannot start a new process: %s; still serving", exc)
+            self._reload_failed(f"cannot start a new process: {exc}")
             self.notifier.send("READY=1", "STATUS=restart failed")
             return False
         log.info("HUP: restarting: started pid %d, waiting until it is ready", pid)
@@ -293,15 +313,24 @@ class _Controller:
         if why is not None:
             successor.abandon()
             log.error("HUP: restart failed: %s; still serving", why)
+            self._reload_failed(why, successor.pid)
             self.notifier.send("READY=1", "STATUS=restart failed; old process still serving")
             return False
         successor.close()
         if self.pidfile is not None:
+            runstatus.hand_over(self.pidfile.path, pid)
             self.pidfile.hand_over(pid)
+        self.status.record_reload(True, f"pid {pid} is serving", generation=generation)
         self.notifier.send(f"MAINPID={pid}", "READY=1", f"STATUS=restarted as pid {pid}")
         self.stop.handed_over = True
         log.info("HUP: pid %d is serving; draining this process", pid)
         return True
+
+    def _reload_failed(self, why: str, pid: int = 0) -> None:
+        self.status.record_reload(False, why)
+        self.status.update(state="serving")
+        if pid and self.pidfile is not None:
+            runstatus.forget_successor(self.pidfile.path, pid)
 
     def _lame_duck(self, delay: float) -> None:
         """Keep serving for ``delay`` seconds while health checks fail; a new signal ends
@@ -309,6 +338,7 @@ class _Controller:
         if self.stop.signum == signal.SIGQUIT or self.stop.handed_over:
             return
         self.server.announce_stop()
+        self.status.update(state="draining")
         self._notify("STOPPING=1", "STATUS=lame duck: health checks fail, still serving")
         log.info("%s: lame duck for %gs (still serving, /healthz fails)", _name(self), delay)
         if self.has_signal() or self.relay.wait(delay):
@@ -326,6 +356,7 @@ class _Controller:
 
     def _drain(self, grace: float) -> DrainReport:
         self._notify("STOPPING=1")
+        self.status.update(state="draining")
         force = self.stop.forced_by or (signal.SIGQUIT if self.stop.signum == signal.SIGQUIT else 0)
         report, forced_by = run_drain(
             self.server, grace, _RunnerHooks(self, grace), force=force,
@@ -360,11 +391,18 @@ class _RunnerHooks(DrainHooks):
 
     def started(self, server: GracefulTCPServer, deadline: float | None) -> None:
         log.info(
-            "%s: draining %d connections (grace %gs); new connections are refused",
-            _name(self.controller), server.draining_from, self.grace,
+            "%s: draining %d connections (grace %gs); new connections %s",
+            _name(self.controller), server.draining_from, self.grace, self._where_new_go(),
         )  # fmt: skip
         self.controller._notify(f"STATUS=draining {server.draining_from} connections")
         self.last_count = server.active_connections
+
+    def _where_new_go(self) -> str:
+        if self.controller.stop.handed_over:
+            return "go to the new process"
+        if self.controller.shared_listener:  # socket activation: systemd keeps the socket
+            return "wait in systemd's queue for the next start"
+        return "are refused"
 
     def interrupted(self) -> bool:
         return self.controller.has_signal()

@@ -134,6 +134,7 @@ class FakeSuccessor:
     def __init__(self, *args: object) -> None:
         self.abandoned = False
         self.pid = 0
+        self.environment: dict[str, str] = {}
         FakeSuccessor.made.append(self)
 
     def start(self) -> int:
