@@ -187,8 +187,14 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
             conn.state = HEAD
         timeout = self.tls_handshake_timeout
         with tls.secured(context, request, client_address, timeout) as stream:
-            if stream is not None:
-                self.serve_connection(stream, client_address)
+            if stream is None:
+                return
+            if isinstance(conn, HTTPConnection):
+                # The client's first request follows the handshake by a round trip
+                # or more (much more on a loaded machine): until its rhythm is
+                # learned, a drain gives it the longest linger, not the shortest.
+                conn.rhythm = max(conn.rhythm, self.drain_linger_max / RHYTHM_FACTOR)
+            self.serve_connection(stream, client_address)
 
     def serve_connection(self, request: Any, client_address: Any) -> None:
         """Serve the connection with the drain-aware variant of the handler class."""
