@@ -165,13 +165,18 @@ def _from_elements(hops: list[dict[str, str]], trust: Trust) -> Forwarded:
             client, port = node
             if not trust.trusts(client):
                 break
-    proto = chosen.get("proto", hops[-1].get("proto"))
-    host = chosen.get("host", hops[-1].get("host"))
+    # The client's own hop says how it came in; else the nearest hop that says it.
+    proto = chosen.get("proto", _nearest(hops, "proto"))
+    host = chosen.get("host", _nearest(hops, "host"))
     if proto is not None:
         proto = proto.lower() if proto.lower() in _SCHEMES else None
     if host is not None and not _HOST.fullmatch(host):
         host = None
     return Forwarded(client, port, proto, host)
+
+
+def _nearest(hops: list[dict[str, str]], key: str) -> str | None:
+    return next((hop[key] for hop in reversed(hops) if key in hop), None)
 
 
 def _node(text: str) -> tuple[str, str | None] | None:
