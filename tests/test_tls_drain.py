@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ServerProcess, wait_until
-from tls_support import Pki, https_get, make_pki
+from tls_support import APP, Pki, https_get, make_pki
 
 from testsupport.procfs import ESTABLISHED, tcp_sockets
 
@@ -81,9 +81,14 @@ def finish(wrk: subprocess.Popen[str]) -> str:
     return output
 
 
-def test_sigterm_under_https_load_breaks_nothing(start_server: StartServer, pki: Pki) -> None:
-    cert, key = pki.issue("server", "graceserve")
-    server = start_server(["--bind", "127.0.0.1:0", "--certfile", str(cert), "--keyfile", str(key)])
+@pytest.mark.parametrize("target", ["demo", "wsgi"])
+def test_sigterm_under_https_load_breaks_nothing(
+    start_server: StartServer, pki: Pki, tmp_path: Path, target: str
+) -> None:
+    cert, key = pki.issue(f"server-{target}", "graceserve")
+    (tmp_path / "app.py").write_text(APP)
+    args = ["--bind", "127.0.0.1:0", "--certfile", str(cert), "--keyfile", str(key)]
+    server = start_server((["app:app"] if target == "wsgi" else []) + args, cwd=tmp_path)
     _host, port = server.wait_ready()
     wrk = start_wrk(port, 3)
     try:
