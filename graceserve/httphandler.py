@@ -316,8 +316,9 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
         super().send_response_only(code, message)
 
     def end_headers(self) -> None:
-        """End the header block; say ``close`` when ending the connection, and
-        ``keep-alive`` when granting it to an HTTP/1.0 client.
+        """End the header block; say ``close`` when ending the connection (or when
+        an HTTP/1.1 client asked to), and ``keep-alive`` when granting it to an
+        HTTP/1.0 client.
 
         Any ``Connection`` header the handler sent is rewritten rather than
         doubled.  Only this once-per-response hook does the check, so the
@@ -330,6 +331,10 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
             self.close_connection = True
         elif self._graceserve_keep_alive and not self.close_connection:
             self._say_connection("keep-alive", rewrite=False)
+        elif self.close_connection and self.request_version == "HTTP/1.1":
+            # The client asked for close: say it back (RFC 9112 9.6), or a client
+            # that reuses connections by default counts our EOF as an error.
+            self._say_connection("close", rewrite=False)
         super().end_headers()
         wfile = self.wfile
         if isinstance(wfile, CountingWriter):

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -211,3 +212,17 @@ def test_parse_ready_reads_a_json_line_with_an_escaped_path() -> None:
     ready = parse_ready("noise\n" + line + "\n")
     assert ready is not None
     assert (ready.path, ready.pid) == ('/tmp/a"b.sock', 7)
+
+
+def test_a_client_that_asks_for_close_is_told_close(start_server: StartServer) -> None:
+    # Not the access log as such: what wrk's Connection: close runs of bench/tls.py need.
+    server = start_server(["--bind", "127.0.0.1:0"])
+    address = server.wait_ready()
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        received = b""
+        while chunk := sock.recv(4096):
+            received += chunk
+    head = received.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.startswith(b"http/1.1 200")
+    assert head.count(b"\r\nconnection: close") == 1
