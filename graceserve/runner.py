@@ -97,7 +97,10 @@ def serve(
 
     ``wsgi_settings`` are further ``Settings`` fields for a WSGI application:
     ``root_path``, ``limit_request_line``, ``limit_request_fields``,
-    ``limit_request_field_size``, ``max_body_size``.
+    ``limit_request_field_size``, ``max_body_size``; and, for any HTTP target,
+    ``certfile``, ``keyfile``, ``ca_certs``, ``cert_reqs``, ``access_log``,
+    ``access_log_format``, ``forwarded_allow_ips`` (``log_format`` is the
+    caller's: ``graceserve.logformat.configure_logging``).
     """
     settings = DEFAULTS.but(
         bind=address,

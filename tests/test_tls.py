@@ -215,3 +215,22 @@ def test_tls_options_that_need_each_other_are_usage_errors(
         server = start_server(["--bind", "127.0.0.1:0", *args])
         assert server.wait_exit() == 2, args
         assert len(server.output.strip().splitlines()) == 1, server.output
+
+
+def test_tls_and_production_settings_from_the_environment(tmp_path: Path) -> None:
+    from graceserve.config import parse_args
+
+    environ = {
+        "GRACESERVE_CERTFILE": "/etc/tls/cert.pem",
+        "GRACESERVE_KEYFILE": "/etc/tls/key.pem",
+        "GRACESERVE_ACCESS_LOG": "-",
+        "GRACESERVE_ACCESS_LOG_FORMAT": "JSON",
+        "GRACESERVE_LOG_FORMAT": "json",
+        "GRACESERVE_FORWARDED_ALLOW_IPS": " 10.0.0.0/8 , ::1 ",
+    }
+    settings = parse_args(["--keyfile", "/flag/wins.pem"], environ)
+    assert (settings.certfile, settings.keyfile) == ("/etc/tls/cert.pem", "/flag/wins.pem")
+    assert (settings.access_log, settings.access_log_format) == ("-", "json")
+    assert settings.log_format == "json"
+    assert settings.forwarded_allow_ips == "10.0.0.0/8,::1"
+    assert settings.server_attributes(http=True)["certfile"] == "/etc/tls/cert.pem"
