@@ -97,6 +97,11 @@ def build_context(
             raise TLSSettingsError(f"--{what} {path}: {reason}")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # The drain ends an idle connection by shutting the raw socket's read side:
+    # OpenSSL 3 would take that EOF for a truncation attack and send the client a
+    # fatal decode_error alert instead of our close_notify.  Truncation is caught
+    # where it matters, by HTTP framing (a short body or head is never dispatched).
+    context.options |= getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
     context.sslsocket_class = ServerTLSSocket
     try:
         context.load_cert_chain(certfile, keyfile)

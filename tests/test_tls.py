@@ -10,7 +10,9 @@ certificate rotation under load are in ``test_tls_drain``.
 
 from __future__ import annotations
 
+import http.client
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -21,8 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess
+from conftest import ServerProcess, wait_until
 from tls_support import APP, Pki, https_get, load_json, make_pki
+
+from testsupport.procfs import ESTABLISHED, tcp_sockets
 
 StartServer = Callable[..., ServerProcess]
 
@@ -51,8 +55,6 @@ def test_https_with_the_stdlib_client_and_curl(
     status, body, cn = https_get(address, "/", pki.client_context())
     assert (status, body, cn) == (200, b"hello from graceserve\n", "graceserve-one")
     # Keep-alive over TLS: two requests on one connection.
-    import http.client
-
     conn = http.client.HTTPSConnection(*address, context=pki.client_context(), timeout=10)
     try:
         for _ in range(2):
@@ -234,3 +236,49 @@ def test_tls_and_production_settings_from_the_environment(tmp_path: Path) -> Non
     assert settings.log_format == "json"
     assert settings.forwarded_allow_ips == "10.0.0.0/8,::1"
     assert settings.server_attributes(http=True)["certfile"] == "/etc/tls/cert.pem"
+
+
+def test_sigterm_lets_an_https_request_in_flight_finish_and_closes_idle_ones(
+    start_server: StartServer, pki: Pki, server_cert: tuple[Path, Path]
+) -> None:
+    server = start_server(tls_args(server_cert))
+    address = server.wait_ready()
+    # An idle keep-alive connection: one request answered, then nothing.
+    idle = pki.client_context().wrap_socket(
+        socket.create_connection(address, timeout=10), server_hostname="127.0.0.1"
+    )
+    result: dict[str, object] = {}
+
+    def slow() -> None:
+        conn = http.client.HTTPSConnection(*address, context=pki.client_context(), timeout=10)
+        try:
+            conn.request("GET", "/slow?seconds=1")
+            with conn.getresponse() as response:
+                result["status"] = response.status
+                result["connection"] = response.getheader("Connection")
+                result["body"] = response.read()
+        finally:
+            conn.close()
+
+    thread = threading.Thread(target=slow)
+    try:
+        idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while not answer.endswith(b"\r\n\r\nok\n"):
+            chunk = idle.recv(4096)
+            assert chunk, answer
+            answer += chunk
+        thread.start()
+        wait_until(lambda: established_to(address[1]) >= 2, what="the slow request connected")
+        server.send(signal.SIGTERM)
+        # The idle one gets a close_notify, then EOF: a clean TLS close (recv returns b"").
+        assert idle.recv(4096) == b""
+    finally:
+        idle.close()
+        thread.join(timeout=15)
+    assert result == {"status": 200, "connection": "close", "body": b"slept 1 s\n"}
+    assert server.wait_exit() == 0
+
+
+def established_to(port: int) -> int:
+    return sum(1 for row in tcp_sockets(state=ESTABLISHED) if row.local_port == port)
