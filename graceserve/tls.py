@@ -104,7 +104,9 @@ def build_context(
     context.options |= getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
     context.sslsocket_class = ServerTLSSocket
     try:
-        context.load_cert_chain(certfile, keyfile)
+        context.load_cert_chain(certfile, keyfile, password=_no_passphrase)
+    except TLSSettingsError as exc:
+        raise TLSSettingsError(f"--keyfile {keyfile or certfile}: {exc}") from None
     except ssl.SSLError as exc:
         raise TLSSettingsError(
             f"--certfile {certfile}" + (f" --keyfile {keyfile}" if keyfile else "")
@@ -119,6 +121,11 @@ def build_context(
             raise TLSSettingsError(f"--ca-certs {ca_certs}: {_reason(exc)}") from None
     context.verify_mode = CERT_REQS[cert_reqs]
     return context
+
+
+def _no_passphrase() -> bytes:
+    """Never prompt on a terminal for an encrypted key: say it cannot be used."""
+    raise TLSSettingsError("the private key is encrypted (a passphrase is not supported)")
 
 
 def _reason(exc: BaseException) -> str:

@@ -182,7 +182,8 @@ def test_a_silent_client_stalls_nobody_and_is_closed_by_the_idle_timeout(
 
 
 @pytest.mark.parametrize(
-    "case", ["missing cert", "missing key", "not pem", "key mismatch", "missing ca"]
+    "case",
+    ["missing cert", "missing key", "not pem", "key mismatch", "missing ca", "encrypted key"],
 )
 def test_bad_tls_input_is_one_line_and_exit_code_3(
     start_server: StartServer, pki: Pki, server_cert: tuple[Path, Path], tmp_path: Path, case: str
@@ -191,6 +192,12 @@ def test_bad_tls_input_is_one_line_and_exit_code_3(
     other_key = str(pki.ca_key)
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")
+    encrypted = tmp_path / "encrypted.key"
+    if case == "encrypted key":  # must not prompt for a passphrase: one line, exit 3
+        subprocess.run(
+            ["openssl", "pkey", "-in", key, "-aes-128-cbc", "-passout", "pass:secret",
+             "-out", str(encrypted)], check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
     args = {
         "missing cert": ["--certfile", str(tmp_path / "nope.pem"), "--keyfile", key],
         "missing key": ["--certfile", cert, "--keyfile", str(tmp_path / "nope.key")],
@@ -198,6 +205,7 @@ def test_bad_tls_input_is_one_line_and_exit_code_3(
         "key mismatch": ["--certfile", cert, "--keyfile", other_key],
         "missing ca": ["--certfile", cert, "--keyfile", key, "--ca-certs", str(garbage),
                        "--cert-reqs", "required"],
+        "encrypted key": ["--certfile", cert, "--keyfile", str(encrypted)],
     }[case]  # fmt: skip
     server = start_server(["--bind", "127.0.0.1:0", *args])
     assert server.wait_exit() == 3
