@@ -186,7 +186,7 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
             conn.state = BUSY
             if self._graceserve_body is not None:
                 self._end_body()
-            if self._graceserve_status is not None:
+            if self.server.access_logger is not None:
                 self._log_access()
             return
         conn.state = BUSY
@@ -205,7 +205,7 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
             self.wfile.flush()
         if self._graceserve_body is not None:
             self._end_body()
-        if self._graceserve_status is not None:
+        if self.server.access_logger is not None:
             self._log_access()
 
     def parse_request(self) -> bool:
