@@ -13,11 +13,13 @@ Threading contract: a handler instance is used by its connection's thread only.
 from __future__ import annotations
 
 import http.server
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 from . import proxy
 from .accesslog import AccessRecord
+from .logformat import json_lines
 
 if TYPE_CHECKING:
     from .httpserver import GracefulHTTPServer
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["CountingWriter", "ProxyAndAccessLog"]
 
 _now = time.monotonic
+log = logging.getLogger("graceserve")
 
 
 class CountingWriter:
@@ -88,6 +91,16 @@ class ProxyAndAccessLog:
         """The stdlib's request line on stderr, unless the access log is on (it has one)."""
         if self.server.access_logger is None:
             http.server.BaseHTTPRequestHandler.log_request(self, code, size)  # type: ignore[arg-type]
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """The stdlib's stderr line; with ``--log-format json``, a JSON line via the logger."""
+        if json_lines():
+            log.info(
+                "%s %s", self.address_string(), format % args,  # type: ignore[attr-defined]
+                extra={"event": "handler"},
+            )  # fmt: skip
+        else:
+            http.server.BaseHTTPRequestHandler.log_message(self, format, *args)  # type: ignore[arg-type]
 
     def _log_access(self) -> None:
         status, self._graceserve_status = self._graceserve_status, None

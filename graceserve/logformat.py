@@ -6,7 +6,10 @@ graceserve log call may pass ``extra={"event": "...", ...}``; in JSON those
 become keys next to ``time``, ``level``, ``pid``, ``logger``, ``event`` (``log``
 when the call named none) and ``message`` (the text line's message, exactly:
 the readiness line stays parseable by ``graceserve.readiness.parse_ready``).
-A traceback is the string value of ``traceback``, never loose lines.
+A traceback is the string value of ``traceback``, never loose lines.  With
+JSON chosen, a ``BaseHTTPRequestHandler``'s own lines (the stdlib's
+``log_message``, which writes to stderr directly) go through the logger too,
+as ``"event": "handler"``, so that stderr stays one JSON object per line.
 
 Threading contract: a logging.Formatter; called under the handler's lock.
 """
@@ -19,7 +22,7 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["FORMATS", "TEXT_FORMAT", "JSONFormatter", "configure_logging"]
+__all__ = ["FORMATS", "TEXT_FORMAT", "JSONFormatter", "configure_logging", "json_lines"]
 
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s graceserve[%(process)d] %(levelname)s %(message)s"
@@ -57,8 +60,18 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=True)
 
 
+_json_lines = False
+
+
+def json_lines() -> bool:
+    """Whether ``configure_logging`` chose JSON (handlers then log their own lines through it)."""
+    return _json_lines
+
+
 def configure_logging(level: str, fmt: str = "text") -> None:
     """Send the ``graceserve`` logger to stderr at ``level``, as text or JSON."""
+    global _json_lines
+    _json_lines = fmt == "json"
     handler = logging.StreamHandler(sys.stderr)
     formatter = JSONFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT)
     handler.setFormatter(formatter)

@@ -226,3 +226,41 @@ def test_a_client_that_asks_for_close_is_told_close(start_server: StartServer) -
     head = received.split(b"\r\n\r\n", 1)[0].lower()
     assert head.startswith(b"http/1.1 200")
     assert head.count(b"\r\nconnection: close") == 1
+
+
+PLAIN_HANDLER = """\
+import http.server
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+"""
+
+
+def test_with_json_logs_a_plain_handler_s_own_lines_are_json_too(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    (tmp_path / "handler.py").write_text(PLAIN_HANDLER)
+    server = start_server(["handler:Handler", "--bind", "127.0.0.1:0", "--log-format", "json"],
+                          cwd=tmp_path)  # fmt: skip
+    address = server.wait_ready()
+    conn = http.client.HTTPConnection(*address, timeout=10)
+    try:
+        conn.request("GET", "/x")
+        with conn.getresponse() as response:
+            assert response.read() == b"ok"
+    finally:
+        conn.close()
+    server.wait_for_line(r'"event": "handler"')
+    server.send(signal.SIGTERM)
+    assert server.wait_exit() == 0
+    entries = [json.loads(line) for line in server.output.splitlines() if line.strip()]
+    handler_lines = [entry for entry in entries if entry["event"] == "handler"]
+    assert len(handler_lines) == 1
+    assert '"GET /x HTTP/1.1" 200' in handler_lines[0]["message"]
