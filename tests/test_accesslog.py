@@ -264,3 +264,16 @@ def test_with_json_logs_a_plain_handler_s_own_lines_are_json_too(
     handler_lines = [entry for entry in entries if entry["event"] == "handler"]
     assert len(handler_lines) == 1
     assert '"GET /x HTTP/1.1" 200' in handler_lines[0]["message"]
+
+
+def test_a_closed_pipe_drops_lines_and_is_logged_once(graceserve_log: list[str]) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader went away: every write fails with EPIPE
+    writer = AccessLog("-")
+    writer.fd = write_end  # stderr's place, without touching the real stderr
+    try:
+        for _ in range(3):
+            writer.write(record())  # never raises
+    finally:
+        os.close(write_end)
+    assert sum("access log -: cannot write" in line for line in graceserve_log) == 1
