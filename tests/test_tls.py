@@ -290,3 +290,28 @@ def test_sigterm_lets_an_https_request_in_flight_finish_and_closes_idle_ones(
 
 def established_to(port: int) -> int:
     return sum(1 for row in tcp_sockets(state=ESTABLISHED) if row.local_port == port)
+
+
+def test_the_library_serves_https_with_the_server_attributes(
+    pki: Pki, server_cert: tuple[Path, Path]
+) -> None:
+    from graceserve import make_server
+
+    def app(environ: dict[str, object], start_response: Callable[..., object]) -> list[bytes]:
+        body = str(environ["wsgi.url_scheme"]).encode()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+
+    server = make_server("127.0.0.1", 0, app)
+    server.certfile, server.keyfile = str(server_cert[0]), str(server_cert[1])
+    server.setup_production()  # errors here, at start, not at the first connection
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        address = server.server_address[:2]
+        assert https_get(address, "/", pki.client_context())[:2] == (200, b"https")
+    finally:
+        report = server.drain(5.0)
+        thread.join(timeout=5)
+        server.server_close()
+    assert report.clean
