@@ -269,6 +269,7 @@ class WSGIConnection:
             environ["wsgi.input"] = response.body = body
         else:
             environ["wsgi.input"] = _EMPTY_INPUT
+        client = environ["REMOTE_ADDR"] or "-"  # as we set it, whatever the app does to environ
         keep = response.run(self.server.application, environ, response.start)
         access = self.server.access_logger
         if access is not None:
@@ -276,7 +277,7 @@ class WSGIConnection:
             access.write(
                 AccessRecord(
                     time=time.time(),
-                    client=environ["REMOTE_ADDR"] or "-",
+                    client=client,
                     method=request_line.method,
                     path=path,
                     query=query,
