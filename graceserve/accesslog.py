@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-__all__ = ["FORMATS", "AccessLog", "AccessRecord", "open_access_log"]
+__all__ = ["FORMATS", "AccessLog", "AccessRecord", "bare_record", "open_access_log"]
 
 log = logging.getLogger("graceserve")
 
@@ -53,6 +53,11 @@ class AccessRecord:
     duration: float  # seconds from the request line to the end of the response
     user_agent: str
     referer: str
+
+
+def bare_record(client: str, status: int, sent: int, duration: float) -> AccessRecord:
+    """The record of a request refused before it was understood (a malformed head)."""
+    return AccessRecord(time.time(), client, "-", "-", "", "-", status, sent, duration, "", "")
 
 
 def _quote(text: str) -> str:

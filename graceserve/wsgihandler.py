@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import unquote_to_bytes
 
 from . import httpparse, proxy
-from .accesslog import AccessRecord
+from .accesslog import AccessRecord, bare_record
 from .httpparse import Body, Framing, IncompleteHeadError, RequestError, RequestLine
 from .server import FORCED, OPEN, format_address
 from .tls import raw_socket
@@ -335,6 +335,9 @@ class WSGIConnection:
         log.debug("%s: %d %s", format_address(self.client_address), status, message)
         with contextlib.suppress(OSError):
             self.request.sendall(head + body)
+        if self.server.access_logger is not None:
+            taken = time.monotonic() - self.started
+            self.server.access_logger.write(bare_record(self.peer, status, len(body), taken))
 
     def date(self) -> str:
         """The ``Date`` header value."""

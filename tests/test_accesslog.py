@@ -277,3 +277,21 @@ def test_a_closed_pipe_drops_lines_and_is_logged_once(graceserve_log: list[str])
     finally:
         os.close(write_end)
     assert sum("access log -: cannot write" in line for line in graceserve_log) == 1
+
+
+@pytest.mark.parametrize("target", ["handler", "wsgi"])
+def test_a_malformed_request_is_logged_too(
+    start_server: StartServer, tmp_path: Path, target: str
+) -> None:
+    (tmp_path / "app.py").write_text(APP)
+    log_path = tmp_path / "access.log"
+    args = ["--bind", "127.0.0.1:0", "--access-log", str(log_path), "--access-log-format", "json"]
+    server = start_server((["app:app"] if target == "wsgi" else []) + args, cwd=tmp_path)
+    address = server.wait_ready()
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n")
+        while sock.recv(4096):
+            pass
+    (line,) = lines_of(log_path, 1)
+    entry = json.loads(line)
+    assert (entry["client"], entry["status"]) == ("127.0.0.1", 400)
