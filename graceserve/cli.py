@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from .config import parse_args
 from .errors import EXIT_INTERNAL, StartupError
+from .logformat import configure_logging
 from .runner import run as run_settings
 
 __all__ = ["main"]
@@ -41,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StartupError as exc:
         _say(f"graceserve: error: {exc}")
         return exc.exit_code
-    _configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     try:
         if config.target is None:
             from .demo import DemoHandler  # only when served: ctl must run when it is broken
@@ -49,10 +50,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_settings(DemoHandler, config, ignore_signals_after=True)
         return run_settings(config.target, config, ignore_signals_after=True)
     except StartupError as exc:
-        log.error("cannot start: %s", exc)
+        log.error(
+            "cannot start: %s", exc, extra={"event": "start_failed", "exit_code": exc.exit_code}
+        )
         return exc.exit_code
     except Exception:
-        log.critical("internal error", exc_info=True)
+        log.critical(
+            "internal error",
+            exc_info=True,
+            extra={"event": "internal_error", "exit_code": EXIT_INTERNAL},
+        )
         return EXIT_INTERNAL
 
 
@@ -80,17 +87,6 @@ def _leftover_threads() -> list[threading.Thread]:
         for thread in threading.enumerate()
         if thread is not current and not thread.daemon and thread.is_alive()
     ]
-
-
-def _configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s graceserve[%(process)d] %(levelname)s %(message)s")
-    )
-    root = logging.getLogger("graceserve")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
 
 
 def _say(line: str) -> None:

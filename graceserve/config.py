@@ -17,6 +17,7 @@ from typing import Any
 
 from ._version import __version__
 from .errors import UsageError
+from .proxy import parse_allow_ips
 from .settings import DEFAULTS, Settings
 
 __all__ = ["Config", "parse_args", "parse_bind"]
@@ -47,6 +48,10 @@ control (with --pidfile; see the README):
   graceserve ctl graceful|stop|status --pidfile PATH
               reload and wait until the new generation serves (or say why not);
               stop and exit with the server's exit code; status (3: not running)
+
+HTTPS: --certfile (and --keyfile) serve TLS 1.2+ on the same --bind; HUP
+reads the certificate and key from disk again (a broken new pair is reported
+and the old process keeps serving).
 
 Every option can also be set with an environment variable, shown in brackets;
 the flag wins.  TARGET is module:Handler (a socketserver handler class),
@@ -132,6 +137,20 @@ def _body_size(text: str) -> int | None:
     return value or None
 
 
+def _choice(*choices: str) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        if text.lower() not in choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
+        return text.lower()
+
+    return convert
+
+
+def _allow_ips(text: str) -> str:
+    parse_allow_ips(text)  # ValueError for an entry that is not an address or network
+    return ",".join(entry.strip() for entry in text.split(",") if entry.strip())
+
+
 def _level(text: str) -> str:
     if text.lower() not in LOG_LEVELS:
         raise ValueError(f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
@@ -170,6 +189,24 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
      "WSGI: bytes in one header field line; longer ones get 431"),
     ("--max-body-size", "GRACESERVE_MAX_BODY_SIZE", _body_size, DEFAULTS.max_body_size,
      "WSGI: bytes of request body; larger ones get 413; 0 or unset: no limit"),
+    # Production (HTTP and WSGI targets):
+    ("--certfile", "GRACESERVE_CERTFILE", str, DEFAULTS.certfile,
+     "serve HTTPS with this certificate chain (PEM); reloaded from disk by HUP"),
+    ("--keyfile", "GRACESERVE_KEYFILE", str, DEFAULTS.keyfile,
+     "the private key of --certfile (PEM); default: inside --certfile"),
+    ("--ca-certs", "GRACESERVE_CA_CERTS", str, DEFAULTS.ca_certs,
+     "CA certificates (PEM) that client certificates are checked against"),
+    ("--cert-reqs", "GRACESERVE_CERT_REQS", _choice("none", "optional", "required"),
+     DEFAULTS.cert_reqs, "client certificates: none, optional or required (needs --ca-certs)"),
+    ("--access-log", "GRACESERVE_ACCESS_LOG", str, DEFAULTS.access_log,
+     "write one line per response to PATH, or - for stderr; off by default"),
+    ("--access-log-format", "GRACESERVE_ACCESS_LOG_FORMAT", _choice("combined", "json"),
+     DEFAULTS.access_log_format, "combined (Apache/nginx, plus seconds taken) or json"),
+    ("--log-format", "GRACESERVE_LOG_FORMAT", _choice("text", "json"), DEFAULTS.log_format,
+     "graceserve's own log lines: text, or json (one object per line)"),
+    ("--forwarded-allow-ips", "GRACESERVE_FORWARDED_ALLOW_IPS", _allow_ips,
+     DEFAULTS.forwarded_allow_ips,
+     "peers (addresses, networks, or *) whose X-Forwarded-* and Forwarded headers are trusted"),
 ]  # fmt: skip
 
 
@@ -200,7 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_OPTIONAL = frozenset({"pidfile", "idle_timeout"})  # 0 or "" given: none
+_OPTIONAL = frozenset(
+    {"pidfile", "idle_timeout", "certfile", "keyfile", "ca_certs", "access_log"}
+)  # 0 or "" given: none
 
 
 def parse_args(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> Settings:
@@ -223,4 +262,16 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> 
             raise UsageError(f"{source}: {exc}") from None
         values[name] = value if value or name not in _OPTIONAL else None
     target = args.target or environ.get("GRACESERVE_TARGET") or None
-    return Settings(target=target, **values)
+    settings = Settings(target=target, **values)
+    _check_tls(settings)
+    return settings
+
+
+def _check_tls(settings: Settings) -> None:
+    """The TLS options that only make sense together (the files are read at start-up)."""
+    if settings.certfile is None:
+        for name in ("keyfile", "ca_certs"):
+            if getattr(settings, name) is not None:
+                raise UsageError(f"--{name.replace('_', '-')} needs --certfile")
+    if settings.cert_reqs != "none" and settings.ca_certs is None:
+        raise UsageError(f"--cert-reqs {settings.cert_reqs} needs --ca-certs")

@@ -28,7 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 from . import httpparse
 from .bodyreader import DISCARD_LIMIT, RequestBody
+from .httpaccess import CountingWriter, ProxyAndAccessLog
 from .server import FORCED, Connection
+from .tls import raw_socket
 
 if TYPE_CHECKING:
     from .httpserver import GracefulHTTPServer
@@ -109,7 +111,7 @@ class HTTPConnection(Connection):
         self.since = value
 
 
-class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
+class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHandler):
     """The drain-aware request loop, slotted under a user's handler class.
 
     Not meant to be subclassed directly (a user's plain handler gets it from
@@ -135,12 +137,14 @@ class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
         """Set up the streams and find this connection's registry record."""
         super().setup()
         server = self.server
-        conn = server.registry.get(self.request)
+        conn = server.registry.get(raw_socket(self.request))
         if not isinstance(conn, HTTPConnection):  # not registered: nobody will reap it
             conn = HTTPConnection(self.request, self.client_address)
         self._graceserve_conn = conn
         self._graceserve_lock = server.registry.lock
         self._graceserve_limits = server.request_limits
+        if server.access_logger is not None:
+            self.wfile = CountingWriter(self.wfile)
 
     def handle_one_request(self) -> None:
         """Read, parse and dispatch one request; never dispatch one cut short.
@@ -170,6 +174,8 @@ class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
             conn.state = HEAD
             conn.since = now
         conn.note_gap(gap)
+        self._graceserve_started = now
+        self._graceserve_forwarded = None
         if cut == FORCED or not raw or (raw[-1:] != b"\n" and len(raw) < limit):
             self.close_connection = True  # cut, EOF, or EOF in the request line: ignore
             return
@@ -180,6 +186,8 @@ class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
             conn.state = BUSY
             if self._graceserve_body is not None:
                 self._end_body()
+            if self.server.access_logger is not None:
+                self._log_access()
             return
         conn.state = BUSY
         if conn.cut:
@@ -197,6 +205,8 @@ class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
         if self._graceserve_body is not None:
             self._end_body()
+        if self.server.access_logger is not None:
+            self._log_access()
 
     def parse_request(self) -> bool:
         """Parse the request line and read the head, strictly (``graceserve.httpparse``).
@@ -301,11 +311,14 @@ class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
     def send_response_only(self, code: int, message: str | None = None) -> None:
         """Start a response; an interim one (1xx, as for ``Expect``) is left alone."""
         self._graceserve_interim = code < 200
+        if code >= 200:
+            self._graceserve_status = code
         super().send_response_only(code, message)
 
     def end_headers(self) -> None:
-        """End the header block; say ``close`` when ending the connection, and
-        ``keep-alive`` when granting it to an HTTP/1.0 client.
+        """End the header block; say ``close`` when ending the connection (or when
+        an HTTP/1.1 client asked to), and ``keep-alive`` when granting it to an
+        HTTP/1.0 client.
 
         Any ``Connection`` header the handler sent is rewritten rather than
         doubled.  Only this once-per-response hook does the check, so the
@@ -318,7 +331,14 @@ class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
         elif self._graceserve_keep_alive and not self.close_connection:
             self._say_connection("keep-alive", rewrite=False)
+        elif self.close_connection and self.request_version == "HTTP/1.1":
+            # The client asked for close: say it back (RFC 9112 9.6), or a client
+            # that reuses connections by default counts our EOF as an error.
+            self._say_connection("close", rewrite=False)
         super().end_headers()
+        wfile = self.wfile
+        if isinstance(wfile, CountingWriter):
+            self._graceserve_head_bytes = wfile.count
 
     def _say_connection(self, value: str, rewrite: bool = True) -> None:
         lines: list[bytes] = getattr(self, "_headers_buffer", [])

@@ -33,11 +33,13 @@ import http.server
 import logging
 import socket
 import socketserver
+import ssl
 import threading
 import time
 from typing import Any
 
-from . import httpparse
+from . import httpparse, tls
+from .accesslog import AccessLog, open_access_log
 from .httphandler import (
     BODY,
     BUSY,
@@ -47,6 +49,7 @@ from .httphandler import (
     HTTPConnection,
     make_drain_aware,
 )
+from .proxy import Trust, parse_allow_ips
 from .server import Connection, GracefulTCPServer
 from .settings import DEFAULTS
 
@@ -89,6 +92,17 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
     - request_limits            head size limits (the stdlib's by default)
     - tcp_nodelay = True        no Nagle stall between header and body writes
 
+    Production settings (``graceserve.settings.Settings`` fields of the same
+    names, read by ``setup_production`` when the server starts):
+
+    - certfile, keyfile, ca_certs, cert_reqs   TLS (``graceserve.tls``); or set
+                                ``ssl_context`` yourself
+    - tls_handshake_timeout = 10.0   seconds a client gets to finish its handshake
+    - access_log, access_log_format  ``-`` or a path, combined or json
+                                (``graceserve.accesslog``); None: off
+    - forwarded_allow_ips       peers whose X-Forwarded-* / Forwarded headers are
+                                believed (``graceserve.proxy``)
+
     Threading contract: as GracefulTCPServer.
     """
 
@@ -97,8 +111,20 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
     drain_linger_max = DEFAULTS.drain_linger_max
     request_limits = STDLIB_LIMITS
     tcp_nodelay = True
+    certfile: str | None = DEFAULTS.certfile
+    keyfile: str | None = DEFAULTS.keyfile
+    ca_certs: str | None = DEFAULTS.ca_certs
+    cert_reqs: str = DEFAULTS.cert_reqs
+    tls_handshake_timeout: float | None = 10.0
+    ssl_context: ssl.SSLContext | None = None
+    access_log: str | None = DEFAULTS.access_log
+    access_log_format: str = DEFAULTS.access_log_format
+    access_logger: AccessLog | None = None
+    forwarded_allow_ips: str = DEFAULTS.forwarded_allow_ips
+    trust: Trust = parse_allow_ips(DEFAULTS.forwarded_allow_ips)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._production_ready = False
         self._handler_classes: dict[Any, Any] = {}
         self._handler_classes_lock = threading.Lock()
         self._next_reap = 0.0
@@ -126,9 +152,63 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
         """The registry record: an ``HTTPConnection`` (its handler records its state there)."""
         return HTTPConnection(request, client_address, self.registry)
 
+    def setup_production(self) -> None:
+        """Build the TLS context, open the access log, parse the trusted proxies.
+
+        From the attributes of the same names (set before: the runner gives
+        them from ``Settings``).  Raises ``tls.TLSSettingsError``, OSError (the
+        access log cannot be opened) or ValueError; the runner turns each into
+        one line and exit code 3.  Called again, it does nothing.
+        """
+        if self._production_ready:
+            return
+        if self.certfile is not None:
+            self.ssl_context = tls.build_context(
+                self.certfile, self.keyfile, self.ca_certs, self.cert_reqs
+            )
+        self.trust = parse_allow_ips(self.forwarded_allow_ips)
+        self.access_logger = open_access_log(self.access_log, self.access_log_format)
+        self._production_ready = True
+
+    @property
+    def url_scheme(self) -> str:
+        """``https`` when serving TLS, else ``http``."""
+        return "http" if self.ssl_context is None else "https"
+
     def finish_request(self, request: Any, client_address: Any) -> None:
+        """Serve the connection (after its TLS handshake, when serving TLS)."""
+        if not self._production_ready:
+            with self._handler_classes_lock:
+                self.setup_production()
+        context = self.ssl_context
+        if context is None:
+            self.serve_connection(request, client_address)
+            return
+        conn = self.registry.get(request)
+        if isinstance(conn, HTTPConnection):  # the reaper times the handshake as a head
+            conn.since = time.monotonic()
+            conn.state = HEAD
+        timeout = self.tls_handshake_timeout
+        with tls.secured(context, request, client_address, timeout) as stream:
+            if stream is None:
+                return
+            if isinstance(conn, HTTPConnection):
+                # The client's first request follows the handshake by a round trip
+                # or more (much more on a loaded machine): until its rhythm is
+                # learned, a drain gives it the longest linger, not the shortest.
+                conn.rhythm = max(conn.rhythm, self.drain_linger_max / RHYTHM_FACTOR)
+            self.serve_connection(stream, client_address)
+
+    def serve_connection(self, request: Any, client_address: Any) -> None:
         """Serve the connection with the drain-aware variant of the handler class."""
         self.drain_aware(self.RequestHandlerClass)(request, client_address, self)
+
+    def server_close(self) -> None:
+        """Drain and close (as GracefulTCPServer), then close the access log."""
+        super().server_close()
+        writer, self.access_logger = self.access_logger, None
+        if writer is not None:
+            writer.close()
 
     def drain_aware(self, handler_class: Any) -> Any:
         """The handler class to use for ``handler_class``: a cached drain-aware subclass.

@@ -23,6 +23,7 @@ from .httpserver import GracefulHTTPServer
 from .server import GracefulTCPServer, format_address
 from .settings import Address, Settings, apply_settings
 from .target import is_http_handler, is_wsgi_app
+from .tls import TLSSettingsError
 from .wsgi import GracefulWSGIServer
 
 __all__ = ["Address", "make_server", "remove_unix_socket"]
@@ -47,6 +48,8 @@ def make_server(
     if wsgi:  # the app takes the handler class's place
         server_class = GracefulWSGIServer
     attributes = settings.server_attributes(http, wsgi)
+    if not (http or wsgi) and (settings.certfile or settings.access_log):
+        raise StartupError("--certfile and --access-log are for HTTP handlers and WSGI apps")
     if inherited is not None:
         try:
             adopted = server_class.from_socket(inherited, handler_class)
@@ -55,6 +58,7 @@ def make_server(
                 f"cannot serve on the inherited socket: {exc.strerror or exc}"
             ) from None
         apply_settings(adopted, attributes)
+        _setup_production(adopted)
         return adopted
     address = settings.bind
     family: int
@@ -70,9 +74,14 @@ def make_server(
     try:
         server = server_class(sockaddr, handler_class, bind_and_activate=False)
         apply_settings(server, attributes)
+        _setup_production(server)
         server.server_bind()
         server.server_activate()
         return server
+    except StartupError:
+        if server is not None:
+            server.server_close()
+        raise
     except OSError as exc:
         if server is not None:
             server.server_close()
@@ -81,6 +90,18 @@ def make_server(
     finally:
         if old_umask is not None:
             os.umask(old_umask)
+
+
+def _setup_production(server: GracefulTCPServer) -> None:
+    """TLS context, access log, proxy trust (HTTP servers); StartupError if unusable."""
+    if not isinstance(server, GracefulHTTPServer):
+        return
+    try:
+        server.setup_production()
+    except TLSSettingsError as exc:
+        raise StartupError(str(exc)) from None
+    except OSError as exc:
+        raise StartupError(f"--access-log {server.access_log}: {exc.strerror or exc}") from None
 
 
 def remove_unix_socket(server: GracefulTCPServer) -> None:

@@ -8,14 +8,18 @@ its format is written once, here, next to the parser that reads it back::
     listening on http://127.0.0.1:8000 (http, pid 4242, grace 8s)
     listening on tcp://[::1]:9000 (tcp, pid 4242, grace 8s)
     listening on unix:/run/app.sock (http, pid 4242, grace 8s)
+    listening on https://127.0.0.1:8443 (https, pid 4242, grace 8s)
 
 The URL names the address (``SCHEME://HOST:PORT``, IPv6 hosts in brackets, or
 ``unix:PATH``); the parenthesis says what is served there (``http`` or ``tcp``),
-by which process, and with which grace.  Pure functions, no I/O: thread-safe.
+by which process, and with which grace.  With ``--log-format json`` the line is
+the ``message`` of a JSON object; ``parse_ready`` reads it there too.  Pure
+functions, no I/O: thread-safe.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -23,9 +27,9 @@ __all__ = ["READY_PATTERN", "Ready", "listen_url", "parse_ready", "ready_line"]
 
 READY_PATTERN = re.compile(
     r"listening on (?:"
-    r"(?P<scheme>http|tcp)://(?:\[(?P<host6>[^\]\s]+)\]|(?P<host>[^\s:\[\]/]+)):(?P<port>\d+)\b"
-    r"|unix:(?P<path>[^\n]+?)(?= \((?:http|tcp), pid \d+, grace [^\s)]+s\)))"
-    r"(?: \((?P<protocol>http|tcp), pid (?P<pid>\d+), grace (?P<grace>[^\s)]+)s\))?"
+    r"(?P<scheme>https|http|tcp)://(?:\[(?P<host6>[^\]\s]+)\]|(?P<host>[^\s:\[\]/]+)):(?P<port>\d+)\b"
+    r"|unix:(?P<path>[^\n]+?)(?= \((?:https|http|tcp), pid \d+, grace [^\s)]+s\)))"
+    r"(?: \((?P<protocol>https|http|tcp), pid (?P<pid>\d+), grace (?P<grace>[^\s)]+)s\))?"
 )
 """Finds a readiness line in a log line (or a buffer of lines); ``parse_ready`` reads it.
 
@@ -59,7 +63,7 @@ class Ready:
     """
 
     url: str
-    protocol: str  # "http" or "tcp": what is served
+    protocol: str  # "http", "https" or "tcp": what is served
     host: str | None = None
     port: int | None = None
     path: str | None = None
@@ -77,8 +81,8 @@ class Ready:
 
 
 def parse_ready(text: str) -> Ready | None:
-    """The first readiness line in ``text`` (one line or several), or None."""
-    match = READY_PATTERN.search(text)
+    """The first readiness line in ``text`` (one line or several, text or JSON), or None."""
+    match = READY_PATTERN.search(_unwrap_json(text))
     if match is None:
         return None
     pid, grace = match["pid"], match["grace"]
@@ -98,3 +102,21 @@ def parse_ready(text: str) -> Ready | None:
         pid=None if pid is None else int(pid),
         grace=None if grace is None else float(grace),
     )
+
+
+def _unwrap_json(text: str) -> str:
+    """``text`` with each JSON log line (``--log-format json``) replaced by its message."""
+    if '{"' not in text:
+        return text
+    lines = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("{"):
+            try:
+                message = json.loads(stripped).get("message")
+            except (ValueError, AttributeError):
+                message = None
+            if isinstance(message, str):
+                line = message
+        lines.append(line)
+    return "\n".join(lines)

@@ -100,7 +100,10 @@ def serve(
 
     ``wsgi_settings`` are further ``Settings`` fields for a WSGI application:
     ``root_path``, ``limit_request_line``, ``limit_request_fields``,
-    ``limit_request_field_size``, ``max_body_size``.
+    ``limit_request_field_size``, ``max_body_size``; and, for any HTTP target,
+    ``certfile``, ``keyfile``, ``ca_certs``, ``cert_reqs``, ``access_log``,
+    ``access_log_format``, ``forwarded_allow_ips`` (``log_format`` is the
+    caller's: ``graceserve.logformat.configure_logging``).
     """
     settings = DEFAULTS.but(
         bind=address,
@@ -251,20 +254,30 @@ class _Controller:
                 "still running: %d %s the cut; leaving them behind",
                 report.remaining,
                 "handler ignored" if report.remaining == 1 else "handlers ignored",
+                extra={"event": "handlers_left", "remaining": report.remaining},
             )
         if report.lost:
-            log.error("%d queued clients were reset: out of file descriptors", report.lost)
+            log.error(
+                "%d queued clients were reset: out of file descriptors", report.lost,
+                extra={"event": "clients_reset", "lost": report.lost},
+            )  # fmt: skip
         log.info(
             "stopped: %d served during the drain, %d cut, %.3fs, exit code %d",
             report.served_during_drain, report.forced, report.elapsed, code,
+            extra={"event": "stopped", "served_during_drain": report.served_during_drain,
+                   "forced": report.forced, "elapsed": round(report.elapsed, 3),
+                   "exit_code": code, "clean": report.clean},
         )  # fmt: skip
         return code
 
     def _report_ready(self, grace: float) -> None:
         server = self.server
-        scheme = "http" if isinstance(server, GracefulHTTPServer) else "tcp"
+        scheme = server.url_scheme if isinstance(server, GracefulHTTPServer) else "tcp"
         where = listen_url(scheme, format_address(server.server_address))
-        log.info("%s", ready_line(where, scheme, os.getpid(), grace))
+        log.info(
+            "%s", ready_line(where, scheme, os.getpid(), grace),
+            extra={"event": "ready", "url": where, "protocol": scheme, "grace": grace},
+        )  # fmt: skip
         self.status.update(state="serving")
         if self.predecessor.enabled:
             self.predecessor.send("READY=1")  # it tells systemd, and hands over
@@ -305,15 +318,23 @@ class _Controller:
             pid = successor.start()
         except OSError as exc:
             successor.close()
-            log.error("HUP: restart failed: cannot start a new process: %s; still serving", exc)
+            log.error(
+                "HUP: restart failed: cannot start a new process: %s; still serving", exc,
+                extra={"event": "restart_failed"},
+            )  # fmt: skip
             self._reload_failed(f"cannot start a new process: {exc}")
             self.notifier.send("READY=1", "STATUS=restart failed")
             return False
-        log.info("HUP: restarting: started pid %d, waiting until it is ready", pid)
+        log.info(
+            "HUP: restarting: started pid %d, waiting until it is ready", pid,
+            extra={"event": "restarting", "successor": pid},
+        )  # fmt: skip
         why = successor.wait_ready(time.monotonic() + RESTART_TIMEOUT, self.has_signal)
         if why is not None:
             successor.abandon()
-            log.error("HUP: restart failed: %s; still serving", why)
+            log.error(
+                "HUP: restart failed: %s; still serving", why, extra={"event": "restart_failed"}
+            )
             self._reload_failed(why, successor.pid)
             self.notifier.send("READY=1", "STATUS=restart failed; old process still serving")
             return False
@@ -324,7 +345,10 @@ class _Controller:
         self.status.record_reload(True, f"pid {pid} is serving", generation=generation)
         self.notifier.send(f"MAINPID={pid}", "READY=1", f"STATUS=restarted as pid {pid}")
         self.stop.handed_over = True
-        log.info("HUP: pid %d is serving; draining this process", pid)
+        log.info(
+            "HUP: pid %d is serving; draining this process", pid,
+            extra={"event": "restarted", "successor": pid},
+        )  # fmt: skip
         return True
 
     def _reload_failed(self, why: str, pid: int = 0) -> None:
@@ -394,6 +418,8 @@ class _RunnerHooks(DrainHooks):
         log.info(
             "%s: draining %d connections (grace %gs); new connections %s",
             _name(self.controller), server.draining_from, self.grace, self._where_new_go(),
+            extra={"event": "drain_start", "signal": _name(self.controller),
+                   "connections": server.draining_from, "grace": self.grace},
         )  # fmt: skip
         self.controller._notify(f"STATUS=draining {server.draining_from} connections")
         self.last_count = server.active_connections
@@ -413,7 +439,10 @@ class _RunnerHooks(DrainHooks):
 
     def progress(self, server: GracefulTCPServer, deadline: float | None) -> None:
         count = server.active_connections
-        log.info("draining: %d connections remaining", count)
+        log.info(
+            "draining: %d connections remaining", count,
+            extra={"event": "drain_progress", "connections": count},
+        )  # fmt: skip
         self.controller._notify(f"STATUS=draining: {count} connections remaining")
         if count < self.last_count and deadline is not None:
             # Progress: ask systemd for the time the grace allows.
@@ -426,9 +455,15 @@ class _RunnerHooks(DrainHooks):
         if forced_by:
             if remaining:
                 name = _name(self.controller, forced=True, signum=forced_by)
-                log.warning("%s: cutting %d connections now", name, remaining)
+                log.warning(
+                    "%s: cutting %d connections now", name, remaining,
+                    extra={"event": "cutting", "signal": name, "connections": remaining},
+                )  # fmt: skip
         else:
-            log.warning("grace of %gs passed: cutting %d connections", self.grace, remaining)
+            log.warning(
+                "grace of %gs passed: cutting %d connections", self.grace, remaining,
+                extra={"event": "cutting", "connections": remaining},
+            )  # fmt: skip
 
 
 def _name(controller: _Controller, forced: bool = False, signum: int = 0) -> str:

@@ -54,6 +54,22 @@ class Settings:
     """WSGI: bytes in one header field line (431 beyond)."""
     max_body_size: int | None = None
     """WSGI: bytes of request body (413 beyond); None: no limit."""
+    certfile: str | None = None
+    """TLS: the server's certificate chain (PEM); None: plain HTTP."""
+    keyfile: str | None = None
+    """TLS: its private key (PEM); None: the key is in ``certfile``."""
+    ca_certs: str | None = None
+    """TLS: CA certificates that client certificates are checked against."""
+    cert_reqs: str = "none"
+    """TLS: client certificates: none, optional or required."""
+    access_log: str | None = None
+    """Where access log lines go: a path, ``-`` for stderr, None: nowhere."""
+    access_log_format: str = "combined"
+    """combined (Apache/nginx, plus the duration) or json."""
+    log_format: str = "text"
+    """graceserve's own log lines: text, or json (one object per line)."""
+    forwarded_allow_ips: str = "127.0.0.1,::1"
+    """Peers whose X-Forwarded-* and Forwarded headers are trusted (``*``: any)."""
 
     @property
     def drain_linger_max(self) -> float:
@@ -77,6 +93,15 @@ class Settings:
         }
         if http or wsgi:
             attributes["drain_linger_max"] = self.drain_linger_max
+            attributes.update(
+                certfile=self.certfile,
+                keyfile=self.keyfile,
+                ca_certs=self.ca_certs,
+                cert_reqs=self.cert_reqs,
+                access_log=self.access_log,
+                access_log_format=self.access_log_format,
+                forwarded_allow_ips=self.forwarded_allow_ips,
+            )
         if wsgi:
             attributes.update(
                 root_path=self.root_path,

@@ -109,7 +109,7 @@ class GracefulWSGIServer(GracefulHTTPServer):
         """The WSGI application being served."""
         return self.application
 
-    def finish_request(self, request: Any, client_address: Any) -> None:
+    def serve_connection(self, request: Any, client_address: Any) -> None:
         """Serve the connection's requests with graceserve's WSGI request loop."""
         if not self.base_environ:
             self.setup_environ()

@@ -30,11 +30,13 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import unquote_to_bytes
 
-from . import httpparse
+from . import httpparse, proxy
+from .accesslog import AccessRecord, bare_record
 from .bodyreader import RequestBody
 from .httphandler import HTTPConnection
 from .httpparse import Body, Framing, IncompleteHeadError, RequestError, RequestLine
 from .server import FORCED, OPEN, format_address
+from .tls import raw_socket
 from .wsgiresponse import FileWrapper, Response
 
 if TYPE_CHECKING:
@@ -114,15 +116,19 @@ class WSGIConnection:
         self.client_address = client_address
         self.rfile: BinaryIO = request.makefile("rb", _RFILE_BUFFER)  # type: ignore[assignment]
         registry = server.registry
-        self.conn = registry.get(request)
+        self.conn = registry.get(raw_socket(request))
         self.lock = registry.lock
         self.closing = False  # this connection ends after the current response
+        self.started = 0.0  # when the current request line arrived
         environ = dict(server.base_environ)
+        environ["wsgi.url_scheme"] = server.url_scheme
         if isinstance(client_address, tuple) and client_address != ("unix", 0):
             environ["REMOTE_ADDR"] = str(client_address[0])
             environ["REMOTE_PORT"] = str(client_address[1])
         else:
             environ["REMOTE_ADDR"] = environ["REMOTE_PORT"] = ""
+        self.peer = environ["REMOTE_ADDR"] or "unix"
+        self.proxied = server.trust.trusts(self.peer)  # believe its X-Forwarded-* fields
         self.connection_environ = environ
 
     # -- the loop -----------------------------------------------------------
@@ -188,6 +194,7 @@ class WSGIConnection:
                 line = self.rfile.readline(limits.request_line + 3)
         except OSError:
             line = b""
+        self.started = time.monotonic()
         state = self._to_reading()
         if state == FORCED or not line:
             return False
@@ -254,6 +261,10 @@ class WSGIConnection:
             environ.pop("CONTENT_LENGTH", None)
         elif framing.content_length is not None:
             environ["CONTENT_LENGTH"] = str(framing.content_length)
+        if self.proxied:
+            _apply_forwarded(
+                environ, proxy.forwarded_from_environ(self.peer, environ, self.server.trust)
+            )
         return environ
 
     def handle_request(
@@ -269,8 +280,27 @@ class WSGIConnection:
             environ["wsgi.input"] = response.body = body
         else:
             environ["wsgi.input"] = _EMPTY_INPUT
+        client = environ["REMOTE_ADDR"] or "-"  # as we set it, whatever the app does to environ
         keep = response.run(self.server.application, environ, response.start)
-        if log.isEnabledFor(logging.DEBUG):  # the access log: --log-level debug
+        access = self.server.access_logger
+        if access is not None:
+            path, _, query = request_line.target.partition("?")
+            access.write(
+                AccessRecord(
+                    time=time.time(),
+                    client=client,
+                    method=request_line.method,
+                    path=path,
+                    query=query,
+                    protocol=request_line.version,
+                    status=int(response.status[:3]) if response.status else 0,
+                    bytes=response.sent,
+                    duration=time.monotonic() - self.started,
+                    user_agent=environ.get("HTTP_USER_AGENT", ""),
+                    referer=environ.get("HTTP_REFERER", ""),
+                )
+            )
+        elif log.isEnabledFor(logging.DEBUG):  # no access log: --log-level debug has one
             log.debug(
                 '%s "%s %s %s" %s %d', self.client_text(), request_line.method,
                 request_line.target, request_line.version,
@@ -328,6 +358,9 @@ class WSGIConnection:
         log.debug("%s: %d %s", format_address(self.client_address), status, message)
         with contextlib.suppress(OSError):
             self.request.sendall(head + body)
+        if self.server.access_logger is not None:
+            taken = time.monotonic() - self.started
+            self.server.access_logger.write(bare_record(self.peer, status, len(body), taken))
 
     def date(self) -> str:
         """The ``Date`` header value."""
@@ -347,6 +380,17 @@ class WSGIConnection:
             format_address(self.client_address),
             exc_info=sys.exc_info(),
         )
+
+
+def _apply_forwarded(environ: dict[str, Any], forwarded: proxy.Forwarded) -> None:
+    """Put what a trusted proxy forwarded where a WSGI app looks for it."""
+    if forwarded.client is not None:
+        environ["REMOTE_ADDR"] = forwarded.client
+        environ["REMOTE_PORT"] = forwarded.port or ""
+    if forwarded.proto is not None:
+        environ["wsgi.url_scheme"] = forwarded.proto
+    if forwarded.host is not None:
+        environ["HTTP_HOST"] = forwarded.host
 
 
 def _split_absolute(target: str) -> tuple[str | None, str]:

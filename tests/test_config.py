@@ -364,6 +364,11 @@ def test_every_server_setting_reaches_the_server_by_name(kind: str) -> None:
         expected: dict[str, Any] = {"max_connections": 7, timeout: 3.5}
         if kind != "tcp":
             expected["drain_linger_max"] = 0.5  # a quarter of the grace
+            expected.update(
+                certfile=None, keyfile=None, ca_certs=None, cert_reqs="none",
+                access_log=None, access_log_format="combined",
+                forwarded_allow_ips="127.0.0.1,::1",
+            )  # fmt: skip
         if kind == "wsgi":
             expected.update(
                 root_path="/app",
