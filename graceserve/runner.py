@@ -44,20 +44,23 @@ from .errors import EXIT_CUT, EXIT_OK, exit_code_for_signal
 from .httpserver import GracefulHTTPServer
 from .listener import Address, make_server, remove_unix_socket
 from .pidfile import PidFile
+from .prefork import run_supervised
 from .readiness import listen_url, ready_line
 from .restart import (
     PIDFILE_FD_VARIABLE,
     RESTART_SOCKET_VARIABLE,
     SHARED_LISTENER_VARIABLE,
     SOCKET_FILE_VARIABLE,
-    Successor,
 )
 from .server import GracefulTCPServer, format_address
 from .settings import DEFAULTS, Settings
 from .signals import SignalRelay
 from .stopping import DrainHooks, run_drain
+from .supervisor import Supervisor
 from .systemd import Notifier, inherited_listener
 from .target import load_handler
+from .worker import run_worker
+from .workerproc import WORKER_VARIABLE
 
 __all__ = ["run", "serve"]
 
@@ -66,6 +69,7 @@ log = logging.getLogger("graceserve")
 PROGRESS_INTERVAL = 1.0
 RESTART_TIMEOUT = 30.0
 _FORCING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+_NOT_STOPPING = (signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1)
 
 
 def serve(
@@ -115,6 +119,9 @@ def run(
     process is about to exit with the code it logged, and a late TERM, INT or
     USR1 must not kill it with another).
     """
+    generation = os.environ.pop(WORKER_VARIABLE, None)
+    if generation is not None:  # started by a supervisor
+        return run_worker(handler, settings, generation, ignore_signals_after)
     relay = SignalRelay()
     relay.install()
     notifier = Notifier.from_environment()
@@ -125,7 +132,10 @@ def run(
     # predecessor after a restart; otherwise true of any socket activation.
     shared_by_predecessor = os.environ.pop(SHARED_LISTENER_VARIABLE, "") == "1"
     try:
-        handler_class = load_handler(handler) if isinstance(handler, str) else handler
+        supervised = settings.workers > 1
+        handler_class: type[socketserver.BaseRequestHandler] | str = handler
+        if isinstance(handler, str) and (settings.preload or not supervised):
+            handler_class = load_handler(handler)
         pid = PidFile(settings.pidfile) if settings.pidfile else None
         if pid is not None and inherited_pidfile.isdigit():
             pid.adopt(int(inherited_pidfile))
@@ -133,6 +143,9 @@ def run(
             pid.acquire()
         try:
             inherited = inherited_listener()
+            if supervised:
+                return run_supervised(handler_class, settings, relay, notifier, inherited)
+            assert not isinstance(handler_class, str)
             server = make_server(handler_class, settings, inherited)
             # A unix socket file is removed by whoever bound it, or was handed it by a
             # restart; never one systemd bound (socket activation), nor one handed on.
@@ -141,7 +154,7 @@ def run(
                 shared_by_predecessor if predecessor.enabled else True
             )
             controller = _Controller(
-                server, relay, notifier, predecessor, pid, owns_socket_file, shared
+                server, relay, notifier, predecessor, pid, owns_socket_file, shared, settings
             )
             try:
                 return controller.run(settings.grace, settings.drain_delay)
@@ -179,7 +192,10 @@ class _Controller:
         pidfile: PidFile | None,
         owns_socket_file: bool,
         shared_listener: bool = False,
+        settings: Settings = DEFAULTS,
     ) -> None:
+        self.settings = settings
+        self.supervisor: Supervisor | None = None  # from the first HUP on
         self.owns_socket_file = owns_socket_file
         self.shared_listener = shared_listener  # systemd keeps it: never filter or shut it
         self.server = server
@@ -214,6 +230,8 @@ class _Controller:
         try:
             self._report_ready(grace)
             self._serve_until_stop()
+            if self.supervisor is not None:
+                return self._supervise(self.supervisor, grace)
             if drain_delay > 0:
                 self._lame_duck(drain_delay)
             report = self._drain(grace)
@@ -253,46 +271,58 @@ class _Controller:
             if signum is None:
                 self.relay.wait()
                 continue
+            if signum in _NOT_STOPPING:
+                log.info(
+                    "%s: ignored (--workers 1: no worker to add or remove)",
+                    _name(self, signum=signum),
+                )
+                continue
             self.stop.signum = signum
             if signum != signal.SIGHUP or self._restart():
                 return
 
     def _restart(self) -> bool:
-        """Start a successor and hand over to it; False (still serving) if it fails.
+        """HUP: become the supervisor of a fresh worker on our listener; False (still
+        serving) if it cannot start.
 
-        A signal arriving before the successor is ready abandons the restart:
-        it is acted on next (a TERM right after a HUP stops the service).
+        The main process never changes (systemd's MAINPID, PID 1 of a container,
+        the pidfile): a fresh interpreter takes over the serving, and once it is
+        ready this process drains its own connections and stays to supervise.
+        A signal arriving before the worker is ready abandons the reload: it is
+        acted on next (a TERM right after a HUP stops the service).
         """
         self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
-        pidfile_fd = self.pidfile.fileno if self.pidfile is not None else None
-        successor = Successor(
-            self.server.fileno(),
-            pidfile_fd,
-            self.notifier.address,
-            self.owns_socket_file,
-            self.shared_listener,
-        )
-        try:
-            pid = successor.start()
-        except OSError as exc:
-            successor.close()
-            log.error("HUP: restart failed: cannot start a new process: %s; still serving", exc)
-            self.notifier.send("READY=1", "STATUS=restart failed")
-            return False
-        log.info("HUP: restarting: started pid %d, waiting until it is ready", pid)
-        why = successor.wait_ready(time.monotonic() + RESTART_TIMEOUT, self.has_signal)
+        supervisor = Supervisor(
+            self.settings.but(workers=1), self.server.socket.dup(), self.relay, self.notifier,
+            self.shared_listener, inprocess=lambda _signum: self.server.force_close(),
+        )  # fmt: skip
+        log.info("HUP: reloading: starting a worker process, waiting until it is ready")
+        why = supervisor.first_worker(time.monotonic() + RESTART_TIMEOUT, self.has_signal)
         if why is not None:
-            successor.abandon()
+            supervisor.close()
             log.error("HUP: restart failed: %s; still serving", why)
             self.notifier.send("READY=1", "STATUS=restart failed; old process still serving")
             return False
-        successor.close()
-        if self.pidfile is not None:
-            self.pidfile.hand_over(pid)
-        self.notifier.send(f"MAINPID={pid}", "READY=1", f"STATUS=restarted as pid {pid}")
-        self.stop.handed_over = True
-        log.info("HUP: pid %d is serving; draining this process", pid)
+        self.supervisor = supervisor
+        self.notifier.send("READY=1", "STATUS=reloaded: a worker process serves")
+        log.info("HUP: the worker is serving; draining this process, which stays as supervisor")
         return True
+
+    def _supervise(self, supervisor: Supervisor, grace: float) -> int:
+        """Drain our own connections (in a thread, the listener left to the worker) while
+        supervising; the supervisor's exit code."""
+        reports: list[DrainReport] = []
+
+        def drain() -> None:
+            reports.append(run_drain(self.server, grace, shared_listener=True)[0])
+
+        thread = threading.Thread(target=drain, name="graceserve-drain", daemon=True)
+        thread.start()
+        code = supervisor.run()
+        thread.join(timeout=grace + 1.0)
+        if reports and not reports[0].clean:
+            log.warning("the reload's drain of this process cut %d connections", reports[0].forced)
+        return code
 
     def _lame_duck(self, delay: float) -> None:
         """Keep serving for ``delay`` seconds while health checks fail; a new signal ends

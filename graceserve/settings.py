@@ -40,6 +40,18 @@ class Settings:
     """Lame-duck seconds between the stop signal and the drain."""
     log_level: str = "info"
     """debug, info, warning or error."""
+    workers: int = 1
+    """Serving processes.  1: this process serves (a supervisor appears only at the
+    first HUP); more: a supervisor process runs this many workers."""
+    preload: bool = False
+    """Import the target in the supervisor before starting workers (fail fast)."""
+    worker_timeout: float | None = 30.0
+    """Kill (SIGABRT, then SIGKILL) and replace a worker whose serving loop made no
+    progress this long; None: never."""
+    max_requests: int | None = None
+    """Recycle a worker gracefully after this many requests; None: never."""
+    max_requests_jitter: int = 0
+    """Add a random 0..J to each worker's ``max_requests`` (they do not all recycle at once)."""
 
     def but(self, **changes: Any) -> Settings:
         """A copy with ``changes``."""
