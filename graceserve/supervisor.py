@@ -387,10 +387,9 @@ class Supervisor:
     def _close_listener(self) -> None:
         self.lame_duck_until = 0.0
         self.deadline = time.monotonic() + self.settings.grace
-        active = sum(w.active for w in self.workers.values())
         log.info(
-            "%s: draining %d workers (%d connections, grace %gs); new connections are refused",
-            _name(self.stopping), len(self.workers), active, self.settings.grace,
+            "%s: draining %d workers (grace %gs); new connections are refused",
+            _name(self.stopping), len(self.workers), self.settings.grace,
         )  # fmt: skip
         if not self.shared_listener:
             attach_drop_all_filter(self.listener)
@@ -474,7 +473,7 @@ class Supervisor:
                 cut += max(worker.active, 1) if worker.ready else 0
                 continue
             served += report.served
-            cut += report.forced + report.remaining + report.lost
+            cut += report.forced + report.lost  # the ones left running were cut too
         if self.forced_by == signal.SIGQUIT:
             code = exit_code_for_signal(signal.SIGQUIT) if cut else EXIT_OK
         elif self.forced_by:

@@ -1,0 +1,243 @@
+"""--workers: a supervisor and its worker processes, end to end with real processes.
+
+The supervisor (the process we start) owns the listener, the pidfile and the signals;
+workers are fresh interpreters serving on the shared listener.  Each answer of the
+test app names the pid that served it.  Load is real keep-alive HTTP from client
+threads; a request sent and not answered 200 is a failure, a connect refused after the
+stop began is not.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from conftest import wait_until
+
+from testsupport.procfs import receive_queues
+from testsupport.rawhttp import read_response
+from workers_support import (
+    Load,
+    StartServer,
+    connect_refused,
+    get,
+    served_by,
+    start_workers,
+    worker_pids,
+    write_app,
+)
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path) -> Path:
+    return write_app(tmp_path)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_term_under_keepalive_load_breaks_nothing(start_server: StartServer, app_dir: Path) -> None:
+    pidfile = app_dir / "server.pid"
+    server = start_workers(start_server, app_dir, "--workers", "2", "--pidfile", str(pidfile))
+    assert int(pidfile.read_text()) == server.proc.pid
+    address = server.address
+    assert address is not None
+    load = Load(address, clients=12)
+    try:
+        load.wait_for_requests(300)
+        load.stopping.set()
+        server.send(signal.SIGTERM)
+        assert server.wait_exit(30) == 0, server.output
+    finally:
+        load.stop()
+    assert load.failures == [], load.failures[:5]
+    assert load.pids == set(worker_pids(server)), (load.pids, server.output)
+    assert connect_refused(address)
+    assert not pidfile.exists()
+    assert any(alive(pid) for pid in worker_pids(server)) is False
+    assert "stopped: 2 workers" in server.output
+    assert "Traceback" not in server.output, server.output
+
+
+def test_hup_under_keepalive_load_keeps_the_supervisor_and_breaks_nothing(
+    start_server: StartServer, app_dir: Path
+) -> None:
+    pidfile = app_dir / "server.pid"
+    server = start_workers(start_server, app_dir, "--workers", "2", "--pidfile", str(pidfile))
+    assert server.address is not None
+    first = worker_pids(server)
+    load = Load(server.address, clients=12)
+    try:
+        load.wait_for_requests(200)
+        server.send(signal.SIGHUP)
+        server.wait_for_line(r"HUP: generation 2 is ready")
+        for pid in first:
+            wait_until(lambda p=pid: not alive(p), 20, f"old worker {pid} to drain and exit")
+        load.wait_for_requests(200)
+        second = worker_pids(server)[2:]
+        assert len(second) == 2
+        mark = {c.requests: c for c in load.clients}
+        assert mark
+    finally:
+        load.stop()
+    assert load.failures == [], load.failures[:5]
+    assert set(second) <= load.pids, (load.pids, second)
+    assert int(pidfile.read_text()) == server.proc.pid  # the supervisor stays
+    server.send(signal.SIGTERM)
+    assert server.wait_exit(30) == 0, server.output
+
+
+def test_a_killed_worker_is_replaced_and_serving_goes_on(
+    start_server: StartServer, app_dir: Path
+) -> None:
+    server = start_workers(start_server, app_dir, "--workers", "2")
+    assert server.address is not None
+    victim = worker_pids(server)[0]
+    load = Load(server.address, clients=6)
+    try:
+        load.wait_for_requests(100)
+        killed_at = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        server.wait_for_line(
+            rf"worker {victim} \(generation 1\) died unexpectedly \(killed by SIGKILL\)"
+        )
+        wait_until(lambda: len(worker_pids(server)) == 3, 10, "a replacement")
+        started = time.monotonic() - killed_at
+        replacement = worker_pids(server)[2]
+        wait_until(lambda: replacement in {served_by(get(server.address)[1]) for _ in range(6)}, 20)
+        load.wait_for_requests(100)
+    finally:
+        load.stop()
+    # Clients of the killed worker saw their connection reset: that is the crash, not us.
+    assert all("request" in failure for failure in load.failures), load.failures[:5]
+    assert started < 5.0
+    server.send(signal.SIGTERM)
+    assert server.wait_exit(30) == 0, server.output
+
+
+def test_a_worker_that_cannot_import_ends_the_supervisor_with_3(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    write_app(tmp_path, "raise RuntimeError('broken on purpose')\n")
+    server = start_server(["app:Handler", "--bind", "127.0.0.1:0", "--workers", "2"], cwd=tmp_path)
+    assert server.wait_exit(30) == 3, server.output
+    assert "cannot start: importing 'app' failed: RuntimeError: broken on purpose" in server.output
+    assert len(worker_pids(server)) <= 2, server.output  # no restart loop
+
+
+def test_preload_fails_before_any_worker_starts(start_server: StartServer, tmp_path: Path) -> None:
+    write_app(tmp_path, "raise RuntimeError('broken on purpose')\n")
+    server = start_server(
+        ["app:Handler", "--bind", "127.0.0.1:0", "--workers", "2", "--preload"], cwd=tmp_path
+    )
+    assert server.wait_exit(30) == 3, server.output
+    assert worker_pids(server) == []
+
+
+def test_ttin_adds_and_ttou_removes_a_worker_that_drains(
+    start_server: StartServer, app_dir: Path
+) -> None:
+    server = start_workers(start_server, app_dir, "--workers", "2")
+    assert server.address is not None
+    server.send(signal.SIGTTIN)
+    server.wait_for_line(r"TTIN: 3 workers")
+    wait_until(lambda: len(worker_pids(server)) == 3, 10, "a third worker")
+    third = worker_pids(server)[2]
+    server.wait_for_line(rf"pid {third}, grace")
+    server.send(signal.SIGTTOU)
+    server.wait_for_line(r"TTOU: 2 workers")
+    server.wait_for_line(rf"worker {third} \(generation 1\) stopped \(exit code 0\)")
+    assert not any(alive(pid) for pid in [third])
+    assert all(alive(pid) for pid in worker_pids(server)[:2])
+    assert get(server.address)[0] == 200
+    server.send(signal.SIGTERM)
+    assert server.wait_exit(30) == 0, server.output
+
+
+def test_worker_timeout_kills_a_frozen_worker_with_a_stack_dump_and_replaces_it(
+    start_server: StartServer, app_dir: Path
+) -> None:
+    server = start_workers(start_server, app_dir, "--workers", "2", "--worker-timeout", "2")
+    assert server.address is not None
+    with pytest.raises(OSError):  # the worker freezes with our request: never answered
+        import http.client
+
+        conn = http.client.HTTPConnection(*server.address, timeout=8)
+        conn.request("GET", "/freeze")
+        conn.getresponse()
+    server.wait_for_line(r"serving loop made no progress for [\d.]+s; killing it \(SIGABRT\)")
+    server.wait_for_line(r"Fatal Python error: Aborted")  # faulthandler's stack dump
+    wait_until(lambda: len(worker_pids(server)) == 3, 15, "a replacement")
+    assert get(server.address)[0] == 200
+    server.send(signal.SIGTERM)
+    assert server.wait_exit(30) in (0, 4), server.output
+
+
+def test_max_requests_recycles_workers_under_load_without_a_failure(
+    start_server: StartServer, app_dir: Path
+) -> None:
+    server = start_workers(
+        start_server, app_dir, "--workers", "2", "--max-requests", "150",
+        "--max-requests-jitter", "50",
+    )  # fmt: skip
+    assert server.address is not None
+    load = Load(server.address, clients=8)
+    try:
+        wait_until(lambda: len(worker_pids(server)) >= 5, 40, "three recyclings")
+        load.wait_for_requests(100)
+    finally:
+        load.stop()
+    assert load.failures == [], load.failures[:5]
+    assert "recycling it" in server.output
+    server.send(signal.SIGTERM)
+    assert server.wait_exit(30) == 0, server.output
+
+
+def in_flight(address: tuple[str, int], path: str) -> socket.socket:
+    """Send GET ``path`` and wait until a worker has read it (its receive queue is empty)."""
+    sock = socket.create_connection(address, timeout=10)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    key = (address[1], sock.getsockname()[1])
+    wait_until(lambda: receive_queues().get(key) == 0, 10, "a worker to read the request")
+    return sock
+
+
+def test_second_term_forces_every_worker(start_server: StartServer, app_dir: Path) -> None:
+    server = start_workers(start_server, app_dir, "--workers", "2")
+    assert server.address is not None
+    socks = [in_flight(server.address, "/slow?seconds=20") for _ in range(4)]
+    try:
+        server.send(signal.SIGTERM)
+        server.wait_for_line(r"SIGTERM: draining 2 workers")
+        server.send(signal.SIGTERM)
+        assert server.wait_exit(15) == 143, server.output
+        for sock in socks:
+            assert sock.recv(100) == b""  # cut
+    finally:
+        for sock in socks:
+            sock.close()
+    assert "stopped: 2 workers, 0 served during the drain, 4 cut" in server.output
+
+
+def test_a_request_in_flight_finishes_within_the_grace(
+    start_server: StartServer, app_dir: Path
+) -> None:
+    server = start_workers(start_server, app_dir, "--workers", "2")
+    assert server.address is not None
+    sock = in_flight(server.address, "/slow?seconds=2")
+    with sock:
+        server.send(signal.SIGTERM)
+        status, headers, body = read_response(sock)
+    assert status == 200
+    assert server.wait_exit(15) == 0, server.output
