@@ -311,17 +311,18 @@ class _Controller:
     def _supervise(self, supervisor: Supervisor, grace: float) -> int:
         """Drain our own connections (in a thread, the listener left to the worker) while
         supervising; the supervisor's exit code."""
-        reports: list[DrainReport] = []
 
         def drain() -> None:
-            reports.append(run_drain(self.server, grace, shared_listener=True)[0])
+            report = run_drain(self.server, grace, _Handed(), shared_listener=True)[0]
+            log.info(
+                "this process's drain: %d served during the drain, %d cut, %.3fs",
+                report.served_during_drain, report.forced, report.elapsed,
+            )  # fmt: skip
 
         thread = threading.Thread(target=drain, name="graceserve-drain", daemon=True)
         thread.start()
         code = supervisor.run()
         thread.join(timeout=grace + 1.0)
-        if reports and not reports[0].clean:
-            log.warning("the reload's drain of this process cut %d connections", reports[0].forced)
         return code
 
     def _lame_duck(self, delay: float) -> None:
@@ -411,6 +412,13 @@ class _RunnerHooks(DrainHooks):
                 log.warning("%s: cutting %d connections now", name, remaining)
         else:
             log.warning("grace of %gs passed: cutting %d connections", self.grace, remaining)
+
+
+class _Handed(DrainHooks):
+    """The drain of a process whose listener a worker took over."""
+
+    def started(self, server: GracefulTCPServer, deadline: float | None) -> None:
+        log.info("HUP: draining %d connections of this process", server.draining_from)
 
 
 def _name(controller: _Controller, forced: bool = False, signum: int = 0) -> str:

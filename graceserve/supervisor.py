@@ -338,6 +338,9 @@ class Supervisor:
                 worker.kill(signal.SIGUSR1)
         elif self.stopping and signum in _FORCING:
             self._force(signum)
+        elif self.stopping and self.lame_duck_until:
+            log.info("%s: ending the lame duck", name)
+            self._close_listener()
         elif self.stopping:
             log.info("%s: already stopping", name)
         elif signum in _FORCING:
