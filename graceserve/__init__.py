@@ -7,8 +7,11 @@ when asked to stop.  graceserve keeps their API and adds the drain.
 Modules, one concern each: ``drain`` (the registry and the wait for zero),
 ``connection`` (the registry's record), ``accepting`` (the accept loop and the
 listener's end), ``stopping`` (the drain sequence), ``server``
-(GracefulTCPServer), ``httpserver`` (GracefulHTTPServer), ``settings`` (one
-frozen object, every default), ``signals``, ``pidfile``, ``config`` (flags and
+(GracefulTCPServer), ``httpserver`` (GracefulHTTPServer, with ``httphandler``
+and ``bodyreader``), ``wsgi`` (GracefulWSGIServer, make_server; with
+``wsgihandler`` and ``wsgiresponse``), ``httpparse`` (the strict HTTP/1.1
+reader, with ``httpframing`` and ``httpbody``), ``settings`` (one frozen
+object, every default), ``signals``, ``pidfile``, ``config`` (flags and
 environment), ``target``, ``runner`` (serve()), ``cli``, ``demo`` (the
 built-in app), ``errors`` (exit codes).
 """
@@ -27,6 +30,7 @@ from .errors import (
 from .httpserver import DrainAwareRequestHandler, GracefulHTTPServer
 from .runner import serve
 from .server import GracefulTCPServer
+from .wsgi import GracefulWSGIServer, make_server
 
 __all__ = [
     "EXIT_CANNOT_START",
@@ -39,8 +43,10 @@ __all__ = [
     "DrainReport",
     "GracefulHTTPServer",
     "GracefulTCPServer",
+    "GracefulWSGIServer",
     "StartupError",
     "UsageError",
     "__version__",
+    "make_server",
     "serve",
 ]

@@ -44,10 +44,11 @@ exit codes:
               or 131 when QUIT cut connections
 
 Every option can also be set with an environment variable, shown in brackets;
-the flag wins.  TARGET is module:Handler, imported with the working directory
-on sys.path; without it the built-in demo app is served (/, /slow?seconds=N,
-/healthz).  Under systemd, NOTIFY_SOCKET (Type=notify) and socket activation
-(LISTEN_FDS) are honoured.
+the flag wins.  TARGET is module:Handler (a socketserver handler class),
+module:app (a WSGI application) or module:factory() (called once to get
+either), imported with the working directory on sys.path; without it the
+built-in demo app is served (/, /slow?seconds=N, /healthz).  Under systemd,
+NOTIFY_SOCKET (Type=notify) and socket activation (LISTEN_FDS) are honoured.
 """
 
 
@@ -121,6 +122,25 @@ def _boolean(text: str) -> bool:
     raise ValueError(f"{text!r} is not one of 1, true, yes, on, 0, false, no, off")
 
 
+def _root_path(text: str) -> str:
+    path = text.strip().rstrip("/")
+    if path and not path.startswith("/"):
+        raise ValueError(f"{text!r} must start with /")
+    if any(c in path for c in "?#%") or not path.isprintable():
+        raise ValueError(f"{text!r} is not a plain URL path")
+    return path
+
+
+def _body_size(text: str) -> int | None:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number of bytes") from None
+    if value < 0:
+        raise ValueError(f"{text!r} must be 0 (no limit) or more")
+    return value or None
+
+
 def _level(text: str) -> str:
     if text.lower() not in LOG_LEVELS:
         raise ValueError(f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
@@ -157,6 +177,18 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
      "replace a worker gracefully after it served this many requests; 0 disables"),
     ("--max-requests-jitter", "GRACESERVE_MAX_REQUESTS_JITTER", _natural,
      DEFAULTS.max_requests_jitter, "add a random 0..N to each worker's --max-requests"),
+    # WSGI applications only:
+    ("--root-path", "GRACESERVE_ROOT_PATH", _root_path, DEFAULTS.root_path,
+     "WSGI: SCRIPT_NAME, the path the app is mounted at behind a proxy (e.g. /app)"),
+    ("--limit-request-line", "GRACESERVE_LIMIT_REQUEST_LINE", _count,
+     DEFAULTS.limit_request_line, "WSGI: bytes in a request line; longer ones get 414"),
+    ("--limit-request-fields", "GRACESERVE_LIMIT_REQUEST_FIELDS", _count,
+     DEFAULTS.limit_request_fields, "WSGI: header fields in a request; more get 431"),
+    ("--limit-request-field-size", "GRACESERVE_LIMIT_REQUEST_FIELD_SIZE", _count,
+     DEFAULTS.limit_request_field_size,
+     "WSGI: bytes in one header field line; longer ones get 431"),
+    ("--max-body-size", "GRACESERVE_MAX_BODY_SIZE", _body_size, DEFAULTS.max_body_size,
+     "WSGI: bytes of request body; larger ones get 413; 0 or unset: no limit"),
 ]  # fmt: skip
 
 

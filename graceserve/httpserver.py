@@ -1,31 +1,34 @@
 """GracefulHTTPServer: http.server.ThreadingHTTPServer with a keep-alive-aware drain.
 
 Why this module exists: an HTTP/1.1 client treats EOF on a keep-alive
-connection as an error unless the last response said ``Connection: close``.
-So a polite HTTP drain does not just wait; it ends every connection at a
-moment the client accepts:
+connection as an error unless the last response said ``Connection: close``,
+and a close of an idle connection always races a client about to send.  The
+server's lever is *when* it closes.  So a polite HTTP drain ends every
+connection at a moment the client accepts:
 
 - a request in flight finishes, and its response carries ``Connection: close``;
-- a connection that answered less than ``drain_linger`` seconds ago is given
-  the chance to send one more request (it probably already has), which is
-  answered with ``Connection: close``;
-- a connection idle for longer, with nothing queued on it, gets a FIN;
-- a request that raced the cut, or a request head cut half-way, is never
-  dispatched (the race guard in ``handle_one_request``).
+- an idle keep-alive connection is given its *linger* to send one more request
+  (answered with ``Connection: close``): a small multiple of that connection's
+  own recent gaps between a response and the next request (at least
+  ``drain_linger``), counted from its last response, and never more than
+  ``drain_linger_max`` from the drain's start; one idle for longer, with
+  nothing queued on it, gets a FIN at once;
+- a request that is still arriving (an unfinished head, a stalled body) is not
+  work in flight: it gets ``drain_linger_max`` to make progress, then is closed;
+- a request that raced the close, or a head cut half-way, is never dispatched
+  truncated (the race guard in ``DrainAwareRequestHandler``).
 
 The user's handler stays a plain ``BaseHTTPRequestHandler`` subclass: the
-server serves it through a subclass that puts ``DrainAwareRequestHandler``
-just above ``BaseHTTPRequestHandler`` in its MRO, so the user's overrides win
-and their ``super()`` calls reach ours.  The per-request path adds two
-uncontended lock round-trips and no system call: the handler blocks in
-``readline`` exactly like the stdlib, and idle timeouts are enforced from the
-outside by the reaper (``service_actions`` and ``service_drain``).
+server serves it through a subclass (``DrainAware[Handler]``) that puts
+``DrainAwareRequestHandler`` just above ``BaseHTTPRequestHandler`` in its MRO.
+Timeouts and the drain are enforced from the outside by the reaper
+(``service_actions`` and ``service_drain``), from the state each handler
+records on its ``HTTPConnection``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import http.server
 import socket
 import socketserver
@@ -33,156 +36,33 @@ import threading
 import time
 from typing import Any
 
-from .server import CLOSING, FORCED, OPEN, Connection, GracefulTCPServer
+from . import httpparse
+from .httphandler import (
+    BODY,
+    BUSY,
+    HEAD,
+    IDLE,
+    DrainAwareRequestHandler,
+    HTTPConnection,
+    make_drain_aware,
+)
+from .server import Connection, GracefulTCPServer
 from .settings import DEFAULTS
 
-__all__ = ["DrainAwareRequestHandler", "GracefulHTTPServer"]
+__all__ = [
+    "BODY",
+    "BUSY",
+    "HEAD",
+    "IDLE",
+    "DrainAwareRequestHandler",
+    "GracefulHTTPServer",
+    "HTTPConnection",
+]
 
-_MAX_REQUEST_LINE = 65536
+RHYTHM_FACTOR = 3.0  # a connection's linger: this many times its recent gaps (then bounded)
 
-
-class DrainAwareRequestHandler(http.server.BaseHTTPRequestHandler):
-    """The drain-aware request loop, slotted under a user's handler class.
-
-    Not meant to be subclassed directly (a user's plain handler gets it from
-    ``GracefulHTTPServer``), though doing so is harmless.  Runs in the
-    connection's own thread; shares ``Connection`` fields with the reaper
-    only under the registry lock.
-    """
-
-    server: GracefulHTTPServer
-    # The stdlib answers an unparsable request line HTTP/0.9-style, with no status line.
-    default_request_version = "HTTP/1.0"
-    _graceserve_interim = False
-    _graceserve_closing = False
-    _graceserve_conn: Connection | None = None
-    _graceserve_lock: Any = None
-    _graceserve_head: _HeadReader
-
-    def setup(self) -> None:
-        """Set up the streams and find this connection's registry record."""
-        super().setup()
-        registry = self.server.registry
-        self._graceserve_conn = registry.get(self.request)
-        self._graceserve_lock = registry.lock
-        self._graceserve_head = _HeadReader(self.rfile)
-
-    def handle_one_request(self) -> None:
-        """Read, parse and dispatch one request; never dispatch one cut short."""
-        if self._enter(idle=True, reading=False) != OPEN:
-            self.close_connection = True
-            return
-        try:
-            self.raw_requestline = self.rfile.readline(_MAX_REQUEST_LINE + 1)
-        except (TimeoutError, ConnectionError):
-            self.raw_requestline = b""
-        state = self._enter(idle=False, reading=True)
-        if state == FORCED or not self.raw_requestline:
-            self.close_connection = True
-            return
-        if state == CLOSING:  # a request raced the close of an idle connection:
-            self._graceserve_closing = True  # answer it, with Connection: close
-        if len(self.raw_requestline) > _MAX_REQUEST_LINE:
-            self.requestline = self.request_version = self.command = ""
-            self.send_error(414)
-            return
-        if not self.raw_requestline.endswith(b"\n"):
-            self.close_connection = True  # EOF in the request line: incomplete, ignore
-            return
-        rfile, head = self.rfile, self._graceserve_head
-        head.truncated = False
-        self.rfile = head  # type: ignore[assignment]  # duck-typed for parse_headers
-        try:
-            parsed = self.parse_request()
-        finally:
-            self.rfile = rfile
-        if self._enter(idle=False, reading=False) == FORCED or head.truncated:
-            # The head was cut half-way (by us, or by EOF before its blank
-            # line, which http.client takes as the end): don't act on it.
-            self.close_connection = True
-            return
-        if not parsed:
-            return
-        if self.request_version == "HTTP/0.9" or len(self.requestline.split()) < 3:
-            self.request_version = "HTTP/1.0"  # answer with a status line, and close
-            self.close_connection = True
-            self.send_error(505, "HTTP/0.9 is not supported")
-            return
-        method = getattr(self, "do_" + self.command, None)
-        if method is None:
-            self.send_error(501, f"Unsupported method ({self.command!r})")
-            return
-        method()
-        self.wfile.flush()
-
-    def _enter(self, idle: bool, reading: bool) -> int:
-        """Move this connection to a new state; what the reaper did (OPEN, CLOSING, FORCED)."""
-        conn = self._graceserve_conn
-        if conn is None:
-            return OPEN
-        with self._graceserve_lock:
-            conn.idle = idle
-            conn.reading = reading
-            if idle or reading:  # the reaper times only these two states
-                conn.idle_since = time.monotonic()
-            return conn.cut
-
-    @property
-    def _graceserve_ending(self) -> bool:
-        """Whether this response must end the connection (drain, or an idle close)."""
-        return self._graceserve_closing or self.server.listener_closed
-
-    def send_response_only(self, code: int, message: str | None = None) -> None:
-        """Start a response; an interim one (1xx, as for ``Expect``) is left alone."""
-        self._graceserve_interim = code < 200
-        super().send_response_only(code, message)
-
-    def end_headers(self) -> None:
-        """End the header block; while ending the connection, make it say ``close``.
-
-        Any ``Connection`` header the handler sent is rewritten rather than
-        doubled.  Only this once-per-response hook does the check, so the
-        per-header path stays the stdlib's.
-        """
-        if self._graceserve_interim:
-            self._graceserve_interim = False
-        elif self._graceserve_ending:
-            self._say_close()
-        super().end_headers()
-
-    def _say_close(self) -> None:
-        lines: list[bytes] = getattr(self, "_headers_buffer", [])
-        found = False
-        for index, line in enumerate(lines):
-            if line[:11].lower() == b"connection:":
-                lines[index] = b"Connection: close\r\n"
-                found = True
-        if not found:
-            self.send_header("Connection", "close")
-        self.close_connection = True
-
-
-class _HeadReader:
-    """Wraps ``rfile`` while the header block is parsed, noting an EOF inside it.
-
-    ``http.client.parse_headers`` treats EOF like the blank line that ends a
-    head, so a request cut short would be dispatched as if complete.
-    """
-
-    __slots__ = ("_rfile", "truncated")
-
-    def __init__(self, rfile: Any) -> None:
-        self._rfile = rfile
-        self.truncated = False
-
-    def readline(self, limit: int = -1) -> bytes:
-        line: bytes = self._rfile.readline(limit)
-        if not line.endswith(b"\n") and (limit < 0 or len(line) < limit):
-            self.truncated = True
-        return line
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._rfile, name)
+# The stdlib's own head limits (http.client._MAXLINE, _MAXHEADERS): drop-in.
+STDLIB_LIMITS = httpparse.Limits(request_line=65536, fields=100, field_size=65536)
 
 
 class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
@@ -193,18 +73,26 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
 
     Class variables (in addition to GracefulTCPServer's):
 
-    - idle_timeout = 60.0     close a keep-alive connection idle this long, or a
-                              request head still arriving after this long
-    - drain_linger = 0.2      at drain, a connection that answered less than this
-                              long ago may send one more request (answered with
-                              ``Connection: close``) before it is closed
-    - tcp_nodelay = True      no Nagle stall between header and body writes
+    - idle_timeout = 60.0       close a keep-alive connection idle this long, a
+                                request head still arriving after this long, or a
+                                request body that made no progress for this long
+    - drain_linger = 0.2        at drain, the least an idle keep-alive connection
+                                is given to send one more request (answered with
+                                ``Connection: close``), from its last response
+    - drain_linger_max = 2.0    the most it is given (a connection with a slow
+                                rhythm), and what an unfinished request is given
+                                to make progress; a runner sets it to a fraction
+                                of the grace
+    - request_limits            head size limits (the stdlib's by default)
+    - tcp_nodelay = True        no Nagle stall between header and body writes
 
     Threading contract: as GracefulTCPServer.
     """
 
     idle_timeout: float | None = DEFAULTS.idle_timeout
     drain_linger = 0.2
+    drain_linger_max = DEFAULTS.drain_linger_max
+    request_limits = STDLIB_LIMITS
     tcp_nodelay = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -231,6 +119,10 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
                 request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return request, client_address
 
+    def make_connection(self, request: socket.socket, client_address: Any) -> HTTPConnection:
+        """The registry record: an ``HTTPConnection`` (its handler records its state there)."""
+        return HTTPConnection(request, client_address, self.registry)
+
     def finish_request(self, request: Any, client_address: Any) -> None:
         """Serve the connection with the drain-aware variant of the handler class."""
         self.drain_aware(self.RequestHandlerClass)(request, client_address, self)
@@ -239,90 +131,122 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
         """The handler class to use for ``handler_class``: a cached drain-aware subclass.
 
         ``BaseHTTPRequestHandler`` subclasses get ``DrainAwareRequestHandler``
-        slotted in; a ``functools.partial`` of one is rebuilt around that
-        subclass; anything else is returned unchanged (and is then only cut at
-        the deadline).  Thread-safe.
+        slotted in (class ``DrainAware[Name]``); a ``functools.partial`` of one
+        is rebuilt around that subclass; anything else is returned unchanged
+        (and is then only cut at the deadline).  Thread-safe.
         """
         with self._handler_classes_lock:
             cached = self._handler_classes.get(handler_class)
             if cached is None:
-                cached = _make_drain_aware(handler_class)
+                cached = make_drain_aware(handler_class)
                 self._handler_classes[handler_class] = cached
             return cached
 
-    def service_actions(self) -> None:
-        """Close connections idle past ``idle_timeout``.  Called by serve_forever.
+    # -- the reaper -----------------------------------------------------------
 
-        The registry is scanned once per quarter of the timeout (0.5 s at
-        most), not on every accept.
+    def service_actions(self) -> None:
+        """Close connections idle (or stalled mid-request) past ``idle_timeout``.
+
+        Called by serve_forever.  The registry is scanned once per quarter of
+        the timeout (0.5 s at most), not on every accept.
         """
         super().service_actions()
-        if self.idle_timeout is None:
+        if self.idle_timeout is None or self.draining:
             return
         now = time.monotonic()
         if now >= self._next_reap:
             self._next_reap = now + min(self.idle_timeout / 4, 0.5)
-            self._reap(now, self.idle_timeout, self.idle_timeout, forced=True)
+            self._reap(now, draining=False)
 
     def service_drain(self) -> float | None:
-        """Close idle connections whose linger has passed; ask to be called for the rest."""
+        """Close idle and unfinished connections whose linger has passed; say when to look again."""
         super().service_drain()
-        return self._reap(time.monotonic(), self.drain_linger, self.idle_timeout, forced=False)
+        return self._reap(time.monotonic(), draining=True)
 
-    def _reap(
-        self, now: float, idle_after: float, reading_after: float | None, forced: bool
-    ) -> float | None:
-        """Cut idle connections quiet for ``idle_after`` seconds with nothing queued.
+    def linger_until(self, conn: Connection, since: float, started: float) -> float:
+        """Until when an idle ``conn`` (idle from ``since``) may send one more request.
 
-        Also cuts request heads still arriving after ``reading_after`` seconds.
-        Returns when it wants to run again (while draining, at least every
-        ``idle_after`` seconds as long as connections are live), or None.
+        Three times its recent gaps (at least ``drain_linger``) from its last
+        response, but never past ``drain_linger_max`` from the drain's start
+        (``started``): a connection with a slow rhythm gets the whole bound,
+        one idle for longer than its rhythm says gets a FIN at once.
         """
-        due: float | None = None
+        linger = RHYTHM_FACTOR * getattr(conn, "rhythm", 0.0)
+        if linger < self.drain_linger:
+            linger = self.drain_linger
+        return min(since + linger, started + max(self.drain_linger_max, self.drain_linger))
+
+    def _reap(self, now: float, draining: bool) -> float | None:
+        """Cut connections whose time is up; while draining, when to run again.
+
+        Outside the drain: idle, unfinished heads and stalled bodies past
+        ``idle_timeout``.  While draining: idle connections past their linger,
+        unfinished requests without progress for ``drain_linger_max`` since the
+        drain began or their last progress.
+
+        Locking, and why: the registry is read under its lock, once, into a
+        snapshot; the decisions and the ``recv(MSG_PEEK)`` checks are made
+        outside it, so handlers changing state are not held up by our system
+        calls.  A peek may hit a socket closed meanwhile (EBADF: "nothing
+        queued") or, if its descriptor was reused, another connection (MSG_PEEK
+        reads nothing away): either way a wrong answer only nominates a
+        candidate.  Each cut is then made under the lock, and only if the
+        connection is still registered in the very state (and ``since``) the
+        decision was made on.  The ``shutdown`` itself stays under the lock: a
+        socket is closed only after it is unregistered, and unregistering takes
+        this lock, so under it the descriptor cannot have been closed and
+        reused by a new connection; outside it, a shutdown could hit an
+        innocent one.  It is one short, non-blocking call per cut, never per
+        request.
+        """
         with self.registry.locked_items() as items:
-            if items and not forced:  # busy ones may go idle: look again after a linger
-                due = now + idle_after
-            for request, conn in items:
-                if conn.idle:
-                    ripe = conn.idle_since + idle_after
-                    if ripe > now:
-                        due = ripe if due is None else min(due, ripe)
-                    elif not _has_queued_bytes(request):
-                        self.cut_connection(request, forced=forced)
-                elif (
-                    conn.reading
-                    and reading_after is not None
-                    and now - conn.idle_since >= reading_after
-                ):
-                    self.cut_connection(request, forced=True)
+            pass
+        if not items:
+            return None
+        started = self.registry.started_at if draining else None
+        timeout = self.idle_timeout
+        linger_max = max(self.drain_linger_max, self.drain_linger)
+        due: float | None = now + self.drain_linger if draining else None
+        candidates: list[tuple[socket.socket, Connection, int, float]] = []
+        for request, conn in items:
+            state, since = _state_of(conn)
+            if state == BUSY:
+                continue
+            if started is None:  # the idle timeout
+                if timeout is None or now - since < timeout:
+                    continue
+            elif state == IDLE:
+                ripe = self.linger_until(conn, since, started)
+                if ripe > now:
+                    due = ripe if due is None else min(due, ripe)
+                    continue
+            else:  # an unfinished request: no progress since the drain began, or since it moved
+                ripe = max(since, started) + linger_max
+                if ripe > now:
+                    due = ripe if due is None else min(due, ripe)
+                    continue
+            if state == IDLE and _has_queued_bytes(request):
+                continue  # a request is arriving: look again
+            candidates.append((request, conn, state, since))
+        if candidates:
+            with self.registry.locked_items():
+                for request, conn, state, since in candidates:
+                    if _state_of(conn) == (state, since):
+                        self.cut_connection(request, forced=False)
         return due
+
+
+def _state_of(conn: Connection) -> tuple[int, float]:
+    """(state, since) of a registry record; a plain ``Connection`` by its flags."""
+    if isinstance(conn, HTTPConnection):
+        return conn.state, conn.since
+    state = IDLE if conn.idle else HEAD if conn.reading else BUSY
+    return state, conn.idle_since
 
 
 def _has_queued_bytes(sock: socket.socket) -> bool:
     """Whether the peer has sent bytes nobody has read yet.  Never blocks."""
     try:
         return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-    except (BlockingIOError, InterruptedError):
+    except OSError:  # nothing there (EAGAIN), or closed meanwhile
         return False
-    except OSError:
-        return False
-
-
-def _make_drain_aware(handler_class: Any) -> Any:
-    if isinstance(handler_class, functools.partial):
-        inner = _make_drain_aware(handler_class.func)
-        if inner is handler_class.func:
-            return handler_class
-        return functools.partial(inner, *handler_class.args, **handler_class.keywords)
-    if not (
-        isinstance(handler_class, type)
-        and issubclass(handler_class, http.server.BaseHTTPRequestHandler)
-    ):
-        return handler_class
-    if issubclass(handler_class, DrainAwareRequestHandler):
-        return handler_class
-    return type(
-        handler_class.__name__,
-        (handler_class, DrainAwareRequestHandler),
-        {"__module__": handler_class.__module__, "__qualname__": handler_class.__qualname__},
-    )

@@ -22,7 +22,8 @@ from .errors import StartupError
 from .httpserver import GracefulHTTPServer
 from .server import GracefulTCPServer, format_address
 from .settings import Address, Settings, apply_settings
-from .target import is_http_handler
+from .target import is_http_handler, is_wsgi_app
+from .wsgi import GracefulWSGIServer
 
 __all__ = ["Address", "make_server", "remove_unix_socket"]
 
@@ -34,13 +35,18 @@ def make_server(
 ) -> GracefulTCPServer:
     """A bound, listening server for ``handler_class``; StartupError if impossible.
 
+    ``handler_class`` may also be a WSGI application (served by GracefulWSGIServer).
+
     With ``inherited`` (socket activation, or a graceful restart), serve on
     that listening socket and ignore ``settings.bind``.  The server gets every
     setting it reads (``Settings.server_attributes``) before it binds.
     """
-    http = is_http_handler(handler_class)
+    wsgi = is_wsgi_app(handler_class)
+    http = not wsgi and is_http_handler(handler_class)
     server_class: type[GracefulTCPServer] = GracefulHTTPServer if http else GracefulTCPServer
-    attributes = settings.server_attributes(http)
+    if wsgi:  # the app takes the handler class's place
+        server_class = GracefulWSGIServer
+    attributes = settings.server_attributes(http, wsgi)
     if inherited is not None:
         try:
             adopted = server_class.from_socket(inherited, handler_class)

@@ -38,6 +38,7 @@ import socketserver
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from .drain import DrainReport
 from .errors import EXIT_CUT, EXIT_OK, exit_code_for_signal
@@ -58,9 +59,10 @@ from .signals import SignalRelay
 from .stopping import DrainHooks, run_drain
 from .supervisor import Supervisor
 from .systemd import Notifier, inherited_listener
-from .target import load_handler
+from .target import load_target
 from .worker import run_worker
 from .workerproc import WORKER_VARIABLE
+from .wsgi import WSGIApplication
 
 __all__ = ["run", "serve"]
 
@@ -73,7 +75,7 @@ _NOT_STOPPING = (signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1)
 
 
 def serve(
-    handler: type[socketserver.BaseRequestHandler] | str,
+    handler: type[socketserver.BaseRequestHandler] | WSGIApplication | str,
     address: Address = DEFAULTS.bind,
     *,
     grace: float = DEFAULTS.grace,
@@ -81,10 +83,12 @@ def serve(
     max_connections: int | None = DEFAULTS.max_connections,
     idle_timeout: float | None = DEFAULTS.idle_timeout,
     drain_delay: float = DEFAULTS.drain_delay,
+    **wsgi_settings: Any,
 ) -> int:
     """Serve ``handler`` on ``address`` until a stop signal; return the exit code.
 
-    ``handler`` is a request handler class or a ``module:Handler`` target,
+    ``handler`` is a request handler class, a WSGI application, or a
+    ``module:Handler`` / ``module:app`` / ``module:factory()`` target,
     imported after the signal handlers are in place (a slow import is part of
     start-up, and a TERM during it is honoured once serving has begun).  A
     socket passed by systemd socket activation (or by our own graceful
@@ -94,6 +98,10 @@ def serve(
     server cannot start; nothing is left behind then.  Call from the main
     thread only: it installs signal handlers, and restores the previous ones
     before it returns.
+
+    ``wsgi_settings`` are further ``Settings`` fields for a WSGI application:
+    ``root_path``, ``limit_request_line``, ``limit_request_fields``,
+    ``limit_request_field_size``, ``max_body_size``.
     """
     settings = DEFAULTS.but(
         bind=address,
@@ -102,12 +110,13 @@ def serve(
         max_connections=max_connections,
         idle_timeout=idle_timeout,
         drain_delay=drain_delay,
+        **wsgi_settings,
     )
     return run(handler, settings)
 
 
 def run(
-    handler: type[socketserver.BaseRequestHandler] | str,
+    handler: type[socketserver.BaseRequestHandler] | WSGIApplication | str,
     settings: Settings,
     *,
     ignore_signals_after: bool = False,
@@ -133,9 +142,9 @@ def run(
     shared_by_predecessor = os.environ.pop(SHARED_LISTENER_VARIABLE, "") == "1"
     try:
         supervised = settings.workers > 1
-        handler_class: type[socketserver.BaseRequestHandler] | str = handler
+        handler_class: type[socketserver.BaseRequestHandler] | WSGIApplication | str = handler
         if isinstance(handler, str) and (settings.preload or not supervised):
-            handler_class = load_handler(handler)
+            handler_class = load_target(handler)
         pid = PidFile(settings.pidfile) if settings.pidfile else None
         if pid is not None and inherited_pidfile.isdigit():
             pid.adopt(int(inherited_pidfile))

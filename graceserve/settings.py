@@ -18,6 +18,10 @@ Address = tuple[str, int] | str
 """(host, port) for TCP, or a filesystem path for a Unix socket."""
 
 
+LINGER_MAX = 2.0
+"""Seconds: the most the HTTP drain's linger ever takes (see ``drain_linger_max``)."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a run needs to know, validated.  Immutable; safe to share."""
@@ -40,6 +44,17 @@ class Settings:
     """Lame-duck seconds between the stop signal and the drain."""
     log_level: str = "info"
     """debug, info, warning or error."""
+    root_path: str = ""
+    """WSGI: SCRIPT_NAME, the path the app is mounted at behind a proxy ('' or /path)."""
+    limit_request_line: int = 8190
+    """WSGI: bytes in a request line (414 beyond)."""
+    limit_request_fields: int = 100
+    """WSGI: header fields in a request (431 beyond)."""
+    limit_request_field_size: int = 8190
+    """WSGI: bytes in one header field line (431 beyond)."""
+    max_body_size: int | None = None
+    """WSGI: bytes of request body (413 beyond); None: no limit."""
+
     workers: int = 1
     """Serving processes.  1: this process serves (a supervisor appears only at the
     first HUP); more: a supervisor process runs this many workers."""
@@ -53,14 +68,37 @@ class Settings:
     max_requests_jitter: int = 0
     """Add a random 0..J to each worker's ``max_requests`` (they do not all recycle at once)."""
 
+    @property
+    def drain_linger_max(self) -> float:
+        """HTTP: the longest an idle or unfinished connection may linger at drain.
+
+        A quarter of the grace, at most 2 s: the linger must leave most of the
+        budget to the requests in flight.
+        """
+        return min(LINGER_MAX, self.grace / 4)
+
     def but(self, **changes: Any) -> Settings:
         """A copy with ``changes``."""
         return replace(self, **changes)
 
-    def server_attributes(self, http: bool) -> dict[str, Any]:
+    def server_attributes(self, http: bool, wsgi: bool = False) -> dict[str, Any]:
         """What the server is told, by attribute name (each must exist on the server)."""
-        timeout = "idle_timeout" if http else "input_timeout"
-        return {"max_connections": self.max_connections, timeout: self.idle_timeout}
+        timeout = "idle_timeout" if http or wsgi else "input_timeout"
+        attributes: dict[str, Any] = {
+            "max_connections": self.max_connections,
+            timeout: self.idle_timeout,
+        }
+        if http or wsgi:
+            attributes["drain_linger_max"] = self.drain_linger_max
+        if wsgi:
+            attributes.update(
+                root_path=self.root_path,
+                limit_request_line=self.limit_request_line,
+                limit_request_fields=self.limit_request_fields,
+                limit_request_field_size=self.limit_request_field_size,
+                max_body_size=self.max_body_size,
+            )
+        return attributes
 
 
 DEFAULTS = Settings()

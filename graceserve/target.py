@@ -1,31 +1,53 @@
-"""Turning ``module:attr`` into a request handler class.
+"""Turning ``module:attr`` into a request handler class or a WSGI application.
 
 Why this module exists: a bad target is the most common start-up mistake, and
 each way it can be wrong (no colon, no module, an error inside the module, a
 missing attribute, not a handler class) deserves its own one-line message
 instead of a traceback.  The working directory is put on ``sys.path`` first,
 as gunicorn does, so ``python -m graceserve app:Handler`` finds ``./app.py``.
+
+What is served: a ``socketserver.BaseRequestHandler`` subclass (or a
+``functools.partial`` of one) as a handler; ``module:factory()`` calls the
+factory (no arguments) and serves what it returns; any other callable is a
+WSGI application.
 """
 
 from __future__ import annotations
 
+import functools
 import http.server
 import importlib
+import inspect
 import logging
 import os
 import socketserver
 import sys
+from typing import Any
 
 from .errors import StartupError, UsageError
 
-__all__ = ["is_http_handler", "load_handler"]
+__all__ = ["is_handler", "is_http_handler", "is_wsgi_app", "load_handler", "load_target"]
 
 log = logging.getLogger("graceserve")
 
 
 def load_handler(target: str) -> type[socketserver.BaseRequestHandler]:
     """Import ``module:attr`` and check it names a ``BaseRequestHandler`` subclass."""
+    found = load_target(target)
+    if not (isinstance(found, type) and issubclass(found, socketserver.BaseRequestHandler)):
+        raise StartupError(
+            f"{target} is {type(found).__name__} {found!r:.60}, "
+            "not a socketserver.BaseRequestHandler subclass"
+        )
+    return found
+
+
+def load_target(target: str) -> Any:
+    """Import ``module:attr`` (or call ``module:factory()``): a handler class or a WSGI app."""
     module_name, colon, attr = target.partition(":")
+    factory = attr.endswith("()")
+    if factory:
+        attr = attr[:-2]
     if not colon or not module_name or not attr:
         raise UsageError(f"target {target!r} is not of the form module:Handler")
     if os.getcwd() not in sys.path:
@@ -47,17 +69,58 @@ def load_handler(target: str) -> type[socketserver.BaseRequestHandler]:
             found = getattr(found, part)
         except AttributeError:
             raise StartupError(f"module {module_name!r} has no attribute {attr!r}") from None
-    if not (isinstance(found, type) and issubclass(found, socketserver.BaseRequestHandler)):
+    if factory:
+        if not callable(found):
+            raise StartupError(f"{target}: {module_name}.{attr} is not callable")
+        try:
+            found = found()
+        except Exception as exc:
+            log.debug("calling %s failed", target, exc_info=True)
+            raise StartupError(f"calling {module_name}.{attr}() failed: {_one_line(exc)}") from None
+    if not (is_handler(found) or _takes_two_arguments(found)):
         raise StartupError(
-            f"{target} is {type(found).__name__} {found!r:.60}, "
-            "not a socketserver.BaseRequestHandler subclass"
+            f"{target} is {type(found).__name__} {found!r:.60}, not a socketserver."
+            "BaseRequestHandler subclass, nor a WSGI application (environ, start_response)"
         )
     return found
 
 
-def is_http_handler(handler_class: type[socketserver.BaseRequestHandler]) -> bool:
+def _takes_two_arguments(found: object) -> bool:
+    """Whether ``found`` can be called as ``app(environ, start_response)``, as far as we know."""
+    if not callable(found):
+        return False
+    try:
+        signature = inspect.signature(found)
+    except (TypeError, ValueError):  # no signature to read (a builtin): give it the benefit
+        return True
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        return False
+    return True
+
+
+def _handler_class(target: Any) -> Any:
+    while isinstance(target, functools.partial):
+        target = target.func
+    return target
+
+
+def is_handler(target: Any) -> bool:
+    """Whether ``target`` is a BaseRequestHandler subclass (or a functools.partial of one)."""
+    found = _handler_class(target)
+    return isinstance(found, type) and issubclass(found, socketserver.BaseRequestHandler)
+
+
+def is_http_handler(handler_class: Any) -> bool:
     """Whether the class speaks HTTP (and so gets GracefulHTTPServer)."""
-    return issubclass(handler_class, http.server.BaseHTTPRequestHandler)
+    found = _handler_class(handler_class)
+    return isinstance(found, type) and issubclass(found, http.server.BaseHTTPRequestHandler)
+
+
+def is_wsgi_app(target: Any) -> bool:
+    """Whether ``target`` is served as a WSGI application: a callable that is not a handler."""
+    return callable(target) and not is_handler(target)
 
 
 def _one_line(exc: BaseException) -> str:

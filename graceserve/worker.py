@@ -48,7 +48,7 @@ from .server import GracefulTCPServer, format_address
 from .settings import Settings
 from .signals import STOP_SIGNALS, WORKER_SIGNALS, SignalRelay
 from .stopping import DrainHooks, run_drain
-from .target import load_handler
+from .target import load_target
 from .workerproc import CHANNEL_FD, LISTENER_FD
 
 __all__ = ["run_worker"]
@@ -75,7 +75,7 @@ def run_worker(
     link = _Link(channel, relay, settings.grace)
     try:
         try:
-            handler_class = load_handler(handler) if isinstance(handler, str) else handler
+            handler_class = load_target(handler) if isinstance(handler, str) else handler
             server = make_server(handler_class, settings, listener)
         except StartupError as exc:
             link.send("FAILED", str(exc))

@@ -21,8 +21,10 @@ from graceserve import GracefulHTTPServer, GracefulTCPServer, __version__, serve
 from graceserve.config import Config, build_parser, parse_args, parse_bind
 from graceserve.demo import DemoHandler
 from graceserve.errors import EXIT_USAGE, StartupError, UsageError
+from graceserve.httpparse import Limits
 from graceserve.listener import make_server
 from graceserve.settings import DEFAULTS, apply_settings
+from graceserve.wsgi import GracefulWSGIServer
 
 NO_DATABASE = settings(database=None, deadline=None, max_examples=200)
 
@@ -332,20 +334,50 @@ def test_settings_are_frozen_and_copied_with_changes() -> None:
     assert (changed.grace, DEFAULTS.grace) == (1.0, 8.0)
 
 
-@pytest.mark.parametrize("http", [True, False], ids=["http", "tcp"])
-def test_every_server_setting_reaches_the_server_by_name(http: bool) -> None:
-    handler: type[socketserver.BaseRequestHandler] = (
-        DemoHandler if http else socketserver.StreamRequestHandler
+def _hello_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Length", "0")])
+    return []
+
+
+@pytest.mark.parametrize("kind", ["http", "tcp", "wsgi"])
+def test_every_server_setting_reaches_the_server_by_name(kind: str) -> None:
+    target: Any = {
+        "http": DemoHandler,
+        "tcp": socketserver.StreamRequestHandler,
+        "wsgi": _hello_app,
+    }[kind]
+    settings = DEFAULTS.but(
+        bind=("127.0.0.1", 0),
+        max_connections=7,
+        idle_timeout=3.5,
+        grace=2.0,
+        root_path="/app",
+        limit_request_line=100,
+        limit_request_fields=5,
+        limit_request_field_size=200,
+        max_body_size=1000,
     )
-    settings = DEFAULTS.but(bind=("127.0.0.1", 0), max_connections=7, idle_timeout=3.5)
-    server = make_server(handler, settings)
+    server = make_server(target, settings)
     try:
-        attributes = settings.server_attributes(http)
-        assert attributes["max_connections"] == 7
-        timeout = "idle_timeout" if http else "input_timeout"  # one name, one meaning
-        assert attributes == {"max_connections": 7, timeout: 3.5}
+        attributes = settings.server_attributes(kind == "http", kind == "wsgi")
+        timeout = "input_timeout" if kind == "tcp" else "idle_timeout"  # one name, one meaning
+        expected: dict[str, Any] = {"max_connections": 7, timeout: 3.5}
+        if kind != "tcp":
+            expected["drain_linger_max"] = 0.5  # a quarter of the grace
+        if kind == "wsgi":
+            expected.update(
+                root_path="/app",
+                limit_request_line=100,
+                limit_request_fields=5,
+                limit_request_field_size=200,
+                max_body_size=1000,
+            )
+        assert attributes == expected
         for name, value in attributes.items():
             assert getattr(server, name) == value
+        if isinstance(server, GracefulWSGIServer):  # and they are in force, not just stored
+            assert server.limits == Limits(request_line=100, fields=5, field_size=200, body=1000)
+            assert server.base_environ["SCRIPT_NAME"] == "/app"
     finally:
         server.server_close()
 

@@ -50,7 +50,7 @@ EXIT_TIMEOUT = 15.0  # seconds a process may take to finish a restart or a drain
 LOG_PID = re.compile(r"graceserve\[(\d+)\]|started pid (\d+)")
 
 APP = '''\
-"""Test target: every answer names its version and pid; a POST waits for its body."""
+"""Test target: every answer names its version and pid; a POST of "wait" waits for a word."""
 import os
 from http.server import BaseHTTPRequestHandler
 
@@ -65,6 +65,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if body == b"wait":  # in flight (the whole request read) until the client's word
+            body = self.request.recv(4)
         self._reply(f"{VERSION} pid {os.getpid()} got {body.decode()}")
 
     def _reply(self, text):
@@ -284,14 +286,16 @@ def is_locked(path: Path) -> bool:
 
 
 def post_in_flight(address: tuple[str, int]) -> socket.socket:
-    """Send a POST head announcing a 4-byte body, and wait until a handler has read it.
+    """Send a whole POST (body "wait"), and wait until a handler has read it.
 
-    The handler then waits for the body: the request stays in flight until the
-    test sends it (``finish_post``).
+    The handler then waits for one more word on the connection: the request
+    stays in flight until the test sends it (``finish_post``).  (Not a stalled
+    body: a request still arriving when the drain starts is not in-flight work,
+    and is closed after the linger.)
     """
     sock = socket.create_connection(address, timeout=IO_TIMEOUT)
     try:
-        sock.sendall(b"POST /wait HTTP/1.1\r\nHost: test\r\nContent-Length: 4\r\n\r\n")
+        sock.sendall(b"POST /wait HTTP/1.1\r\nHost: test\r\nContent-Length: 4\r\n\r\nwait")
         key = (address[1], sock.getsockname()[1])
         wait_until(lambda: receive_queues().get(key) == 0, what="the server to read our POST")
     except BaseException:
@@ -301,7 +305,7 @@ def post_in_flight(address: tuple[str, int]) -> socket.socket:
 
 
 def finish_post(sock: socket.socket) -> tuple[int, dict[str, str], str]:
-    """Send the POST body; read the answer: status, lower-cased headers, body."""
+    """Send the word the handler waits for; read the answer: status, lower-cased headers, body."""
     sock.sendall(b"done")
     status, headers, body = read_response(sock)
     return status, headers, body.decode()

@@ -1,0 +1,359 @@
+"""One WSGI connection: the request loop, the environ, start_response and response framing.
+
+Why this module exists: ``BaseHTTPRequestHandler`` parses every head through
+``email.parser`` (its largest per-request cost, and lenient where leniency is
+a smuggling hole) and writes head and body in separate calls.  A WSGI
+connection needs neither: the head is read with ``graceserve.httpparse``,
+the environ dict is built directly from its fields, and the response head
+goes out in one ``sendall`` together with the first body chunk.
+
+The drain hooks are those of ``DrainAwareRequestHandler``: between requests
+the thread blocks in ``rfile.readline`` with the ``Connection`` record marked
+idle (the reaper may cut it); while a head arrives it is marked reading;
+a head cut short (EOF, or our own cut) is never dispatched; once the
+listener has closed every response says ``Connection: close``.
+
+Threading contract: a ``WSGIConnection`` is used by its connection's thread
+only; it touches the shared ``Connection`` record under the registry lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, BinaryIO
+from urllib.parse import unquote_to_bytes
+
+from . import httpparse
+from .httpparse import Body, Framing, IncompleteHeadError, RequestError, RequestLine
+from .server import FORCED, OPEN, format_address
+from .wsgiresponse import FileWrapper, Response
+
+if TYPE_CHECKING:
+    from .wsgi import GracefulWSGIServer
+
+__all__ = ["WSGIConnection", "http_date"]
+
+log = logging.getLogger("graceserve")
+
+_RFILE_BUFFER = 65536
+_SPECIAL = {"CONTENT_TYPE": "CONTENT_TYPE", "CONTENT_LENGTH": "CONTENT_LENGTH"}
+_environ_keys: dict[str, str | None] = {}  # header name as sent -> environ key (None: dropped)
+_MAX_CACHED_KEYS = 4096
+
+
+def _environ_key(name: str) -> str | None:
+    """``HTTP_X_FOO`` for ``X-Foo``; None for a name with ``_`` (it would alias ``-``)."""
+    key = _environ_keys.get(name)
+    if key is None and name not in _environ_keys:
+        if "_" in name:
+            key = None
+        else:
+            upper = name.upper().replace("-", "_")
+            key = _SPECIAL.get(upper) or "HTTP_" + upper
+        if len(_environ_keys) < _MAX_CACHED_KEYS:  # bounded: names are client-chosen
+            _environ_keys[name] = key
+    return key
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def http_date() -> str:
+    """The current time as an IMF-fixdate, recomputed once a second.  Thread-safe."""
+    global _date_cache
+    now = int(time.time())
+    cached = _date_cache
+    if cached[0] != now:
+        cached = (now, formatdate(now, usegmt=True))
+        _date_cache = cached
+    return cached[1]
+
+
+class _EmptyInput:
+    """``wsgi.input`` for a request without a body: always at its end.  Stateless."""
+
+    __slots__ = ()
+
+    def read(self, size: int | None = -1) -> bytes:
+        return b""
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return b""
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        return []
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(())
+
+
+_EMPTY_INPUT = _EmptyInput()
+
+
+class WSGIConnection:
+    """Serves the requests of one connection, in order, until it must end.
+
+    Created and run by ``GracefulWSGIServer.finish_request`` in the
+    connection's own thread.
+    """
+
+    def __init__(
+        self, server: GracefulWSGIServer, request: socket.socket, client_address: Any
+    ) -> None:
+        self.server = server
+        self.request = request
+        self.client_address = client_address
+        self.rfile: BinaryIO = request.makefile("rb", _RFILE_BUFFER)  # type: ignore[assignment]
+        registry = server.registry
+        self.conn = registry.get(request)
+        self.lock = registry.lock
+        self.closing = False  # this connection ends after the current response
+        environ = dict(server.base_environ)
+        if isinstance(client_address, tuple) and client_address != ("unix", 0):
+            environ["REMOTE_ADDR"] = str(client_address[0])
+            environ["REMOTE_PORT"] = str(client_address[1])
+        else:
+            environ["REMOTE_ADDR"] = environ["REMOTE_PORT"] = ""
+        self.connection_environ = environ
+
+    # -- the loop -----------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve requests until the client leaves, asks to close, or the drain ends us."""
+        try:
+            while self.serve_one():
+                pass
+        finally:
+            self.rfile.close()
+
+    # State changes, as the reaper sees them (``Connection`` fields).  Only the
+    # move out of idle takes the registry lock, together with the read of
+    # ``cut``: a connection the reaper closes while idle either never reads its
+    # request, or knows it raced the close.  The other moves are single
+    # attribute writes (atomic), ordered so the reaper never sees a state with
+    # a stale timestamp: one lock round-trip per request.
+
+    def _to_idle(self) -> int:
+        """Waiting for the next request (the reaper may close us); what was done to us."""
+        conn = self.conn
+        if conn is None:
+            return OPEN
+        conn.reading = False
+        conn.idle_since = time.monotonic()
+        conn.idle = True
+        return conn.cut
+
+    def _to_reading(self) -> int:
+        """A request (head or body) is arriving; what was done to us meanwhile."""
+        conn = self.conn
+        if conn is None:
+            return OPEN
+        with self.lock:
+            conn.idle_since = time.monotonic()
+            conn.reading = True
+            conn.idle = False
+            return conn.cut
+
+    def _to_busy(self) -> int:
+        """Serving a request: neither idle nor reading; what was done to us."""
+        conn = self.conn
+        if conn is None:
+            return OPEN
+        conn.reading = False
+        conn.idle = False
+        return conn.cut
+
+    def serve_one(self) -> bool:
+        """Read and answer one request; True if the connection may carry another."""
+        if self._to_idle() != OPEN:
+            return False
+        limits = self.server.limits
+        try:
+            line = self.rfile.readline(limits.request_line + 3)
+            if line in (b"\r\n", b"\n"):  # RFC 9112 2.2: one empty line before a request is ok
+                line = self.rfile.readline(limits.request_line + 3)
+        except OSError:
+            line = b""
+        state = self._to_reading()
+        if state == FORCED or not line:
+            return False
+        if state != OPEN:  # a request raced the close of an idle connection: answer, then close
+            self.closing = True
+        if not line.endswith(b"\n") and len(line) <= limits.request_line + 1:
+            return False  # EOF inside the request line: incomplete, never dispatched
+        try:
+            request_line = httpparse.parse_request_line(line, limits)
+            fields = httpparse.read_fields(self.rfile.readline, limits)
+            framing = httpparse.framing(request_line, fields, limits)
+        except IncompleteHeadError:
+            return False
+        except OSError:
+            return False
+        except RequestError as exc:
+            if self._to_busy() != FORCED:
+                self.send_error(exc.status, exc.message)
+            return False
+        if self._to_busy() == FORCED:
+            return False  # the head was cut half-way: never act on it
+        if request_line.version == "HTTP/0.9":
+            self.send_error(505, "HTTP/0.9 is not supported", version="HTTP/1.0")
+            return False
+        if not framing.keep_alive:
+            self.closing = True
+        return self.handle_request(request_line, fields, framing)
+
+    # -- one request --------------------------------------------------------
+
+    def make_environ(
+        self, request_line: RequestLine, fields: list[tuple[str, str]], framing: Framing
+    ) -> dict[str, Any]:
+        """The PEP 3333 environ for one request (``wsgi.input`` is set by the caller)."""
+        environ = self.connection_environ.copy()
+        target = request_line.target
+        environ["REQUEST_METHOD"] = request_line.method
+        environ["SERVER_PROTOCOL"] = request_line.version
+        environ["REQUEST_URI"] = target
+        if target[:1] != "/":  # absolute-form (or * / authority-form): keep the path
+            target = _origin_form(target)
+        path, _, query = target.partition("?")
+        if "%" in path:
+            path = unquote_to_bytes(path).decode("latin-1")
+        root = self.server.root_path
+        if root and (path == root or path.startswith(root + "/")):
+            path = path[len(root) :]
+        environ["PATH_INFO"] = path
+        environ["QUERY_STRING"] = query
+        for name, value in fields:
+            key = _environ_key(name)
+            if key is None:
+                continue
+            if key in environ and key.startswith("HTTP_"):
+                joiner = "; " if key == "HTTP_COOKIE" else ","
+                environ[key] = environ[key] + joiner + value
+            else:
+                environ[key] = value
+        if framing.chunked:
+            environ.pop("CONTENT_LENGTH", None)
+        elif framing.content_length is not None:
+            environ["CONTENT_LENGTH"] = str(framing.content_length)
+        return environ
+
+    def handle_request(
+        self, request_line: RequestLine, fields: list[tuple[str, str]], framing: Framing
+    ) -> bool:
+        """Call the application for one request and send its response; True to keep going."""
+        environ = self.make_environ(request_line, fields, framing)
+        response = Response(self, request_line, framing)
+        body: Body | None = None
+        if framing.has_body:
+            before = response.send_continue if framing.expect_continue else None
+            body = Body(self.rfile, framing, self.server.limits, before)
+            environ["wsgi.input"] = response.body = body
+        else:
+            environ["wsgi.input"] = _EMPTY_INPUT
+        keep = response.run(self.server.application, environ, response.start)
+        if log.isEnabledFor(logging.DEBUG):  # the access log: --log-level debug
+            log.debug(
+                '%s "%s %s %s" %s %d', self.client_text(), request_line.method,
+                request_line.target, request_line.version,
+                response.status[:3] if response.status else "-", response.sent,
+            )  # fmt: skip
+        if not keep or self.closing:
+            return False
+        if body is not None and not body.complete:
+            if framing.expect_continue and not response.continue_sent:
+                return False  # the client may never send a body we did not ask for
+            self._to_reading()  # the reaper times a stalled upload
+            if not body.discard(self.server.discard_limit):
+                return False
+        return True
+
+    # -- output -------------------------------------------------------------
+
+    def ending(self) -> bool:
+        """Whether the current response must end the connection (``Connection: close``)."""
+        if self.closing:
+            return True
+        if self.server.listener_closed:
+            self.closing = True
+            return True
+        return False
+
+    def send_error(self, status: int, message: str, version: str = "HTTP/1.1") -> None:
+        """Answer a request we will not dispatch (malformed, over a limit), and close."""
+        self.closing = True
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Error"
+        body = (message + "\n").encode("latin-1", "replace")
+        head = (
+            f"{version} {status} {phrase}\r\n"
+            f"Date: {http_date()}\r\n"
+            f"Server: {self.server.server_software}\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode("latin-1")
+        log.debug("%s: %d %s", format_address(self.client_address), status, message)
+        with contextlib.suppress(OSError):
+            self.request.sendall(head + body)
+
+    def date(self) -> str:
+        """The ``Date`` header value."""
+        return http_date()
+
+    def client_text(self) -> str:
+        """The client's address, for log lines."""
+        return format_address(self.client_address)
+
+    def log_app_error(self, environ: dict[str, Any], what: str) -> None:
+        """Log the exception being handled, once, with its traceback."""
+        log.error(
+            "%s while serving %s %s for %s",
+            what,
+            environ.get("REQUEST_METHOD", "?"),
+            environ.get("REQUEST_URI", "?"),
+            format_address(self.client_address),
+            exc_info=sys.exc_info(),
+        )
+
+
+def _origin_form(target: str) -> str:
+    """The path and query of an absolute-form target; ``*`` and authority-form give ''."""
+    _scheme, sep, rest = target.partition("://")
+    if not sep:
+        return ""
+    slash = rest.find("/")
+    question = rest.find("?")
+    if slash < 0 or (0 <= question < slash):
+        return "/" + rest[question:] if question >= 0 else "/"
+    return rest[slash:]
+
+
+def make_base_environ(server: GracefulWSGIServer) -> dict[str, Any]:
+    """The environ keys that are the same for every request of a server."""
+    stopping: Callable[[], bool] = lambda: server.stopping  # noqa: E731
+    return {
+        "SERVER_NAME": str(server.server_name),
+        "SERVER_PORT": str(server.server_port),
+        "SCRIPT_NAME": server.root_path,
+        "SERVER_SOFTWARE": server.server_software,
+        "GATEWAY_INTERFACE": "CGI/1.1",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        "wsgi.input_terminated": True,
+        "wsgi.file_wrapper": FileWrapper,
+        "graceserve.stopping": stopping,
+    }
