@@ -53,10 +53,11 @@ from .restart import (
     SHARED_LISTENER_VARIABLE,
     SOCKET_FILE_VARIABLE,
 )
+from .runnerhooks import Handed, RunnerHooks, name_of
 from .server import GracefulTCPServer, format_address
 from .settings import DEFAULTS, Settings
 from .signals import SignalRelay
-from .stopping import DrainHooks, run_drain
+from .stopping import run_drain
 from .supervisor import Supervisor
 from .systemd import Notifier, inherited_listener
 from .target import load_target
@@ -68,7 +69,6 @@ __all__ = ["run", "serve"]
 
 log = logging.getLogger("graceserve")
 
-PROGRESS_INTERVAL = 1.0
 RESTART_TIMEOUT = 30.0
 _FORCING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 _NOT_STOPPING = (signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1)
@@ -283,7 +283,7 @@ class _Controller:
             if signum in _NOT_STOPPING:
                 log.info(
                     "%s: ignored (--workers 1: no worker to add or remove)",
-                    _name(self, signum=signum),
+                    name_of(self, signum=signum),
                 )
                 continue
             self.stop.signum = signum
@@ -322,7 +322,7 @@ class _Controller:
         supervising; the supervisor's exit code."""
 
         def drain() -> None:
-            report = run_drain(self.server, grace, _Handed(), shared_listener=True)[0]
+            report = run_drain(self.server, grace, Handed(), shared_listener=True)[0]
             log.info(
                 "this process's drain: %d served during the drain, %d cut, %.3fs",
                 report.served_during_drain, report.forced, report.elapsed,
@@ -341,7 +341,7 @@ class _Controller:
             return
         self.server.announce_stop()
         self._notify("STOPPING=1", "STATUS=lame duck: health checks fail, still serving")
-        log.info("%s: lame duck for %gs (still serving, /healthz fails)", _name(self), delay)
+        log.info("%s: lame duck for %gs (still serving, /healthz fails)", name_of(self), delay)
         if self.has_signal() or self.relay.wait(delay):
             self._take_signals()
 
@@ -359,7 +359,7 @@ class _Controller:
         self._notify("STOPPING=1")
         force = self.stop.forced_by or (signal.SIGQUIT if self.stop.signum == signal.SIGQUIT else 0)
         report, forced_by = run_drain(
-            self.server, grace, _RunnerHooks(self, grace), force=force,
+            self.server, grace, RunnerHooks(self, grace), force=force,
             shared_listener=self.stop.handed_over or self.shared_listener,
         )  # fmt: skip
         self.stop.forced_by = forced_by
@@ -377,63 +377,3 @@ class _Controller:
         if forced_by:
             return exit_code_for_signal(forced_by)
         return EXIT_OK if report.clean else EXIT_CUT
-
-
-class _RunnerHooks(DrainHooks):
-    """What the process adds to the drain: log lines, systemd status, signals that force."""
-
-    progress_interval = PROGRESS_INTERVAL
-
-    def __init__(self, controller: _Controller, grace: float) -> None:
-        self.controller = controller
-        self.grace = grace
-        self.last_count = 0
-
-    def started(self, server: GracefulTCPServer, deadline: float | None) -> None:
-        log.info(
-            "%s: draining %d connections (grace %gs); new connections are refused",
-            _name(self.controller), server.draining_from, self.grace,
-        )  # fmt: skip
-        self.controller._notify(f"STATUS=draining {server.draining_from} connections")
-        self.last_count = server.active_connections
-
-    def interrupted(self) -> bool:
-        return self.controller.has_signal()
-
-    def take_force(self) -> int:
-        return self.controller._take_signals("draining")
-
-    def progress(self, server: GracefulTCPServer, deadline: float | None) -> None:
-        count = server.active_connections
-        log.info("draining: %d connections remaining", count)
-        self.controller._notify(f"STATUS=draining: {count} connections remaining")
-        if count < self.last_count and deadline is not None:
-            # Progress: ask systemd for the time the grace allows.
-            left = deadline - time.monotonic() + 1
-            self.controller._notify(f"EXTEND_TIMEOUT_USEC={int(left * 1e6)}")
-        self.last_count = count
-
-    def cutting(self, server: GracefulTCPServer, forced_by: int) -> None:
-        remaining = server.active_connections
-        if forced_by:
-            if remaining:
-                name = _name(self.controller, forced=True, signum=forced_by)
-                log.warning("%s: cutting %d connections now", name, remaining)
-        else:
-            log.warning("grace of %gs passed: cutting %d connections", self.grace, remaining)
-
-
-class _Handed(DrainHooks):
-    """The drain of a process whose listener a worker took over."""
-
-    def started(self, server: GracefulTCPServer, deadline: float | None) -> None:
-        log.info("HUP: draining %d connections of this process", server.draining_from)
-
-
-def _name(controller: _Controller, forced: bool = False, signum: int = 0) -> str:
-    if not signum:
-        signum = controller.stop.forced_by if forced else controller.stop.signum
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
