@@ -301,14 +301,16 @@ class _Controller:
         acted on next (a TERM right after a HUP stops the service).
         """
         self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        listener = self.server.socket.dup()  # ours to keep: the workers' listener
         supervisor = Supervisor(
-            self.settings.but(workers=1), self.server.socket.dup(), self.relay, self.notifier,
+            self.settings.but(workers=1), listener, self.relay, self.notifier,
             self.shared_listener, inprocess=lambda _signum: self.server.force_close(),
         )  # fmt: skip
         log.info("HUP: reloading: starting a worker process, waiting until it is ready")
         why = supervisor.first_worker(time.monotonic() + RESTART_TIMEOUT, self.has_signal)
         if why is not None:
             supervisor.close()
+            listener.close()
             log.error("HUP: restart failed: %s; still serving", why)
             self.notifier.send("READY=1", "STATUS=restart failed; old process still serving")
             return False

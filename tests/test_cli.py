@@ -176,25 +176,37 @@ def successors() -> Iterator[list[tuple[int, int]]]:
                 os.kill(pid, signal.SIGKILL)
 
 
-def test_hup_hands_over_to_a_successor_then_exits_0(
+def test_hups_keep_the_main_pid_and_a_term_then_drains_like_a_first_stop(
     start_server: StartServer, successors: list[tuple[int, int]]
 ) -> None:
-    """HUP is a graceful restart: a successor takes the listener, this process drains (exit 0)."""
+    """HUP is a graceful reload that never replaces the main process: a worker process
+    takes over the serving, the main process stays (systemd's MAINPID, PID 1 of a
+    container).  Several reloads then a TERM with a request in flight: 200, exit 0."""
     server = start_ready(start_server, "--grace", "5")
     host, port = addr(server)
+    main = server.proc.pid
     with contextlib.closing(in_flight((host, port), "/slow?seconds=0.5")) as sock:
         server.send(signal.SIGHUP)
-        successor = int(server.wait_for_line(r"HUP: restarting: started pid (\d+)")[1])
-        successors.append((successor, server.proc.pid))
-        assert read_response(sock)[0] == 200
-    # (not wait_exit(): it would wait for stderr to close, and the successor holds it)
+        server.wait_for_line(r"HUP: the worker is serving")
+        assert read_response(sock)[0] == 200  # finished by the main process
+    for generation in (2, 3):
+        server.send(signal.SIGHUP)
+        server.wait_for_line(rf"HUP: generation {generation} is ready")
+    workers = [int(pid) for pid in re.findall(r"started worker pid (\d+)", server.output)]
+    successors.extend((pid, main) for pid in workers)
+    assert len(workers) == 3
+    assert server.proc.poll() is None
+    with contextlib.closing(in_flight((host, port), "/slow?seconds=1")) as sock:
+        server.send(signal.SIGTERM)
+        status, headers, _body = read_response(sock)
+        assert status == 200
+        assert headers.get("connection", "").lower() == "close"
     assert server.proc.wait(20) == 0
-    server.wait_for_line(rf"graceserve\[{server.proc.pid}\] INFO stopped: .*exit code 0")
-    server.wait_for_line(rf"graceserve\[{successor}\] INFO listening on http://{host}:{port} ")
-    assert get((host, port))[0] == 200  # the successor serves on the same port
-    os.kill(successor, signal.SIGTERM)
-    server.wait_for_line(rf"graceserve\[{successor}\] INFO stopped: .*exit code 0")
-    wait_until(lambda: session_of(successor) is None, what="the successor to exit")
+    server.wait_for_line(
+        rf"graceserve\[{main}\] INFO stopped: \d workers, 1 served during the drain, 0 cut"
+    )
+    for pid in workers:
+        wait_until(lambda p=pid: session_of(p) is None, what=f"worker {pid} to exit")
     assert_no_traceback(server)
 
 
