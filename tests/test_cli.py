@@ -952,6 +952,42 @@ def test_term_reaches_graceserve_running_as_pid_1(
     server.wait_for_line(SUMMARY.format(0))
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_hup_to_graceserve_as_pid_1_keeps_serving_under_load(
+    start_server: StartServer, pid_namespace_prefix: list[str], workers: str
+) -> None:
+    """When PID 1 of a namespace exits, the kernel kills every process left in it: the
+    main process must survive the reload.  Under load, HUP twice: no failed request,
+    still serving, then TERM drains and exits 0."""
+    from workers_support import Load  # the worker tests' keep-alive load
+
+    server = start_server(
+        ["--bind", "127.0.0.1:0", "--grace", "5", "--workers", workers],
+        prefix=pid_namespace_prefix,
+    )
+    server.wait_ready()
+    server.wait_for_line(r"pid 1, grace 5s\)" if workers == "1" else r"supervisor pid 1: ")
+    unshare_pid = server.proc.pid
+    inner = int(Path(f"/proc/{unshare_pid}/task/{unshare_pid}/children").read_text().split()[0])
+    load = Load(addr(server), clients=6)
+    try:
+        load.wait_for_requests(100)
+        for generation in (1, 2) if workers == "1" else (2, 3):
+            os.kill(inner, signal.SIGHUP)  # the inner graceserve: a process we started
+            ready = "the worker is serving" if generation == 1 else f"generation {generation}"
+            server.wait_for_line(rf"HUP: {ready}")
+            load.wait_for_requests(100)
+        assert server.proc.poll() is None
+        assert get(addr(server))[0] == 200
+        load.stopping.set()
+        os.kill(inner, signal.SIGTERM)
+        assert server.wait_exit(20) == 0, server.output
+    finally:
+        load.stop()
+    assert load.failures == [], load.failures[:5]
+    assert_no_traceback(server)
+
+
 # -- broken and slow stderr ----------------------------------------------------------
 
 

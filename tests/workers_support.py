@@ -138,8 +138,8 @@ class Load:
                 body = response.read().decode()
                 if response.status != 200:
                     client.failures.append(f"{response.status} {body!r}")
-                else:
-                    client.pids.add(served_by(body))
+                elif (match := re.search(r"pid (\d+)", body)) is not None:
+                    client.pids.add(int(match[1]))  # the worker app names its pid
                 client.requests += 1
                 if response.will_close:
                     conn.close()
