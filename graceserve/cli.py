@@ -17,7 +17,6 @@ import threading
 from collections.abc import Sequence
 
 from .config import parse_args
-from .demo import DemoHandler
 from .errors import EXIT_INTERNAL, StartupError
 from .runner import run as run_settings
 
@@ -27,15 +26,28 @@ log = logging.getLogger("graceserve")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit code.  Main thread only."""
+    """Run the command line; return the exit code.  Main thread only.
+
+    ``graceserve ctl ...`` is dispatched before the server's parser: a TARGET
+    always has a colon, so none can be named ``ctl``.
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["ctl"]:
+        from .ctl import main as ctl_main
+
+        return ctl_main(args[1:])
     try:
-        config = parse_args(sys.argv[1:] if argv is None else argv)
+        config = parse_args(args)
     except StartupError as exc:
         _say(f"graceserve: error: {exc}")
         return exc.exit_code
     _configure_logging(config.log_level)
     try:
-        return run_settings(config.target or DemoHandler, config, ignore_signals_after=True)
+        if config.target is None:
+            from .demo import DemoHandler  # only when served: ctl must run when it is broken
+
+            return run_settings(DemoHandler, config, ignore_signals_after=True)
+        return run_settings(config.target, config, ignore_signals_after=True)
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return exc.exit_code

@@ -43,6 +43,11 @@ exit codes:
   128+N       forced by a repeated signal N (143 for TERM, 130 for INT),
               or 131 when QUIT cut connections
 
+control (with --pidfile; see the README):
+  graceserve ctl graceful|stop|status --pidfile PATH
+              reload and wait until the new generation serves (or say why not);
+              stop and exit with the server's exit code; status (3: not running)
+
 Every option can also be set with an environment variable, shown in brackets;
 the flag wins.  TARGET is module:Handler (a socketserver handler class),
 module:app (a WSGI application) or module:factory() (called once to get

@@ -17,7 +17,10 @@ import socket
 import socketserver
 from typing import Any
 
+from . import runstatus
+from .control import ServerStatus
 from .listener import make_server, remove_unix_socket
+from .pidfile import PidFile
 from .settings import Settings
 from .signals import SignalRelay
 from .supervisor import Supervisor
@@ -34,6 +37,7 @@ def run_supervised(
     relay: SignalRelay,
     notifier: Notifier,
     inherited: socket.socket | None,
+    pidfile: PidFile | None = None,
 ) -> int:
     """Bind (or adopt ``inherited``), run the workers until a stop; the exit code.
 
@@ -49,8 +53,18 @@ def run_supervised(
             "supervisor pid %d: starting %d workers on %s",
             os.getpid(), settings.workers, holder.server_address,
         )  # fmt: skip
-        supervisor = Supervisor(settings, listener, relay, notifier, inherited is not None)
-        return supervisor.run()
+        status = ServerStatus(
+            workers=settings.workers, grace=settings.grace, drain_delay=settings.drain_delay
+        )
+        supervisor = Supervisor(
+            settings, listener, relay, notifier, inherited is not None, status=status
+        )
+        control = runstatus.open_control(holder, pidfile, status, publish_now=True)
+        try:
+            return supervisor.run()
+        finally:
+            if control is not None:
+                control.close()
     finally:
         holder.server_close()
         if inherited is None:

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 
 __all__ = [
+    "CONTROL_VARIABLE",
     "PIDFILE_FD_VARIABLE",
     "RESTART_SOCKET_VARIABLE",
     "SHARED_LISTENER_VARIABLE",
@@ -39,6 +40,7 @@ RESTART_SOCKET_VARIABLE = "GRACESERVE_RESTART_SOCKET"
 PIDFILE_FD_VARIABLE = "GRACESERVE_PIDFILE_FD"
 SOCKET_FILE_VARIABLE = "GRACESERVE_OWNS_SOCKET_FILE"
 SHARED_LISTENER_VARIABLE = "GRACESERVE_SHARED_LISTENER"  # systemd holds it too
+CONTROL_VARIABLE = "GRACESERVE_CONTROL"  # "generation,reloads" of the successor
 _LISTENER_FD = 3
 _PIDFILE_FD = 4
 _TRAMPOLINE = 'LISTEN_PID=$$; export LISTEN_PID; exec "$@"'
@@ -68,10 +70,12 @@ class Successor:
         self._inbox.bind("\0" + self._name)
         self.pid = 0
         self.exit_status: int | None = None
+        self.environment: dict[str, str] = {}  # more variables for the new process
 
     def start(self) -> int:
         """Start the new process; its pid."""
         env = dict(os.environ)
+        env.update(self.environment)
         env.pop("LISTEN_PID", None)
         env["LISTEN_FDS"] = "1"
         env[RESTART_SOCKET_VARIABLE] = "@" + self._name

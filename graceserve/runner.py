@@ -40,6 +40,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from . import runstatus
+from .control import ServerStatus
 from .drain import DrainReport
 from .errors import EXIT_CUT, EXIT_OK, exit_code_for_signal
 from .httpserver import GracefulHTTPServer
@@ -48,6 +50,7 @@ from .pidfile import PidFile
 from .prefork import run_supervised
 from .readiness import listen_url, ready_line
 from .restart import (
+    CONTROL_VARIABLE,
     PIDFILE_FD_VARIABLE,
     RESTART_SOCKET_VARIABLE,
     SHARED_LISTENER_VARIABLE,
@@ -140,6 +143,9 @@ def run(
     # Is another process (systemd) keeping the listener after us?  Said by our
     # predecessor after a restart; otherwise true of any socket activation.
     shared_by_predecessor = os.environ.pop(SHARED_LISTENER_VARIABLE, "") == "1"
+    # After a restart: our generation and reload count, and the predecessor publishes our
+    # control socket once we are ready (see _restart).
+    handed_control = runstatus.handed_generation(os.environ.pop(CONTROL_VARIABLE, ""))
     try:
         supervised = settings.workers > 1
         handler_class: type[socketserver.BaseRequestHandler] | WSGIApplication | str = handler
@@ -153,7 +159,7 @@ def run(
         try:
             inherited = inherited_listener()
             if supervised:
-                return run_supervised(handler_class, settings, relay, notifier, inherited)
+                return run_supervised(handler_class, settings, relay, notifier, inherited, pid)
             assert not isinstance(handler_class, str)
             server = make_server(handler_class, settings, inherited)
             # A unix socket file is removed by whoever bound it, or was handed it by a
@@ -165,9 +171,16 @@ def run(
             controller = _Controller(
                 server, relay, notifier, predecessor, pid, owns_socket_file, shared, settings
             )
+            status = controller.status = runstatus.make_status(server, settings, handed_control)
+            control = None
             try:
+                control = runstatus.open_control(
+                    server, pid, status, publish_now=handed_control is None
+                )
                 return controller.run(settings.grace, settings.drain_delay)
             finally:
+                if control is not None:
+                    control.close()
                 if owns_socket_file and not controller.stop.handed_over:
                     remove_unix_socket(server)
         finally:
@@ -213,6 +226,7 @@ class _Controller:
         self.predecessor = predecessor
         self.pidfile = pidfile
         self.stop = _Stop()
+        self.status = ServerStatus()  # what the control socket publishes
         self.inbox: collections.deque[int] = collections.deque()  # taken, not yet acted on
         relay.add_listener(server.registry.condition)
 
@@ -249,6 +263,7 @@ class _Controller:
             accept_thread.join(timeout=5.0)
             server.server_close()
         code = self._exit_code(report)
+        self.status.finish(code, runstatus.summary(report))
         if report.remaining:
             log.warning(
                 "still running: %d handlers ignored the cut; leaving them behind",
@@ -267,6 +282,7 @@ class _Controller:
         scheme = "http" if isinstance(server, GracefulHTTPServer) else "tcp"
         where = listen_url(scheme, format_address(server.server_address))
         log.info("%s", ready_line(where, scheme, os.getpid(), grace))
+        self.status.update(state="serving")
         if self.predecessor.enabled:
             self.predecessor.send("READY=1")  # it tells systemd, and hands over
         else:
@@ -301,10 +317,12 @@ class _Controller:
         acted on next (a TERM right after a HUP stops the service).
         """
         self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        self.status.update(state="reloading")
         listener = self.server.socket.dup()  # ours to keep: the workers' listener
         supervisor = Supervisor(
             self.settings.but(workers=1), listener, self.relay, self.notifier,
             self.shared_listener, inprocess=lambda _signum: self.server.force_close(),
+            status=self.status,
         )  # fmt: skip
         log.info("HUP: reloading: starting a worker process, waiting until it is ready")
         why = supervisor.first_worker(time.monotonic() + RESTART_TIMEOUT, self.has_signal)
@@ -312,9 +330,12 @@ class _Controller:
             supervisor.close()
             listener.close()
             log.error("HUP: restart failed: %s; still serving", why)
+            self._reload_failed(why)
             self.notifier.send("READY=1", "STATUS=restart failed; old process still serving")
             return False
         self.supervisor = supervisor
+        self.status.record_reload(True, "a worker process is serving")
+        self.status.update(state="serving")
         self.notifier.send("READY=1", "STATUS=reloaded: a worker process serves")
         log.info("HUP: the worker is serving; draining this process, which stays as supervisor")
         return True
@@ -336,12 +357,17 @@ class _Controller:
         thread.join(timeout=grace + 1.0)
         return code
 
+    def _reload_failed(self, why: str) -> None:
+        self.status.record_reload(False, why)
+        self.status.update(state="serving")
+
     def _lame_duck(self, delay: float) -> None:
         """Keep serving for ``delay`` seconds while health checks fail; a new signal ends
         it, and a second stop signal (TERM, INT, QUIT) forces."""
         if self.stop.signum == signal.SIGQUIT or self.stop.handed_over:
             return
         self.server.announce_stop()
+        self.status.update(state="draining")
         self._notify("STOPPING=1", "STATUS=lame duck: health checks fail, still serving")
         log.info("%s: lame duck for %gs (still serving, /healthz fails)", name_of(self), delay)
         if self.has_signal() or self.relay.wait(delay):
@@ -359,6 +385,7 @@ class _Controller:
 
     def _drain(self, grace: float) -> DrainReport:
         self._notify("STOPPING=1")
+        self.status.update(state="draining")
         force = self.stop.forced_by or (signal.SIGQUIT if self.stop.signum == signal.SIGQUIT else 0)
         report, forced_by = run_drain(
             self.server, grace, RunnerHooks(self, grace), force=force,

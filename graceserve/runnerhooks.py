@@ -41,11 +41,18 @@ class RunnerHooks(DrainHooks):
 
     def started(self, server: GracefulTCPServer, deadline: float | None) -> None:
         log.info(
-            "%s: draining %d connections (grace %gs); new connections are refused",
-            name_of(self.controller), server.draining_from, self.grace,
+            "%s: draining %d connections (grace %gs); new connections %s",
+            name_of(self.controller), server.draining_from, self.grace, self._where_new_go(),
         )  # fmt: skip
         self.controller._notify(f"STATUS=draining {server.draining_from} connections")
         self.last_count = server.active_connections
+
+    def _where_new_go(self) -> str:
+        if self.controller.stop.handed_over:
+            return "go to the new process"
+        if self.controller.shared_listener:  # socket activation: systemd keeps the socket
+            return "wait in systemd's queue for the next start"
+        return "are refused"
 
     def interrupted(self) -> bool:
         return self.controller.has_signal()

@@ -167,8 +167,8 @@ class GracefulTCPServer(AcceptingServer):
 
     @property
     def draining_from(self) -> int:
-        """Connections live when the listener closed (swept backlog included), before
-        any handler was told of the drain.  0 until then.  Thread-safe."""
+        """Connections live when the listener closed (swept backlog included), or when
+        the drain began if more were then.  0 until then.  Thread-safe."""
         return self._draining_from
 
     def announce_stop(self) -> None:
@@ -293,11 +293,14 @@ class GracefulTCPServer(AcceptingServer):
         """
         if not self._registry.begin():
             return False
+        # Handlers see ``draining`` from here on, and one idle in wait_for_input may end
+        # before the listener is closed: it was live when the drain began, so it counts.
+        live_at_begin = self.active_connections
         # 1. Stop the accept loop; it may be in the middle of an accept.
         self.shutdown()
         # 2-3. Stop new handshakes, take what the kernel queued, close the listener.
         swept, self._lost = self.close_listener(shared_listener)
-        self._draining_from = self.active_connections + len(swept)
+        self._draining_from = max(live_at_begin, self.active_connections) + len(swept)
         self._listener_closed = True
         # 4. Serve the swept connections (starting threads is the slow part).
         self._backlog_accepted = len(swept)

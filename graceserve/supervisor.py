@@ -40,6 +40,7 @@ import socket
 import time
 from collections.abc import Callable
 
+from .control import ServerStatus
 from .errors import EXIT_CUT
 from .settings import Settings
 from .signals import SignalRelay
@@ -68,8 +69,13 @@ class Supervisor(StopSequence):
         notifier: Notifier,
         shared_listener: bool,
         inprocess: Callable[[int], object] | None = None,
+        status: ServerStatus | None = None,
     ) -> None:
         self.settings = settings
+        self.active_total = 0  # connections summed over the workers (read by control threads)
+        self.status = status if status is not None else ServerStatus()
+        self.status.update(workers=settings.workers)
+        self.status.count_with(lambda: self.active_total)
         self.listener = listener
         self.relay = relay
         self.notifier = notifier
@@ -209,6 +215,7 @@ class Supervisor(StopSequence):
             self.failures = 0
             self._ready(worker)
         elif kind == "STATS":
+            self.active_total = sum(w.active for w in self.workers.values())
             limit = worker.max_requests
             due = limit and worker.requests >= limit and not worker.recycling and worker.ready
             if due and not (self.stopping or worker.stopping or self.reloading):
@@ -227,6 +234,8 @@ class Supervisor(StopSequence):
                 old = [w for w in self.workers.values() if w.generation != self.reloading]
                 self.generation, self.reloading = self.reloading, 0
                 log.info("HUP: generation %d is ready; draining the old one", self.generation)
+                self.status.record_reload(True, f"generation {self.generation} is serving")
+                self.status.update(state="serving")
                 self._retire(old)
                 self.notifier.send("READY=1", f"STATUS=generation {self.generation} serving")
             return
@@ -236,6 +245,7 @@ class Supervisor(StopSequence):
         serving = self._serving()
         if not self.announced and len(serving) >= self.target and all(w.ready for w in serving):
             self.announced = True
+            self.status.update(state="serving")
             log.info("supervisor pid %d: %d workers ready", os.getpid(), len(serving))
             self.notifier.send("READY=1", f"STATUS=serving with {self.target} workers")
 
@@ -278,6 +288,8 @@ class Supervisor(StopSequence):
             log.error("HUP: reload failed: %s; generation %d keeps serving", why, self.generation)
             self._abandon([w for w in self.workers.values() if w.generation == self.reloading])
             self.reloading = 0
+            self.status.record_reload(False, why)
+            self.status.update(state="serving")
             self.notifier.send("READY=1", f"STATUS=reload failed: {why}")
             return
         self.failures += 1
@@ -336,9 +348,11 @@ class Supervisor(StopSequence):
             self._reload()
         elif signum == signal.SIGTTIN:
             self.target += 1
+            self.status.update(workers=self.target)
             log.info("TTIN: %d workers", self.target)
         elif signum == signal.SIGTTOU and self.target > 1:
             self.target -= 1
+            self.status.update(workers=self.target)
             log.info("TTOU: %d workers", self.target)
             serving = self._serving()
             self._retire(serving[-1:] if len(serving) > self.target else [])
@@ -351,6 +365,7 @@ class Supervisor(StopSequence):
             return
         self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         self.reloading = self.generation + 1
+        self.status.update(state="reloading")
         log.info("HUP: starting generation %d (%d workers)", self.reloading, self.target)
         for _ in range(self.target):
             self.spawn(self.reloading)

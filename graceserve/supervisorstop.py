@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 
 from .accepting import attach_drop_all_filter
+from .control import ServerStatus
 from .errors import EXIT_CANNOT_START, EXIT_CUT, EXIT_OK, exit_code_for_signal
 from .settings import Settings
 from .systemd import Notifier
@@ -62,6 +63,7 @@ class StopSequence:
     next_status: float
     fatal: str
     inprocess: Callable[[int], object] | None
+    status: ServerStatus
 
     def _abandon(self, workers: list[WorkerProcess]) -> None:
         raise NotImplementedError
@@ -69,6 +71,7 @@ class StopSequence:
     def _begin_stop(self, signum: int) -> None:
         self.stopping = signum
         self.stop_started = time.monotonic()
+        self.status.update(state="draining")
         self.notifier.send("STOPPING=1")
         if self.reloading:
             self._abandon([w for w in self.workers.values() if w.generation == self.reloading])
@@ -170,6 +173,11 @@ class StopSequence:
             "stopped: %d workers, %d served during the drain, %d cut, %.3fs, exit code %d",
             len(self.reports), served, cut, time.monotonic() - self.stop_started, code,
         )  # fmt: skip
+        elapsed = round(time.monotonic() - self.stop_started, 3)
+        self.status.finish(code, {
+            "clean": code == EXIT_OK and not cut, "served_during_drain": served, "forced": cut,
+            "remaining": 0, "lost": 0, "elapsed": elapsed, "workers": len(self.reports),
+        })  # fmt: skip
         return code
 
 

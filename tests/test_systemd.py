@@ -396,6 +396,14 @@ def test_socket_activation_leaves_the_listener_in_service_for_systemd(
         else:
             server.send(signal.SIGTERM)
             assert server.wait_exit() == 0
+        # The drain line says so (issue 15 item 3): queued for the next start, not refused.
+        server.wait_for_line(
+            r"SIGTERM: draining \d+ connections \(grace 5s\); "
+            r"new connections wait in systemd's queue for the next start"
+        )
+        if restarted:
+            server.wait_for_line(r"SIGHUP: draining .*; new connections go to the new process")
+        assert "refused" not in server.output, server.output
         # The next client waits in systemd's socket (here, ours) for the next activation.
         with socket.create_connection(("127.0.0.1", port), timeout=3.0) as client:
             listener.settimeout(IO_TIMEOUT)

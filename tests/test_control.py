@@ -1,0 +1,148 @@
+"""graceserve.control in one process: the socket file, the protocol, the wait, the close."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Call
+
+from graceserve.control import (
+    ControlServer,
+    ServerStatus,
+    control_path,
+    publish,
+    request,
+    temporary_path,
+)
+
+TIMEOUT = 10.0
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory whose paths fit in a sockaddr_un (tmp_path may be too long)."""
+    with tempfile.TemporaryDirectory(prefix="gs-", dir="/tmp") as name:
+        yield Path(name)
+
+
+@pytest.fixture
+def served(short_dir: Path) -> Iterator[tuple[ServerStatus, ControlServer]]:
+    status = ServerStatus(lambda: 7, grace=3.0)
+    server = ControlServer(control_path(str(short_dir / "x.pid")), status.snapshot)
+    status.subscribe(server.changed)
+    server.start()
+    try:
+        yield status, server
+    finally:
+        server.close()
+
+
+def test_socket_file_is_0600_next_to_the_pidfile_and_removed_at_close(tmp_path: Path) -> None:
+    path = control_path(str(tmp_path / "x.pid"))
+    assert path == str(tmp_path / "x.pid.ctl")
+    Path(path).write_text("left by a killed instance")  # whoever holds the pidfile replaces it
+    server = ControlServer(path, ServerStatus().snapshot)
+    server.start()
+    info = os.stat(path)
+    assert stat.S_ISSOCK(info.st_mode)
+    assert stat.S_IMODE(info.st_mode) == 0o600
+    server.close()
+    assert os.listdir(tmp_path) == []
+
+
+def test_close_leaves_a_socket_file_that_is_no_longer_ours(tmp_path: Path) -> None:
+    path = control_path(str(tmp_path / "x.pid"))
+    old = ControlServer(path, ServerStatus().snapshot)
+    old.start()
+    new = ControlServer(path, ServerStatus().snapshot)
+    new.start(publish_now=False)  # a successor waits at its temporary path
+    assert os.path.exists(temporary_path(path, os.getpid()))
+    publish(temporary_path(path, os.getpid()), path)
+    old.close()
+    assert request(path, {"cmd": "status"}, TIMEOUT)["ok"]  # new's socket is still there
+    new.close()
+    assert os.listdir(tmp_path) == []
+
+
+def test_status(served: tuple[ServerStatus, ControlServer]) -> None:
+    _status, server = served
+    answer = request(server.path, {"cmd": "status"}, TIMEOUT)
+    assert answer["ok"] is True
+    assert answer["status"] == {
+        "pid": os.getpid(), "generation": 1, "state": "starting", "workers": None,
+        "reloads": 0, "last_reload": None, "grace": 3.0, "drain_delay": 0.0,
+        "exit_code": None, "summary": None, "active_connections": 7,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"nonsense\n", b'{"cmd": "reboot"}\n', b"[1]\n", b'{"cmd": "wait", "timeout": "x"}\n'],
+)
+def test_bad_requests_get_an_error_answer(
+    served: tuple[ServerStatus, ControlServer], line: bytes
+) -> None:
+    _status, server = served
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(TIMEOUT)
+        sock.connect(server.path)
+        sock.sendall(line)
+        answer = sock.makefile("rb").readline()
+    assert b'"ok": false' in answer
+    assert b'"error"' in answer
+
+
+def test_wait_returns_on_a_reload_after_the_one_it_saw(
+    served: tuple[ServerStatus, ControlServer],
+) -> None:
+    status, server = served
+    status.record_reload(False, "first failure")
+    # The old failure does not answer a wait that saw it (reloads 1): it times out.
+    seen = {"cmd": "wait", "generation": 1, "reloads": 1}
+    assert request(server.path, {**seen, "timeout": 0}, TIMEOUT)["done"] is False
+    waiting = Call(request, server.path, {**seen, "timeout": TIMEOUT}, TIMEOUT)
+    status.record_reload(True, "pid 9 is serving")
+    answer = waiting.result()
+    assert answer["done"] is True
+    assert answer["status"]["generation"] == 2
+    assert answer["status"]["last_reload"] == {
+        "generation": 2, "ok": True, "reason": "pid 9 is serving"
+    }  # fmt: skip
+
+
+def test_wait_times_out_with_done_false(served: tuple[ServerStatus, ControlServer]) -> None:
+    _status, server = served
+    answer = request(server.path, {"cmd": "wait", "generation": 1, "timeout": 0.1}, TIMEOUT)
+    assert answer["done"] is False
+
+
+def test_close_answers_waiters_and_queued_clients_with_the_final_status(
+    short_dir: Path,
+) -> None:
+    status = ServerStatus()
+    server = ControlServer(control_path(str(short_dir / "x.pid")), status.snapshot)
+    status.subscribe(server.changed)
+    server.start()
+    clients = []
+    for _ in range(3):  # sent before the close: each must be answered
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(TIMEOUT)
+        sock.connect(server.path)
+        sock.sendall(b'{"cmd": "wait", "timeout": 60}\n')
+        clients.append(sock)
+    status.finish(4, {"forced": 1})
+    server.close()
+    for sock in clients:
+        with sock:
+            answer = json.loads(sock.makefile("rb").readline())
+        assert answer["done"] is True
+        assert (answer["status"]["state"], answer["status"]["exit_code"]) == ("stopped", 4)
+        assert answer["status"]["summary"] == {"forced": 1}
+    assert os.listdir(short_dir) == []
