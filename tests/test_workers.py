@@ -239,3 +239,28 @@ def test_a_request_in_flight_finishes_within_the_grace(
         status, _headers, _body = read_response(sock)
     assert status == 200
     assert server.wait_exit(15) == 0, server.output
+
+
+def test_ctl_sees_the_supervisor_its_connections_and_its_reloads(
+    start_server: StartServer, app_dir: Path
+) -> None:
+    from test_ctl import ctl, status_of
+
+    pidfile = app_dir / "server.pid"
+    server = start_workers(start_server, app_dir, "--workers", "2", "--pidfile", str(pidfile))
+    assert server.address is not None
+    with in_flight(server.address, "/slow?seconds=30"):
+        wait_until(lambda: status_of(pidfile)["active_connections"] == 1, 10, "1 connection")
+        status = status_of(pidfile)
+        assert (status["pid"], status["workers"], status["state"]) == (
+            server.proc.pid, 2, "serving",
+        )  # fmt: skip
+        assert status["generation"] == 1
+        result = ctl("graceful", "--pidfile", str(pidfile))
+        assert result.returncode == 0, (result, server.output)
+        status = status_of(pidfile)
+        assert (status["generation"], status["reloads"], status["pid"]) == (2, 1, server.proc.pid)
+        assert status["last_reload"]["ok"] is True  # type: ignore[index]
+        stop = ctl("stop", "--pidfile", str(pidfile))
+    assert stop.returncode == 4, (stop, server.output)  # the 30 s request was cut
+    assert server.wait_exit(20) == 4
