@@ -28,10 +28,12 @@ _BIND = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.%\w]+)\]|(?P<host>[^:\[\]]+)):(?P<
 EPILOG = """\
 signals:
   TERM, INT   graceful drain; a second TERM or INT during the drain cuts at once
-  HUP         graceful restart: a new process with the same arguments takes over
-              the listening socket; this one then drains (ignored under nohup)
+  HUP         graceful reload: new worker processes with the same arguments take
+              over the listening socket, the old serving ones drain; this process
+              (the supervisor) stays (ignored under nohup)
+  TTIN, TTOU  one more / one fewer worker (with --workers; the removed one drains)
   QUIT        immediate stop: cut every connection now
-  USR1        dump every thread's stack to stderr, keep running
+  USR1        dump every thread's stack to stderr (and every worker's), keep running
 
 exit codes:
   0           drained cleanly: every connection finished by itself
