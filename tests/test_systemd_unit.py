@@ -423,12 +423,6 @@ def test_reload_with_request_in_flight(unit: Unit) -> None:
     assert unit.show("ActiveState")["ActiveState"] == "active"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15 item 1: a reload hands MAINPID= to the successor, which is not systemd's "
-    "child; systemd does not wait for an alien main process, so the next stop SIGKILLs it "
-    "at once and the request in flight is dropped",
-)
 def test_two_reloads_then_stop_drains_request_in_flight(unit: Unit) -> None:
     start_service(unit)
     for generation in (2, 3):
