@@ -130,6 +130,11 @@ class StopSequence:
         if self.lame_duck_until:
             self._close_listener()
         log.warning("%s: cutting every connection now", signal_name(signum))
+        sweeper = self.sweeper
+        if not self.sweep_sent and sweeper is not None and sweeper.pid in self.workers:
+            self.sweep_sent = True  # no waiting for the others: everything ends now
+            sweeper.stopping = True
+            sweeper.send("STOP", "sweep", f"{self.deadline:.6f}")
         for worker in self.workers.values():
             worker.send("FORCE", signum)
         if self.inprocess is not None:

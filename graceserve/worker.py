@@ -56,7 +56,6 @@ __all__ = ["run_worker"]
 log = logging.getLogger("graceserve")
 
 STATS_INTERVAL = 1.0
-_FORCING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 
 def run_worker(
@@ -97,6 +96,7 @@ class _Link:
         self.deadline: float | None = None
         self.server: GracefulTCPServer | None = None
         self.lame_duck = False
+        self.forced = 0  # the signal a FORCE named (it may come before any STOP)
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._read, name="graceserve-channel", daemon=True)
         self._thread.start()
@@ -134,7 +134,8 @@ class _Link:
                 self.deadline = float(words[2])
                 self.relay.inject(signal.SIGTERM)
             elif words[0] == "FORCE" and len(words) == 2 and words[1].isdigit():
-                self.relay.inject(int(words[1]))
+                self.forced = int(words[1])
+                self.relay.inject(self.forced)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -210,9 +211,9 @@ class _Worker:
         """Send counters every second until told to stop; the forcing signal, if any."""
         while True:
             if self.relay.wait(STATS_INTERVAL):
-                taken = self.relay.take()
-                if signal.SIGTERM in taken or signal.SIGQUIT in taken:
-                    return signal.SIGQUIT if signal.SIGQUIT in taken else 0
+                self.relay.take()
+                if self.link.deadline is not None or self.link.forced:
+                    return self.link.forced
             self.stats()
 
     def _exit_code(self, report: DrainReport) -> int:
@@ -238,10 +239,8 @@ class _WorkerHooks(DrainHooks):
         return self.worker.relay.pending()
 
     def take_force(self) -> int:
-        for signum in self.worker.relay.take():
-            if signum in _FORCING:
-                return signum
-        return 0
+        self.worker.relay.take()
+        return self.worker.link.forced
 
     def progress(self, server: GracefulTCPServer, deadline: float | None) -> None:
         self.worker.stats()

@@ -264,3 +264,18 @@ def test_ctl_sees_the_supervisor_its_connections_and_its_reloads(
         stop = ctl("stop", "--pidfile", str(pidfile))
     assert stop.returncode == 4, (stop, server.output)  # the 30 s request was cut
     assert server.wait_exit(20) == 4
+
+
+def test_quit_during_the_lame_duck_cuts_every_worker_at_once(
+    start_server: StartServer, app_dir: Path
+) -> None:
+    server = start_workers(start_server, app_dir, "--workers", "2", "--drain-delay", "30")
+    assert server.address is not None
+    sock = in_flight(server.address, "/slow?seconds=30")
+    with sock:
+        server.send(signal.SIGTERM)
+        server.wait_for_line(r"SIGTERM: lame duck for 30s")
+        server.send(signal.SIGQUIT)
+        assert server.exited_within(10) == 131, server.output
+        assert sock.recv(100) == b""  # cut
+    assert "stopped: 2 workers, 0 served during the drain, 1 cut" in server.output
