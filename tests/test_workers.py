@@ -279,3 +279,55 @@ def test_quit_during_the_lame_duck_cuts_every_worker_at_once(
         assert server.exited_within(10) == 131, server.output
         assert sock.recv(100) == b""  # cut
     assert "stopped: 2 workers, 0 served during the drain, 1 cut" in server.output
+
+
+def test_usr1_dumps_the_stacks_of_the_supervisor_and_every_worker(
+    start_server: StartServer, app_dir: Path
+) -> None:
+    server = start_workers(start_server, app_dir, "--workers", "2")
+    server.send(signal.SIGUSR1)
+    wait_until(lambda: server.output.count("SIGUSR1: stacks of") >= 3, 10, "three dumps")
+    assert "graceserve-accept" in server.output  # a worker's serving thread
+    server.send(signal.SIGTERM)
+    assert server.wait_exit(20) == 0, server.output
+
+
+ORPHAN_APP = """
+import subprocess
+from http.server import BaseHTTPRequestHandler
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        # sh exits at once; its background sleep is reparented to PID 1 (the supervisor).
+        subprocess.run(["sh", "-c", "sleep 0.3 &"], check=True)
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format, *args):
+        pass
+"""
+
+
+def test_as_pid_1_the_supervisor_reaps_orphans_and_never_takes_them_for_workers(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (unshare --pid)")
+    write_app(tmp_path, ORPHAN_APP)
+    server = start_server(
+        ["app:Handler", "--bind", "127.0.0.1:0", "--workers", "2", "--log-level", "debug"],
+        cwd=tmp_path, prefix=["unshare", "--pid", "--fork", "--mount-proc"],
+    )  # fmt: skip
+    server.wait_ready()
+    server.wait_for_line(r"supervisor pid 1: 2 workers ready")
+    assert server.address is not None
+    assert get(server.address)[0] == 200
+    server.wait_for_line(r"reaped pid \d+ \(not a worker\)")
+    assert get(server.address)[0] == 200
+    assert "died unexpectedly" not in server.output
+    assert len(worker_pids(server)) == 2
+    inner = int(Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text())
+    os.kill(inner, signal.SIGTERM)
+    assert server.wait_exit(20) == 0, server.output
