@@ -331,3 +331,24 @@ def test_as_pid_1_the_supervisor_reaps_orphans_and_never_takes_them_for_workers(
     inner = int(Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text())
     os.kill(inner, signal.SIGTERM)
     assert server.wait_exit(20) == 0, server.output
+
+
+def test_replacements_that_cannot_start_back_off_and_recover(
+    start_server: StartServer, app_dir: Path
+) -> None:
+    """A worker killed while the code on disk is broken: its replacements fail to start,
+    each attempt later than the one before, the other worker serves on; once the code
+    is fixed, a replacement starts."""
+    good = (app_dir / "app.py").read_text()
+    server = start_workers(start_server, app_dir, "--workers", "2")
+    assert server.address is not None
+    (app_dir / "app.py").write_text("raise RuntimeError('broken on purpose')\n")
+    os.kill(worker_pids(server)[0], signal.SIGKILL)
+    server.wait_for_line(r"failed to start \(.*broken on purpose.*\); next attempt in 0\.4s")
+    server.wait_for_line(r"failed to start \(.*broken on purpose.*\); next attempt in 0\.8s")
+    assert get(server.address)[0] == 200  # the other worker serves meanwhile
+    (app_dir / "app.py").write_text(good)
+    wait_until(lambda: server.output.count("listening on") >= 3, 20, "a replacement to start")
+    assert get(server.address)[0] == 200
+    server.send(signal.SIGTERM)
+    assert server.wait_exit(20) == 0, server.output
