@@ -153,7 +153,7 @@ class Supervisor(StopSequence):
         self.relay.queue_dumps = True
         try:
             while not self._finished():
-                self._poll(self._next_timer())
+                self._poll(time.monotonic() + TICK)
                 self._tick()
         finally:
             self._close()
@@ -161,9 +161,6 @@ class Supervisor(StopSequence):
 
     def _finished(self) -> bool:
         return bool(self.stopping or self.fatal) and not self.workers and not self.lame_duck_until
-
-    def _next_timer(self) -> float:
-        return time.monotonic() + TICK
 
     def _poll(self, until: float) -> None:
         timeout = max(0.0, min(until - time.monotonic(), TICK))
