@@ -84,7 +84,10 @@ class Handed(DrainHooks):
     """The drain of a process whose listener a worker took over."""
 
     def started(self, server: GracefulTCPServer, deadline: float | None) -> None:
-        log.info("HUP: draining %d connections of this process", server.draining_from)
+        log.info(
+            "SIGHUP: draining %d connections of this process; new connections go to the new "
+            "process", server.draining_from,
+        )  # fmt: skip
 
 
 def name_of(controller: Controller, forced: bool = False, signum: int = 0) -> str:

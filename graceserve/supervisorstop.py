@@ -93,9 +93,16 @@ class StopSequence:
     def _close_listener(self) -> None:
         self.lame_duck_until = 0.0
         self.deadline = time.monotonic() + self.settings.grace
+        where = (
+            "wait in systemd's queue for the next start"
+            if self.shared_listener
+            else ("are refused")
+        )
+        # The count is the workers' last report (at most a second old).
         log.info(
-            "%s: draining %d workers (grace %gs); new connections are refused",
-            signal_name(self.stopping), len(self.workers), self.settings.grace,
+            "%s: draining %d connections (grace %gs); new connections %s; %d workers",
+            signal_name(self.stopping), sum(w.active for w in self.workers.values()),
+            self.settings.grace, where, len(self.workers),
         )  # fmt: skip
         if not self.shared_listener:
             attach_drop_all_filter(self.listener)
