@@ -12,6 +12,8 @@ see bench/peers.py), one process each (gunicorn: one worker), 50 worker
 threads where the server has a pool:
 
 - graceserve: ``python -m graceserve peers:HelloHandler`` (the stdlib peers' own handler);
+- graceserve (WSGI): ``python -m graceserve peers:wsgi_app``, the very WSGI app that
+  gunicorn, waitress and cheroot serve;
 - stdlib (plain): ThreadingHTTPServer, ``serve_forever()`` in the main thread,
   no signal handler: SIGTERM kills it (exit -15, i.e. 143 in a shell);
 - stdlib (naive): the same with the SIGTERM handler most blog posts suggest
@@ -81,6 +83,12 @@ SPECS: tuple[Spec, ...] = (
         "graceserve",
         None,
         lambda p: [PY, "-m", "graceserve", "peers:HelloHandler", "--bind", f"{bu.HOST}:{p}"],
+    ),
+    # The WSGI section: graceserve serving the very WSGI app the WSGI peers serve.
+    Spec(
+        "graceserve (WSGI)",
+        None,
+        lambda p: [PY, "-m", "graceserve", "peers:wsgi_app", "--bind", f"{bu.HOST}:{p}"],
     ),
     Spec("stdlib (plain)", None, lambda p: [PY, PEERS, "stdlib-plain", "--port", str(p)]),
     Spec("stdlib (naive)", None, lambda p: [PY, PEERS, "stdlib", "--port", str(p)]),
@@ -544,7 +552,7 @@ def write_chart(path: Path, panels: list[tuple[str, dict[str, float]]]) -> None:
         names = list(data)[::-1]
         vals = [data[n] for n in names]
         shown = [0.0 if v != v else v for v in vals]  # NaN -> 0 bar, labelled n/a
-        colors = ["#2a7ab9" if n == "graceserve" else "#9a9a9a" for n in names]
+        colors = ["#2a7ab9" if n.startswith("graceserve") else "#9a9a9a" for n in names]
         ax.barh(names, shown, color=colors)
         for y, v in enumerate(vals):
             ax.text(
@@ -606,7 +614,8 @@ def run(argv: Sequence[str]) -> int:
         "",
         "Servers, one process each (gunicorn: `-w 1`), "
         f"{THREADS} worker threads where there is a pool, the same app everywhere "
-        "(`bench/peers.py`): graceserve serving the stdlib peers' own `HelloHandler`; "
+        "(`bench/peers.py`): graceserve serving the stdlib peers' own `HelloHandler`, and "
+        "**graceserve (WSGI)** serving `peers:wsgi_app`, the WSGI app the WSGI peers serve; "
         "**stdlib (plain)** = `ThreadingHTTPServer.serve_forever()` without a signal handler "
         "(SIGTERM kills it); **stdlib (naive)** = the SIGTERM handler most blog posts suggest, "
         "`shutdown()` in a thread then `server_close()`; gunicorn gthread / sync; waitress; "

@@ -16,11 +16,8 @@ Protocol: one connection, one JSON request line, one JSON line back.
   wait), or the server stops; with neither field it waits for the stop.  Answer:
   ``{"ok": true, "done": bool, "status": {...}}`` (``done`` false: timed out).
 
-The status (``ServerStatus.snapshot``) has ``pid``, ``generation`` (1 at start, +1
-per successful reload), ``state`` (starting, serving, reloading, draining,
-stopped), ``active_connections``, ``workers`` (a count, or None), ``reloads``,
-``last_reload`` (``{"generation", "ok", "reason"}`` or None), ``grace``,
-``drain_delay``, and once stopped ``exit_code`` and ``summary``.
+The status is whatever the provider returns; ``graceserve.status.ServerStatus``
+(re-exported here) is the record the runner publishes, its fields listed there.
 
 Closing is a small drain: no new connection is accepted, the ones already queued
 are answered, and every waiter gets the final status.  So a client that connected
@@ -37,7 +34,7 @@ import contextlib
 import json
 import logging
 import os
-import selectors
+import select
 import socket
 import stat
 import struct
@@ -45,6 +42,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from .status import ServerStatus
 
 __all__ = ["ControlServer", "ServerStatus", "control_path", "publish", "request"]
 
@@ -74,71 +73,6 @@ def temporary_path(path: str, pid: int) -> str:
 def publish(temporary: str, path: str) -> None:
     """Make the socket bound at ``temporary`` the one at ``path`` (atomic rename)."""
     os.rename(temporary, path)
-
-
-class ServerStatus:
-    """What the process publishes; the provider of a ``ControlServer``.  Thread-safe."""
-
-    def __init__(
-        self,
-        connections: Callable[[], int] = lambda: 0,
-        *,
-        generation: int = 1,
-        reloads: int = 0,
-        workers: int | None = None,
-        grace: float | None = None,
-        drain_delay: float = 0.0,
-    ) -> None:
-        self._lock = threading.Lock()
-        self._connections = connections
-        self._listeners: list[Callable[[], None]] = []
-        # guarded by _lock:
-        self._fields: dict[str, Any] = {
-            "pid": os.getpid(), "generation": generation, "state": "starting",
-            "workers": workers, "reloads": reloads, "last_reload": None,
-            "grace": grace, "drain_delay": drain_delay, "exit_code": None, "summary": None,
-        }  # fmt: skip
-
-    def count_with(self, connections: Callable[[], int]) -> None:
-        """Count live connections with ``connections()`` from now on (a supervisor sums
-        its workers')."""
-        self._connections = connections
-
-    def subscribe(self, listener: Callable[[], None]) -> None:
-        """Call ``listener()`` (no lock held) after every change."""
-        self._listeners.append(listener)
-
-    def update(self, **fields: Any) -> None:
-        """Set fields (``state``, ``workers``, ...) and tell the listeners."""
-        with self._lock:
-            self._fields.update(fields)
-        self._changed()
-
-    def record_reload(self, ok: bool, reason: str, generation: int | None = None) -> None:
-        """A reload attempt ended.  ``ok``: the generation moves on (to ``generation`` if
-        given) unless this process is being replaced (then only the record says so)."""
-        with self._lock:
-            new = generation if generation is not None else self._fields["generation"] + 1
-            if ok and generation is None:
-                self._fields["generation"] = new
-            self._fields["reloads"] += 1
-            self._fields["last_reload"] = {"generation": new, "ok": ok, "reason": reason}
-        self._changed()
-
-    def finish(self, exit_code: int, summary: dict[str, Any]) -> None:
-        """The run is over: publish the exit code and the drain summary."""
-        self.update(state="stopped", exit_code=exit_code, summary=summary)
-
-    def snapshot(self) -> dict[str, Any]:
-        """A copy of everything, with the live connection count."""
-        with self._lock:
-            fields = dict(self._fields)
-        fields["active_connections"] = self._connections()
-        return fields
-
-    def _changed(self) -> None:
-        for listener in list(self._listeners):
-            listener()
 
 
 class ControlServer:
@@ -220,16 +154,17 @@ class ControlServer:
 
     def _serve(self) -> None:
         assert self._sock is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(self._sock, selectors.EVENT_READ)
-            selector.register(self._wake_r, selectors.EVENT_READ)
-            while not self._closed():
-                for key, _events in selector.select():
-                    if key.fileobj is self._sock:
-                        self._accept_one()
-        self._sock.setblocking(False)  # closing: answer what is already queued
-        while self._accept_one():
-            pass
+        poller = select.poll()  # no descriptor of its own, unlike epoll: every one we hold
+        poller.register(self._sock, select.POLLIN)  # exists once start() returns
+        poller.register(self._wake_r, select.POLLIN)
+        while not self._closed():
+            for fd, _events in poller.poll():
+                if fd == self._sock.fileno():
+                    self._accept_one()
+        with contextlib.suppress(OSError):  # closed under us if close() gave up waiting
+            self._sock.setblocking(False)  # closing: answer what is already queued
+            while self._accept_one():
+                pass
 
     def _accept_one(self) -> bool:
         assert self._sock is not None

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import unquote_to_bytes
 
 from . import httpparse
+from .bodyreader import RequestBody
+from .httphandler import HTTPConnection
 from .httpparse import Body, Framing, IncompleteHeadError, RequestError, RequestLine
 from .server import FORCED, OPEN, format_address
 from .wsgiresponse import FileWrapper, Response
@@ -155,11 +157,16 @@ class WSGIConnection:
         conn = self.conn
         if conn is None:
             return OPEN
+        now = time.monotonic()
         with self.lock:
-            conn.idle_since = time.monotonic()
+            gap = now - conn.idle_since
+            conn.idle_since = now
             conn.reading = True
             conn.idle = False
-            return conn.cut
+            cut = conn.cut
+        if isinstance(conn, HTTPConnection):
+            conn.note_gap(gap)  # the drain's linger learns this connection's rhythm
+        return cut
 
     def _to_busy(self) -> int:
         """Serving a request: neither idle nor reading; what was done to us."""
@@ -254,7 +261,7 @@ class WSGIConnection:
         body: Body | None = None
         if framing.has_body:
             before = response.send_continue if framing.expect_continue else None
-            body = Body(self.rfile, framing, self.server.limits, before)
+            body = Body(self.body_source(), framing, self.server.limits, before)
             environ["wsgi.input"] = response.body = body
         else:
             environ["wsgi.input"] = _EMPTY_INPUT
@@ -270,10 +277,22 @@ class WSGIConnection:
         if body is not None and not body.complete:
             if framing.expect_continue and not response.continue_sent:
                 return False  # the client may never send a body we did not ask for
-            self._to_reading()  # the reaper times a stalled upload
             if not body.discard(self.server.discard_limit):
                 return False
         return True
+
+    def body_source(self) -> BinaryIO:
+        """What a request body is read from: ``rfile``, timed for the reaper.
+
+        Each blocking read marks the connection as reading a body, and its
+        progress moves the reaper's clock: a client that stops sending half-way
+        is cut by the idle timeout (and at the drain, after the linger) instead
+        of holding the application's thread for ever.
+        """
+        conn = self.conn
+        if not isinstance(conn, HTTPConnection):
+            return self.rfile
+        return RequestBody(self.rfile, conn, None)  # type: ignore[return-value]
 
     # -- output -------------------------------------------------------------
 

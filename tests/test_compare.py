@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
-STDLIB_ONLY = ("graceserve", "stdlib (plain)", "stdlib (naive)")
+STDLIB_ONLY = ("graceserve", "graceserve (WSGI)", "stdlib (plain)", "stdlib (naive)")
 NO_WRK = "wrk is not installed (bash bench/setup installs it)"
 
 pytestmark = pytest.mark.timeout(60)
@@ -92,7 +92,7 @@ def test_report_is_written(
 
 
 def test_filters_and_missing_packages(compare: ModuleType) -> None:
-    assert [s.name for s in compare.select_specs(["stdlib"])] == list(STDLIB_ONLY[1:])
+    assert [s.name for s in compare.select_specs(["stdlib"])] == list(STDLIB_ONLY[2:])
     assert len(compare.select_specs(None)) == len(compare.SPECS)
     assert all(compare.available(spec(compare, n)) for n in STDLIB_ONLY)
 

@@ -17,7 +17,7 @@ from typing import Any
 from wsgiref.validate import validator
 
 from conftest import Call, wait_until
-from wsgi_support import Address, Client, hello_app, serving
+from wsgi_support import Address, Client, get, hello_app, serving
 
 Environ = dict[str, Any]
 
@@ -167,6 +167,48 @@ def test_head_trickling_in_past_the_idle_timeout_is_cut_and_never_dispatched() -
         client.send(b"GET / HTTP/1.1\r\nHost: h\r\n")  # and never the blank line
         assert client.at_eof()
     assert not called.is_set()
+
+
+def _reading_app(errors: list[BaseException]) -> Any:
+    def app(environ: Environ, start_response: Any) -> list[bytes]:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        try:
+            body = environ["wsgi.input"].read(length)
+        except ConnectionError as exc:
+            errors.append(exc)
+            raise
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"got %d" % len(body)]
+
+    return app
+
+
+def test_body_stalled_while_the_app_reads_it_is_cut_by_the_idle_timeout() -> None:
+    errors: list[BaseException] = []
+    with (
+        serving(_reading_app(errors), idle_timeout=0.3) as server,
+        Client(server.server_address) as client,
+    ):
+        client.send(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nabc")
+        assert client.at_eof()  # cut: the thread is not held for ever
+        wait_until(lambda: errors, what="the app's read to fail")
+        assert isinstance(errors[0], ConnectionError)
+        assert get(server.server_address).status == 200  # and the server still serves
+
+
+def test_body_that_keeps_arriving_is_never_cut_however_long_it_takes() -> None:
+    errors: list[BaseException] = []
+    with (
+        serving(_reading_app(errors), idle_timeout=1.0) as server,
+        Client(server.server_address) as client,
+    ):
+        client.send(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 15\r\n\r\n")
+        for _ in range(15):  # 1.5 s in all, longer than the idle timeout
+            time.sleep(0.1)  # paces the upload; not synchronisation
+            client.send(b"x")
+        reply = client.read_response()
+        assert (reply.status, reply.body) == (200, b"got 15")
+    assert errors == []
 
 
 def test_unix_socket_serves_with_empty_remote_addr(tmp_path: Path) -> None:
