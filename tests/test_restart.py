@@ -485,7 +485,7 @@ def test_restart_lets_the_old_process_finish_what_is_in_flight(
     with contextlib.closing(post_in_flight(address_of(server))) as sock:
         server.send(signal.SIGHUP)
         new = reloaded(server)
-        server.wait_for_line(rf"graceserve\[{main}\] INFO HUP: draining 1 connections")
+        server.wait_for_line(rf"graceserve\[{main}\] INFO SIGHUP: draining 1 connections")
         answers: list[tuple[int, str]] = []
 
         def served_by_new() -> bool:
