@@ -132,7 +132,7 @@ class Supervisor(StopSequence):
             return "cannot start a worker"
         while not worker.ready:
             if worker.reap():
-                why = f"{worker.failure or worker.describe_exit()} (pid {worker.pid})"
+                why = worker.why_not_ready()
             elif interrupted():
                 why = "interrupted by a signal"
             elif time.monotonic() >= deadline:
@@ -280,7 +280,7 @@ class Supervisor(StopSequence):
         self.respawn_at = time.monotonic()
 
     def _start_failed(self, worker: WorkerProcess, how: str) -> None:
-        why = worker.failure or how
+        why = worker.why_not_ready()
         if worker.generation == self.reloading:
             log.error("HUP: reload failed: %s; generation %d keeps serving", why, self.generation)
             self._abandon([w for w in self.workers.values() if w.generation == self.reloading])
@@ -292,7 +292,7 @@ class Supervisor(StopSequence):
         self.failures += 1
         alive = [w for w in self.workers.values() if w.ready and not w.stopping]
         if not self.ever_ready or (self.failures >= MAX_START_FAILURES and not alive):
-            log.error("cannot start: %s", why)
+            log.error("cannot start: %s", worker.failure or why)
             self.fatal = why
             self._abandon(list(self.workers.values()))
             return

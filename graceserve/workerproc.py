@@ -176,6 +176,14 @@ class WorkerProcess:
                 return f"killed by signal {-code}"
         return f"exit code {code}"
 
+    def why_not_ready(self) -> str:
+        """Why it never became ready: ``pid N exited with status 3 before it was ready:
+        REASON`` (the reason it sent, if any)."""
+        code = self.exit_code
+        how = f"status {code}" if code is not None and code >= 0 else self.describe_exit()
+        text = f"pid {self.pid} exited with {how} before it was ready"
+        return f"{text}: {self.failure}" if self.failure else text
+
     def close(self) -> None:
         """Release the channel and the pidfd."""
         self.channel.close()

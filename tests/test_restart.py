@@ -539,8 +539,9 @@ def test_failed_restart_keeps_the_old_process_serving(
     new = int(match[1])
     server.wait_for_line(rf"graceserve\[{new}\] ERROR cannot start: .*broken on purpose")
     server.wait_for_line(
-        rf"graceserve\[{main}\] ERROR HUP: restart failed: importing 'app' failed: "
-        rf"RuntimeError: app.py broken on purpose \(pid {new}\); still serving"
+        rf"graceserve\[{main}\] ERROR HUP: restart failed: pid {new} exited with status 3 "
+        r"before it was ready: importing 'app' failed: RuntimeError: app.py broken on purpose; "
+        r"still serving"
     )
     wait_gone(new)
     for _ in range(3):
