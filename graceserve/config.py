@@ -129,6 +129,22 @@ def _boolean(text: str) -> bool:
     raise ValueError(f"{text!r} is not one of 1, true, yes, on, 0, false, no, off")
 
 
+def _at_most(most: int) -> Callable[[str], int]:
+    """A whole number from 1 to ``most``: a request limit, bounded so it stays a limit."""
+
+    def convert(text: str) -> int:
+        value = _count(text)
+        if value > most:
+            raise ValueError(f"{text!r} is more than {most}")
+        return value
+
+    return convert
+
+
+MAX_LINE_LIMIT = 1 << 20  # bytes: a request line or header field line of 1 MiB is absurd already
+MAX_FIELDS_LIMIT = 10_000
+
+
 def _root_path(text: str) -> str:
     path = text.strip().rstrip("/")
     if path and not path.startswith("/"):
@@ -187,11 +203,12 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
     # WSGI applications only:
     ("--root-path", "GRACESERVE_ROOT_PATH", _root_path, DEFAULTS.root_path,
      "WSGI: SCRIPT_NAME, the path the app is mounted at behind a proxy (e.g. /app)"),
-    ("--limit-request-line", "GRACESERVE_LIMIT_REQUEST_LINE", _count,
+    ("--limit-request-line", "GRACESERVE_LIMIT_REQUEST_LINE", _at_most(MAX_LINE_LIMIT),
      DEFAULTS.limit_request_line, "WSGI: bytes in a request line; longer ones get 414"),
-    ("--limit-request-fields", "GRACESERVE_LIMIT_REQUEST_FIELDS", _count,
+    ("--limit-request-fields", "GRACESERVE_LIMIT_REQUEST_FIELDS", _at_most(MAX_FIELDS_LIMIT),
      DEFAULTS.limit_request_fields, "WSGI: header fields in a request; more get 431"),
-    ("--limit-request-field-size", "GRACESERVE_LIMIT_REQUEST_FIELD_SIZE", _count,
+    ("--limit-request-field-size", "GRACESERVE_LIMIT_REQUEST_FIELD_SIZE",
+     _at_most(MAX_LINE_LIMIT),
      DEFAULTS.limit_request_field_size,
      "WSGI: bytes in one header field line; longer ones get 431"),
     ("--max-body-size", "GRACESERVE_MAX_BODY_SIZE", _body_size, DEFAULTS.max_body_size,

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from graceserve.httpparse import (
+    TCHAR,
     Framing,
     IncompleteBodyError,
     IncompleteHeadError,
@@ -30,7 +31,7 @@ from graceserve.httpparse import (
 
 __all__ = ["Body"]
 
-_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_TOKEN = b"[" + TCHAR.encode() + b"]+"
 _QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
 # chunk-size [ chunk-ext ] CRLF   (RFC 9112 7.1, 7.1.1)
 _CHUNK_LINE = re.compile(

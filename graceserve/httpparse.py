@@ -124,13 +124,13 @@ class Framing:
 _DEFAULT = Limits()
 
 # RFC 9110 5.6.2: tchar; as a regex character class body (str and bytes alike).
-_TCHAR = r"!#$%&'*+\-.^_`|~0-9A-Za-z"
+TCHAR = r"!#$%&'*+\-.^_`|~0-9A-Za-z"  # RFC 9110 5.6.2 tchar, as a regex class body
 
 # method SP request-target SP HTTP-version, or the HTTP/0.9 form without a
 # version.  The target may hold any visible byte, obs-text included (raw
 # UTF-8 paths are common); never whitespace, controls or DEL.
 _REQUEST_LINE = re.compile(
-    rb"([" + _TCHAR.encode() + rb"]+) ([\x21-\x7e\x80-\xff]+)(?: (HTTP/[0-9]\.[0-9]))?"
+    rb"([" + TCHAR.encode() + rb"]+) ([\x21-\x7e\x80-\xff]+)(?: (HTTP/[0-9]\.[0-9]))?"
 )
 _VERSIONS = {b"HTTP/1.1": "HTTP/1.1", b"HTTP/1.0": "HTTP/1.0"}
 
@@ -138,9 +138,9 @@ _VERSIONS = {b"HTTP/1.1": "HTTP/1.1", b"HTTP/1.0": "HTTP/1.0"}
 # and whose bytes were checked (no control bytes but HTAB, CR, LF): one match
 # per valid line (each starts at an LF), none for an invalid one (a bare CR
 # included).  Trailing OWS stays in the value; _crlf_fields strips it.
-_CRLF_FIELD = re.compile(r"\n([" + _TCHAR + r"]+):[ \t]*([^\r]*)\r(?=\n)")
+_CRLF_FIELD = re.compile(r"\n([" + TCHAR + r"]+):[ \t]*([^\r]*)\r(?=\n)")
 _FIELD_BYTES = bytes([9, 10, 13, *range(0x20, 0x7F), *range(0x80, 0x100)])
-_TOKEN = re.compile(r"[" + _TCHAR + r"]+")
+_TOKEN = re.compile(r"[" + TCHAR + r"]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
@@ -208,7 +208,7 @@ def _request_line_problem(text: bytes) -> str:
         return "malformed request line (extra or missing spaces)"
     if len(parts) == 1:
         return "malformed request line (no request-target)"
-    if re.fullmatch(rb"[" + _TCHAR.encode() + rb"]+", parts[0]) is None:
+    if re.fullmatch(rb"[" + TCHAR.encode() + rb"]+", parts[0]) is None:
         return "bad method token"
     return "malformed HTTP version"
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import logging
 import socket
 import socketserver
 import threading
@@ -48,6 +49,8 @@ from .httphandler import (
 )
 from .server import Connection, GracefulTCPServer
 from .settings import DEFAULTS
+
+log = logging.getLogger("graceserve")
 
 __all__ = [
     "BODY",
@@ -228,11 +231,20 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
             if state == IDLE and _has_queued_bytes(request):
                 continue  # a request is arriving: look again
             candidates.append((request, conn, state, since))
+        stalled_bodies = 0
         if candidates:
             with self.registry.locked_items():
                 for request, conn, state, since in candidates:
-                    if _state_of(conn) == (state, since):
-                        self.cut_connection(request, forced=False)
+                    if _state_of(conn) == (state, since) and self.cut_connection(
+                        request, forced=False
+                    ):
+                        stalled_bodies += state == BODY
+        if stalled_bodies and draining:  # their handler or app was called: say so
+            log.warning(
+                "closed %d connections whose request body stopped arriving "
+                "(their requests are not answered)",
+                stalled_bodies,
+            )
         return due
 
 

@@ -266,8 +266,9 @@ class _Controller:
         self.status.finish(code, runstatus.summary(report))
         if report.remaining:
             log.warning(
-                "still running: %d handlers ignored the cut; leaving them behind",
+                "still running: %d %s the cut; leaving them behind",
                 report.remaining,
+                "handler ignored" if report.remaining == 1 else "handlers ignored",
             )
         if report.lost:
             log.error("%d queued clients were reset: out of file descriptors", report.lost)

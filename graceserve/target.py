@@ -14,6 +14,7 @@ WSGI application.
 
 from __future__ import annotations
 
+import ast
 import functools
 import http.server
 import importlib
@@ -45,11 +46,13 @@ def load_handler(target: str) -> type[socketserver.BaseRequestHandler]:
 def load_target(target: str) -> Any:
     """Import ``module:attr`` (or call ``module:factory()``): a handler class or a WSGI app."""
     module_name, colon, attr = target.partition(":")
-    factory = attr.endswith("()")
+    factory = attr.endswith(")")
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = {}
     if factory:
-        attr = attr[:-2]
+        attr, args, kwargs = _factory_call(target, attr)
     if not colon or not module_name or not attr:
-        raise UsageError(f"target {target!r} is not of the form module:Handler")
+        raise UsageError(f"target {target!r} is not of the form module:Handler or module:app")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -73,7 +76,7 @@ def load_target(target: str) -> Any:
         if not callable(found):
             raise StartupError(f"{target}: {module_name}.{attr} is not callable")
         try:
-            found = found()
+            found = found(*args, **kwargs)
         except Exception as exc:
             log.debug("calling %s failed", target, exc_info=True)
             raise StartupError(f"calling {module_name}.{attr}() failed: {_one_line(exc)}") from None
@@ -83,6 +86,24 @@ def load_target(target: str) -> Any:
             "BaseRequestHandler subclass, nor a WSGI application (environ, start_response)"
         )
     return found
+
+
+def _factory_call(target: str, call: str) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+    """``name(literal, key=literal)`` into its name and arguments (literals only, as gunicorn)."""
+    try:
+        node = ast.parse(call, mode="eval").body
+        if not isinstance(node, ast.Call):
+            raise ValueError("not a call")
+        name = ast.unparse(node.func)
+        args = tuple(ast.literal_eval(arg) for arg in node.args)
+        kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg}
+        if len(kwargs) != len(node.keywords):
+            raise ValueError("**kwargs")
+    except (SyntaxError, ValueError) as exc:
+        raise UsageError(
+            f"target {target!r}: a factory call takes literal arguments only ({exc})"
+        ) from None
+    return name, args, kwargs
 
 
 def _takes_two_arguments(found: object) -> bool:

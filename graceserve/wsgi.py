@@ -20,6 +20,7 @@ import socketserver
 from typing import Any
 
 from ._version import __version__
+from .bodyreader import DISCARD_LIMIT
 from .httpparse import Limits
 from .httpserver import GracefulHTTPServer
 from .settings import DEFAULTS
@@ -29,8 +30,6 @@ __all__ = ["GracefulWSGIServer", "WSGIApplication", "make_server"]
 
 WSGIApplication = Any
 """A PEP 3333 application: ``app(environ, start_response) -> iterable of bytes``."""
-
-DEFAULT_DISCARD_LIMIT = 64 * 1024
 
 
 class _NoHandler(socketserver.BaseRequestHandler):
@@ -64,7 +63,7 @@ class GracefulWSGIServer(GracefulHTTPServer):
     limit_request_fields = DEFAULTS.limit_request_fields
     limit_request_field_size = DEFAULTS.limit_request_field_size
     max_body_size: int | None = DEFAULTS.max_body_size
-    discard_limit = DEFAULT_DISCARD_LIMIT
+    discard_limit = DISCARD_LIMIT
     server_software = f"graceserve/{__version__}"
 
     def __init__(

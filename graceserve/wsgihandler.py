@@ -197,6 +197,10 @@ class WSGIConnection:
             return False  # EOF inside the request line: incomplete, never dispatched
         try:
             request_line = httpparse.parse_request_line(line, limits)
+            if request_line.version == "HTTP/0.9":  # no header block follows: answer now
+                self._to_busy()
+                self.send_error(505, "HTTP/0.9 is not supported", version="HTTP/1.0")
+                return False
             fields = httpparse.read_fields(self.rfile.readline, limits)
             framing = httpparse.framing(request_line, fields, limits)
         except IncompleteHeadError:
@@ -209,9 +213,6 @@ class WSGIConnection:
             return False
         if self._to_busy() == FORCED:
             return False  # the head was cut half-way: never act on it
-        if request_line.version == "HTTP/0.9":
-            self.send_error(505, "HTTP/0.9 is not supported", version="HTTP/1.0")
-            return False
         if not framing.keep_alive:
             self.closing = True
         return self.handle_request(request_line, fields, framing)
@@ -227,8 +228,9 @@ class WSGIConnection:
         environ["REQUEST_METHOD"] = request_line.method
         environ["SERVER_PROTOCOL"] = request_line.version
         environ["REQUEST_URI"] = target
+        authority = None
         if target[:1] != "/":  # absolute-form (or * / authority-form): keep the path
-            target = _origin_form(target)
+            authority, target = _split_absolute(target)
         path, _, query = target.partition("?")
         if "%" in path:
             path = unquote_to_bytes(path).decode("latin-1")
@@ -246,6 +248,8 @@ class WSGIConnection:
                 environ[key] = environ[key] + joiner + value
             else:
                 environ[key] = value
+        if authority:  # RFC 9112 3.2.2: the target's authority replaces Host
+            environ["HTTP_HOST"] = authority
         if framing.chunked:
             environ.pop("CONTENT_LENGTH", None)
         elif framing.content_length is not None:
@@ -345,16 +349,20 @@ class WSGIConnection:
         )
 
 
-def _origin_form(target: str) -> str:
-    """The path and query of an absolute-form target; ``*`` and authority-form give ''."""
+def _split_absolute(target: str) -> tuple[str | None, str]:
+    """An absolute-form target's authority and its path and query.
+
+    ``*`` and authority-form give (None, '').
+    """
     _scheme, sep, rest = target.partition("://")
     if not sep:
-        return ""
+        return None, ""
     slash = rest.find("/")
     question = rest.find("?")
     if slash < 0 or (0 <= question < slash):
-        return "/" + rest[question:] if question >= 0 else "/"
-    return rest[slash:]
+        end = question if question >= 0 else len(rest)
+        return rest[:end], "/" + rest[question:] if question >= 0 else "/"
+    return rest[:slash], rest[slash:]
 
 
 def make_base_environ(server: GracefulWSGIServer) -> dict[str, Any]:

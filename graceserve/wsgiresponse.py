@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from .httpparse import Body, Framing, IncompleteBodyError, RequestError, RequestLine
+from .httpparse import TCHAR, Body, Framing, IncompleteBodyError, RequestError, RequestLine
 
 if TYPE_CHECKING:
     from .wsgihandler import WSGIConnection
@@ -50,7 +51,7 @@ _HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_TOKEN = frozenset(c for c in map(chr, range(128)) if re.fullmatch(f"[{TCHAR}]", c))
 _BAD_IN_VALUE = frozenset(chr(c) for c in range(32) if c != 9) | {"\x7f"}
 _INTERNAL_ERROR = b"Internal Server Error\n"
 

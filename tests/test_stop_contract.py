@@ -85,7 +85,7 @@ def test_grace_1_exits_in_about_1_second_with_a_handler_that_ignores_the_cut(
     assert 0.8 < elapsed < 1 + SLACK, f"--grace 1 exited after {elapsed:.3f}s"
     match = server.wait_for_line(SUMMARY.format(4))
     assert match["cut"] == "1"
-    server.wait_for_line(r"still running: 1 handlers ignored the cut")
+    server.wait_for_line(r"still running: 1 handler ignored the cut")
     assert_no_traceback(server)
 
 

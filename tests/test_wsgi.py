@@ -87,10 +87,14 @@ def test_root_path_is_script_name_and_is_stripped_from_the_path() -> None:
     assert (other["SCRIPT_NAME"], other["PATH_INFO"]) == ("/app", "/other")
 
 
-def test_absolute_form_target_gives_its_path() -> None:
+def test_absolute_form_target_gives_its_path_and_its_authority_is_the_host() -> None:
+    request = b"GET http://real:81/p/q?z=1 HTTP/1.1\r\nHost: other\r\n\r\n"
+    query_only = b"GET http://real?z=1 HTTP/1.1\r\nHost: other\r\n\r\n"
     with serving(environ_app) as server:
-        env = environ_of(server.server_address, b"GET http://h/p/q?z=1 HTTP/1.1\r\nHost: h\r\n\r\n")
-    assert (env["PATH_INFO"], env["QUERY_STRING"]) == ("/p/q", "z=1")
+        env = environ_of(server.server_address, request)
+        env2 = environ_of(server.server_address, query_only)
+    assert (env["PATH_INFO"], env["QUERY_STRING"], env["HTTP_HOST"]) == ("/p/q", "z=1", "real:81")
+    assert (env2["PATH_INFO"], env2["QUERY_STRING"], env2["HTTP_HOST"]) == ("/", "z=1", "real")
 
 
 def test_graceserve_stopping_turns_true_when_a_stop_is_announced() -> None:
@@ -654,6 +658,22 @@ def test_chunked_body_over_max_body_size_is_413_when_the_app_reads_it() -> None:
         assert reply.status == 413
         assert reply.header("Connection") == "close"
         assert c.at_eof()
+
+
+def test_an_http09_request_is_answered_at_once_with_a_status_line() -> None:
+    """``GET /`` and nothing else (no blank line follows an HTTP/0.9 request line)."""
+    called = threading.Event()
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        called.set()
+        return hello_app(environ, start_response)
+
+    with serving(app) as server, Client(server.server_address) as client:
+        client.send(b"GET /\r\n")  # the client now waits: it sends nothing more
+        reply = client.read_response()
+        assert (reply.status, reply.raw_head[:9]) == (505, b"HTTP/1.0 ")
+        assert client.at_eof()
+    assert not called.is_set()
 
 
 def test_malformed_chunk_met_by_the_app_is_a_400_and_the_connection_closes() -> None:

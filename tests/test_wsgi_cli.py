@@ -36,10 +36,10 @@ def app(environ, start_response):
                               ("Content-Length", str(len(body)))])
     return [body]
 
-def create_app():
+def create_app(name="the factory", excited=False):
     def factory_app(environ, start_response):
         start_response("200 OK", [("Content-Type", "text/plain")])
-        return [b"from the factory"]
+        return [("from " + name + ("!" if excited else "")).encode()]
     return factory_app
 
 def hello(environ, start_response):
@@ -96,10 +96,19 @@ def test_partial_of_a_handler_is_served_as_a_handler(
     assert server.wait_exit() == 0
 
 
-def test_factory_call_target(start_server: StartServer, tmp_path: Path) -> None:
-    server = start(start_server, tmp_path, "wsgimod:create_app()")
+@pytest.mark.parametrize(
+    ("target", "body"),
+    [
+        ("wsgimod:create_app()", b"from the factory"),
+        ("wsgimod:create_app('prod', excited=True)", b"from prod!"),  # literals, as gunicorn
+    ],
+)
+def test_factory_call_target(
+    start_server: StartServer, tmp_path: Path, target: str, body: bytes
+) -> None:
+    server = start(start_server, tmp_path, target)
     assert server.address is not None
-    assert get(server.address).body == b"from the factory"
+    assert get(server.address).body == body
     server.send(signal.SIGTERM)
     assert server.wait_exit() == 0
 
@@ -159,6 +168,10 @@ def test_bad_wsgi_target_says_one_line_and_exits_3(
         (["--root-path", "app"], r"--root-path: 'app' must start with /"),
         (["--max-body-size", "-1"], r"--max-body-size: '-1' must be 0"),
         (["--limit-request-fields", "0"], r"--limit-request-fields: '0' must be 1 or more"),
+        (["--limit-request-line", "9" * 20], r"--limit-request-line: '9+' is more than 1048576"),
+        (["--limit-request-field-size", "2000000"], r"field-size: '2000000' is more than"),
+        (["--limit-request-fields", "10001"], r"--limit-request-fields: '10001' is more than"),
+        (["wsgimod:create_app(name)"], r"a factory call takes literal arguments only"),
     ],
 )
 def test_bad_wsgi_flag_is_a_usage_error(

@@ -8,6 +8,7 @@ with its iterable's ``close()`` called.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -16,8 +17,11 @@ from pathlib import Path
 from typing import Any
 from wsgiref.validate import validator
 
+import pytest
 from conftest import Call, wait_until
 from wsgi_support import Address, Client, get, hello_app, serving
+
+from graceserve.httpserver import BODY
 
 Environ = dict[str, Any]
 
@@ -209,6 +213,28 @@ def test_body_that_keeps_arriving_is_never_cut_however_long_it_takes() -> None:
         reply = client.read_response()
         assert (reply.status, reply.body) == (200, b"got 15")
     assert errors == []
+
+
+def test_body_stalled_at_the_drain_is_closed_after_the_linger_and_said(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    errors: list[BaseException] = []
+    with (
+        serving(_reading_app(errors), drain_linger_max=0.3) as server,
+        Client(server.server_address) as client,
+    ):
+        client.send(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nabc")
+
+        def reading_body() -> bool:
+            with server.registry.locked_items() as items:
+                return any(getattr(conn, "state", None) == BODY for _sock, conn in items)
+
+        wait_until(reading_body, what="the app to wait for the rest of the body")
+        with caplog.at_level(logging.WARNING, logger="graceserve"):
+            report = server.drain(5.0)
+        assert report.elapsed < 3.0  # the linger, not the grace
+        assert client.at_eof()
+    assert "closed 1 connections whose request body stopped arriving" in caplog.text
 
 
 def test_unix_socket_serves_with_empty_remote_addr(tmp_path: Path) -> None:
