@@ -1,4 +1,4 @@
-"""serve(): a server as a process, with signals, pidfile, drain, restart and exit code.
+"""serve(): a server as a process, with signals, pidfile, drain, reload and exit code.
 
 Why this module exists: the order of a graceful stop matters more than any one
 step, and it is easiest to get right when one thread owns it.  The main thread
@@ -9,12 +9,14 @@ is the controller:
 2. import the target, take the pidfile, bind (or adopt an inherited
    listener), run ``serve_forever`` in a thread, report readiness;
 3. sleep on a Condition until a signal arrives;
-4. on HUP: start a successor with our argv, hand it the listener and the
-   pidfile once it is ready, then drain; if it fails, keep serving;
-5. on TERM/INT (or a HUP that restarted us): the lame-duck delay if any, then
-   the drain: the main thread waits on the registry's Condition for zero,
-   waking for a second signal (cut now), the grace deadline (cut now) and the
-   progress line;
+4. on HUP: start a worker process (``graceserve.supervisor``) on our
+   listener; once it is ready, drain our own connections and stay as its
+   supervisor, so the main pid never changes (systemd, PID 1); if it fails,
+   keep serving.  With ``--workers N`` (N > 1) the supervisor runs from the
+   start (``graceserve.prefork``), and a worker process runs ``run_worker``;
+5. on TERM/INT: the lame-duck delay if any, then the drain: the main thread
+   waits on the registry's Condition for zero, waking for a second signal
+   (cut now), the grace deadline (cut now) and the progress line;
 6. only then remove the pidfile, restore the signal handlers (or, for the
    command line, leave every one ignored so that nothing arriving after the
    drain changes the exit code) and return the exit code.
