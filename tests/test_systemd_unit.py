@@ -445,6 +445,31 @@ def test_two_reloads_then_stop_drains_request_in_flight(unit: Unit) -> None:
     assert_stopped_cleanly(unit, "0")
 
 
+def test_workers_2_reload_then_stop_drains_request_in_flight(unit: Unit) -> None:
+    """GRACESERVE_WORKERS=2 (a drop-in): READY=1 once both workers are ready, a reload
+    keeps MAINPID (the supervisor), and the stop drains a request in flight."""
+    inside_ok("mkdir", "-p", DROP_IN_DIR)
+    inside_ok("sh", "-c", f"printf '[Service]\\nEnvironment=GRACESERVE_WORKERS=2\\n' "
+                          f">{DROP_IN_DIR}/50-test-workers.conf")  # fmt: skip
+    inside_ok("systemctl", "daemon-reload")
+    main = start_service(unit)
+    assert "2 workers ready" in unit.journal()
+    reload = inside("systemctl", "reload", UNIT)
+    assert reload.returncode == 0, (reload.stderr, unit.journal())
+    assert unit.main_pid() == main  # the supervisor stays systemd's main process
+    assert curl("/healthz") == "200"
+    request = Request.start("workers-stop", "/slow?seconds=3")
+    unit.in_flight(request)
+    stop = stop_service()
+    assert stop.rc == 0
+
+    got = request.result()
+    journal = unit.journal()
+    assert got.ok, (got, stop, journal)
+    assert got.ended <= stop.returned, (got, stop, journal)
+    assert_stopped_cleanly(unit, "0")
+
+
 BROKEN_MARK = "this deploy cannot import"
 BROKEN = f"raise ImportError('gs-systemd test: {BROKEN_MARK}')\n"
 
