@@ -29,10 +29,12 @@ _BIND = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.%\w]+)\]|(?P<host>[^:\[\]]+)):(?P<
 EPILOG = """\
 signals:
   TERM, INT   graceful drain; a second TERM or INT during the drain cuts at once
-  HUP         graceful restart: a new process with the same arguments takes over
-              the listening socket; this one then drains (ignored under nohup)
+  HUP         graceful reload: new worker processes with the same arguments take
+              over the listening socket, the old serving ones drain; this process
+              (the supervisor) stays (ignored under nohup)
+  TTIN, TTOU  one more / one fewer worker (with --workers; the removed one drains)
   QUIT        immediate stop: cut every connection now
-  USR1        dump every thread's stack to stderr, keep running
+  USR1        dump every thread's stack to stderr (and every worker's), keep running
 
 exit codes:
   0           drained cleanly: every connection finished by itself
@@ -100,6 +102,36 @@ def _count(text: str) -> int:
     if value < 1:
         raise ValueError(f"{text!r} must be 1 or more")
     return value
+
+
+def _natural(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise ValueError(f"{text!r} must be 0 or more")
+    return value
+
+
+def _workers(text: str) -> int:
+    if text.strip().lower() == "auto":
+        if hasattr(os, "sched_getaffinity"):
+            return len(os.sched_getaffinity(0))
+        return os.cpu_count() or 1
+    value = _count(text)
+    if value > 256:
+        raise ValueError(f"{text!r} is more than 256 workers")
+    return value
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{text!r} is not one of 1, true, yes, on, 0, false, no, off")
 
 
 def _at_most(most: int) -> Callable[[str], int]:
@@ -176,6 +208,17 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
      "lame-duck seconds after the stop signal: keep serving, /healthz answers 503"),
     ("--log-level", "GRACESERVE_LOG_LEVEL", _level, DEFAULTS.log_level,
      "one of " + ", ".join(LOG_LEVELS)),
+    ("--workers", "GRACESERVE_WORKERS", _workers, DEFAULTS.workers,
+     "serving processes, or auto (one per CPU this process may use); more than 1: "
+     "a supervisor process runs them"),
+    ("--preload", "GRACESERVE_PRELOAD", _boolean, DEFAULTS.preload,
+     "import the target in the supervisor before starting workers (fail fast)"),
+    ("--worker-timeout", "GRACESERVE_WORKER_TIMEOUT", _duration, DEFAULTS.worker_timeout,
+     "kill and replace a worker whose serving loop made no progress this long; 0 disables"),
+    ("--max-requests", "GRACESERVE_MAX_REQUESTS", _natural, DEFAULTS.max_requests,
+     "replace a worker gracefully after it served this many requests; 0 disables"),
+    ("--max-requests-jitter", "GRACESERVE_MAX_REQUESTS_JITTER", _natural,
+     DEFAULTS.max_requests_jitter, "add a random 0..N to each worker's --max-requests"),
     # WSGI applications only:
     ("--root-path", "GRACESERVE_ROOT_PATH", _root_path, DEFAULTS.root_path,
      "WSGI: SCRIPT_NAME, the path the app is mounted at behind a proxy (e.g. /app)"),
@@ -227,7 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
         "target", nargs="?", metavar="TARGET",
         help="module:Handler to serve [GRACESERVE_TARGET]; default: the demo app",
     )  # fmt: skip
-    for flag, env, _convert, default, text in _OPTIONS:
+    for flag, env, convert, default, text in _OPTIONS:
+        if convert is _boolean:
+            parser.add_argument(flag, action="store_true", default=None, help=f"{text} [{env}]")
+            continue
         shown = default[0] + ":" + str(default[1]) if isinstance(default, tuple) else default
         parser.add_argument(
             flag, metavar=flag.lstrip("-").split("-")[0].upper(),
@@ -237,9 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# 0 or "" given: none
 _OPTIONAL = frozenset(
-    {"pidfile", "idle_timeout", "certfile", "keyfile", "ca_certs", "access_log"}
-)  # 0 or "" given: none
+    {
+        "pidfile", "idle_timeout", "certfile", "keyfile", "ca_certs", "access_log",
+        "worker_timeout", "max_requests",
+    }
+)  # fmt: skip
 
 
 def parse_args(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> Settings:
@@ -250,6 +300,9 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> 
         name = flag.lstrip("-").replace("-", "_")
         given = getattr(args, name)
         source = flag
+        if given is True:  # a flag without a value (--preload)
+            values[name] = True
+            continue
         if given is None and env in environ:
             given, source = environ[env], env
         if given is None:
@@ -261,6 +314,8 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> 
         except ValueError as exc:
             raise UsageError(f"{source}: {exc}") from None
         values[name] = value if value or name not in _OPTIONAL else None
+        if name == "preload":
+            values[name] = bool(value)
     target = args.target or environ.get("GRACESERVE_TARGET") or None
     settings = Settings(target=target, **values)
     _check_tls(settings)

@@ -1,4 +1,4 @@
-"""serve(): a server as a process, with signals, pidfile, drain, restart and exit code.
+"""serve(): a server as a process, with signals, pidfile, drain, reload and exit code.
 
 Why this module exists: the order of a graceful stop matters more than any one
 step, and it is easiest to get right when one thread owns it.  The main thread
@@ -9,12 +9,14 @@ is the controller:
 2. import the target, take the pidfile, bind (or adopt an inherited
    listener), run ``serve_forever`` in a thread, report readiness;
 3. sleep on a Condition until a signal arrives;
-4. on HUP: start a successor with our argv, hand it the listener and the
-   pidfile once it is ready, then drain; if it fails, keep serving;
-5. on TERM/INT (or a HUP that restarted us): the lame-duck delay if any, then
-   the drain: the main thread waits on the registry's Condition for zero,
-   waking for a second signal (cut now), the grace deadline (cut now) and the
-   progress line;
+4. on HUP: start a worker process (``graceserve.supervisor``) on our
+   listener; once it is ready, drain our own connections and stay as its
+   supervisor, so the main pid never changes (systemd, PID 1); if it fails,
+   keep serving.  With ``--workers N`` (N > 1) the supervisor runs from the
+   start (``graceserve.prefork``), and a worker process runs ``run_worker``;
+5. on TERM/INT: the lame-duck delay if any, then the drain: the main thread
+   waits on the registry's Condition for zero, waking for a second signal
+   (cut now), the grace deadline (cut now) and the progress line;
 6. only then remove the pidfile, restore the signal handlers (or, for the
    command line, leave every one ignored so that nothing arriving after the
    drain changes the exit code) and return the exit code.
@@ -47,6 +49,7 @@ from .errors import EXIT_CUT, EXIT_OK, exit_code_for_signal
 from .httpserver import GracefulHTTPServer
 from .listener import Address, make_server, remove_unix_socket
 from .pidfile import PidFile
+from .prefork import run_supervised
 from .readiness import listen_url, ready_line
 from .restart import (
     CONTROL_VARIABLE,
@@ -54,23 +57,26 @@ from .restart import (
     RESTART_SOCKET_VARIABLE,
     SHARED_LISTENER_VARIABLE,
     SOCKET_FILE_VARIABLE,
-    Successor,
 )
+from .runnerhooks import Handed, RunnerHooks, name_of
 from .server import GracefulTCPServer, format_address
 from .settings import DEFAULTS, Settings
 from .signals import SignalRelay
-from .stopping import DrainHooks, run_drain
+from .stopping import run_drain
+from .supervisor import Supervisor
 from .systemd import Notifier, inherited_listener
 from .target import load_target
+from .worker import run_worker
+from .workerproc import WORKER_VARIABLE
 from .wsgi import WSGIApplication
 
 __all__ = ["run", "serve"]
 
 log = logging.getLogger("graceserve")
 
-PROGRESS_INTERVAL = 1.0
 RESTART_TIMEOUT = 30.0
 _FORCING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+_NOT_STOPPING = (signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1)
 
 
 def serve(
@@ -130,6 +136,9 @@ def run(
     process is about to exit with the code it logged, and a late TERM, INT or
     USR1 must not kill it with another).
     """
+    generation = os.environ.pop(WORKER_VARIABLE, None)
+    if generation is not None:  # started by a supervisor
+        return run_worker(handler, settings, generation, ignore_signals_after)
     relay = SignalRelay()
     relay.install()
     notifier = Notifier.from_environment()
@@ -143,7 +152,10 @@ def run(
     # control socket once we are ready (see _restart).
     handed_control = runstatus.handed_generation(os.environ.pop(CONTROL_VARIABLE, ""))
     try:
-        handler_class = load_target(handler) if isinstance(handler, str) else handler
+        supervised = settings.workers > 1
+        handler_class: type[socketserver.BaseRequestHandler] | WSGIApplication | str = handler
+        if isinstance(handler, str) and (settings.preload or not supervised):
+            handler_class = load_target(handler)
         pid = PidFile(settings.pidfile) if settings.pidfile else None
         if pid is not None and inherited_pidfile.isdigit():
             pid.adopt(int(inherited_pidfile))
@@ -151,6 +163,9 @@ def run(
             pid.acquire()
         try:
             inherited = inherited_listener()
+            if supervised:
+                return run_supervised(handler_class, settings, relay, notifier, inherited, pid)
+            assert not isinstance(handler_class, str)
             server = make_server(handler_class, settings, inherited)
             # A unix socket file is removed by whoever bound it, or was handed it by a
             # restart; never one systemd bound (socket activation), nor one handed on.
@@ -159,7 +174,7 @@ def run(
                 shared_by_predecessor if predecessor.enabled else True
             )
             controller = _Controller(
-                server, relay, notifier, predecessor, pid, owns_socket_file, shared
+                server, relay, notifier, predecessor, pid, owns_socket_file, shared, settings
             )
             status = controller.status = runstatus.make_status(server, settings, handed_control)
             control = None
@@ -204,7 +219,10 @@ class _Controller:
         pidfile: PidFile | None,
         owns_socket_file: bool,
         shared_listener: bool = False,
+        settings: Settings = DEFAULTS,
     ) -> None:
+        self.settings = settings
+        self.supervisor: Supervisor | None = None  # from the first HUP on
         self.owns_socket_file = owns_socket_file
         self.shared_listener = shared_listener  # systemd keeps it: never filter or shut it
         self.server = server
@@ -240,6 +258,8 @@ class _Controller:
         try:
             self._report_ready(grace)
             self._serve_until_stop()
+            if self.supervisor is not None:
+                return self._supervise(self.supervisor, grace)
             if drain_delay > 0:
                 self._lame_duck(drain_delay)
             report = self._drain(grace)
@@ -292,70 +312,78 @@ class _Controller:
             if signum is None:
                 self.relay.wait()
                 continue
+            if signum in _NOT_STOPPING:
+                log.info(
+                    "%s: ignored (--workers 1: no worker to add or remove)",
+                    name_of(self, signum=signum),
+                )
+                continue
             self.stop.signum = signum
             if signum != signal.SIGHUP or self._restart():
                 return
 
     def _restart(self) -> bool:
-        """Start a successor and hand over to it; False (still serving) if it fails.
+        """HUP: become the supervisor of a fresh worker on our listener; False (still
+        serving) if it cannot start.
 
-        A signal arriving before the successor is ready abandons the restart:
-        it is acted on next (a TERM right after a HUP stops the service).
+        The main process never changes (systemd's MAINPID, PID 1 of a container,
+        the pidfile): a fresh interpreter takes over the serving, and once it is
+        ready this process drains its own connections and stays to supervise.
+        A signal arriving before the worker is ready abandons the reload: it is
+        acted on next (a TERM right after a HUP stops the service).
         """
         self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         self.status.update(state="reloading")
-        generation, handed = runstatus.successor_generation(self.status)
-        pidfile_fd = self.pidfile.fileno if self.pidfile is not None else None
-        successor = Successor(
-            self.server.fileno(),
-            pidfile_fd,
-            self.notifier.address,
-            self.owns_socket_file,
-            self.shared_listener,
-        )
-        successor.environment[CONTROL_VARIABLE] = handed
-        try:
-            pid = successor.start()
-        except OSError as exc:
-            successor.close()
-            log.error(
-                "HUP: restart failed: cannot start a new process: %s; still serving", exc,
-                extra={"event": "restart_failed"},
-            )  # fmt: skip
-            self._reload_failed(f"cannot start a new process: {exc}")
-            self.notifier.send("READY=1", "STATUS=restart failed")
-            return False
-        log.info(
-            "HUP: restarting: started pid %d, waiting until it is ready", pid,
-            extra={"event": "restarting", "successor": pid},
+        listener = self.server.socket.dup()  # ours to keep: the workers' listener
+        supervisor = Supervisor(
+            self.settings.but(workers=1), listener, self.relay, self.notifier,
+            self.shared_listener, inprocess=lambda _signum: self.server.force_close(),
+            status=self.status,
         )  # fmt: skip
-        why = successor.wait_ready(time.monotonic() + RESTART_TIMEOUT, self.has_signal)
+        log.info(
+            "HUP: reloading: starting a worker process, waiting until it is ready",
+            extra={"event": "restarting"},
+        )
+        why = supervisor.first_worker(time.monotonic() + RESTART_TIMEOUT, self.has_signal)
         if why is not None:
-            successor.abandon()
+            supervisor.close()
+            listener.close()
             log.error(
                 "HUP: restart failed: %s; still serving", why, extra={"event": "restart_failed"}
             )
-            self._reload_failed(why, successor.pid)
+            self._reload_failed(why)
             self.notifier.send("READY=1", "STATUS=restart failed; old process still serving")
             return False
-        successor.close()
-        if self.pidfile is not None:
-            runstatus.hand_over(self.pidfile.path, pid)
-            self.pidfile.hand_over(pid)
-        self.status.record_reload(True, f"pid {pid} is serving", generation=generation)
-        self.notifier.send(f"MAINPID={pid}", "READY=1", f"STATUS=restarted as pid {pid}")
-        self.stop.handed_over = True
+        self.supervisor = supervisor
+        self.status.record_reload(True, "a worker process is serving")
+        self.status.update(state="serving")
+        self.notifier.send("READY=1", "STATUS=reloaded: a worker process serves")
         log.info(
-            "HUP: pid %d is serving; draining this process", pid,
-            extra={"event": "restarted", "successor": pid},
-        )  # fmt: skip
+            "HUP: the worker is serving; draining this process, which stays as supervisor",
+            extra={"event": "restarted"},
+        )
         return True
 
-    def _reload_failed(self, why: str, pid: int = 0) -> None:
+    def _supervise(self, supervisor: Supervisor, grace: float) -> int:
+        """Drain our own connections (in a thread, the listener left to the worker) while
+        supervising; the supervisor's exit code."""
+
+        def drain() -> None:
+            report = run_drain(self.server, grace, Handed(), shared_listener=True)[0]
+            log.info(
+                "this process's drain: %d served during the drain, %d cut, %.3fs",
+                report.served_during_drain, report.forced, report.elapsed,
+            )  # fmt: skip
+
+        thread = threading.Thread(target=drain, name="graceserve-drain", daemon=True)
+        thread.start()
+        code = supervisor.run()
+        thread.join(timeout=grace + 1.0)
+        return code
+
+    def _reload_failed(self, why: str) -> None:
         self.status.record_reload(False, why)
         self.status.update(state="serving")
-        if pid and self.pidfile is not None:
-            runstatus.forget_successor(self.pidfile.path, pid)
 
     def _lame_duck(self, delay: float) -> None:
         """Keep serving for ``delay`` seconds while health checks fail; a new signal ends
@@ -365,7 +393,7 @@ class _Controller:
         self.server.announce_stop()
         self.status.update(state="draining")
         self._notify("STOPPING=1", "STATUS=lame duck: health checks fail, still serving")
-        log.info("%s: lame duck for %gs (still serving, /healthz fails)", _name(self), delay)
+        log.info("%s: lame duck for %gs (still serving, /healthz fails)", name_of(self), delay)
         if self.has_signal() or self.relay.wait(delay):
             self._take_signals()
 
@@ -384,7 +412,7 @@ class _Controller:
         self.status.update(state="draining")
         force = self.stop.forced_by or (signal.SIGQUIT if self.stop.signum == signal.SIGQUIT else 0)
         report, forced_by = run_drain(
-            self.server, grace, _RunnerHooks(self, grace), force=force,
+            self.server, grace, RunnerHooks(self, grace), force=force,
             shared_listener=self.stop.handed_over or self.shared_listener,
         )  # fmt: skip
         self.stop.forced_by = forced_by
@@ -402,74 +430,3 @@ class _Controller:
         if forced_by:
             return exit_code_for_signal(forced_by)
         return EXIT_OK if report.clean else EXIT_CUT
-
-
-class _RunnerHooks(DrainHooks):
-    """What the process adds to the drain: log lines, systemd status, signals that force."""
-
-    progress_interval = PROGRESS_INTERVAL
-
-    def __init__(self, controller: _Controller, grace: float) -> None:
-        self.controller = controller
-        self.grace = grace
-        self.last_count = 0
-
-    def started(self, server: GracefulTCPServer, deadline: float | None) -> None:
-        log.info(
-            "%s: draining %d connections (grace %gs); new connections %s",
-            _name(self.controller), server.draining_from, self.grace, self._where_new_go(),
-            extra={"event": "drain_start", "signal": _name(self.controller),
-                   "connections": server.draining_from, "grace": self.grace},
-        )  # fmt: skip
-        self.controller._notify(f"STATUS=draining {server.draining_from} connections")
-        self.last_count = server.active_connections
-
-    def _where_new_go(self) -> str:
-        if self.controller.stop.handed_over:
-            return "go to the new process"
-        if self.controller.shared_listener:  # socket activation: systemd keeps the socket
-            return "wait in systemd's queue for the next start"
-        return "are refused"
-
-    def interrupted(self) -> bool:
-        return self.controller.has_signal()
-
-    def take_force(self) -> int:
-        return self.controller._take_signals("draining")
-
-    def progress(self, server: GracefulTCPServer, deadline: float | None) -> None:
-        count = server.active_connections
-        log.info(
-            "draining: %d connections remaining", count,
-            extra={"event": "drain_progress", "connections": count},
-        )  # fmt: skip
-        self.controller._notify(f"STATUS=draining: {count} connections remaining")
-        if count < self.last_count and deadline is not None:
-            # Progress: ask systemd for the time the grace allows.
-            left = deadline - time.monotonic() + 1
-            self.controller._notify(f"EXTEND_TIMEOUT_USEC={int(left * 1e6)}")
-        self.last_count = count
-
-    def cutting(self, server: GracefulTCPServer, forced_by: int) -> None:
-        remaining = server.active_connections
-        if forced_by:
-            if remaining:
-                name = _name(self.controller, forced=True, signum=forced_by)
-                log.warning(
-                    "%s: cutting %d connections now", name, remaining,
-                    extra={"event": "cutting", "signal": name, "connections": remaining},
-                )  # fmt: skip
-        else:
-            log.warning(
-                "grace of %gs passed: cutting %d connections", self.grace, remaining,
-                extra={"event": "cutting", "connections": remaining},
-            )  # fmt: skip
-
-
-def _name(controller: _Controller, forced: bool = False, signum: int = 0) -> str:
-    if not signum:
-        signum = controller.stop.forced_by if forced else controller.stop.signum
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"

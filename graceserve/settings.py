@@ -71,6 +71,19 @@ class Settings:
     forwarded_allow_ips: str = "127.0.0.1,::1"
     """Peers whose X-Forwarded-* and Forwarded headers are trusted (``*``: any)."""
 
+    workers: int = 1
+    """Serving processes.  1: this process serves (a supervisor appears only at the
+    first HUP); more: a supervisor process runs this many workers."""
+    preload: bool = False
+    """Import the target in the supervisor before starting workers (fail fast)."""
+    worker_timeout: float | None = 30.0
+    """Kill (SIGABRT, then SIGKILL) and replace a worker whose serving loop made no
+    progress this long; None: never."""
+    max_requests: int | None = None
+    """Recycle a worker gracefully after this many requests; None: never."""
+    max_requests_jitter: int = 0
+    """Add a random 0..J to each worker's ``max_requests`` (they do not all recycle at once)."""
+
     @property
     def drain_linger_max(self) -> float:
         """HTTP: the longest an idle or unfinished connection may linger at drain.

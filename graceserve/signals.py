@@ -29,6 +29,7 @@ already logged (a late signal must not kill it with another).
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import signal
 import socket
@@ -43,6 +44,7 @@ __all__ = ["SignalRelay"]
 log = logging.getLogger("graceserve")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+WORKER_SIGNALS = (signal.SIGTTIN, signal.SIGTTOU)  # one more / one fewer worker
 DUMP_SIGNAL = signal.SIGUSR1
 
 
@@ -66,6 +68,9 @@ class SignalRelay:
         self._reader: socket.socket | None = None
         self._writer: socket.socket | None = None
         self._thread: threading.Thread | None = None
+        self._wakeup_sockets: list[socket.socket] = []
+        self.queue_dumps = False
+        """Also queue USR1 after dumping (a supervisor passes it on to its workers)."""
 
     def install(self) -> None:
         """Install the handlers and start the relay.  Main thread only."""
@@ -79,7 +84,7 @@ class SignalRelay:
         self._previous_wakeup_fd = signal.set_wakeup_fd(
             self._writer.fileno(), warn_on_full_buffer=False
         )
-        for signum in (*STOP_SIGNALS, DUMP_SIGNAL):
+        for signum in (*STOP_SIGNALS, *WORKER_SIGNALS, DUMP_SIGNAL):
             previous = signal.getsignal(signum)
             if signum == signal.SIGHUP and previous is signal.SIG_IGN:
                 continue  # nohup: the user asked for HUP to be ignored
@@ -111,6 +116,18 @@ class SignalRelay:
         with self.condition:
             self._listeners.append(condition)
 
+    def add_wakeup_socket(self, sock: socket.socket) -> None:
+        """Also send a byte on ``sock`` (non-blocking) whenever a signal arrives: a
+        selector loop (the supervisor) waits on its other end."""
+        with self.condition:
+            self._wakeup_sockets.append(sock)
+
+    def inject(self, signum: int) -> None:
+        """Queue ``signum`` as if it had arrived (a worker's supervisor speaks this way).
+        Thread-safe."""
+        self._pending.append(signum)
+        self._notify()
+
     def pending(self) -> bool:
         """Whether signals are waiting to be taken.  Lock-free; for ``wake_up`` predicates."""
         return bool(self._pending)
@@ -139,13 +156,22 @@ class SignalRelay:
                 return
             if DUMP_SIGNAL in data:
                 _dump_stacks()
-                data = bytes(b for b in data if b != DUMP_SIGNAL)
+                if not self.queue_dumps:
+                    data = bytes(b for b in data if b != DUMP_SIGNAL)
             self._pending.extend(data)
-            with self.condition:
-                listeners = list(self._listeners)
-            for condition in listeners:
-                with condition:
-                    condition.notify_all()
+            self._notify()
+
+    def _notify(self) -> None:
+        with self.condition:
+            listeners = list(self._listeners)
+            wakeups = list(self._wakeup_sockets)
+        for condition in listeners:
+            with condition:
+                condition.notify_all()
+        for sock in wakeups:
+            # OSError: full (a wake-up is already pending) or closed (nobody waits).
+            with contextlib.suppress(OSError):
+                sock.send(b"\0")
 
 
 def _dump_stacks() -> None:

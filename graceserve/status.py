@@ -46,6 +46,11 @@ class ServerStatus:
             "grace": grace, "drain_delay": drain_delay, "exit_code": None, "summary": None,
         }  # fmt: skip
 
+    def count_with(self, connections: Callable[[], int]) -> None:
+        """Count live connections with ``connections()`` from now on (a supervisor sums
+        its workers')."""
+        self._connections = connections
+
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` (no lock held) after every change."""
         self._listeners.append(listener)

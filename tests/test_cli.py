@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import http.client
 import os
 import re
@@ -151,6 +152,10 @@ def test_stop_signal_when_idle_exits_0(start_server: StartServer, signum: signal
     assert_no_traceback(server)
 
 
+def _exited(pid: int) -> bool:
+    return session_of(pid) is None
+
+
 def session_of(pid: int) -> int | None:
     """The session id of a live (not zombie) process, or None."""
     try:
@@ -176,25 +181,37 @@ def successors() -> Iterator[list[tuple[int, int]]]:
                 os.kill(pid, signal.SIGKILL)
 
 
-def test_hup_hands_over_to_a_successor_then_exits_0(
+def test_hups_keep_the_main_pid_and_a_term_then_drains_like_a_first_stop(
     start_server: StartServer, successors: list[tuple[int, int]]
 ) -> None:
-    """HUP is a graceful restart: a successor takes the listener, this process drains (exit 0)."""
+    """HUP is a graceful reload that never replaces the main process: a worker process
+    takes over the serving, the main process stays (systemd's MAINPID, PID 1 of a
+    container).  Several reloads then a TERM with a request in flight: 200, exit 0."""
     server = start_ready(start_server, "--grace", "5")
     host, port = addr(server)
+    main = server.proc.pid
     with contextlib.closing(in_flight((host, port), "/slow?seconds=0.5")) as sock:
         server.send(signal.SIGHUP)
-        successor = int(server.wait_for_line(r"HUP: restarting: started pid (\d+)")[1])
-        successors.append((successor, server.proc.pid))
-        assert read_response(sock)[0] == 200
-    # (not wait_exit(): it would wait for stderr to close, and the successor holds it)
+        server.wait_for_line(r"HUP: the worker is serving")
+        assert read_response(sock)[0] == 200  # finished by the main process
+    for generation in (2, 3):
+        server.send(signal.SIGHUP)
+        server.wait_for_line(rf"HUP: generation {generation} is ready")
+    workers = [int(pid) for pid in re.findall(r"started worker pid (\d+)", server.output)]
+    successors.extend((pid, main) for pid in workers)
+    assert len(workers) == 3
+    assert server.proc.poll() is None
+    with contextlib.closing(in_flight((host, port), "/slow?seconds=1")) as sock:
+        server.send(signal.SIGTERM)
+        status, headers, _body = read_response(sock)
+        assert status == 200
+        assert headers.get("connection", "").lower() == "close"
     assert server.proc.wait(20) == 0
-    server.wait_for_line(rf"graceserve\[{server.proc.pid}\] INFO stopped: .*exit code 0")
-    server.wait_for_line(rf"graceserve\[{successor}\] INFO listening on http://{host}:{port} ")
-    assert get((host, port))[0] == 200  # the successor serves on the same port
-    os.kill(successor, signal.SIGTERM)
-    server.wait_for_line(rf"graceserve\[{successor}\] INFO stopped: .*exit code 0")
-    wait_until(lambda: session_of(successor) is None, what="the successor to exit")
+    server.wait_for_line(
+        rf"graceserve\[{main}\] INFO stopped: \d workers, 1 served during the drain, 0 cut"
+    )
+    for pid in workers:
+        wait_until(functools.partial(_exited, pid), what=f"worker {pid} to exit")
     assert_no_traceback(server)
 
 
@@ -938,6 +955,42 @@ def test_term_reaches_graceserve_running_as_pid_1(
     assert time.monotonic() - started < QUICK
     server.wait_for_line(r"SIGTERM: draining 1 connections")
     server.wait_for_line(SUMMARY.format(0))
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_hup_to_graceserve_as_pid_1_keeps_serving_under_load(
+    start_server: StartServer, pid_namespace_prefix: list[str], workers: str
+) -> None:
+    """When PID 1 of a namespace exits, the kernel kills every process left in it: the
+    main process must survive the reload.  Under load, HUP twice: no failed request,
+    still serving, then TERM drains and exits 0."""
+    from workers_support import Load  # the worker tests' keep-alive load
+
+    server = start_server(
+        ["--bind", "127.0.0.1:0", "--grace", "5", "--workers", workers],
+        prefix=pid_namespace_prefix,
+    )
+    server.wait_ready()
+    server.wait_for_line(r"pid 1, grace 5s\)" if workers == "1" else r"supervisor pid 1: ")
+    unshare_pid = server.proc.pid
+    inner = int(Path(f"/proc/{unshare_pid}/task/{unshare_pid}/children").read_text().split()[0])
+    load = Load(addr(server), clients=6)
+    try:
+        load.wait_for_requests(100)
+        for generation in (1, 2) if workers == "1" else (2, 3):
+            os.kill(inner, signal.SIGHUP)  # the inner graceserve: a process we started
+            ready = "the worker is serving" if generation == 1 else f"generation {generation}"
+            server.wait_for_line(rf"HUP: {ready}")
+            load.wait_for_requests(100)
+        assert server.proc.poll() is None
+        assert get(addr(server))[0] == 200
+        load.stopping.set()
+        os.kill(inner, signal.SIGTERM)
+        assert server.wait_exit(20) == 0, server.output
+    finally:
+        load.stop()
+    assert load.failures == [], load.failures[:5]
+    assert_no_traceback(server)
 
 
 # -- broken and slow stderr ----------------------------------------------------------

@@ -396,3 +396,37 @@ def test_a_setting_the_server_does_not_have_is_an_error_not_dropped() -> None:
             apply_settings(server, {"idle_timeout": 1.0})
     finally:
         server.server_close()
+
+
+def test_worker_flags_and_their_environment_variables() -> None:
+    from graceserve.errors import UsageError as _UsageError
+
+    settings = parse_args(
+        [
+            "--workers",
+            "3",
+            "--preload",
+            "--worker-timeout",
+            "0",
+            "--max-requests",
+            "100",
+            "--max-requests-jitter",
+            "10",
+        ],
+        {},
+    )
+    assert (settings.workers, settings.preload, settings.worker_timeout) == (3, True, None)
+    assert (settings.max_requests, settings.max_requests_jitter) == (100, 10)
+    auto = parse_args(["--workers", "auto"], {})
+    assert auto.workers == len(os.sched_getaffinity(0))
+    env = parse_args(
+        [], {"GRACESERVE_WORKERS": "2", "GRACESERVE_PRELOAD": "yes", "GRACESERVE_MAX_REQUESTS": "0"}
+    )
+    assert (env.workers, env.preload, env.max_requests) == (2, True, None)
+    assert parse_args([], {}).workers == 1
+    assert parse_args([], {"GRACESERVE_PRELOAD": "0"}).preload is False
+    for bad in (["--workers", "0"], ["--workers", "many"], ["--max-requests", "-1"]):
+        with pytest.raises(_UsageError):
+            parse_args(bad, {})
+    with pytest.raises(_UsageError, match="GRACESERVE_PRELOAD"):
+        parse_args([], {"GRACESERVE_PRELOAD": "maybe"})

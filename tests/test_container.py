@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -325,3 +326,38 @@ def test_healthcheck_fails_while_draining(run_container: Callable[..., str]) -> 
     assert status == "503", f"/healthz still answers {status} after TERM:\n{logs(container_id)}"
     check = podman("healthcheck", "run", container_id)
     assert check.returncode != 0, f"healthcheck passed while draining: {check.stdout}"
+
+
+def test_workers_2_reload_then_stop_drains_in_flight_request_and_exits_0(
+    run_container: Callable[..., str],
+) -> None:
+    """--workers 2 in the shipped image: the supervisor is PID 1, a HUP (podman kill -s HUP)
+    starts a new generation and PID 1 stays, then podman stop drains a request in flight."""
+    options = ["--network", "host", "-e", "GRACESERVE_BIND=127.0.0.1:0"]
+    container_id = run_container(*options, "-e", "GRACESERVE_WORKERS=2")
+    ready = parse_ready(wait_listening(container_id))
+    assert ready is not None
+    assert ready.port is not None
+    port = ready.port
+
+    def wait_log(pattern: str) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not re.search(pattern, logs(container_id)):
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {pattern!r} in the logs:\n{logs(container_id)}")
+            time.sleep(POLL_PAUSE)
+
+    wait_log(r"supervisor pid 1: 2 workers ready")
+    podman_ok("kill", "-s", "HUP", container_id)
+    wait_log(r"HUP: generation 2 is ready")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future, client_port = send_slow_request(port, 2, pool)
+        wait_request_read(port, client_port)
+        elapsed = timed_stop(container_id, 10)
+        response = future.result(timeout=30)
+    output = logs(container_id)
+    assert response.error is None, f"slow request failed: {response.error!r}\n{output}"
+    assert response.status == 200, output
+    assert state(container_id)[:2] == ("exited", 0), output
+    assert elapsed < 8, f"podman stop took {elapsed:.1f} s:\n{output}"
+    assert re.search(r"stopped: \d workers, 1 served during the drain, 0 cut", output), output

@@ -200,11 +200,12 @@ def test_graceful_waits_for_the_new_generation(
     result = ctl("graceful", "--pidfile", str(pidfile))
     assert result.returncode == 0, (result, server.output)
     line = one_line(result)
-    new = int(pidfile.read_text())
-    assert new != old
-    assert f"generation 2 serving: pid={new} generation=2 state=serving" in line
-    # ctl returned once the new generation serves: its answer comes from it at once.
-    assert get(server.address) == (200, f"pid {new}")
+    assert int(pidfile.read_text()) == old  # the main process stays (as the supervisor)
+    assert f"generation 2 serving: pid={old} generation=2 state=serving" in line
+    # ctl returned once the new generation serves: a worker process answers at once.
+    code, body = get(server.address)
+    assert code == 200
+    assert body != f"pid {old}"
     status = status_of(pidfile)
     assert (status["generation"], status["reloads"]) == (2, 1)
 

@@ -421,6 +421,26 @@ class Load:
 
 
 # -- tests -----------------------------------------------------------------------------
+#
+# The main process (our child, ``server.proc``) never changes: at the first HUP it
+# starts a worker process on its listener, waits until it is ready, drains its own
+# connections and stays as the supervisor; each later HUP starts a new worker and
+# drains the old one.
+
+
+def reloaded(server: ServerProcess, generation: int = 1) -> int:
+    """Wait until the worker of ``generation`` serves; its pid."""
+    main = server.proc.pid
+    if generation == 1:
+        server.wait_for_line(rf"graceserve\[{main}\] INFO HUP: the worker is serving")
+    else:
+        server.wait_for_line(rf"graceserve\[{main}\] INFO HUP: generation {generation} is ready")
+    match = server.wait_for_line(rf"started worker pid (\d+) \(generation {generation}\)")
+    return int(match[1])
+
+
+def worker_stopped_line(pid: int) -> str:
+    return rf"graceserve\[{pid}\] INFO worker stopped: \d+ served during the drain, 0 cut"
 
 
 def test_restart_under_continuous_load_fails_no_request(
@@ -428,31 +448,30 @@ def test_restart_under_continuous_load_fails_no_request(
 ) -> None:
     pidfile = app_dir / "server.pid"
     server = start_app(start_server, app_dir, "--pidfile", str(pidfile))
-    old = server.proc.pid
+    main = server.proc.pid
     load = Load(address_of(server), keepalive=4, fresh=2)
     try:
         load.wait_for_requests(20)
         server.send(signal.SIGHUP)
-        new = started_successor(server, old)
-        server.wait_for_line(rf"graceserve\[{old}\] INFO HUP: pid {new} is serving")
-        assert first_exit(server) == 0  # the old process drained and exited 0
-        load.wait_for_requests(20)  # all of them now served by the new process
+        new = reloaded(server)
+        server.wait_for_line(rf"graceserve\[{main}\] INFO this process's drain: .* 0 cut")
+        load.wait_for_requests(20)  # all of them now served by the worker
     finally:
         load.stop()
 
     assert load.failures == []
-    server.wait_for_line(stopped_line(old))
     for client in load.clients:
-        assert (client.pids[0], client.pids[-1]) == (old, new), str(client)
-        assert set(client.pids) == {old, new}, str(client)
-        if client.keepalive:  # told to reconnect once the old listener was closed
+        assert (client.pids[0], client.pids[-1]) == (main, new), str(client)
+        assert set(client.pids) == {main, new}, str(client)
+        if client.keepalive:  # told to reconnect once the main process stopped serving
             assert client.closes >= 1, str(client)
             assert client.connects >= 2, str(client)
-    assert read_pidfile(pidfile) == new
+    assert read_pidfile(pidfile) == main  # the main process stays
     assert is_locked(pidfile)
 
-    signal_successor(server, new, signal.SIGTERM)
-    server.wait_for_line(stopped_line(new))
+    server.send(signal.SIGTERM)
+    assert first_exit(server) == 0
+    server.wait_for_line(worker_stopped_line(new))
     wait_gone(new)
     assert not pidfile.exists()
     assert "Traceback" not in server.output, server.output
@@ -462,14 +481,11 @@ def test_restart_lets_the_old_process_finish_what_is_in_flight(
     start_server: StartServer, app_dir: Path
 ) -> None:
     server = start_app(start_server, app_dir)
-    old = server.proc.pid
+    main = server.proc.pid
     with contextlib.closing(post_in_flight(address_of(server))) as sock:
         server.send(signal.SIGHUP)
-        new = started_successor(server, old)
-        server.wait_for_line(rf"graceserve\[{old}\] INFO HUP: pid {new} is serving")
-        server.wait_for_line(rf"graceserve\[{old}\] INFO SIGHUP: draining 1 connections")
-        # While the old one still drains, the new one serves new connections (the old
-        # one may still take a few until its listener is closed, and serves them too).
+        new = reloaded(server)
+        server.wait_for_line(rf"graceserve\[{main}\] INFO SIGHUP: draining 1 connections")
         answers: list[tuple[int, str]] = []
 
         def served_by_new() -> bool:
@@ -477,38 +493,36 @@ def test_restart_lets_the_old_process_finish_what_is_in_flight(
             return answers[-1] == (200, f"v1 pid {new}")
 
         wait_until(served_by_new, what=f"pid {new} to serve a new connection")
-        assert set(answers) <= {(200, f"v1 pid {old}"), (200, f"v1 pid {new}")}
-        assert server.proc.poll() is None
+        assert set(answers) <= {(200, f"v1 pid {main}"), (200, f"v1 pid {new}")}
         status, headers, body = finish_post(sock)
-    assert first_exit(server) == 0
-    assert (status, body) == (200, f"v1 pid {old} got done")
+    assert (status, body) == (200, f"v1 pid {main} got done")
     assert headers.get("connection", "").lower() == "close"
-    match = server.wait_for_line(stopped_line(old))
-    assert int(match["served"]) >= 1  # our POST, and any connection it took before closing
+    match = server.wait_for_line(r"this process's drain: (?P<served>\d+) served during the drain")
+    assert int(match["served"]) >= 0
+    assert server.proc.poll() is None  # the main process stays, as the supervisor
     assert get(address_of(server)) == (200, f"v1 pid {new}")
 
-    signal_successor(server, new, signal.SIGTERM)
-    server.wait_for_line(stopped_line(new))
+    server.send(signal.SIGTERM)
+    assert first_exit(server) == 0
     wait_gone(new)
 
 
 def test_restart_skips_the_lame_duck_delay(start_server: StartServer, app_dir: Path) -> None:
     """The lame duck keeps a stopping server serving while health checks fail; on a
-    restart the new process serves instead, so the old one drains at once."""
+    restart the worker serves instead, so the main process drains its own at once."""
     server = start_app(start_server, app_dir, "--drain-delay", "30")
-    old = server.proc.pid
+    main = server.proc.pid
     server.send(signal.SIGHUP)
-    new = started_successor(server, old)
-    assert first_exit(server) == 0  # long before the 30 s delay
-    server.wait_for_line(stopped_line(old))
-    assert not re.search(rf"graceserve\[{old}\] .*lame duck", server.output), server.output
+    new = reloaded(server)
+    server.wait_for_line(rf"graceserve\[{main}\] INFO this process's drain")
+    assert not re.search(r"lame duck", server.output), server.output
     assert get(address_of(server)) == (200, f"v1 pid {new}")
 
-    # Stopped for real, the new process does go through the lame duck; a HUP ends it.
-    signal_successor(server, new, signal.SIGTERM)
-    server.wait_for_line(rf"graceserve\[{new}\] INFO SIGTERM: lame duck for 30s")
-    signal_successor(server, new, signal.SIGHUP)
-    server.wait_for_line(stopped_line(new))
+    # Stopped for real, the supervisor does go through the lame duck; a HUP ends it.
+    server.send(signal.SIGTERM)
+    server.wait_for_line(rf"graceserve\[{main}\] INFO SIGTERM: lame duck for 30s")
+    server.send(signal.SIGHUP)
+    assert first_exit(server) == 0
     wait_gone(new)
 
 
@@ -517,102 +531,95 @@ def test_failed_restart_keeps_the_old_process_serving(
 ) -> None:
     pidfile = app_dir / "server.pid"
     server = start_app(start_server, app_dir, "--pidfile", str(pidfile))
-    old = server.proc.pid
-    (app_dir / "app.py").write_text(BROKEN_APP)  # the new process will fail to import it
+    main = server.proc.pid
+    (app_dir / "app.py").write_text(BROKEN_APP)  # the worker will fail to import it
 
     server.send(signal.SIGHUP)
-    new = started_successor(server, old)
+    match = server.wait_for_line(r"started worker pid (\d+)")
+    new = int(match[1])
     server.wait_for_line(rf"graceserve\[{new}\] ERROR cannot start: .*broken on purpose")
     server.wait_for_line(
-        rf"graceserve\[{old}\] ERROR HUP: restart failed: pid {new} exited with status 3 "
-        r"before it was ready; still serving"
+        rf"graceserve\[{main}\] ERROR HUP: restart failed: pid {new} exited with status 3 "
+        r"before it was ready: importing 'app' failed: RuntimeError: app.py broken on purpose; "
+        r"still serving"
     )
     wait_gone(new)
     for _ in range(3):
-        assert get(address_of(server)) == (200, f"v1 pid {old}")
+        assert get(address_of(server)) == (200, f"v1 pid {main}")
     assert server.proc.poll() is None
-    assert read_pidfile(pidfile) == old
+    assert read_pidfile(pidfile) == main
 
     server.send(signal.SIGTERM)
     assert first_exit(server) == 0
-    server.wait_for_line(stopped_line(old))
+    server.wait_for_line(stopped_line(main))
     assert not pidfile.exists()
-    assert group_members(old) == set()
+    assert group_members(main) == set()
 
 
-def test_pidfile_names_the_old_process_until_the_new_one_is_ready(
+def test_a_term_before_the_worker_is_ready_abandons_the_reload(
     start_server: StartServer, app_dir: Path
 ) -> None:
-    """A new process that never reports ready does not take the pidfile with it.
-
-    The new process is held just before it reports ready (it has adopted the
-    listener and the pidfile by then); a TERM to the old one abandons the restart.
-    """
+    """A worker that never reports ready is killed by a TERM; the main process, which
+    kept serving and kept the pidfile, drains and exits 0."""
     pidfile = app_dir / "server.pid"
     server = start_app(start_server, app_dir, "--pidfile", str(pidfile))
-    old = server.proc.pid
+    main = server.proc.pid
     (app_dir / "app.py").write_text(APP + HOLD_BEFORE_READY)
 
     server.send(signal.SIGHUP)
-    new = started_successor(server, old)
+    new = int(server.wait_for_line(r"started worker pid (\d+)")[1])
     server.wait_for_line(rf"test-app: pid {new} holding before ready")
-    named_while_not_ready = read_pidfile(pidfile)
+    assert read_pidfile(pidfile) == main
 
     server.send(signal.SIGTERM)
     server.wait_for_line(
-        rf"graceserve\[{old}\] ERROR HUP: restart failed: interrupted by a signal; still serving"
+        rf"graceserve\[{main}\] ERROR HUP: restart failed: interrupted by a signal; still serving"
     )
     assert first_exit(server) == 0
-    server.wait_for_line(stopped_line(old))
-    wait_gone(new)  # the old process killed it
-    assert (named_while_not_ready, pidfile.exists()) == (old, False), (
-        f"pidfile named pid {named_while_not_ready} while pid {new} was not ready "
-        f"(old pid {old}); left behind after exit: {pidfile.exists()}\n{server.output}"
-    )
+    server.wait_for_line(stopped_line(main))
+    wait_gone(new)  # the main process killed it
+    assert not pidfile.exists()
 
 
-def test_three_restarts_leave_one_process_and_no_leaked_descriptors(
+def test_three_restarts_leave_two_processes_and_no_leaked_descriptors(
     start_server: StartServer, app_dir: Path
 ) -> None:
     pidfile = app_dir / "server.pid"
     server = start_app(start_server, app_dir, "--pidfile", str(pidfile))
     address = address_of(server)
-    group = server.proc.pid
-    fresh = serving_descriptors(group)
-    pids = [group]
-    after_one_restart: list[str] = []
-    for round_ in range(3):
-        current = pids[-1]
-        if round_ == 0:
-            server.send(signal.SIGHUP)
-        else:
-            signal_successor(server, current, signal.SIGHUP)
-        new = started_successor(server, current)
-        server.wait_for_line(rf"graceserve\[{current}\] INFO HUP: pid {new} is serving")
-        server.wait_for_line(stopped_line(current))
-        pids.append(new)
-        if round_ == 0:
-            after_one_restart = serving_descriptors(new)
+    main = server.proc.pid
+    workers = []
+    after_one: list[str] = []
+    supervisor_after_one: list[str] = []
+    for generation in (1, 2, 3):
+        server.send(signal.SIGHUP)
+        new = reloaded(server, generation)
+        workers.append(new)
+        if generation > 1:
+            server.wait_for_line(worker_stopped_line(workers[-2]))
+            wait_gone(workers[-2])
+        if generation == 1:
+            server.wait_for_line(r"this process's drain")
+            after_one = serving_descriptors(new)
+            supervisor_after_one = open_descriptors(main)
         assert get(address) == (200, f"v1 pid {new}")
-        assert read_pidfile(pidfile) == new
+        assert read_pidfile(pidfile) == main
 
-    final = pids[-1]
-    assert len(set(pids)) == 4
-    assert first_exit(server) == 0
-    wait_until(lambda: group_members(group) == {final}, what=f"only pid {final} to be left")
+    final = workers[-1]
+    assert len(set(workers)) == 3
+    wait_until(lambda: group_members(main) == {main, final}, what="the supervisor and one worker")
     assert listening_ports(final) == [address[1]]
-    # No descriptor leaks into a successor: the third holds what the first held, and
-    # that is what a fresh process holds plus the socket it reported ready on.
-    held = serving_descriptors(final, like=after_one_restart)
-    assert kinds(held) == kinds(after_one_restart), f"first: {after_one_restart}\nthird: {held}"
-    assert len(held) <= len(fresh) + 1, f"fresh: {fresh}\nafter 3 restarts: {held}"
-    assert held.count(str(pidfile)) == 1, held
+    assert listening_ports(main) == [address[1]]
+    held = serving_descriptors(final, like=after_one)
+    assert kinds(held) == kinds(after_one), f"first: {after_one}\nthird: {held}"
+    assert kinds(open_descriptors(main)) == kinds(supervisor_after_one)
+    assert str(pidfile) not in held  # only the supervisor holds the pidfile
 
-    signal_successor(server, final, signal.SIGTERM)
-    server.wait_for_line(stopped_line(final))
+    server.send(signal.SIGTERM)
+    assert first_exit(server) == 0
     wait_gone(final)
     assert not pidfile.exists()
-    assert group_members(group) == set()
+    assert group_members(main) == set()
 
 
 def test_restart_keeps_the_unix_socket_file_for_the_new_process(
@@ -620,22 +627,19 @@ def test_restart_keeps_the_unix_socket_file_for_the_new_process(
 ) -> None:
     path = short_dir / "app.sock"
     server = start_app(start_server, app_dir, bind=f"unix:{path}")
-    old = server.proc.pid
-    assert unix_get(path) == (200, f"v1 pid {old}")
+    main = server.proc.pid
+    assert unix_get(path) == (200, f"v1 pid {main}")
 
     server.send(signal.SIGHUP)
-    new = started_successor(server, old)
-    server.wait_for_line(rf"graceserve\[{old}\] INFO HUP: pid {new} is serving")
-    assert first_exit(server) == 0
-    server.wait_for_line(stopped_line(old))
-    # The new process serves on the same socket: its file must still lead there.
-    assert path.is_socket(), f"the old process removed {path}\n{server.output}"
+    new = reloaded(server)
+    server.wait_for_line(r"HUP: draining \d+ connections of this process")
+    assert path.is_socket(), f"the main process removed {path}\n{server.output}"
     assert unix_get(path) == (200, f"v1 pid {new}")
 
-    signal_successor(server, new, signal.SIGTERM)
-    server.wait_for_line(stopped_line(new))
+    server.send(signal.SIGTERM)
+    assert first_exit(server) == 0
     wait_gone(new)
-    assert not path.exists()  # its last owner removed it
+    assert not path.exists()  # its owner, the main process, removed it
 
 
 def echo(address: tuple[str, int], text: str) -> str:
@@ -656,13 +660,13 @@ def test_restart_of_a_plain_tcp_handler(start_server: StartServer, app_dir: Path
     assert echo(address, "before") == f"{old} before\n"
 
     server.send(signal.SIGHUP)
-    new = started_successor(server, old)
+    new = reloaded(server)
     server.wait_for_line(rf"graceserve\[{new}\] INFO listening on tcp://127\.0\.0\.1:{address[1]} ")
-    assert first_exit(server) == 0
+    server.wait_for_line(r"HUP: draining \d+ connections of this process")
     assert echo(address, "after") == f"{new} after\n"
 
-    signal_successor(server, new, signal.SIGTERM)
-    server.wait_for_line(stopped_line(new))
+    server.send(signal.SIGTERM)
+    assert first_exit(server) == 0
     wait_gone(new)
 
 

@@ -126,41 +126,33 @@ def test_hup_then_term_during_the_lame_duck_forces(
     assert any("SIGHUP: already stopping" in m for m in graceserve_log), graceserve_log
 
 
-class FakeSuccessor:
-    """Stands in for the restarted process: ready after a moment unless interrupted."""
+class FakeSupervisor:
+    """Stands in for the supervisor a HUP creates: its worker is ready after a moment
+    unless a signal interrupts."""
 
-    made: ClassVar[list[FakeSuccessor]] = []
+    made: ClassVar[list[FakeSupervisor]] = []
 
-    def __init__(self, *args: object) -> None:
+    def __init__(self, *args: object, **kwargs: object) -> None:
         self.abandoned = False
-        self.pid = 0
-        self.environment: dict[str, str] = {}
-        FakeSuccessor.made.append(self)
+        FakeSupervisor.made.append(self)
 
-    def start(self) -> int:
-        self.pid = 2**22 + 1  # never signalled: abandon() is faked too
-        return self.pid
-
-    def wait_ready(self, deadline: float, interrupted: Callable[[], bool]) -> str | None:
+    def first_worker(self, deadline: float, interrupted: Callable[[], bool]) -> str | None:
         ready_at = time.monotonic() + 0.3
         while time.monotonic() < ready_at:  # bounded by ready_at
             if interrupted():
                 return "interrupted by a signal"
-            time.sleep(0.005)  # the fake process's start-up time, not synchronisation
+            time.sleep(0.005)  # the fake worker's start-up time, not synchronisation
         return None
 
-    def abandon(self) -> None:
-        self.abandoned = True
-
     def close(self) -> None:
-        pass
+        self.abandoned = True
 
 
 def test_hup_then_term_abandons_the_restart_and_stops(
     relays: list[SignalRelay], graceserve_log: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    FakeSuccessor.made.clear()
-    monkeypatch.setattr(runner, "Successor", FakeSuccessor)
+    FakeSupervisor.made.clear()
+    monkeypatch.setattr(runner, "Supervisor", FakeSupervisor)
 
     def hup_then_term() -> None:
         wait_until(lambda: port_from(graceserve_log), what="the readiness line")
@@ -169,6 +161,6 @@ def test_hup_then_term_abandons_the_restart_and_stops(
     driver = Call(hup_then_term)
     assert runner.serve(Gated, ("127.0.0.1", 0), grace=3.0) == 0
     driver.result(TIMEOUT)
-    assert [s.abandoned for s in FakeSuccessor.made] == [True], graceserve_log
+    assert [s.abandoned for s in FakeSupervisor.made] == [True], graceserve_log
     assert any("restart failed: interrupted by a signal" in m for m in graceserve_log)
     assert any("SIGTERM: draining" in m for m in graceserve_log), graceserve_log

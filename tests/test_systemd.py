@@ -38,9 +38,6 @@ from test_restart import (
     get,
     post_in_flight,
     short_directory,
-    signal_successor,
-    started_successor,
-    stopped_line,
     unix_get,
     wait_gone,
 )
@@ -389,13 +386,12 @@ def test_socket_activation_leaves_the_listener_in_service_for_systemd(
         assert server.wait_ready() == ("127.0.0.1", port)
         assert get(address_of(server), "/")[0] == 200
         if restarted:
-            old = server.proc.pid
             server.send(signal.SIGHUP)
-            new = started_successor(server, old)
-            assert first_exit(server) == 0
+            new = int(server.wait_for_line(r"started worker pid (\d+)")[1])
+            server.wait_for_line(r"HUP: draining \d+ connections of this process")
             assert get(address_of(server), "/")[0] == 200
-            signal_successor(server, new, signal.SIGTERM)
-            server.wait_for_line(stopped_line(new))
+            server.send(signal.SIGTERM)
+            assert first_exit(server) == 0
             wait_gone(new)
         else:
             server.send(signal.SIGTERM)
@@ -430,17 +426,15 @@ def test_socket_activation_leaves_the_unix_socket_file_to_its_owner(
     server.wait_for_line(rf"listening on unix:{re.escape(str(path))} ")
     assert unix_get(path) == (200, "hello from graceserve\n")
 
-    old = server.proc.pid
     server.send(signal.SIGHUP)
-    new = started_successor(server, old)
-    server.wait_for_line(rf"graceserve\[{old}\] INFO HUP: pid {new} is serving")
-    assert first_exit(server) == 0
-    assert path.is_socket(), f"pid {old} removed {path}, which it did not create"
+    new = int(server.wait_for_line(r"started worker pid (\d+)")[1])
+    server.wait_for_line(r"HUP: draining \d+ connections of this process")
+    assert path.is_socket(), f"pid {server.proc.pid} removed {path}, which it did not create"
     assert unix_get(path) == (200, "hello from graceserve\n")
-    signal_successor(server, new, signal.SIGTERM)
-    server.wait_for_line(stopped_line(new))
+    server.send(signal.SIGTERM)
+    assert first_exit(server) == 0
     wait_gone(new)
-    assert path.is_socket(), f"pid {new} removed {path}, which it did not create"
+    assert path.is_socket(), f"{path} removed by graceserve, which did not create it"
 
 
 def test_socket_activation_meant_for_another_process_is_ignored(start_server: StartServer) -> None:
@@ -546,46 +540,38 @@ def test_notify_extends_the_timeout_only_while_the_drain_progresses(
     assert [f for f in fields if f.startswith("EXTEND_TIMEOUT_USEC=")] == [fields[4]]
 
 
-def test_notify_restart_hands_main_pid_to_the_new_process(
+def test_notify_reload_keeps_the_main_pid_and_only_it_speaks(
     start_server: StartServer, supervisor: Supervisor
 ) -> None:
     server = start_server(
         ["--bind", "127.0.0.1:0", "--grace", "5"], env={"NOTIFY_SOCKET": supervisor.address}
     )
     server.wait_ready()
-    old = server.proc.pid
+    main = server.proc.pid
     supervisor.wait_for(lambda m: m.has("READY=1"))
 
-    server.send(signal.SIGHUP)
-    reloading = supervisor.wait_for(lambda m: m.has("RELOADING=1"))
-    new = started_successor(server, old)
-    handed = supervisor.wait_for(lambda m: m.get("MAINPID") is not None)
-    assert first_exit(server) == 0
-    server.wait_for_line(stopped_line(old))
+    for generation in (1, 2):
+        server.send(signal.SIGHUP)
+        reloading = supervisor.wait_for(lambda m: m.has("RELOADING=1"))
+        ready = supervisor.wait_for(lambda m: m.has("READY=1"))
+        if generation == 1:
+            server.wait_for_line(r"HUP: the worker is serving")
+        else:
+            server.wait_for_line(r"HUP: generation 2 is ready")
+        assert (reloading.pid, ready.pid) == (main, main)
+        monotonic_usec = int(reloading.get("MONOTONIC_USEC") or "0")
+        assert abs(monotonic_usec - time.monotonic_ns() // 1000) < 60_000_000  # same clock
     assert get(address_of(server), "/")[0] == 200
 
-    signal_successor(server, new, signal.SIGTERM)
+    server.send(signal.SIGTERM)
     stopping = supervisor.wait_for(lambda m: m.has("STOPPING=1"))
-    server.wait_for_line(stopped_line(new))
-    wait_gone(new)
-
-    assert reloading.pid == old
-    monotonic_usec = int(reloading.get("MONOTONIC_USEC") or "0")
-    assert abs(monotonic_usec - time.monotonic_ns() // 1000) < 60_000_000  # same clock
-    assert handed.pid == old  # the main process names its successor, and says it is ready
-    assert handed.fields == (f"MAINPID={new}", "READY=1", f"STATUS=restarted as pid {new}")
-    assert stopping.pid == new
+    assert first_exit(server) == 0
     messages = supervisor.collect()
-    # The old process says nothing once it has handed over; the new one says nothing
-    # until it is the main process (its READY=1 went to the old one).
-    assert {m.pid for m in messages} == {old, new}
-    from_old = [m for m in messages if m.pid == old]
-    assert messages[: len(from_old)] == from_old
-    assert from_old[1:] == [reloading, handed]
-    from_new = supervisor.fields_since(stopping)
-    assert from_new[0] == "STOPPING=1"
-    assert "READY=1" not in from_new
-    assert any(re.fullmatch(r"STATUS=draining \d+ connections", item) for item in from_new)
+    assert {m.pid for m in messages} == {main}  # workers never speak to systemd
+    assert all(m.get("MAINPID") is None for m in messages)
+    assert stopping.pid == main
+    from_stop = supervisor.fields_since(stopping)
+    assert "READY=1" not in from_stop
 
 
 def test_notify_failed_restart_is_ready_again(

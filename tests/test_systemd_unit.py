@@ -423,12 +423,6 @@ def test_reload_with_request_in_flight(unit: Unit) -> None:
     assert unit.show("ActiveState")["ActiveState"] == "active"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15 item 1: a reload hands MAINPID= to the successor, which is not systemd's "
-    "child; systemd does not wait for an alien main process, so the next stop SIGKILLs it "
-    "at once and the request in flight is dropped",
-)
 def test_two_reloads_then_stop_drains_request_in_flight(unit: Unit) -> None:
     start_service(unit)
     for generation in (2, 3):
@@ -440,6 +434,31 @@ def test_two_reloads_then_stop_drains_request_in_flight(unit: Unit) -> None:
         )
     assert curl("/healthz") == "200"
     request = Request.start("reloads-stop", "/slow?seconds=3")
+    unit.in_flight(request)
+    stop = stop_service()
+    assert stop.rc == 0
+
+    got = request.result()
+    journal = unit.journal()
+    assert got.ok, (got, stop, journal)
+    assert got.ended <= stop.returned, (got, stop, journal)
+    assert_stopped_cleanly(unit, "0")
+
+
+def test_workers_2_reload_then_stop_drains_request_in_flight(unit: Unit) -> None:
+    """GRACESERVE_WORKERS=2 (a drop-in): READY=1 once both workers are ready, a reload
+    keeps MAINPID (the supervisor), and the stop drains a request in flight."""
+    inside_ok("mkdir", "-p", DROP_IN_DIR)
+    inside_ok("sh", "-c", f"printf '[Service]\\nEnvironment=GRACESERVE_WORKERS=2\\n' "
+                          f">{DROP_IN_DIR}/50-test-workers.conf")  # fmt: skip
+    inside_ok("systemctl", "daemon-reload")
+    main = start_service(unit)
+    assert "2 workers ready" in unit.journal()
+    reload = inside("systemctl", "reload", UNIT)
+    assert reload.returncode == 0, (reload.stderr, unit.journal())
+    assert unit.main_pid() == main  # the supervisor stays systemd's main process
+    assert curl("/healthz") == "200"
+    request = Request.start("workers-stop", "/slow?seconds=3")
     unit.in_flight(request)
     stop = stop_service()
     assert stop.rc == 0

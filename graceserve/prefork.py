@@ -1,0 +1,71 @@
+"""``--workers N`` (N > 1): bind, then hand the listener to a supervisor.
+
+Why this module exists: the supervisor never serves, so it has no need to
+import the target (unless ``--preload`` asks it to fail fast): it only binds
+the listener (or adopts systemd's), exactly where and how a single process
+would, and passes it to its workers.  The server object made for binding only
+holds the socket; it never accepts.
+
+Threading contract: the main thread only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import socketserver
+from typing import Any
+
+from . import runstatus
+from .control import ServerStatus
+from .listener import make_server, remove_unix_socket
+from .pidfile import PidFile
+from .settings import Settings
+from .signals import SignalRelay
+from .supervisor import Supervisor
+from .systemd import Notifier
+
+__all__ = ["run_supervised"]
+
+log = logging.getLogger("graceserve")
+
+
+def run_supervised(
+    handler: Any,
+    settings: Settings,
+    relay: SignalRelay,
+    notifier: Notifier,
+    inherited: socket.socket | None,
+    pidfile: PidFile | None = None,
+) -> int:
+    """Bind (or adopt ``inherited``), run the workers until a stop; the exit code.
+
+    ``handler`` is the loaded target with ``--preload``, else its name (a
+    string), and then the listener is bound with a placeholder handler.
+    """
+    bind_with = handler if not isinstance(handler, str) else socketserver.BaseRequestHandler
+    holder = make_server(bind_with, settings, inherited)
+    holder.block_on_close = False  # it never served: nothing to drain
+    try:
+        listener = holder.socket.dup()
+        log.info(
+            "supervisor pid %d: starting %d workers on %s",
+            os.getpid(), settings.workers, holder.server_address,
+        )  # fmt: skip
+        status = ServerStatus(
+            workers=settings.workers, grace=settings.grace, drain_delay=settings.drain_delay
+        )
+        supervisor = Supervisor(
+            settings, listener, relay, notifier, inherited is not None, status=status
+        )
+        control = runstatus.open_control(holder, pidfile, status, publish_now=True)
+        try:
+            return supervisor.run()
+        finally:
+            if control is not None:
+                control.close()
+    finally:
+        holder.server_close()
+        if inherited is None:
+            remove_unix_socket(holder)

@@ -1,0 +1,208 @@
+"""One worker process, seen from the supervisor: start it, talk to it, reap it.
+
+Why this module exists: forking a process that runs threads is unsafe (the
+child inherits locks held by threads that do not exist there; Python 3.12+
+warns), and the supervisor runs the signal relay's thread.  So a worker is a
+fresh interpreter started with ``posix_spawn`` and the same argv, exactly as a
+graceful restart started its successor, with two inherited descriptors:
+
+- fd 3: the shared listening socket (every worker accepts from its queue);
+- fd 4: this worker's end of a private ``SOCK_SEQPACKET`` socketpair, the
+  channel.  Each message is one datagram of space-separated ASCII words.
+
+``GRACESERVE_WORKER`` (the generation number) tells the new interpreter it is
+a worker.  Worker to supervisor: ``READY http|tcp``, ``STATS requests active
+loop_age``, ``CLOSED`` (stopped accepting), ``REPORT code served forced
+remaining lost elapsed requests``, ``FAILED reason``.  Supervisor to worker:
+``LAMEDUCK``, ``STOP shared|sweep DEADLINE`` (a ``time.monotonic()`` instant:
+the clock is system-wide, so one deadline holds for every process), ``FORCE
+SIGNUM``.  An end of file on the channel means the other side is gone.
+
+A ``pidfd`` per worker makes its exit a readable descriptor in the
+supervisor's selector.  Threading contract: the supervisor's thread only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+
+__all__ = ["CHANNEL_FD", "LISTENER_FD", "WORKER_VARIABLE", "WorkerProcess", "WorkerReport"]
+
+WORKER_VARIABLE = "GRACESERVE_WORKER"
+LISTENER_FD = 3
+CHANNEL_FD = 4
+_CLEARED = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", WORKER_VARIABLE)
+
+
+@dataclass
+class WorkerReport:
+    """What a worker said about its drain (or what its exit implies)."""
+
+    code: int = 0
+    served: int = 0
+    forced: int = 0
+    remaining: int = 0
+    lost: int = 0
+    elapsed: float = 0.0
+    requests: int = 0
+
+
+class WorkerProcess:
+    """A worker: its pid, channel, pidfd and what it last reported."""
+
+    def __init__(self, listener_fd: int, generation: int, max_requests: int | None) -> None:
+        self.generation = generation
+        self.max_requests = max_requests
+        self.channel, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.pid = _spawn(listener_fd, child_end.fileno(), generation)
+        except BaseException:
+            self.channel.close()
+            raise
+        finally:
+            child_end.close()
+        self.channel.setblocking(False)
+        self.pidfd = os.pidfd_open(self.pid)
+        self.started_at = time.monotonic()
+        self.ready = False
+        self.scheme = "http"
+        self.stopping = False  # told to stop (drain) or killed by us
+        self.closed = False  # it stopped accepting
+        self.requests = 0
+        self.active = 0
+        self.progress_at = self.started_at  # the serving loop's last sign of life
+        self.report: WorkerReport | None = None
+        self.failure = ""
+        self.exit_code: int | None = None  # os.waitstatus_to_exitcode: -N for signal N
+        self.killed_at = 0.0
+        self.recycling = False
+
+    def __repr__(self) -> str:
+        return f"worker {self.pid} (generation {self.generation})"
+
+    # -- the channel ----------------------------------------------------------
+
+    def send(self, *words: object) -> None:
+        """Send one message; a worker that is gone is noticed through its pidfd."""
+        with contextlib.suppress(OSError):
+            self.channel.send(" ".join(str(word) for word in words).encode())
+
+    def receive(self) -> list[str]:
+        """Read every waiting message and update our view; the kinds received.
+
+        ``EOF`` is among them when the worker closed its end.
+        """
+        kinds: list[str] = []
+        while True:
+            try:
+                data = self.channel.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                return kinds
+            except OSError:
+                data = b""
+            if not data:
+                kinds.append("EOF")
+                return kinds
+            words = data.decode("ascii", "replace").split(" ")
+            kinds.append(words[0])
+            self._read(words)
+
+    def _read(self, words: list[str]) -> None:
+        kind, args = words[0], words[1:]
+        now = time.monotonic()
+        try:
+            if kind == "READY":
+                self.ready = True
+                self.scheme = args[0] if args else "http"
+                self.progress_at = now
+            elif kind == "STATS":
+                self.requests, self.active = int(args[0]), int(args[1])
+                self.progress_at = max(self.progress_at, now - float(args[2]))
+            elif kind == "CLOSED":
+                self.closed = True
+            elif kind == "REPORT":
+                code, served, forced, remaining, lost = (int(word) for word in args[:5])
+                self.report = WorkerReport(
+                    code, served, forced, remaining, lost, float(args[5]), int(args[6])
+                )
+                self.requests = self.report.requests
+                self.active = 0
+            elif kind == "FAILED":
+                self.failure = " ".join(args)
+        except (IndexError, ValueError):
+            pass  # a garbled message changes nothing
+
+    # -- the process ------------------------------------------------------------
+
+    def reap(self) -> bool:
+        """Collect the exit status if it has exited; True once it has."""
+        if self.exit_code is not None:
+            return True
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped elsewhere (PID 1's waitpid(-1)): set_exit did it
+            return self.exit_code is not None
+        if pid == 0:
+            return False
+        self.set_exit(status)
+        return True
+
+    def set_exit(self, status: int) -> None:
+        """Record the wait status (whoever called ``waitpid`` for it)."""
+        self.exit_code = os.waitstatus_to_exitcode(status)
+        self.receive()  # its last words (REPORT, FAILED) are still in the channel
+
+    def kill(self, signum: int) -> None:
+        """Send ``signum`` to this worker (only while it has not been reaped)."""
+        if self.exit_code is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    def describe_exit(self) -> str:
+        """``exit code N`` or ``killed by SIGNAME``."""
+        code = self.exit_code
+        if code is None:
+            return "still running"
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit code {code}"
+
+    def why_not_ready(self) -> str:
+        """Why it never became ready: ``pid N exited with status 3 before it was ready:
+        REASON`` (the reason it sent, if any)."""
+        code = self.exit_code
+        how = f"status {code}" if code is not None and code >= 0 else self.describe_exit()
+        text = f"pid {self.pid} exited with {how} before it was ready"
+        return f"{text}: {self.failure}" if self.failure else text
+
+    def close(self) -> None:
+        """Release the channel and the pidfd."""
+        self.channel.close()
+        with contextlib.suppress(OSError):
+            os.close(self.pidfd)
+
+
+def _spawn(listener_fd: int, channel_fd: int, generation: int) -> int:
+    """posix_spawn this interpreter with our argv; the listener on fd 3, the channel on 4."""
+    env = {key: value for key, value in os.environ.items() if key not in _CLEARED}
+    env[WORKER_VARIABLE] = str(generation)
+    spare = max(listener_fd, channel_fd, CHANNEL_FD) + 1  # via spare numbers: no overwrite
+    actions: list[tuple[int, int, int] | tuple[int, int]] = [
+        (os.POSIX_SPAWN_DUP2, listener_fd, spare),
+        (os.POSIX_SPAWN_DUP2, channel_fd, spare + 1),
+        (os.POSIX_SPAWN_DUP2, spare, LISTENER_FD),
+        (os.POSIX_SPAWN_DUP2, spare + 1, CHANNEL_FD),
+        (os.POSIX_SPAWN_CLOSE, spare),
+        (os.POSIX_SPAWN_CLOSE, spare + 1),
+    ]
+    argv = [sys.executable, *sys.orig_argv[1:]]
+    return os.posix_spawn(sys.executable, argv, env, file_actions=actions)

@@ -1,0 +1,361 @@
+"""--workers: a supervisor and its worker processes, end to end with real processes.
+
+The supervisor (the process we start) owns the listener, the pidfile and the signals;
+workers are fresh interpreters serving on the shared listener.  Each answer of the
+test app names the pid that served it.  Load is real keep-alive HTTP from client
+threads; a request sent and not answered 200 is a failure, a connect refused after the
+stop began is not.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from conftest import wait_until
+from workers_support import (
+    Load,
+    StartServer,
+    connect_refused,
+    get,
+    served_by,
+    start_workers,
+    worker_pids,
+    write_app,
+)
+
+from testsupport.procfs import receive_queues
+from testsupport.rawhttp import read_response
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path) -> Path:
+    return write_app(tmp_path)
+
+
+def _gone(pid: int) -> bool:
+    return not alive(pid)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_term_under_keepalive_load_breaks_nothing(start_server: StartServer, app_dir: Path) -> None:
+    pidfile = app_dir / "server.pid"
+    server = start_workers(start_server, app_dir, "--workers", "2", "--pidfile", str(pidfile))
+    assert int(pidfile.read_text()) == server.proc.pid
+    address = server.address
+    assert address is not None
+    load = Load(address, clients=12)
+    try:
+        load.wait_for_requests(300)
+        load.stopping.set()
+        server.send(signal.SIGTERM)
+        assert server.wait_exit(30) == 0, server.output
+    finally:
+        load.stop()
+    assert load.failures == [], load.failures[:5]
+    assert load.pids == set(worker_pids(server)), (load.pids, server.output)
+    assert connect_refused(address)
+    assert not pidfile.exists()
+    assert any(alive(pid) for pid in worker_pids(server)) is False
+    assert "stopped: 2 workers" in server.output
+    assert "Traceback" not in server.output, server.output
+
+
+def test_hup_under_keepalive_load_keeps_the_supervisor_and_breaks_nothing(
+    start_server: StartServer, app_dir: Path
+) -> None:
+    pidfile = app_dir / "server.pid"
+    server = start_workers(start_server, app_dir, "--workers", "2", "--pidfile", str(pidfile))
+    assert server.address is not None
+    first = worker_pids(server)
+    load = Load(server.address, clients=12)
+    try:
+        load.wait_for_requests(200)
+        server.send(signal.SIGHUP)
+        server.wait_for_line(r"HUP: generation 2 is ready")
+        for pid in first:
+            wait_until(functools.partial(_gone, pid), 20, f"old worker {pid} to drain and exit")
+        load.wait_for_requests(200)
+        second = worker_pids(server)[2:]
+        assert len(second) == 2
+        mark = {c.requests: c for c in load.clients}
+        assert mark
+    finally:
+        load.stop()
+    assert load.failures == [], load.failures[:5]
+    assert set(second) <= load.pids, (load.pids, second)
+    assert int(pidfile.read_text()) == server.proc.pid  # the supervisor stays
+    server.send(signal.SIGTERM)
+    assert server.wait_exit(30) == 0, server.output
+
+
+def test_a_killed_worker_is_replaced_and_serving_goes_on(
+    start_server: StartServer, app_dir: Path
+) -> None:
+    server = start_workers(start_server, app_dir, "--workers", "2")
+    assert server.address is not None
+    victim = worker_pids(server)[0]
+    load = Load(server.address, clients=6)
+    try:
+        load.wait_for_requests(100)
+        killed_at = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        server.wait_for_line(
+            rf"worker {victim} \(generation 1\) died unexpectedly \(killed by SIGKILL\)"
+        )
+        wait_until(lambda: len(worker_pids(server)) == 3, 10, "a replacement")
+        started = time.monotonic() - killed_at
+        replacement = worker_pids(server)[2]
+        address = server.address
+        assert address is not None
+        wait_until(lambda: replacement in {served_by(get(address)[1]) for _ in range(6)}, 20)
+        load.wait_for_requests(100)
+    finally:
+        load.stop()
+    # Clients of the killed worker saw their connection reset: that is the crash, not us.
+    assert all("request" in failure for failure in load.failures), load.failures[:5]
+    assert started < 5.0
+    server.send(signal.SIGTERM)
+    assert server.wait_exit(30) == 0, server.output
+
+
+def test_a_worker_that_cannot_import_ends_the_supervisor_with_3(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    write_app(tmp_path, "raise RuntimeError('broken on purpose')\n")
+    server = start_server(["app:Handler", "--bind", "127.0.0.1:0", "--workers", "2"], cwd=tmp_path)
+    assert server.wait_exit(30) == 3, server.output
+    assert "cannot start: importing 'app' failed: RuntimeError: broken on purpose" in server.output
+    assert len(worker_pids(server)) <= 2, server.output  # no restart loop
+
+
+def test_preload_fails_before_any_worker_starts(start_server: StartServer, tmp_path: Path) -> None:
+    write_app(tmp_path, "raise RuntimeError('broken on purpose')\n")
+    server = start_server(
+        ["app:Handler", "--bind", "127.0.0.1:0", "--workers", "2", "--preload"], cwd=tmp_path
+    )
+    assert server.wait_exit(30) == 3, server.output
+    assert worker_pids(server) == []
+
+
+def test_ttin_adds_and_ttou_removes_a_worker_that_drains(
+    start_server: StartServer, app_dir: Path
+) -> None:
+    server = start_workers(start_server, app_dir, "--workers", "2")
+    assert server.address is not None
+    server.send(signal.SIGTTIN)
+    server.wait_for_line(r"TTIN: 3 workers")
+    wait_until(lambda: len(worker_pids(server)) == 3, 10, "a third worker")
+    third = worker_pids(server)[2]
+    server.wait_for_line(rf"pid {third}, grace")
+    server.send(signal.SIGTTOU)
+    server.wait_for_line(r"TTOU: 2 workers")
+    server.wait_for_line(rf"worker {third} \(generation 1\) stopped \(exit code 0\)")
+    assert not any(alive(pid) for pid in [third])
+    assert all(alive(pid) for pid in worker_pids(server)[:2])
+    assert get(server.address)[0] == 200
+    server.send(signal.SIGTERM)
+    assert server.wait_exit(30) == 0, server.output
+
+
+def test_worker_timeout_kills_a_frozen_worker_with_a_stack_dump_and_replaces_it(
+    start_server: StartServer, app_dir: Path
+) -> None:
+    server = start_workers(start_server, app_dir, "--workers", "2", "--worker-timeout", "2")
+    assert server.address is not None
+    # The worker freezes with our request (it holds the GIL): it is never answered.
+    with socket.create_connection(server.address, timeout=10) as sock:
+        sock.sendall(b"GET /freeze HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert sock.recv(100) == b""  # the worker was killed
+    server.wait_for_line(r"serving loop made no progress for [\d.]+s; killing it \(SIGABRT\)")
+    server.wait_for_line(r"Fatal Python error: Aborted")  # faulthandler's stack dump
+    wait_until(lambda: len(worker_pids(server)) == 3, 15, "a replacement")
+    assert get(server.address)[0] == 200
+    server.send(signal.SIGTERM)
+    assert server.wait_exit(30) in (0, 4), server.output
+
+
+def test_max_requests_recycles_workers_under_load_without_a_failure(
+    start_server: StartServer, app_dir: Path
+) -> None:
+    server = start_workers(
+        start_server, app_dir, "--workers", "2", "--max-requests", "150",
+        "--max-requests-jitter", "50",
+    )  # fmt: skip
+    assert server.address is not None
+    load = Load(server.address, clients=8)
+    try:
+        wait_until(lambda: len(worker_pids(server)) >= 5, 40, "three recyclings")
+        load.wait_for_requests(100)
+    finally:
+        load.stop()
+    assert load.failures == [], load.failures[:5]
+    assert "recycling it" in server.output
+    server.send(signal.SIGTERM)
+    assert server.wait_exit(30) == 0, server.output
+
+
+def in_flight(address: tuple[str, int], path: str) -> socket.socket:
+    """Send GET ``path`` and wait until a worker has read it (its receive queue is empty)."""
+    sock = socket.create_connection(address, timeout=10)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    key = (address[1], sock.getsockname()[1])
+    wait_until(lambda: receive_queues().get(key) == 0, 10, "a worker to read the request")
+    return sock
+
+
+def test_second_term_forces_every_worker(start_server: StartServer, app_dir: Path) -> None:
+    server = start_workers(start_server, app_dir, "--workers", "2")
+    assert server.address is not None
+    socks = [in_flight(server.address, "/slow?seconds=20") for _ in range(4)]
+    try:
+        server.send(signal.SIGTERM)
+        server.wait_for_line(r"SIGTERM: draining \d+ connections .*; 2 workers")
+        server.send(signal.SIGTERM)
+        assert server.wait_exit(15) == 143, server.output
+        for sock in socks:
+            assert sock.recv(100) == b""  # cut
+    finally:
+        for sock in socks:
+            sock.close()
+    assert "stopped: 2 workers, 0 served during the drain, 4 cut" in server.output
+
+
+def test_a_request_in_flight_finishes_within_the_grace(
+    start_server: StartServer, app_dir: Path
+) -> None:
+    server = start_workers(start_server, app_dir, "--workers", "2")
+    assert server.address is not None
+    sock = in_flight(server.address, "/slow?seconds=2")
+    with sock:
+        server.send(signal.SIGTERM)
+        status, _headers, _body = read_response(sock)
+    assert status == 200
+    assert server.wait_exit(15) == 0, server.output
+
+
+def test_ctl_sees_the_supervisor_its_connections_and_its_reloads(
+    start_server: StartServer, app_dir: Path
+) -> None:
+    from test_ctl import ctl, status_of
+
+    pidfile = app_dir / "server.pid"
+    server = start_workers(start_server, app_dir, "--workers", "2", "--pidfile", str(pidfile))
+    assert server.address is not None
+    with in_flight(server.address, "/slow?seconds=30"):
+        wait_until(lambda: status_of(pidfile)["active_connections"] == 1, 10, "1 connection")
+        status = status_of(pidfile)
+        assert (status["pid"], status["workers"], status["state"]) == (
+            server.proc.pid, 2, "serving",
+        )  # fmt: skip
+        assert status["generation"] == 1
+        result = ctl("graceful", "--pidfile", str(pidfile))
+        assert result.returncode == 0, (result, server.output)
+        status = status_of(pidfile)
+        assert (status["generation"], status["reloads"], status["pid"]) == (2, 1, server.proc.pid)
+        assert status["last_reload"]["ok"] is True  # type: ignore[index]
+        stop = ctl("stop", "--pidfile", str(pidfile))
+    assert stop.returncode == 4, (stop, server.output)  # the 30 s request was cut
+    assert server.wait_exit(20) == 4
+
+
+def test_quit_during_the_lame_duck_cuts_every_worker_at_once(
+    start_server: StartServer, app_dir: Path
+) -> None:
+    server = start_workers(start_server, app_dir, "--workers", "2", "--drain-delay", "30")
+    assert server.address is not None
+    sock = in_flight(server.address, "/slow?seconds=30")
+    with sock:
+        server.send(signal.SIGTERM)
+        server.wait_for_line(r"SIGTERM: lame duck for 30s")
+        server.send(signal.SIGQUIT)
+        assert server.exited_within(10) == 131, server.output
+        assert sock.recv(100) == b""  # cut
+    assert "stopped: 2 workers, 0 served during the drain, 1 cut" in server.output
+
+
+def test_usr1_dumps_the_stacks_of_the_supervisor_and_every_worker(
+    start_server: StartServer, app_dir: Path
+) -> None:
+    server = start_workers(start_server, app_dir, "--workers", "2")
+    server.send(signal.SIGUSR1)
+    wait_until(lambda: server.output.count("SIGUSR1: stacks of") >= 3, 10, "three dumps")
+    assert "graceserve-accept" in server.output  # a worker's serving thread
+    server.send(signal.SIGTERM)
+    assert server.wait_exit(20) == 0, server.output
+
+
+ORPHAN_APP = """
+import subprocess
+from http.server import BaseHTTPRequestHandler
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        # sh exits at once; its background sleep is reparented to PID 1 (the supervisor).
+        subprocess.run(["sh", "-c", "sleep 0.3 &"], check=True)
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format, *args):
+        pass
+"""
+
+
+def test_as_pid_1_the_supervisor_reaps_orphans_and_never_takes_them_for_workers(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (unshare --pid)")
+    write_app(tmp_path, ORPHAN_APP)
+    server = start_server(
+        ["app:Handler", "--bind", "127.0.0.1:0", "--workers", "2", "--log-level", "debug"],
+        cwd=tmp_path, prefix=["unshare", "--pid", "--fork", "--mount-proc"],
+    )  # fmt: skip
+    server.wait_ready()
+    server.wait_for_line(r"supervisor pid 1: 2 workers ready")
+    assert server.address is not None
+    assert get(server.address)[0] == 200
+    server.wait_for_line(r"reaped pid \d+ \(not a worker\)")
+    assert get(server.address)[0] == 200
+    assert "died unexpectedly" not in server.output
+    assert len(worker_pids(server)) == 2
+    inner = int(Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text())
+    os.kill(inner, signal.SIGTERM)
+    assert server.wait_exit(20) == 0, server.output
+
+
+def test_replacements_that_cannot_start_back_off_and_recover(
+    start_server: StartServer, app_dir: Path
+) -> None:
+    """A worker killed while the code on disk is broken: its replacements fail to start,
+    each attempt later than the one before, the other worker serves on; once the code
+    is fixed, a replacement starts."""
+    good = (app_dir / "app.py").read_text()
+    server = start_workers(start_server, app_dir, "--workers", "2")
+    assert server.address is not None
+    (app_dir / "app.py").write_text("raise RuntimeError('broken on purpose')\n")
+    os.kill(worker_pids(server)[0], signal.SIGKILL)
+    server.wait_for_line(r"failed to start \(.*broken on purpose.*\); next attempt in 0\.4s")
+    server.wait_for_line(r"failed to start \(.*broken on purpose.*\); next attempt in 0\.8s")
+    assert get(server.address)[0] == 200  # the other worker serves meanwhile
+    (app_dir / "app.py").write_text(good)
+    wait_until(lambda: server.output.count("listening on") >= 3, 20, "a replacement to start")
+    assert get(server.address)[0] == 200
+    server.send(signal.SIGTERM)
+    assert server.wait_exit(20) == 0, server.output
