@@ -29,6 +29,7 @@ import logging
 import select
 import socket
 import socketserver
+import ssl
 import sys
 import threading
 import time
@@ -48,7 +49,14 @@ log = logging.getLogger("graceserve")
 _Address = Any  # socketserver's own address type: a tuple for TCP
 _handler_thread = threading.local()
 _conn_ids = itertools.count(1)
-_CLIENT_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+# The client left (TLS: it closed without close_notify, or mid-record): its business, not a bug.
+_CLIENT_GONE = (
+    BrokenPipeError,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+)
 
 
 class GracefulTCPServer(AcceptingServer):
