@@ -94,24 +94,22 @@ def _duration(text: str) -> float:
     return value
 
 
-def _count(text: str) -> int:
+def _whole(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise ValueError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise ValueError(f"{text!r} must be 1 or more")
+    if value < least:
+        raise ValueError(f"{text!r} must be {least} or more")
     return value
+
+
+def _count(text: str) -> int:
+    return _whole(text, 1)
 
 
 def _natural(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise ValueError(f"{text!r} must be 0 or more")
-    return value
+    return _whole(text, 0)
 
 
 def _workers(text: str) -> int:
