@@ -52,7 +52,12 @@ class Pki:
         ext = self.directory / f"{name}.ext"
         usage = "serverAuth" if server else "clientAuth"
         san = "subjectAltName=IP:127.0.0.1,DNS:localhost\n" if server else ""
-        ext.write_text(f"{san}extendedKeyUsage={usage}\n")
+        # What Python 3.13's strict verification (VERIFY_X509_STRICT) asks of a leaf.
+        ext.write_text(
+            f"{san}extendedKeyUsage={usage}\nkeyUsage=critical,digitalSignature\n"
+            "basicConstraints=CA:FALSE\nsubjectKeyIdentifier=hash\n"
+            "authorityKeyIdentifier=keyid,issuer\n"
+        )
         _openssl(
             "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
             "-nodes", "-keyout", key, "-out", csr, "-subj", f"/CN={common_name}",
@@ -77,6 +82,7 @@ def make_pki(directory: Path) -> Pki:
     _openssl(
         "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
         "-keyout", ca_key, "-out", ca_cert, "-days", "2", "-subj", "/CN=graceserve test CA",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",  # required by 3.13's strict checks
     )  # fmt: skip
     return Pki(directory, ca_cert, ca_key)
 
