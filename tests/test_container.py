@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from workers_support import Load
 
 from graceserve.readiness import parse_ready
 from testsupport.procfs import ESTABLISHED, LISTEN, tcp_sockets
@@ -326,6 +327,33 @@ def test_healthcheck_fails_while_draining(run_container: Callable[..., str]) -> 
     assert status == "503", f"/healthz still answers {status} after TERM:\n{logs(container_id)}"
     check = podman("healthcheck", "run", container_id)
     assert check.returncode != 0, f"healthcheck passed while draining: {check.stdout}"
+
+
+def test_hup_to_the_shipped_image_under_load_keeps_serving_then_stop_drains(
+    run_container: Callable[..., str],
+) -> None:
+    """The shipped image as it is (one process, PID 1): ``podman kill -s HUP`` under
+    keep-alive load reloads without a failed request and PID 1 stays; then ``podman
+    stop`` drains and exits 0 (a HUP that replaced PID 1 used to end the container)."""
+    container_id, port = start_on_loopback(run_container)
+    load = Load(("127.0.0.1", port), clients=8)
+    try:
+        load.wait_for_requests(100)
+        podman_ok("kill", "-s", "HUP", container_id)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while "HUP: the worker is serving" not in logs(container_id):
+            if time.monotonic() > deadline:
+                pytest.fail(f"no reload in the logs:\n{logs(container_id)}")
+            time.sleep(POLL_PAUSE)
+        load.wait_for_requests(200)  # still serving, now from the new worker
+    finally:
+        load.stop()
+    output = logs(container_id)
+    assert load.failures == [], output
+    elapsed = timed_stop(container_id, 10)
+    output = logs(container_id)
+    assert state(container_id)[:2] == ("exited", 0), output
+    assert elapsed < 8, f"podman stop took {elapsed:.1f} s:\n{output}"
 
 
 def test_workers_2_reload_then_stop_drains_in_flight_request_and_exits_0(
