@@ -260,13 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also what ``--help`` prints)."""
     parser = _Parser(
         prog="graceserve",
-        description="Serve a socketserver/http.server handler and stop gracefully.",
+        description="Serve a socketserver/http.server handler or a WSGI app, and stop gracefully.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "target", nargs="?", metavar="TARGET",
-        help="module:Handler to serve [GRACESERVE_TARGET]; default: the demo app",
+        help="module:Handler, module:app (WSGI) or module:factory() to serve "
+        "[GRACESERVE_TARGET]; default: the demo app",
     )  # fmt: skip
     for flag, env, convert, default, text in _OPTIONS:
         if convert is _boolean:
