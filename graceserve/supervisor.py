@@ -172,7 +172,9 @@ class Supervisor(StopSequence):
                 except OSError:
                     pass
                 continue
-            worker = key.data
+            worker: WorkerProcess = key.data
+            if self.workers.get(worker.pid, None) is not worker:
+                continue  # forgotten by an earlier event of this batch (abandoned with others)
             if key.fileobj is worker.channel:
                 for kind in worker.receive():
                     self._message(worker, kind)
