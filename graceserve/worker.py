@@ -97,6 +97,7 @@ class _Link:
         self.server: GracefulTCPServer | None = None
         self.lame_duck = False
         self.forced = 0  # the signal a FORCE named (it may come before any STOP)
+        self._closing = False
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._read, name="graceserve-channel", daemon=True)
         self._thread.start()
@@ -117,7 +118,7 @@ class _Link:
             except OSError:
                 data = b""
             if not data:  # the supervisor is gone: drain by ourselves
-                if self.deadline is None:
+                if self.deadline is None and not self._closing:
                     log.warning("worker: the supervisor is gone; draining")
                     self.deadline = time.monotonic() + self.grace
                     self.relay.inject(signal.SIGTERM)
@@ -138,6 +139,7 @@ class _Link:
                 self.relay.inject(self.forced)
 
     def close(self) -> None:
+        self._closing = True  # our own shutdown below ends the reader: not the supervisor's
         with contextlib.suppress(OSError):
             self.channel.shutdown(socket.SHUT_RDWR)
         self._thread.join(timeout=2.0)
