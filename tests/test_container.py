@@ -227,6 +227,15 @@ def send_slow_request(
     return pool.submit(read), client_port
 
 
+def wait_log(container_id: str, pattern: str) -> None:
+    """Poll the container's log (with a deadline) until a line matches ``pattern``."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not re.search(pattern, logs(container_id)):
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {pattern!r} in the logs:\n{logs(container_id)}")
+        time.sleep(POLL_PAUSE)
+
+
 def timed_stop(container_id: str, grace: int) -> float:
     """Run ``podman stop -t GRACE`` and return how long it took."""
     start = time.monotonic()
@@ -340,11 +349,7 @@ def test_hup_to_the_shipped_image_under_load_keeps_serving_then_stop_drains(
     try:
         load.wait_for_requests(100)
         podman_ok("kill", "-s", "HUP", container_id)
-        deadline = time.monotonic() + READY_TIMEOUT
-        while "HUP: the worker is serving" not in logs(container_id):
-            if time.monotonic() > deadline:
-                pytest.fail(f"no reload in the logs:\n{logs(container_id)}")
-            time.sleep(POLL_PAUSE)
+        wait_log(container_id, r"HUP: the worker is serving")
         load.wait_for_requests(200)  # still serving, now from the new worker
     finally:
         load.stop()
@@ -368,16 +373,9 @@ def test_workers_2_reload_then_stop_drains_in_flight_request_and_exits_0(
     assert ready.port is not None
     port = ready.port
 
-    def wait_log(pattern: str) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not re.search(pattern, logs(container_id)):
-            if time.monotonic() > deadline:
-                pytest.fail(f"no {pattern!r} in the logs:\n{logs(container_id)}")
-            time.sleep(POLL_PAUSE)
-
-    wait_log(r"supervisor pid 1: 2 workers ready")
+    wait_log(container_id, r"supervisor pid 1: 2 workers ready")
     podman_ok("kill", "-s", "HUP", container_id)
-    wait_log(r"HUP: generation 2 is ready")
+    wait_log(container_id, r"HUP: generation 2 is ready")
     with ThreadPoolExecutor(max_workers=1) as pool:
         future, client_port = send_slow_request(port, 2, pool)
         wait_request_read(port, client_port)
