@@ -223,6 +223,7 @@ class _Controller:
     ) -> None:
         self.settings = settings
         self.supervisor: Supervisor | None = None  # from the first HUP on
+        self.handover: threading.Thread | None = None  # our own drain, from then on
         self.owns_socket_file = owns_socket_file
         self.shared_listener = shared_listener  # systemd keeps it: never filter or shut it
         self.server = server
@@ -355,6 +356,7 @@ class _Controller:
             self.notifier.send("READY=1", "STATUS=restart failed; old process still serving")
             return False
         self.supervisor = supervisor
+        self._hand_over()
         self.status.record_reload(True, "a worker process is serving")
         self.status.update(state="serving")
         self.notifier.send("READY=1", "STATUS=reloaded: a worker process serves")
@@ -364,21 +366,31 @@ class _Controller:
         )
         return True
 
-    def _supervise(self, supervisor: Supervisor, grace: float) -> int:
-        """Drain our own connections (in a thread, the listener left to the worker) while
-        supervising; the supervisor's exit code."""
+    def _hand_over(self) -> None:
+        """Start draining our own connections (in a thread, the listener left to the
+        worker) and return once this process no longer accepts: from the reload's
+        report on, every new connection is the worker's."""
+        hooks = Handed()
+        grace = self.settings.grace
 
         def drain() -> None:
-            report = run_drain(self.server, grace, Handed(), shared_listener=True)[0]
+            report = run_drain(self.server, grace, hooks, shared_listener=True)[0]
             log.info(
                 "this process's drain: %d served during the drain, %d cut, %.3fs",
                 report.served_during_drain, report.forced, report.elapsed,
             )  # fmt: skip
 
-        thread = threading.Thread(target=drain, name="graceserve-drain", daemon=True)
-        thread.start()
+        self.handover = threading.Thread(target=drain, name="graceserve-drain", daemon=True)
+        self.handover.start()
+        # Bounded: stopping the accept loop takes at most its poll interval.
+        hooks.accepting_ended.wait(timeout=5.0)
+
+    def _supervise(self, supervisor: Supervisor, grace: float) -> int:
+        """Supervise while our own connections drain (``_hand_over``); the supervisor's
+        exit code."""
         code = supervisor.run()
-        thread.join(timeout=grace + 1.0)
+        if self.handover is not None:
+            self.handover.join(timeout=grace + 1.0)
         return code
 
     def _reload_failed(self, why: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -92,9 +93,14 @@ class RunnerHooks(DrainHooks):
 
 
 class Handed(DrainHooks):
-    """The drain of a process whose listener a worker took over."""
+    """The drain of a process whose listener a worker took over; ``accepting_ended``
+    is set once this process no longer accepts (its copy of the listener closed)."""
+
+    def __init__(self) -> None:
+        self.accepting_ended = threading.Event()
 
     def started(self, server: GracefulTCPServer, deadline: float | None) -> None:
+        self.accepting_ended.set()
         log.info(
             "SIGHUP: draining %d connections of this process; new connections go to the new "
             "process", server.draining_from,

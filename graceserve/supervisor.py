@@ -84,6 +84,7 @@ class Supervisor(StopSequence):
         self.workers: dict[int, WorkerProcess] = {}
         self.generation = 1
         self.reloading = 0  # the generation being started by a HUP, 0 if none
+        self.handing_over: set[int] | None = None  # old workers a reload waits to stop accepting
         self.announced = False  # READY=1 sent once
         self.ever_ready = inprocess is not None
         self.failures = 0
@@ -223,6 +224,8 @@ class Supervisor(StopSequence):
                 self.respawn_at = 0.0  # the replacement starts at once (_tick)
         elif kind == "CLOSED" and self.stopping:
             self._send_sweep()
+        elif kind == "CLOSED":
+            self._reloaded()
 
     def _ready(self, worker: WorkerProcess) -> None:
         if self.stopping:
@@ -232,11 +235,10 @@ class Supervisor(StopSequence):
             if len(fresh) >= self.target and all(w.ready for w in fresh):
                 old = [w for w in self.workers.values() if w.generation != self.reloading]
                 self.generation, self.reloading = self.reloading, 0
-                log.info("HUP: generation %d is ready; draining the old one", self.generation)
-                self.status.record_reload(True, f"generation {self.generation} is serving")
-                self.status.update(state="serving")
                 self._retire(old)
-                self.notifier.send("READY=1", f"STATUS=generation {self.generation} serving")
+                self._report_reload()  # a previous reload still handing over is done too
+                self.handing_over = {w.pid for w in old}
+                self._reloaded()
             return
         recycled = [w for w in self.workers.values() if w.recycling and not w.stopping]
         if recycled and worker.generation == self.generation:
@@ -247,6 +249,23 @@ class Supervisor(StopSequence):
             self.status.update(state="serving")
             log.info("supervisor pid %d: %d workers ready", os.getpid(), len(serving))
             self.notifier.send("READY=1", f"STATUS=serving with {self.target} workers")
+
+    def _reloaded(self) -> None:
+        """Report the reload once no worker of an older generation accepts (each said
+        CLOSED, or is gone): from then on every new connection meets the new code."""
+        if self.handing_over is not None and all(
+            pid not in self.workers or self.workers[pid].closed for pid in self.handing_over
+        ):
+            self._report_reload()
+
+    def _report_reload(self) -> None:
+        if self.handing_over is None:
+            return
+        self.handing_over = None
+        log.info("HUP: generation %d is ready; the old one stopped accepting", self.generation)
+        self.status.record_reload(True, f"generation {self.generation} is serving")
+        self.status.update(state="serving")
+        self.notifier.send("READY=1", f"STATUS=generation {self.generation} serving")
 
     def _retire(self, workers: list[WorkerProcess]) -> None:
         """Let ``workers`` drain while the others keep accepting."""
@@ -264,6 +283,7 @@ class Supervisor(StopSequence):
 
     def _exited(self, worker: WorkerProcess) -> None:
         self._forget(worker)
+        self._reloaded()
         how = worker.describe_exit()
         if self.stopping:
             self.reports.append(worker)

@@ -1,17 +1,17 @@
 """Graceful restart on SIGHUP, end to end: real processes, real signals, real sockets.
 
-On HUP the server starts a copy of itself with the same argv, hands it the listening
-socket (never closed, so no client is refused) and the locked pidfile, waits until the
-copy reports it is ready, moves the pidfile to it, then drains itself and exits 0.  If
-the copy fails, the old process keeps serving and says why.
+On the first HUP the main process starts a worker process (a fresh interpreter) on its
+listener, waits until it is ready, stops accepting, drains its own connections and
+stays as the supervisor: its pid (pidfile, systemd's MAINPID, PID 1 of a container)
+never changes.  Each later HUP starts a new worker and drains the old one.  A reload is
+reported only once the old holder stopped accepting.  If the new worker fails, the
+serving process keeps serving and the log says why.
 
-The successor is not our child: the old process starts it, and when the old process
-exits it is reparented.  It inherits the old process's stderr pipe (so its log lines
-reach ``ServerProcess.lines``, prefixed ``graceserve[PID]``) and its process group.
-The tests find its pid in those lines, check it by its process group before signalling
-it, and see it exit by its "stopped" line and by its disappearance from /proc.  The
-``start_server`` fixture's teardown kills whatever is left of each process group, so
-a successor never outlives a failed test.
+Workers are the main process's children and log to its stderr pipe (so their lines
+reach ``ServerProcess.lines``, prefixed ``graceserve[PID]``) from its process group.
+The tests find their pids in those lines and see them exit by their "stopped" lines and
+by their disappearance from /proc.  The ``start_server`` fixture's teardown kills
+whatever is left of the process group, so a worker never outlives a failed test.
 
 The target served here (``app.py``, written into ``tmp_path``; the server runs there)
 names its pid in every answer, so a test knows which process served a request, and
@@ -620,6 +620,29 @@ def test_three_restarts_leave_two_processes_and_no_leaked_descriptors(
     wait_gone(final)
     assert not pidfile.exists()
     assert group_members(main) == set()
+
+
+def test_a_reload_is_reported_once_only_the_new_worker_accepts(
+    start_server: StartServer, app_dir: Path
+) -> None:
+    # The reload's line (and READY=1, and what ``ctl graceful`` waits for) comes after
+    # the old process or worker stopped accepting: the next connection meets the new
+    # code, whichever of the listener's holders the kernel would have woken.
+    # Under load, so that the old holder is busy when the reload completes.
+    server = start_app(start_server, app_dir)
+    address = address_of(server)
+    load = Load(address, keepalive=4, fresh=4)
+    try:
+        for generation in (1, 2, 3):
+            load.wait_for_requests(10)
+            server.send(signal.SIGHUP)
+            new = reloaded(server, generation)
+            assert [served_by(get(address)[1]) for _ in range(10)] == [new] * 10
+    finally:
+        load.stop()
+    assert load.failures == []
+    server.send(signal.SIGTERM)
+    assert first_exit(server) == 0
 
 
 def test_restart_keeps_the_unix_socket_file_for_the_new_process(

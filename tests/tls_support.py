@@ -96,13 +96,14 @@ def https_get(
     """One request on a new connection: status, body and the server certificate's CN."""
     conn = http.client.HTTPSConnection(*address, context=context, timeout=10)
     try:
+        conn.connect()
+        # Read before the response: a ``Connection: close`` answer drops ``conn.sock``.
+        peer = conn.sock.getpeercert()
+        rdns: Any = peer["subject"] if peer else ()
+        subject = {key: value for rdn in rdns for key, value in rdn}
         conn.request("GET", path, headers=headers or {})
         with conn.getresponse() as response:
-            body = response.read()
-            peer = conn.sock.getpeercert() if conn.sock is not None else None
-            rdns: Any = peer["subject"] if peer else ()
-            subject = {key: value for rdn in rdns for key, value in rdn}
-            return response.status, body, str(subject.get("commonName", ""))
+            return response.status, response.read(), str(subject.get("commonName", ""))
     finally:
         conn.close()
 
