@@ -216,7 +216,7 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
 
         Call after the accept loop has stopped.  With ``shared`` (another
         process serves on, or will serve on, the same listening socket: the
-        successor of a graceful restart, or systemd, which keeps an activated
+        worker a reload started, or systemd, which keeps an activated
         socket to start the service again) only our copy is closed: no filter,
         no sweep, no ``shutdown``, since all of those act on the socket every
         holder shares.

@@ -96,10 +96,10 @@ class ControlServer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._thread = threading.Thread(target=self._serve, name="graceserve-control", daemon=True)
 
-    def start(self, publish_now: bool = True) -> None:
-        """Bind (mode 0600) and start answering.  ``publish_now`` False: stay at
-        ``temporary_path(path, pid)`` until the process we replace calls ``publish``.
-        Raises OSError if the socket cannot be made."""
+    def start(self) -> None:
+        """Bind (mode 0600, at a temporary path renamed into place, so that ``ctl``
+        never meets a half-made socket) and start answering.  Raises OSError if the
+        socket cannot be made."""
         self._temporary = temporary_path(self.path, os.getpid())
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._temporary)
@@ -111,8 +111,7 @@ class ControlServer:
             info = os.stat(self._temporary, follow_symlinks=False)
             self._bound = (info.st_dev, info.st_ino)
             sock.listen(MAX_CLIENTS)
-            if publish_now:
-                publish(self._temporary, self.path)
+            publish(self._temporary, self.path)
         except BaseException:
             sock.close()
             self._unlink_if_ours(self._temporary)

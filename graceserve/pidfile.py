@@ -14,7 +14,6 @@ the path still names our inode and still holds our pid.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import logging
@@ -63,35 +62,8 @@ class PidFile:
 
     @property
     def fileno(self) -> int | None:
-        """The locked descriptor (a restart passes it to the successor), or None."""
+        """The locked descriptor, or None."""
         return self._fd
-
-    def adopt(self, fd: int) -> None:
-        """Take over the pidfile from the process we are replacing.
-
-        ``fd`` was inherited from it: the same open file, so the same lock.
-        Checks that it is still the file at our path.  The file keeps naming
-        the old process until that one sees us ready and calls ``hand_over``.
-        """
-        try:
-            same = self._still_at_path(fd)
-        except OSError:
-            same = False
-        if not same:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-            raise StartupError(f"inherited pidfile descriptor {fd} is not {self.path}")
-        os.set_inheritable(fd, False)
-        self._fd = fd
-        self._pid = os.getpid()
-
-    def hand_over(self, pid: int) -> None:
-        """Write our successor's ``pid`` and let go of the file: it holds the lock now."""
-        if self._fd is None:
-            return
-        self._claim(pid, taking_over=True)
-        fd, self._fd = self._fd, None
-        os.close(fd)
 
     def release(self) -> None:
         """Remove the file if it is still ours, then drop the lock.  Idempotent."""
@@ -160,10 +132,10 @@ class PidFile:
         ours = os.fstat(fd)
         return (there.st_dev, there.st_ino) == (ours.st_dev, ours.st_ino)
 
-    def _claim(self, pid: int, taking_over: bool = False) -> None:
+    def _claim(self, pid: int) -> None:
         assert self._fd is not None
         stale = _read(self._fd)
-        if stale and stale != pid and not taking_over:
+        if stale and stale != pid:
             log.warning("reclaiming stale pidfile %s left by pid %d", self.path, stale)
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, f"{pid}\n".encode(), 0)

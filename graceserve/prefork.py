@@ -59,7 +59,7 @@ def run_supervised(
         supervisor = Supervisor(
             settings, listener, relay, notifier, inherited is not None, status=status
         )
-        control = runstatus.open_control(holder, pidfile, status, publish_now=True)
+        control = runstatus.open_control(holder, pidfile, status)
         try:
             return supervisor.run()
         finally:

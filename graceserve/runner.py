@@ -51,13 +51,6 @@ from .listener import Address, make_server, remove_unix_socket
 from .pidfile import PidFile
 from .prefork import run_supervised
 from .readiness import listen_url, ready_line
-from .restart import (
-    CONTROL_VARIABLE,
-    PIDFILE_FD_VARIABLE,
-    RESTART_SOCKET_VARIABLE,
-    SHARED_LISTENER_VARIABLE,
-    SOCKET_FILE_VARIABLE,
-)
 from .runnerhooks import Handed, RunnerHooks, name_of
 from .server import GracefulTCPServer, format_address
 from .settings import DEFAULTS, Settings
@@ -142,24 +135,13 @@ def run(
     relay = SignalRelay()
     relay.install()
     notifier = Notifier.from_environment()
-    predecessor = Notifier(os.environ.pop(RESTART_SOCKET_VARIABLE, None))
-    handed_socket_file = os.environ.pop(SOCKET_FILE_VARIABLE, "") == "1"
-    inherited_pidfile = os.environ.pop(PIDFILE_FD_VARIABLE, "")
-    # Is another process (systemd) keeping the listener after us?  Said by our
-    # predecessor after a restart; otherwise true of any socket activation.
-    shared_by_predecessor = os.environ.pop(SHARED_LISTENER_VARIABLE, "") == "1"
-    # After a restart: our generation and reload count, and the predecessor publishes our
-    # control socket once we are ready (see _restart).
-    handed_control = runstatus.handed_generation(os.environ.pop(CONTROL_VARIABLE, ""))
     try:
         supervised = settings.workers > 1
         handler_class: type[socketserver.BaseRequestHandler] | WSGIApplication | str = handler
         if isinstance(handler, str) and (settings.preload or not supervised):
             handler_class = load_target(handler)
         pid = PidFile(settings.pidfile) if settings.pidfile else None
-        if pid is not None and inherited_pidfile.isdigit():
-            pid.adopt(int(inherited_pidfile))
-        elif pid is not None:
+        if pid is not None:
             pid.acquire()
         try:
             inherited = inherited_listener()
@@ -167,33 +149,25 @@ def run(
                 return run_supervised(handler_class, settings, relay, notifier, inherited, pid)
             assert not isinstance(handler_class, str)
             server = make_server(handler_class, settings, inherited)
-            # A unix socket file is removed by whoever bound it, or was handed it by a
-            # restart; never one systemd bound (socket activation), nor one handed on.
-            owns_socket_file = inherited is None or handed_socket_file
-            shared = inherited is not None and (
-                shared_by_predecessor if predecessor.enabled else True
-            )
-            controller = _Controller(
-                server, relay, notifier, predecessor, pid, owns_socket_file, shared, settings
-            )
-            status = controller.status = runstatus.make_status(server, settings, handed_control)
+            # With socket activation systemd holds the listener (and a unix socket's
+            # file) after us: never filter, shut or remove what is also systemd's.
+            shared = inherited is not None
+            controller = _Controller(server, relay, notifier, pid, shared, settings)
+            status = controller.status = runstatus.make_status(server, settings)
             control = None
             try:
-                control = runstatus.open_control(
-                    server, pid, status, publish_now=handed_control is None
-                )
+                control = runstatus.open_control(server, pid, status)
                 return controller.run(settings.grace, settings.drain_delay)
             finally:
                 if control is not None:
                     control.close()
-                if owns_socket_file and not controller.stop.handed_over:
+                if not shared:
                     remove_unix_socket(server)
         finally:
             if pid is not None:
                 pid.release()
     finally:
         notifier.close()
-        predecessor.close()
         relay.restore(ignore=ignore_signals_after)
 
 
@@ -204,7 +178,6 @@ class _Stop:
     signum: int = 0
     forced_by: int = 0  # the signal that forced a cut, 0 if none
     deadline_passed: bool = False
-    handed_over: bool = False  # a successor serves now; it speaks to systemd
 
 
 class _Controller:
@@ -215,21 +188,17 @@ class _Controller:
         server: GracefulTCPServer,
         relay: SignalRelay,
         notifier: Notifier,
-        predecessor: Notifier,
         pidfile: PidFile | None,
-        owns_socket_file: bool,
         shared_listener: bool = False,
         settings: Settings = DEFAULTS,
     ) -> None:
         self.settings = settings
         self.supervisor: Supervisor | None = None  # from the first HUP on
         self.handover: threading.Thread | None = None  # our own drain, from then on
-        self.owns_socket_file = owns_socket_file
         self.shared_listener = shared_listener  # systemd keeps it: never filter or shut it
         self.server = server
         self.relay = relay
         self.notifier = notifier
-        self.predecessor = predecessor
         self.pidfile = pidfile
         self.stop = _Stop()
         self.status = ServerStatus()  # what the control socket publishes
@@ -300,10 +269,7 @@ class _Controller:
             extra={"event": "ready", "url": where, "protocol": scheme, "grace": grace},
         )  # fmt: skip
         self.status.update(state="serving")
-        if self.predecessor.enabled:
-            self.predecessor.send("READY=1")  # it tells systemd, and hands over
-        else:
-            self.notifier.send("READY=1", f"STATUS=listening on {where}")
+        self.notifier.send("READY=1", f"STATUS=listening on {where}")
 
     def _serve_until_stop(self) -> None:
         """Act on signals in order until one stops us; a HUP that fails to restart us
@@ -400,7 +366,7 @@ class _Controller:
     def _lame_duck(self, delay: float) -> None:
         """Keep serving for ``delay`` seconds while health checks fail; a new signal ends
         it, and a second stop signal (TERM, INT, QUIT) forces."""
-        if self.stop.signum == signal.SIGQUIT or self.stop.handed_over:
+        if self.stop.signum == signal.SIGQUIT:
             return
         self.server.announce_stop()
         self.status.update(state="draining")
@@ -425,14 +391,13 @@ class _Controller:
         force = self.stop.forced_by or (signal.SIGQUIT if self.stop.signum == signal.SIGQUIT else 0)
         report, forced_by = run_drain(
             self.server, grace, RunnerHooks(self, grace), force=force,
-            shared_listener=self.stop.handed_over or self.shared_listener,
+            shared_listener=self.shared_listener,
         )  # fmt: skip
         self.stop.forced_by = forced_by
         return report
 
     def _notify(self, *fields: str) -> None:
-        if not self.stop.handed_over:
-            self.notifier.send(*fields)
+        self.notifier.send(*fields)
 
     def _exit_code(self, report: DrainReport) -> int:
         forced_by = self.stop.forced_by

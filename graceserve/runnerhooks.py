@@ -51,8 +51,6 @@ class RunnerHooks(DrainHooks):
         self.last_count = server.active_connections
 
     def _where_new_go(self) -> str:
-        if self.controller.stop.handed_over:
-            return "go to the new process"
         if self.controller.shared_listener:  # socket activation: systemd keeps the socket
             return "wait in systemd's queue for the next start"
         return "are refused"

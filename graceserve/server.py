@@ -294,7 +294,7 @@ class GracefulTCPServer(AcceptingServer):
         """Begin the drain: stop accepting, sweep the backlog, close the listener, notify.
 
         Returns False (and does nothing) if the drain had already started.
-        With ``shared_listener`` (a graceful restart's successor, or systemd,
+        With ``shared_listener`` (a worker process after a reload, or systemd,
         holds the same listening socket) the listener is left in service for
         the other holder: only our copy is closed.
         Thread-safe; returns as soon as the listener is closed.

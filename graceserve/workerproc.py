@@ -3,8 +3,8 @@
 Why this module exists: forking a process that runs threads is unsafe (the
 child inherits locks held by threads that do not exist there; Python 3.12+
 warns), and the supervisor runs the signal relay's thread.  So a worker is a
-fresh interpreter started with ``posix_spawn`` and the same argv, exactly as a
-graceful restart started its successor, with two inherited descriptors:
+fresh interpreter started with ``posix_spawn`` and the same argv, with two
+inherited descriptors:
 
 - fd 3: the shared listening socket (every worker accepts from its queue);
 - fd 4: this worker's end of a private ``SOCK_SEQPACKET`` socketpair, the

@@ -17,7 +17,6 @@ from graceserve.control import (
     ControlServer,
     ServerStatus,
     control_path,
-    publish,
     request,
     temporary_path,
 )
@@ -61,10 +60,9 @@ def test_close_leaves_a_socket_file_that_is_no_longer_ours(tmp_path: Path) -> No
     path = control_path(str(tmp_path / "x.pid"))
     old = ControlServer(path, ServerStatus().snapshot)
     old.start()
-    new = ControlServer(path, ServerStatus().snapshot)
-    new.start(publish_now=False)  # a successor waits at its temporary path
-    assert os.path.exists(temporary_path(path, os.getpid()))
-    publish(temporary_path(path, os.getpid()), path)
+    new = ControlServer(path, ServerStatus().snapshot)  # as the next pidfile holder does
+    new.start()  # renamed over the old one's file
+    assert not os.path.exists(temporary_path(path, os.getpid()))
     old.close()
     assert request(path, {"cmd": "status"}, TIMEOUT)["ok"]  # new's socket is still there
     new.close()

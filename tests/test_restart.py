@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import http.client
-import json
 import os
 import re
 import signal
@@ -39,7 +38,6 @@ from pathlib import Path
 import pytest
 from conftest import ServerProcess, wait_until
 
-from graceserve.restart import Successor
 from testsupport.procfs import listening_ports, open_descriptors, receive_queues
 from testsupport.rawhttp import read_response
 
@@ -691,89 +689,6 @@ def test_restart_of_a_plain_tcp_handler(start_server: StartServer, app_dir: Path
     server.send(signal.SIGTERM)
     assert first_exit(server) == 0
     wait_gone(new)
-
-
-# -- Successor, in this process -------------------------------------------------------
-
-# Started by Successor.start() in place of graceserve (sys.orig_argv is patched): reports
-# what it inherited, waits until the test says go, then reports ready to its predecessor.
-SUCCESSOR_DOUBLE = """
-import json, os, socket
-listener = socket.socket(fileno=3)
-names = ("LISTEN_PID", "LISTEN_FDS", "GRACESERVE_PIDFILE_FD", "NOTIFY_SOCKET",
-         "GRACESERVE_RESTART_SOCKET")
-info = {
-    "pid": os.getpid(),
-    "environ": {name: os.environ.get(name) for name in names},
-    "listener": list(listener.getsockname()),
-    "listening": listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN),
-    "pidfile": os.readlink("/proc/self/fd/4"),
-}
-listener.detach()
-with open(os.environ["TEST_INFO"] + ".tmp", "w") as out:
-    json.dump(info, out)
-os.rename(os.environ["TEST_INFO"] + ".tmp", os.environ["TEST_INFO"])
-os.read(int(os.environ["TEST_GO_FD"]), 1)
-with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as report:
-    inbox = os.environ["GRACESERVE_RESTART_SOCKET"]
-    report.sendto(b"STATUS=almost\\nREADY=1", "\\0" + inbox[1:])
-"""
-
-
-def test_successor_inherits_listener_and_pidfile_and_only_its_own_ready_counts(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    info_path = tmp_path / "info.json"
-    go_read, go_write = os.pipe()
-    os.set_inheritable(go_read, True)
-    monkeypatch.setattr("sys.orig_argv", ["python", "-c", SUCCESSOR_DOUBLE])
-    monkeypatch.setenv("TEST_INFO", str(info_path))
-    monkeypatch.setenv("TEST_GO_FD", str(go_read))
-    monkeypatch.setenv("LISTEN_PID", "1")  # a stale one must not reach the successor
-    pidfile = tmp_path / "server.pid"
-    pidfile_fd = os.open(pidfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    listener = socket.create_server(("127.0.0.1", 0))
-    successor = Successor(listener.fileno(), pidfile_fd, "@test-notify")
-    try:
-        pid = successor.start()
-        os.close(go_read)
-        go_read = -1
-        wait_until(info_path.exists, what="the successor to report what it inherited")
-        info = json.loads(info_path.read_text())
-        assert info == {
-            "pid": pid,
-            "environ": {
-                "LISTEN_PID": str(pid),
-                "LISTEN_FDS": "1",
-                "GRACESERVE_PIDFILE_FD": "4",
-                "NOTIFY_SOCKET": "@test-notify",
-                "GRACESERVE_RESTART_SOCKET": info["environ"]["GRACESERVE_RESTART_SOCKET"],
-            },
-            "listener": list(listener.getsockname()),
-            "listening": 1,
-            "pidfile": str(pidfile),
-        }
-        inbox = info["environ"]["GRACESERVE_RESTART_SOCKET"]
-        assert inbox.startswith("@graceserve-restart-")
-
-        # Anyone else's READY=1 is ignored: the sender's credentials are checked.
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as spoof:
-            spoof.sendto(b"READY=1", "\0" + inbox[1:])
-        why = successor.wait_ready(time.monotonic() + 0.5, lambda: False)
-        assert why == f"pid {pid} was not ready in time"
-        assert successor.wait_ready(time.monotonic() + 5, lambda: True) == "interrupted by a signal"
-
-        os.write(go_write, b"g")
-        assert successor.wait_ready(time.monotonic() + EXIT_TIMEOUT, lambda: False) is None
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-        successor.exit_status = 0
-    finally:
-        successor.abandon()  # kills and reaps it unless it was reaped above
-        for fd in (go_read, go_write, pidfile_fd):
-            if fd >= 0:
-                os.close(fd)
-        listener.close()
 
 
 # -- descriptors -------------------------------------------------------------------------
