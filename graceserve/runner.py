@@ -68,6 +68,7 @@ __all__ = ["run", "serve"]
 log = logging.getLogger("graceserve")
 
 RESTART_TIMEOUT = 30.0
+HAND_OVER_TIMEOUT = 30.0  # seconds the reload's report waits for our accept loop to stop
 _FORCING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 _NOT_STOPPING = (signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1)
 
@@ -264,12 +265,12 @@ class _Controller:
         server = self.server
         scheme = server.url_scheme if isinstance(server, GracefulHTTPServer) else "tcp"
         where = listen_url(scheme, format_address(server.server_address))
+        self.status.update(state="serving")  # first: whoever reads the line may ask
+        self.notifier.send("READY=1", f"STATUS=listening on {where}")
         log.info(
             "%s", ready_line(where, scheme, os.getpid(), grace),
             extra={"event": "ready", "url": where, "protocol": scheme, "grace": grace},
         )  # fmt: skip
-        self.status.update(state="serving")
-        self.notifier.send("READY=1", f"STATUS=listening on {where}")
 
     def _serve_until_stop(self) -> None:
         """Act on signals in order until one stops us; a HUP that fails to restart us
@@ -315,16 +316,15 @@ class _Controller:
         if why is not None:
             supervisor.close()
             listener.close()
+            self.status.record_reload(False, why)
+            self.notifier.send("READY=1", "STATUS=restart failed; old process still serving")
             log.error(
                 "HUP: restart failed: %s; still serving", why, extra={"event": "restart_failed"}
             )
-            self._reload_failed(why)
-            self.notifier.send("READY=1", "STATUS=restart failed; old process still serving")
             return False
         self.supervisor = supervisor
         self._hand_over()
         self.status.record_reload(True, "a worker process is serving")
-        self.status.update(state="serving")
         self.notifier.send("READY=1", "STATUS=reloaded: a worker process serves")
         log.info(
             "HUP: the worker is serving; draining this process, which stays as supervisor",
@@ -348,8 +348,9 @@ class _Controller:
 
         self.handover = threading.Thread(target=drain, name="graceserve-drain", daemon=True)
         self.handover.start()
-        # Bounded: stopping the accept loop takes at most its poll interval.
-        hooks.accepting_ended.wait(timeout=5.0)
+        # Stopping the accept loop takes at most its poll interval; bounded all the same.
+        if not hooks.accepting_ended.wait(timeout=HAND_OVER_TIMEOUT):
+            log.warning("HUP: this process still accepts after %gs", HAND_OVER_TIMEOUT)
 
     def _supervise(self, supervisor: Supervisor, grace: float) -> int:
         """Supervise while our own connections drain (``_hand_over``); the supervisor's
@@ -358,10 +359,6 @@ class _Controller:
         if self.handover is not None:
             self.handover.join(timeout=grace + 1.0)
         return code
-
-    def _reload_failed(self, why: str) -> None:
-        self.status.record_reload(False, why)
-        self.status.update(state="serving")
 
     def _lame_duck(self, delay: float) -> None:
         """Keep serving for ``delay`` seconds while health checks fail; a new signal ends

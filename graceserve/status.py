@@ -61,15 +61,17 @@ class ServerStatus:
             self._fields.update(fields)
         self._changed()
 
-    def record_reload(self, ok: bool, reason: str, generation: int | None = None) -> None:
-        """A reload attempt ended.  ``ok``: the generation moves on (to ``generation`` if
-        given) unless this process is being replaced (then only the record says so)."""
+    def record_reload(self, ok: bool, reason: str) -> None:
+        """A reload attempt ended and the server is serving again; ``ok``: the
+        generation moves on.  One update, so a waiter never sees the record
+        without the state."""
         with self._lock:
-            new = generation if generation is not None else self._fields["generation"] + 1
-            if ok and generation is None:
+            new = self._fields["generation"] + 1
+            if ok:
                 self._fields["generation"] = new
             self._fields["reloads"] += 1
             self._fields["last_reload"] = {"generation": new, "ok": ok, "reason": reason}
+            self._fields["state"] = "serving"
         self._changed()
 
     def finish(self, exit_code: int, summary: dict[str, Any]) -> None:

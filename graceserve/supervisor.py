@@ -84,7 +84,8 @@ class Supervisor(StopSequence):
         self.workers: dict[int, WorkerProcess] = {}
         self.generation = 1
         self.reloading = 0  # the generation being started by a HUP, 0 if none
-        self.handing_over: set[int] | None = None  # old workers a reload waits to stop accepting
+        # (generation, old workers' pids): a reload waiting for them to stop accepting
+        self.handing_over: tuple[int, set[int]] | None = None
         self.announced = False  # READY=1 sent once
         self.ever_ready = inprocess is not None
         self.failures = 0
@@ -234,10 +235,10 @@ class Supervisor(StopSequence):
             fresh = [w for w in self.workers.values() if w.generation == self.reloading]
             if len(fresh) >= self.target and all(w.ready for w in fresh):
                 old = [w for w in self.workers.values() if w.generation != self.reloading]
+                self._report_reload()  # a previous reload still handing over: done now
                 self.generation, self.reloading = self.reloading, 0
                 self._retire(old)
-                self._report_reload()  # a previous reload still handing over is done too
-                self.handing_over = {w.pid for w in old}
+                self.handing_over = (self.generation, {w.pid for w in old})
                 self._reloaded()
             return
         recycled = [w for w in self.workers.values() if w.recycling and not w.stopping]
@@ -254,18 +255,17 @@ class Supervisor(StopSequence):
         """Report the reload once no worker of an older generation accepts (each said
         CLOSED, or is gone): from then on every new connection meets the new code."""
         if self.handing_over is not None and all(
-            pid not in self.workers or self.workers[pid].closed for pid in self.handing_over
+            pid not in self.workers or self.workers[pid].closed for pid in self.handing_over[1]
         ):
             self._report_reload()
 
     def _report_reload(self) -> None:
         if self.handing_over is None:
             return
-        self.handing_over = None
-        log.info("HUP: generation %d is ready; the old one stopped accepting", self.generation)
-        self.status.record_reload(True, f"generation {self.generation} is serving")
-        self.status.update(state="serving")
-        self.notifier.send("READY=1", f"STATUS=generation {self.generation} serving")
+        generation, self.handing_over = self.handing_over[0], None
+        self.status.record_reload(True, f"generation {generation} is serving")
+        self.notifier.send("READY=1", f"STATUS=generation {generation} serving")
+        log.info("HUP: generation %d is ready; the old one stopped accepting", generation)
 
     def _retire(self, workers: list[WorkerProcess]) -> None:
         """Let ``workers`` drain while the others keep accepting."""
@@ -304,12 +304,11 @@ class Supervisor(StopSequence):
     def _start_failed(self, worker: WorkerProcess, how: str) -> None:
         why = worker.why_not_ready()
         if worker.generation == self.reloading:
-            log.error("HUP: reload failed: %s; generation %d keeps serving", why, self.generation)
             self._abandon([w for w in self.workers.values() if w.generation == self.reloading])
             self.reloading = 0
             self.status.record_reload(False, why)
-            self.status.update(state="serving")
             self.notifier.send("READY=1", f"STATUS=reload failed: {why}")
+            log.error("HUP: reload failed: %s; generation %d keeps serving", why, self.generation)
             return
         self.failures += 1
         alive = [w for w in self.workers.values() if w.ready and not w.stopping]

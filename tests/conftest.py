@@ -30,6 +30,17 @@ READY = READY_PATTERN  # older name: tests parse with graceserve.readiness
 WATCHED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Run under ``nohup`` (or anything that leaves a signal ignored), this process
+    and every server it starts would inherit an ignored HUP, and graceserve keeps a
+    HUP ignored on purpose (``nohup``'s contract): the reload tests could not reload.
+    The suite tests graceserve, not its parent: the stop signals start at their
+    defaults."""
+    for signum in WATCHED_SIGNALS:
+        if signal.getsignal(signum) is signal.SIG_IGN:
+            signal.signal(signum, signal.SIG_DFL)
+
+
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
     """Poll ``predicate`` until true; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

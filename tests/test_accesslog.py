@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -140,6 +141,7 @@ def test_a_rotated_file_is_reopened_without_a_signal(tmp_path: Path) -> None:
     try:
         writer.write(record("/before"))
         path.rename(tmp_path / "access.log.1")  # what logrotate does
+        writer._next_check = math.inf  # the check is not due (whatever the clock did)
         writer.write(record("/racing"))  # before the next check: still the old file
         writer._next_check = 0.0  # the once-a-second check is due
         writer.write(record("/after"))

@@ -201,7 +201,8 @@ def test_hups_keep_the_main_pid_and_a_term_then_drains_like_a_first_stop(
     successors.extend((pid, main) for pid in workers)
     assert len(workers) == 3
     assert server.proc.poll() is None
-    with contextlib.closing(in_flight((host, port), "/slow?seconds=1")) as sock:
+    # Long enough that the stop reaches the worker first on a loaded machine.
+    with contextlib.closing(in_flight((host, port), "/slow?seconds=3")) as sock:
         server.send(signal.SIGTERM)
         status, headers, _body = read_response(sock)
         assert status == 200

@@ -110,6 +110,7 @@ def test_wait_returns_on_a_reload_after_the_one_it_saw(
     answer = waiting.result()
     assert answer["done"] is True
     assert answer["status"]["generation"] == 2
+    assert answer["status"]["state"] == "serving"  # in the same update as the record
     assert answer["status"]["last_reload"] == {
         "generation": 2, "ok": True, "reason": "pid 9 is serving"
     }  # fmt: skip

@@ -596,6 +596,8 @@ def test_three_restarts_leave_two_processes_and_no_leaked_descriptors(
         if generation > 1:
             server.wait_for_line(worker_stopped_line(workers[-2]))
             wait_gone(workers[-2])
+            # Logged once the supervisor reaped it and closed its channel and pidfd.
+            server.wait_for_line(rf"worker {workers[-2]} \(generation {generation - 1}\) stopped")
         if generation == 1:
             server.wait_for_line(r"this process's drain")
             after_one = serving_descriptors(new)

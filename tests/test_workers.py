@@ -58,6 +58,9 @@ def test_term_under_keepalive_load_breaks_nothing(start_server: StartServer, app
     assert int(pidfile.read_text()) == server.proc.pid
     address = server.address
     assert address is not None
+    workers = set(worker_pids(server))
+    # Both serve (which one accepts a connection is the kernel's choice: ask until both did).
+    wait_until(lambda: workers <= {served_by(get(address)[1]) for _ in range(6)}, 20)
     load = Load(address, clients=12)
     try:
         load.wait_for_requests(300)
@@ -67,7 +70,8 @@ def test_term_under_keepalive_load_breaks_nothing(start_server: StartServer, app
     finally:
         load.stop()
     assert load.failures == [], load.failures[:5]
-    assert load.pids == set(worker_pids(server)), (load.pids, server.output)
+    assert load.pids, server.output
+    assert load.pids <= workers, (load.pids, server.output)
     assert connect_refused(address)
     assert not pidfile.exists()
     assert any(alive(pid) for pid in worker_pids(server)) is False
@@ -92,12 +96,13 @@ def test_hup_under_keepalive_load_keeps_the_supervisor_and_breaks_nothing(
         load.wait_for_requests(200)
         second = worker_pids(server)[2:]
         assert len(second) == 2
-        mark = {c.requests: c for c in load.clients}
-        assert mark
+        address = server.address
+        wait_until(lambda: set(second) <= {served_by(get(address)[1]) for _ in range(6)}, 20)
     finally:
         load.stop()
     assert load.failures == [], load.failures[:5]
-    assert set(second) <= load.pids, (load.pids, second)
+    assert load.pids & set(second), (load.pids, second)
+    assert load.pids <= {*first, *second}, (load.pids, second)
     assert int(pidfile.read_text()) == server.proc.pid  # the supervisor stays
     server.send(signal.SIGTERM)
     assert server.wait_exit(30) == 0, server.output
