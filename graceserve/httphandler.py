@@ -150,12 +150,16 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
         """Read, parse and dispatch one request; never dispatch one cut short.
 
         As the stdlib's, a read or write that times out (a handler's own
-        ``timeout``) ends the connection with one log line.
+        ``timeout``) ends the connection with one log line; so does a response
+        the client stopped reading for ``idle_timeout`` (the server's write bound).
         """
         try:
             self._handle_one_request()
         except TimeoutError as exc:
             self.log_error("Request timed out: %r", exc)
+            self.close_connection = True
+        except BlockingIOError:  # a blocking socket: only the write bound says EAGAIN
+            self.log_error("Response write stalled: the client stopped reading; closing")
             self.close_connection = True
 
     def _handle_one_request(self) -> None:

@@ -23,7 +23,9 @@ server serves it through a subclass (``DrainAware[Handler]``) that puts
 ``DrainAwareRequestHandler`` just above ``BaseHTTPRequestHandler`` in its MRO.
 Timeouts and the drain are enforced from the outside by the reaper
 (``service_actions`` and ``service_drain``), from the state each handler
-records on its ``HTTPConnection``.
+records on its ``HTTPConnection``; a response that a client stops reading is
+bounded by the kernel (``SO_SNDTIMEO``, set once per connection: a send that
+makes no progress for ``idle_timeout`` fails, at no cost per write).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import logging
 import socket
 import socketserver
 import ssl
+import struct
 import threading
 import time
 from typing import Any
@@ -80,8 +83,9 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
     Class variables (in addition to GracefulTCPServer's):
 
     - idle_timeout = 60.0       close a keep-alive connection idle this long, a
-                                request head still arriving after this long, or a
-                                request body that made no progress for this long
+                                request head still arriving after this long, a
+                                request body that made no progress for this long,
+                                or a response the client stopped reading this long
     - drain_linger = 0.2        at drain, the least an idle keep-alive connection
                                 is given to send one more request (answered with
                                 ``Connection: close``), from its last response
@@ -139,8 +143,15 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
         self.server_name, self.server_port = "localhost", 0
 
     def get_request(self) -> tuple[socket.socket, Any]:
-        """Accept a connection, with ``TCP_NODELAY`` set."""
+        """Accept a connection, with ``TCP_NODELAY`` and the write bound set."""
         request, client_address = self.socket.accept()
+        if self.idle_timeout:
+            # A send blocked this long without progress fails with EAGAIN
+            # (BlockingIOError): the thread of a client that stopped reading is freed.
+            seconds, fraction = divmod(self.idle_timeout, 1.0)
+            bound = struct.pack("ll", int(seconds), int(fraction * 1_000_000))
+            with contextlib.suppress(OSError):
+                request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, bound)
         if self.address_family == socket.AF_UNIX:
             return request, ("unix", 0)  # http.server logs client_address[0]
         if self.tcp_nodelay:
@@ -189,7 +200,8 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
             conn.since = time.monotonic()
             conn.state = HEAD
         timeout = self.tls_handshake_timeout
-        with tls.secured(context, request, client_address, timeout) as stream:
+        secured = tls.secured(context, request, client_address, timeout, self.idle_timeout)
+        with secured as stream:
             if stream is None:
                 return
             if isinstance(conn, HTTPConnection):

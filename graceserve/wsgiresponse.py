@@ -20,6 +20,7 @@ Threading contract: a Response belongs to its connection's thread.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -358,7 +359,16 @@ class Response:
         try:
             self.connection.request.sendall(data)
         except OSError as exc:
-            raise ClientGoneError(str(exc)) from None
+            raise self._gone(exc) from None
+
+    def _gone(self, exc: OSError) -> ClientGoneError:
+        """What a failed send means; a stalled one (the server's write bound) is logged."""
+        if isinstance(exc, (BlockingIOError, TimeoutError)):
+            log.info(
+                "%s: response write stalled (the client stopped reading); closing",
+                self.connection.client_address[0],
+            )
+        return ClientGoneError(str(exc))
 
     def _sendfile(self, wrapper: FileWrapper) -> bool:
         """Send a regular file with ``socket.sendfile``; False to fall back to iteration."""
@@ -378,9 +388,19 @@ class Response:
         self._send(self.head(count))
         if self.no_body or not count:
             return True
+        sock = self.connection.request
+        # socket.sendfile waits for ever on a blocking socket that the client stopped
+        # reading (it retries EAGAIN): a timeout for this call bounds it as other writes.
+        idle_timeout = getattr(self.connection.server, "idle_timeout", None)
+        before = sock.gettimeout()
         try:
-            sent = self.connection.request.sendfile(filelike, offset, count)
+            if idle_timeout and before is None:
+                sock.settimeout(idle_timeout)
+            sent = sock.sendfile(filelike, offset, count)
         except OSError as exc:
-            raise ClientGoneError(str(exc)) from None
+            raise self._gone(exc) from None
+        finally:
+            with contextlib.suppress(OSError):
+                sock.settimeout(before)
         self.sent += sent
         return True
