@@ -66,26 +66,9 @@ class TLSSettingsError(Exception):
 
 
 class ServerTLSSocket(ssl.SSLSocket):
-    """A server-side ``SSLSocket`` that remembers the raw socket the drain knows it by,
-    and bounds its writes.
-
-    ``write_timeout``: a ``sendall`` that makes no progress this long raises
-    TimeoutError.  The kernel's ``SO_SNDTIMEO`` that bounds plain writes does not
-    reach through the ssl module (it retries the send), so a blocking TLS socket
-    takes a timeout for the length of each ``sendall``; reads stay blocking.
-    """
+    """A server-side ``SSLSocket`` that remembers the raw socket the drain knows it by."""
 
     graceserve_raw: socket.socket | None = None
-    write_timeout: float | None = None
-
-    def sendall(self, data: Any, flags: int = 0) -> None:
-        if not self.write_timeout or self.gettimeout() is not None:
-            return super().sendall(data, flags)
-        self.settimeout(self.write_timeout)
-        try:
-            return super().sendall(data, flags)
-        finally:
-            self.settimeout(None)
 
 
 def raw_socket(sock: Any) -> Any:
@@ -158,12 +141,16 @@ def secured(
     request: socket.socket,
     client_address: Any,
     timeout: float | None,
-    write_timeout: float | None = None,
+    idle_timeout: float | None = None,
 ) -> Iterator[ServerTLSSocket | None]:
     """The TLS socket over ``request`` once its handshake is done; None if it failed.
 
-    The handshake has ``timeout`` seconds (None: no limit), each later write
-    ``write_timeout`` to make progress (``ServerTLSSocket``); a failure is
+    The handshake has ``timeout`` seconds (None: no limit); then every read
+    and write has ``idle_timeout`` to make progress (TimeoutError).  The
+    kernel's ``SO_SNDTIMEO`` that bounds a plain connection's writes does not
+    reach through the ssl module (it retries the send), and a timeout costs a
+    TLS socket nothing until it would block (OpenSSL reads and writes first,
+    polls only then).  A failure is
     logged at DEBUG with the peer, and a plain HTTP request gets a clear-text
     400 before the close.  On the way out a ``close_notify`` is sent (never
     waiting for the client's) and the duplicate descriptor is closed; the raw
@@ -172,12 +159,11 @@ def secured(
     stream = context.wrap_socket(request.dup(), server_side=True, do_handshake_on_connect=False)
     assert isinstance(stream, ServerTLSSocket)
     stream.graceserve_raw = request
-    stream.write_timeout = write_timeout
     try:
         try:
             stream.settimeout(timeout)
             stream.do_handshake()
-            stream.settimeout(None)
+            stream.settimeout(idle_timeout or None)
         except (OSError, ValueError) as exc:
             _handshake_failed(request, client_address, exc)
             yield None

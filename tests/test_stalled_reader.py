@@ -43,6 +43,11 @@ class Large(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.send_response(200)
+        if self.path == "/small":
+            self.send_header("Content-Length", "3")
+            self.end_headers()
+            self.wfile.write(b"ok\n")
+            return
         self.send_header("Content-Length", str(BODY))
         self.end_headers()
         chunk = b"x" * CHUNK
@@ -179,4 +184,30 @@ def test_a_tls_client_that_stopped_reading_is_freed(
         wait_until(lambda: server.active_connections == 1, 10, "the request to be served")
         wait_no_connection(server)
     assert "Request timed out" in caplog.text
+    assert "exception while serving" not in caplog.text
+
+
+def test_an_idle_tls_keep_alive_connection_is_closed_without_a_log_line(
+    harness: Harness, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The TLS socket's own timeout ends an idle connection as the reaper would: silently.
+    caplog.set_level(logging.INFO)
+    pki = make_pki(tmp_path)
+    cert, key = pki.issue("server", "localhost")
+
+    class TLSIdleServer(StallBoundServer):
+        certfile, keyfile = str(cert), str(key)
+
+    server = harness.serve(Large, TLSIdleServer)
+    raw = socket.create_connection(address_of(server), timeout=IO_TIMEOUT)
+    with pki.client_context().wrap_socket(raw, server_hostname="localhost") as sock:
+        sock.sendall(b"GET /small HTTP/1.1\r\nHost: test\r\n\r\n")
+        response = b""
+        while not response.endswith(b"\r\n\r\nok\n"):
+            data = sock.recv(4096)
+            assert data, f"closed after {response!r}"
+            response += data
+        assert b"Connection: close" not in response  # kept alive, then idle
+        wait_no_connection(server)
+    assert "Request timed out" not in caplog.text
     assert "exception while serving" not in caplog.text
