@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
@@ -163,11 +164,10 @@ def test_a_client_reading_slowly_but_steadily_gets_the_whole_response(harness: H
     assert time.monotonic() - started > Bounded.idle_timeout  # the bound is per stall
 
 
-def test_a_tls_client_that_stopped_reading_is_freed(
-    harness: Harness, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    # The kernel's bound does not reach through the ssl module: TLS writes get their own.
-    caplog.set_level(logging.INFO)
+def tls_connection(
+    harness: Harness, tmp_path: Path, small_window: bool
+) -> tuple[GracefulHTTPServer, ssl.SSLSocket]:
+    """A TLS server with ``StallBoundServer``'s idle timeout, and a client connected to it."""
     pki = make_pki(tmp_path)
     cert, key = pki.issue("server", "localhost")
 
@@ -176,10 +176,20 @@ def test_a_tls_client_that_stopped_reading_is_freed(
 
     server = harness.serve(Large, TLSStallBoundServer)
     raw = socket.socket()
-    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    if small_window:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     raw.settimeout(IO_TIMEOUT)
     raw.connect(address_of(server))
-    with pki.client_context().wrap_socket(raw, server_hostname="localhost") as sock:
+    return server, pki.client_context().wrap_socket(raw, server_hostname="localhost")
+
+
+def test_a_tls_client_that_stopped_reading_is_freed(
+    harness: Harness, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The kernel's bound does not reach through the ssl module: the TLS socket's timeout.
+    caplog.set_level(logging.INFO)
+    server, client = tls_connection(harness, tmp_path, small_window=True)
+    with client as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
         wait_until(lambda: server.active_connections == 1, 10, "the request to be served")
         wait_no_connection(server)
@@ -192,15 +202,8 @@ def test_an_idle_tls_keep_alive_connection_is_closed_without_a_log_line(
 ) -> None:
     # The TLS socket's own timeout ends an idle connection as the reaper would: silently.
     caplog.set_level(logging.INFO)
-    pki = make_pki(tmp_path)
-    cert, key = pki.issue("server", "localhost")
-
-    class TLSIdleServer(StallBoundServer):
-        certfile, keyfile = str(cert), str(key)
-
-    server = harness.serve(Large, TLSIdleServer)
-    raw = socket.create_connection(address_of(server), timeout=IO_TIMEOUT)
-    with pki.client_context().wrap_socket(raw, server_hostname="localhost") as sock:
+    server, client = tls_connection(harness, tmp_path, small_window=False)
+    with client as sock:
         sock.sendall(b"GET /small HTTP/1.1\r\nHost: test\r\n\r\n")
         response = b""
         while not response.endswith(b"\r\n\r\nok\n"):
