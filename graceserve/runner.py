@@ -367,7 +367,7 @@ class _Controller:
             return
         self.server.announce_stop()
         self.status.update(state="draining")
-        self._notify("STOPPING=1", "STATUS=lame duck: health checks fail, still serving")
+        self.notifier.send("STOPPING=1", "STATUS=lame duck: health checks fail, still serving")
         log.info("%s: lame duck for %gs (still serving, /healthz fails)", name_of(self), delay)
         if self.has_signal() or self.relay.wait(delay):
             self._take_signals()
@@ -383,7 +383,7 @@ class _Controller:
         return 0
 
     def _drain(self, grace: float) -> DrainReport:
-        self._notify("STOPPING=1")
+        self.notifier.send("STOPPING=1")
         self.status.update(state="draining")
         force = self.stop.forced_by or (signal.SIGQUIT if self.stop.signum == signal.SIGQUIT else 0)
         report, forced_by = run_drain(
@@ -392,9 +392,6 @@ class _Controller:
         )  # fmt: skip
         self.stop.forced_by = forced_by
         return report
-
-    def _notify(self, *fields: str) -> None:
-        self.notifier.send(*fields)
 
     def _exit_code(self, report: DrainReport) -> int:
         forced_by = self.stop.forced_by

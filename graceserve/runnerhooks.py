@@ -47,7 +47,7 @@ class RunnerHooks(DrainHooks):
             extra={"event": "drain_start", "signal": name_of(self.controller),
                    "connections": server.draining_from, "grace": self.grace},
         )  # fmt: skip
-        self.controller._notify(f"STATUS=draining {server.draining_from} connections")
+        self.controller.notifier.send(f"STATUS=draining {server.draining_from} connections")
         self.last_count = server.active_connections
 
     def _where_new_go(self) -> str:
@@ -67,11 +67,11 @@ class RunnerHooks(DrainHooks):
             "draining: %d connections remaining", count,
             extra={"event": "drain_progress", "connections": count},
         )  # fmt: skip
-        self.controller._notify(f"STATUS=draining: {count} connections remaining")
+        self.controller.notifier.send(f"STATUS=draining: {count} connections remaining")
         if count < self.last_count and deadline is not None:
             # Progress: ask systemd for the time the grace allows.
             left = deadline - time.monotonic() + 1
-            self.controller._notify(f"EXTEND_TIMEOUT_USEC={int(left * 1e6)}")
+            self.controller.notifier.send(f"EXTEND_TIMEOUT_USEC={int(left * 1e6)}")
         self.last_count = count
 
     def cutting(self, server: GracefulTCPServer, forced_by: int) -> None:

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from .connection import format_address
 from .httpparse import TCHAR, Body, Framing, IncompleteBodyError, RequestError, RequestLine
 
 if TYPE_CHECKING:
@@ -366,7 +367,7 @@ class Response:
         if isinstance(exc, (BlockingIOError, TimeoutError)):
             log.info(
                 "%s: response write stalled (the client stopped reading); closing",
-                self.connection.client_address[0],
+                format_address(self.connection.client_address),
             )
         return ClientGoneError(str(exc))
 
