@@ -156,10 +156,8 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
         try:
             self._handle_one_request()
         except TimeoutError as exc:
-            self.close_connection = True
-            if self.timeout is None and self._graceserve_conn.state == IDLE:
-                return  # no request yet, and not the handler's timeout: a TLS socket's idle one
             self.log_error("Request timed out: %r", exc)
+            self.close_connection = True
         except BlockingIOError:  # a blocking socket: only the write bound says EAGAIN
             self.log_error("Response write stalled: the client stopped reading; closing")
             self.close_connection = True

@@ -25,7 +25,8 @@ Timeouts and the drain are enforced from the outside by the reaper
 (``service_actions`` and ``service_drain``), from the state each handler
 records on its ``HTTPConnection``; a response that a client stops reading is
 bounded by the kernel (``SO_SNDTIMEO``, set once per connection: a send that
-makes no progress for ``idle_timeout`` fails, at no cost per write).
+makes no progress for ``idle_timeout`` fails, at no cost per write; the ssl
+module retries past it, so TLS connections are not bounded this way).
 """
 
 from __future__ import annotations
@@ -200,8 +201,7 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
             conn.since = time.monotonic()
             conn.state = HEAD
         timeout = self.tls_handshake_timeout
-        secured = tls.secured(context, request, client_address, timeout, self.idle_timeout)
-        with secured as stream:
+        with tls.secured(context, request, client_address, timeout) as stream:
             if stream is None:
                 return
             if isinstance(conn, HTTPConnection):

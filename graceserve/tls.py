@@ -137,20 +137,11 @@ def _reason(exc: BaseException) -> str:
 
 @contextlib.contextmanager
 def secured(
-    context: ssl.SSLContext,
-    request: socket.socket,
-    client_address: Any,
-    timeout: float | None,
-    idle_timeout: float | None = None,
+    context: ssl.SSLContext, request: socket.socket, client_address: Any, timeout: float | None
 ) -> Iterator[ServerTLSSocket | None]:
     """The TLS socket over ``request`` once its handshake is done; None if it failed.
 
-    The handshake has ``timeout`` seconds (None: no limit); then every read
-    and write has ``idle_timeout`` to make progress (TimeoutError).  The
-    kernel's ``SO_SNDTIMEO`` that bounds a plain connection's writes does not
-    reach through the ssl module (it retries the send), and a timeout costs a
-    TLS socket nothing until it would block (OpenSSL reads and writes first,
-    polls only then).  A failure is
+    The handshake has ``timeout`` seconds (None: no limit); a failure is
     logged at DEBUG with the peer, and a plain HTTP request gets a clear-text
     400 before the close.  On the way out a ``close_notify`` is sent (never
     waiting for the client's) and the duplicate descriptor is closed; the raw
@@ -163,7 +154,7 @@ def secured(
         try:
             stream.settimeout(timeout)
             stream.do_handshake()
-            stream.settimeout(idle_timeout or None)
+            stream.settimeout(None)
         except (OSError, ValueError) as exc:
             _handshake_failed(request, client_address, exc)
             yield None
