@@ -254,6 +254,8 @@ class Supervisor(StopSequence):
     def _reloaded(self) -> None:
         """Report the reload once no worker of an older generation accepts (each said
         CLOSED, or is gone): from then on every new connection meets the new code."""
+        if self.stopping:  # a stop overtook the reload: it is never reported as done
+            self.handing_over = None
         if self.handing_over is not None and all(
             pid not in self.workers or self.workers[pid].closed for pid in self.handing_over[1]
         ):
