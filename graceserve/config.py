@@ -94,6 +94,13 @@ def _duration(text: str) -> float:
     return value
 
 
+def _timeout(text: str) -> float:
+    value = _duration(text)
+    if value == 0:
+        raise ValueError(f"{text!r} must be more than 0 seconds")
+    return value
+
+
 def _whole(text: str, least: int) -> int:
     try:
         value = int(text)
@@ -212,9 +219,14 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
     ("--preload", "GRACESERVE_PRELOAD", _boolean, DEFAULTS.preload,
      "import the target in the supervisor before starting workers (fail fast)"),
     ("--worker-timeout", "GRACESERVE_WORKER_TIMEOUT", _duration, DEFAULTS.worker_timeout,
-     "kill and replace a worker whose serving loop made no progress this long; 0 disables"),
+     "kill and replace a worker whose serving loop made no progress this long; 0 disables "
+     "(needs --workers 2 or more)"),
     ("--max-requests", "GRACESERVE_MAX_REQUESTS", _natural, DEFAULTS.max_requests,
-     "replace a worker gracefully after it served this many requests; 0 disables"),
+     "replace a worker gracefully after it served this many requests (one process: a "
+     "worker process takes over its serving); 0 disables"),
+    ("--start-timeout", "GRACESERVE_START_TIMEOUT", _timeout, DEFAULTS.start_timeout,
+     "seconds a new worker process gets to be ready; a reload whose workers are not ready "
+     "by then fails and the old generation keeps serving"),
     ("--max-requests-jitter", "GRACESERVE_MAX_REQUESTS_JITTER", _natural,
      DEFAULTS.max_requests_jitter, "add a random 0..N to each worker's --max-requests"),
     # WSGI applications only:
@@ -318,6 +330,20 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> 
     target = args.target or environ.get("GRACESERVE_TARGET") or None
     settings = Settings(target=target, **values)
     _check_tls(settings)
+    return _check_workers(settings, given=values)
+
+
+def _check_workers(settings: Settings, given: Mapping[str, Any]) -> Settings:
+    """One process has no watchdog: a process cannot kill and replace its own stuck
+    serving loop (its interpreter is the one that is stuck).  So ``--worker-timeout``
+    asked for with one worker is refused; its default is not used there (also not
+    once a reload made a worker process take over the serving: one process stays
+    one; ``graceserve.runner``)."""
+    if settings.workers == 1 and given.get("worker_timeout"):
+        raise UsageError(
+            "--worker-timeout needs --workers 2 or more: one process cannot kill and "
+            "replace its own stuck serving loop"
+        )
     return settings
 
 

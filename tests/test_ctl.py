@@ -234,7 +234,8 @@ def test_graceful_with_code_that_cannot_import_fails_and_the_old_keeps_serving(
     status = status_of(pidfile)
     assert (status["pid"], status["generation"], status["state"]) == (old, 1, "serving")
     assert status["last_reload"] == {
-        "generation": 2, "ok": False, "reason": status["last_reload"]["reason"],  # type: ignore[index]
+        "number": 1, "generation": 2, "ok": False,
+        "reason": status["last_reload"]["reason"],  # type: ignore[index]
     }  # fmt: skip
 
     # A second failure is reported as a new one (not mistaken for the old), then a fix works.
