@@ -256,6 +256,17 @@ class Machine:
         else:
             self._check_reload(now)
 
+    def standing_by(self, key: int, now: float) -> None:
+        """A spare said STANDBY: imported and waiting; it replaces the next one that
+        must be (``_fill``)."""
+        member = self.members.get(key)
+        if member is None or not member.spare:
+            return
+        member.standing = True
+        self.failures = 0
+        self._fill(now)
+        self._move_on(now)
+
     def recycle(self, key: int, requests: int, now: float) -> None:
         """A member served its ``--max-requests``: replace it (it keeps serving until
         its replacement is ready)."""
@@ -285,9 +296,12 @@ class Machine:
         if member.told and (end.reported or end.code in (0, EXIT_CUT)):
             if not member.inprocess:
                 if end.forced:
-                    log.warning("%s stopped: %d connections cut", member, end.forced)
+                    log.warning(
+                        "%s stopped: %d connections cut, after %d requests", member,
+                        end.forced, end.requests,
+                    )  # fmt: skip
                 else:
-                    log.info("%s stopped (%s)", member, end.how)
+                    log.info("%s stopped (%s) after %d requests", member, end.how, end.requests)
         elif not member.ready:
             self._start_failed(member, end.why_not_ready, now, end.failure)
         elif member.told:
@@ -359,7 +373,7 @@ class Machine:
             self.effects.kill(member.key, signal.SIGABRT)
         in_reload = self.reload is not None and member.generation == self.reload.generation
         late = now - member.started_at > self.config.start_timeout
-        if not member.ready and not in_reload and late:
+        if not member.ready and not member.standing and not in_reload and late:
             self._abandon(member)
             self._start_failed(
                     member, f"pid {member.key} was not ready after "
@@ -367,24 +381,40 @@ class Machine:
                 )  # fmt: skip
 
     def _fill(self, now: float) -> None:
-        """Start workers until the growing generation has the target."""
+        """Start workers until the growing generation has the target: a spare standing
+        by first (it serves at once), else a new one; then spares (``--max-requests``)
+        for the serving generation."""
         if self.stopping or self.phase is Phase.STOPPED:
             return
         generation = self._growing()
+        missing = self.target - sum(1 for m in self._of(generation) if m.serving)
+        for spare in [m for m in self._of(generation) if m.standing][: max(missing, 0)]:
+            spare.spare = spare.standing = False
+            spare.started_at = now  # from now on, a worker that must say READY in time
+            self.effects.send(spare.key, "GO")
+            missing -= 1
         if generation == self.generation and now < self.respawn_at:
             return  # backing off: replacements keep failing to start
-        missing = self.target - sum(1 for m in self._of(generation) if m.serving)
         for _ in range(max(missing, 0)):
-            key = self.effects.spawn(generation)
-            if key is None:
+            if not self._spawn(generation, now):
                 if self.reload is not None and self.reload.step is Step.STARTING:
                     self._fail_reload(f"cannot start a worker of generation {generation}", now)
-                else:
-                    self.respawn_at = now + 1.0
                 return
-            self.members[key] = Member(key, generation, now, progress_at=now)
+        if self.reload is None:
+            spares = sum(1 for m in self._of(generation) if m.spare)
+            for _ in range(self.config.spares - spares):
+                if not self._spawn(generation, now, spare=True):
+                    return
         if generation == self.generation:
             self.respawn_at = 0.0
+
+    def _spawn(self, generation: int, now: float, spare: bool = False) -> bool:
+        key = self.effects.spawn(generation, spare)
+        if key is None:
+            self.respawn_at = now + 1.0
+            return False
+        self.members[key] = Member(key, generation, now, progress_at=now, spare=spare)
+        return True
 
     def _trim(self, generation: int, now: float) -> None:
         """Retire (or, if never ready, abandon) the newest members of ``generation``

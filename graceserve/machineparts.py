@@ -75,6 +75,7 @@ class Config:
     drain_delay: float = 0.0
     worker_timeout: float | None = None
     shared_listener: bool = False  # socket activation: systemd keeps the listener
+    spares: int = 0  # --max-requests: workers kept imported and waiting, to replace at once
 
 
 @dataclass
@@ -89,6 +90,8 @@ class Member:
     told: bool = False  # told to stop accepting (STOP sent)
     closed: bool = False  # said it stopped accepting
     recycling: bool = False  # served --max-requests: retired once a replacement is ready
+    spare: bool = False  # started to stand by (not serving until GO)
+    standing: bool = False  # a spare that said STANDBY: imported, waiting for GO
     active: int = 0  # connections at its last report
     progress_at: float = 0.0  # its serving loop's last sign of life
     aborted_at: float = 0.0  # --worker-timeout: SIGABRT sent then
@@ -100,8 +103,8 @@ class Member:
 
     @property
     def serving(self) -> bool:
-        """Meant to keep serving: not told to stop, not being recycled."""
-        return not self.told and not self.recycling
+        """Meant to keep serving: not told to stop, not being recycled, not a spare."""
+        return not self.told and not self.recycling and not self.spare
 
 
 @dataclass(frozen=True)
@@ -113,9 +116,10 @@ class Exit:
     why_not_ready: str = ""  # for a member that never said READY
     failure: str = ""  # the reason it gave for that (FAILED), if any
     reported: bool = False  # it sent its drain report
-    served: int = 0
+    served: int = 0  # during its drain
     forced: int = 0
     lost: int = 0
+    requests: int = 0  # in all its life
 
 
 @dataclass
@@ -135,11 +139,12 @@ class Reload:
 class Effects(Protocol):
     """What the driver does for the machine.  Never calls back into it."""
 
-    def spawn(self, generation: int) -> int | None:
-        """Start a worker of ``generation``; its key, or None if it could not start."""
+    def spawn(self, generation: int, spare: bool = False) -> int | None:
+        """Start a worker of ``generation`` (``spare``: to stand by until GO); its key,
+        or None if it could not start."""
 
     def send(self, key: int, *words: object) -> None:
-        """Send a channel message (LAMEDUCK, STOP shared|sweep DEADLINE, FORCE N)."""
+        """Send a channel message (GO, LAMEDUCK, STOP shared|sweep DEADLINE, FORCE N)."""
 
     def kill(self, key: int, signum: int) -> None:
         """Signal a worker process (never this process's own server)."""

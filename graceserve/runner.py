@@ -66,7 +66,7 @@ from .supervisor import Supervisor
 from .systemd import Notifier, inherited_listener
 from .target import load_target
 from .worker import count_requests, run_worker
-from .workerproc import LIMIT_VARIABLE, WORKER_VARIABLE
+from .workerproc import LIMIT_VARIABLE, STANDBY_VARIABLE, WORKER_VARIABLE
 from .wsgi import WSGIApplication
 
 __all__ = ["run", "serve"]
@@ -136,8 +136,9 @@ def run(
     generation = os.environ.pop(WORKER_VARIABLE, None)
     if generation is not None:  # started by a supervisor
         limit = os.environ.pop(LIMIT_VARIABLE, "")
+        standby = os.environ.pop(STANDBY_VARIABLE, "") == "1"
         settings = settings.but(max_requests=int(limit) if limit.isdigit() else None)
-        return run_worker(handler, settings, generation, ignore_signals_after)
+        return run_worker(handler, settings, generation, ignore_signals_after, standby)
     relay = SignalRelay()
     relay.install()
     notifier = Notifier.from_environment()

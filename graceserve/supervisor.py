@@ -104,6 +104,7 @@ class Supervisor:
             drain_delay=settings.drain_delay,
             worker_timeout=settings.worker_timeout,
             shared_listener=shared_listener,
+            spares=1 if settings.max_requests else 0,
         )
         key = inprocess.pid if inprocess is not None else None
         self.machine = Machine(config, self, status, time.monotonic(), inprocess=key)
@@ -157,6 +158,8 @@ class Supervisor:
                 machine.closed(key, now)
             elif kind == "RECYCLE":
                 machine.recycle(key, member.requests, now)
+            elif kind == "STANDBY":
+                machine.standing_by(key, now)
             elif kind == "EOF" and isinstance(member, WorkerProcess):
                 with contextlib.suppress(KeyError, ValueError):
                     self.selector.unregister(member.channel)  # its pidfd says the rest
@@ -169,7 +172,7 @@ class Supervisor:
             code, member.describe_exit(), member.why_not_ready(), member.failure,
             reported=report is not None,
             served=report.served if report else 0, forced=report.forced if report else 0,
-            lost=report.lost if report else 0,
+            lost=report.lost if report else 0, requests=member.requests,
         )  # fmt: skip
         self.machine.exited(member.pid, end, time.monotonic())
 
@@ -200,17 +203,20 @@ class Supervisor:
 
     # -- the machine's effects ---------------------------------------------------------------
 
-    def spawn(self, generation: int) -> int | None:
+    def spawn(self, generation: int, spare: bool = False) -> int | None:
         limit = self.settings.max_requests
         if limit:
             limit += random.randint(0, self.settings.max_requests_jitter)
         try:
-            worker = WorkerProcess(self.listener.fileno(), generation, limit or None)
+            worker = WorkerProcess(self.listener.fileno(), generation, limit or None, spare)
         except OSError as exc:
             log.error("cannot start a worker: %s", exc)
             return None
         self._register(worker)
-        log.info("started worker pid %d (generation %d)", worker.pid, generation)
+        log.info(
+            "started worker pid %d (generation %d)%s", worker.pid, generation,
+            ", a spare standing by for --max-requests" if spare else "",
+        )  # fmt: skip
         return worker.pid
 
     def send(self, key: int, *words: object) -> None:

@@ -63,9 +63,17 @@ STATS_INTERVAL = 1.0
 
 
 def run_worker(
-    handler: Any, settings: Settings, generation: str, ignore_signals_after: bool = False
+    handler: Any,
+    settings: Settings,
+    generation: str,
+    ignore_signals_after: bool = False,
+    standby: bool = False,
 ) -> int:
-    """Serve as a worker of generation ``generation``; the exit code.  Main thread only."""
+    """Serve as a worker of generation ``generation``; the exit code.  Main thread only.
+
+    ``standby``: a spare (``--max-requests``): import the target and make the server,
+    say ``STANDBY``, and start serving only when the supervisor says ``GO`` (a
+    recycled worker's replacement is then ready at once)."""
     channel = socket.socket(fileno=CHANNEL_FD)
     channel.set_inheritable(False)
     listener = socket.socket(fileno=LISTENER_FD)
@@ -83,6 +91,10 @@ def run_worker(
         except StartupError as exc:
             link.send("FAILED", str(exc))
             raise
+        if standby and not link.stand_by():
+            server.block_on_close = False  # it never served: close our copy of the listener
+            server.server_close()
+            return EXIT_OK
         return _Worker(server, link, relay, generation, settings.max_requests).run()
     finally:
         link.close()
@@ -101,6 +113,7 @@ class _Link:
         self.server: GracefulTCPServer | None = None
         self.lame_duck = False
         self.forced = 0  # the signal a FORCE named (it may come before any STOP)
+        self.go = threading.Event()  # a spare may serve (GO), or the supervisor is gone
         self._closing = False
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._read, name="graceserve-channel", daemon=True)
@@ -122,6 +135,7 @@ class _Link:
             except OSError:
                 data = b""
             if not data:  # the supervisor is gone: drain by ourselves
+                self.go.set()
                 if self.deadline is None and not self._closing:
                     log.warning("worker: the supervisor is gone; draining")
                     self.deadline = time.monotonic() + self.grace
@@ -130,17 +144,26 @@ class _Link:
             words = data.decode("ascii", "replace").split()
             if not words:
                 continue
-            if words[0] == "LAMEDUCK":
+            if words[0] == "GO":
+                self.go.set()
+            elif words[0] == "LAMEDUCK":
                 self.lame_duck = True
                 if self.server is not None:
                     self.server.announce_stop()
             elif words[0] == "STOP" and len(words) == 3 and self.deadline is None:
                 self.mode = words[1]
                 self.deadline = float(words[2])
+                self.go.set()  # a spare told to stop never serves
                 self.relay.inject(signal.SIGTERM)
             elif words[0] == "FORCE" and len(words) == 2 and words[1].isdigit():
                 self.forced = int(words[1])
                 self.relay.inject(self.forced)
+
+    def stand_by(self) -> bool:
+        """A spare: say STANDBY and wait for GO; False if the supervisor went away."""
+        self.send("STANDBY")
+        self.go.wait()
+        return self.deadline is None
 
     def close(self) -> None:
         self._closing = True  # our own shutdown below ends the reader: not the supervisor's

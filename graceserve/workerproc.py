@@ -12,12 +12,14 @@ inherited descriptors:
 
 ``GRACESERVE_WORKER`` (the generation number) tells the new interpreter it is
 a worker, ``GRACESERVE_WORKER_MAX_REQUESTS`` its own ``--max-requests`` (jitter
-included).  Worker to supervisor: ``READY http|tcp`` (sent before it accepts:
+included), ``GRACESERVE_WORKER_STANDBY=1`` that it is a spare: it imports the
+target, says ``STANDBY`` and waits for ``GO`` before it serves.  Worker to
+supervisor: ``READY http|tcp`` (sent before it accepts:
 a worker that never said READY never served), ``STATS requests active
 loop_age``, ``RECYCLE requests`` (it reached its limit, sent by the request
 that did), ``CLOSED`` (stopped accepting), ``REPORT code served forced
 remaining lost elapsed requests``, ``FAILED reason``.  Supervisor to worker:
-``LAMEDUCK``, ``STOP shared|sweep DEADLINE`` (a ``time.monotonic()`` instant:
+``GO`` (a spare), ``LAMEDUCK``, ``STOP shared|sweep DEADLINE`` (a ``time.monotonic()`` instant:
 the clock is system-wide, so one deadline holds for every process), ``FORCE
 SIGNUM``.  An end of file on the channel means the other side is gone.
 
@@ -39,6 +41,7 @@ __all__ = [
     "CHANNEL_FD",
     "LIMIT_VARIABLE",
     "LISTENER_FD",
+    "STANDBY_VARIABLE",
     "WORKER_VARIABLE",
     "ChannelEnd",
     "WorkerProcess",
@@ -47,11 +50,12 @@ __all__ = [
 
 WORKER_VARIABLE = "GRACESERVE_WORKER"
 LIMIT_VARIABLE = "GRACESERVE_WORKER_MAX_REQUESTS"
+STANDBY_VARIABLE = "GRACESERVE_WORKER_STANDBY"
 LISTENER_FD = 3
 CHANNEL_FD = 4
 _CLEARED = (
     "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", WORKER_VARIABLE,
-    LIMIT_VARIABLE,
+    LIMIT_VARIABLE, STANDBY_VARIABLE,
 )  # fmt: skip
 
 
@@ -175,11 +179,17 @@ class ChannelEnd:
 class WorkerProcess(ChannelEnd):
     """A worker process: its pid, channel, pidfd and what it last reported."""
 
-    def __init__(self, listener_fd: int, generation: int, max_requests: int | None) -> None:
+    def __init__(
+        self,
+        listener_fd: int,
+        generation: int,
+        max_requests: int | None,
+        standby: bool = False,
+    ) -> None:
         super().__init__(generation)
         self.channel, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            self.pid = _spawn(listener_fd, child_end.fileno(), generation, max_requests)
+            self.pid = _spawn(listener_fd, child_end.fileno(), generation, max_requests, standby)
         except BaseException:
             self.channel.close()
             raise
@@ -223,12 +233,16 @@ class WorkerProcess(ChannelEnd):
             self.pidfd = None
 
 
-def _spawn(listener_fd: int, channel_fd: int, generation: int, max_requests: int | None) -> int:
+def _spawn(
+    listener_fd: int, channel_fd: int, generation: int, max_requests: int | None, standby: bool
+) -> int:
     """posix_spawn this interpreter with our argv; the listener on fd 3, the channel on 4."""
     env = {key: value for key, value in os.environ.items() if key not in _CLEARED}
     env[WORKER_VARIABLE] = str(generation)
     if max_requests:
         env[LIMIT_VARIABLE] = str(max_requests)
+    if standby:
+        env[STANDBY_VARIABLE] = "1"
     spare = max(listener_fd, channel_fd, CHANNEL_FD) + 1  # via spare numbers: no overwrite
     actions: list[tuple[int, int, int] | tuple[int, int]] = [
         (os.POSIX_SPAWN_DUP2, listener_fd, spare),

@@ -37,6 +37,8 @@ class Worker:
     forced: bool = False
     killed: int = 0  # the signal that kills it (it dies at the next settle)
     lameduck: bool = False
+    spare: bool = False  # waits for GO before it may say READY
+    standing: bool = False  # a spare that said STANDBY
 
 
 @dataclass
@@ -75,15 +77,18 @@ class World:
 
     # -- Effects -------------------------------------------------------------------------
 
-    def spawn(self, generation: int) -> int | None:
+    def spawn(self, generation: int, spare: bool = False) -> int | None:
         key = self.next_key
         self.next_key += 1
-        self.workers[key] = Worker(key, generation, self.disk)
+        self.workers[key] = Worker(key, generation, self.disk, spare=spare)
         return key
 
     def send(self, key: int, *words: object) -> None:
         worker = self.workers[key]
-        if words[0] == "STOP" and not worker.stop:
+        if words[0] == "GO":
+            assert worker.standing, f"GO to {worker}, which is not standing by"
+            worker.spare = worker.standing = False
+        elif words[0] == "STOP" and not worker.stop:
             worker.stop = str(words[1])
         elif words[0] == "FORCE":
             worker.forced = True
@@ -122,6 +127,11 @@ class World:
         return [w for w in self.workers.values() if not w.killed]
 
     def ready(self, worker: Worker) -> None:
+        """It imported its code: a spare stands by, any other worker is ready."""
+        if worker.spare:
+            worker.standing = True
+            self.machine.standing_by(worker.key, self.now)
+            return
         worker.ready = True
         self.machine.ready(worker.key, self.now)
 
@@ -184,7 +194,7 @@ class World:
             for worker in list(self.workers.values()):
                 if worker.key not in self.workers:
                     continue
-                if not worker.ready and not worker.stop:
+                if not worker.ready and not worker.stop and not worker.standing:
                     self.ready(worker)
                 elif worker.stop and not worker.closed:
                     self.close(worker)

@@ -217,12 +217,14 @@ class Supervision(RuleBasedStateMachine):
     target = 2
     inprocess = False
     serving = True  # begin with the first workers ready (else: while they start)
+    spares = 0  # --max-requests keeps one
 
     def __init__(self) -> None:
         super().__init__()
         self.world = World(
-            target=self.target, inprocess=self.inprocess, start_timeout=30.0, worker_timeout=10.0
-        )
+            target=self.target, inprocess=self.inprocess, start_timeout=30.0,
+            worker_timeout=10.0, spares=self.spares,
+        )  # fmt: skip
         if self.serving:
             started(self.world)
 
@@ -396,6 +398,11 @@ class Supervision(RuleBasedStateMachine):
 class OneProcessSupervision(Supervision):
     target = 1
     inprocess = True
+    spares = 1  # --max-requests: a worker process stands by to take over
+
+
+class RecyclingSupervision(Supervision):
+    spares = 1
 
 
 class StartingSupervision(Supervision):
@@ -417,6 +424,8 @@ TestOneProcessWalk = OneProcessSupervision.TestCase
 TestOneProcessWalk.settings = WALK
 TestStartingWalk = StartingSupervision.TestCase
 TestStartingWalk.settings = WALK
+TestRecyclingWalk = RecyclingSupervision.TestCase
+TestRecyclingWalk.settings = WALK
 
 
 # -- every short sequence, exhaustively ----------------------------------------------------
@@ -442,8 +451,8 @@ INVARIANTS = [
 
 
 @pytest.mark.parametrize(
-    "variant", [Supervision, OneProcessSupervision, StartingSupervision],
-    ids=["workers", "one-process", "starting"],
+    "variant", [Supervision, OneProcessSupervision, StartingSupervision, RecyclingSupervision],
+    ids=["workers", "one-process", "starting", "recycling"],
 )  # fmt: skip
 def test_every_sequence_of_three_events(variant: type[Supervision]) -> None:
     assert len(INVARIANTS) >= 6, INVARIANTS
