@@ -30,9 +30,11 @@ EPILOG = """\
 signals:
   TERM, INT   graceful drain; a second TERM or INT during the drain cuts at once
   HUP         graceful reload: new worker processes with the same arguments take
-              over the listening socket, the old serving ones drain; this process
-              (the supervisor) stays (ignored under nohup)
-  TTIN, TTOU  one more / one fewer worker (with --workers; the removed one drains)
+              over the listening socket once all are ready (--start-timeout), the
+              old serving ones drain; this process (the supervisor) stays; a HUP
+              during a reload starts the next one when it ends (ignored under nohup)
+  TTIN, TTOU  one more / one fewer worker (--workers 2 or more; the removed one
+              drains)
   QUIT        immediate stop: cut every connection now
   USR1        dump every thread's stack to stderr (and every worker's), keep running
 
