@@ -164,7 +164,7 @@ def run(
             control = None
             try:
                 control = runstatus.open_control(server, pid, status)
-                return controller.run(settings.grace, settings.drain_delay)
+                return controller.run(settings.grace)
             finally:
                 if control is not None:
                     control.close()
@@ -224,7 +224,7 @@ class _Controller:
 
     # -- the run ----------------------------------------------------------------
 
-    def run(self, grace: float, drain_delay: float) -> int:
+    def run(self, grace: float) -> int:
         server = self.server
         accept_thread = threading.Thread(
             target=server.serve_forever, name="graceserve-accept", daemon=True

@@ -135,7 +135,7 @@ def test_hup_then_term_abandons_the_reload_and_stops(
     spawned: list[int] = []
     abandoned: list[int] = []
 
-    def spawn(self: supervisor.Supervisor, generation: int) -> int:
+    def spawn(self: supervisor.Supervisor, generation: int, spare: bool = False) -> int:
         spawned.append(generation)
         return NEVER_READY
 
