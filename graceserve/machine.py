@@ -19,21 +19,22 @@ Phases (``ctl status`` shows them as ``state``; the lame duck as ``draining``)::
     DRAINING   the stop: the listener goes down in order, every member drains
     STOPPED    everything ended; ``exit_code`` is set
 
-The reload is a transaction with a deadline.  Step STARTING: generation G+1
-starts (``--start-timeout``: every new worker must say READY by then) while G
-serves.  Then it ends in exactly one outcome, each reported once the losers no
-longer accept (step HANDING_OVER / FAILING, bounded by ``HAND_OVER_TIMEOUT``):
-G+1 serves (G was told to stop accepting), or G keeps serving with the reason
-(the new workers that got ready are told to stop accepting, the others are
-killed).  A HUP meanwhile is never lost: it is queued (several coalesce into
-one) and starts the next reload as soon as this one ends, so whoever sent it
-gets a reload that began after it, with the code on disk then.
+The reload is a transaction with a deadline (``graceserve.machinereload``):
+generation G+1 starts while G serves, and it ends in exactly one reported
+outcome: G+1 serves, or G keeps serving with the reason.  A HUP meanwhile is
+never lost: it is queued (several coalesce into one) and starts the next reload
+as soon as this one ends, so whoever sent it gets a reload that began after it,
+with the code on disk then.  The stop is ``graceserve.machinestop``.
 
 Members are worker processes and, in one-process mode, this process's own
 server (``inprocess``): generation 1, always ready, never killed; a first
 reload or its ``--max-requests`` replaces it with a worker process exactly as
 a reload or a recycling replaces a worker.  While it is the only member, a stop
-is the one-process stop (``Effects.stop_alone``).
+is the one-process stop (``Effects.stop_alone``).  A worker accepts only once
+it said READY, so one that has not may be killed (``abandon``) at any time.
+With ``--max-requests`` one spare per generation imports the code ahead and
+stands by (STANDBY) until a replacement is needed (GO): a recycled worker then
+stops accepting within milliseconds of its limit.
 
 Threading contract: not thread-safe; the driver's thread only.  Time is the
 ``now`` each event brings (``time.monotonic()``, or a test's clock).
@@ -49,17 +50,16 @@ from collections.abc import Callable
 from .errors import EXIT_CANNOT_START, EXIT_CUT
 from .machineparts import (
     ABORT_GRACE,
-    HAND_OVER_TIMEOUT,
     MAX_START_FAILURES,
     Config,
     Effects,
     Exit,
     Member,
     Phase,
-    Reload,
     Step,
     signal_name,
 )
+from .machinereload import Reload
 from .machinestop import Stop
 from .status import ServerStatus
 
@@ -111,7 +111,7 @@ class Machine:
             )
             self.phase = Phase.SERVING
             self.ever_ready = True
-        self._publish()
+        self.publish()
         self._fill(now)
 
     # -- queries -----------------------------------------------------------------
@@ -130,7 +130,7 @@ class Machine:
     def _growing(self) -> int:
         """The generation that new workers join: the one a reload starts, else the
         serving one."""
-        if self.reload is not None and self.reload.step is Step.STARTING:
+        if self.reload is not None and self.reload.starting:
             return self.reload.generation
         return self.generation
 
@@ -162,7 +162,7 @@ class Machine:
         if self._stopping_signal(signum, now) or not self._scalable(signum):
             return
         self.target += 1
-        self._publish()
+        self.publish()
         log.info("TTIN: %d workers", self.target)
         self._fill(now)
         self._move_on(now)
@@ -174,10 +174,10 @@ class Machine:
             log.info("TTOU: already at one worker")
             return
         self.target -= 1
-        self._publish()
+        self.publish()
         log.info("TTOU: %d workers", self.target)
         self._trim(self._growing(), now)
-        if self.reload is not None and self.reload.step is Step.STARTING:
+        if self.reload is not None and self.reload.starting:
             self._trim(self.generation, now)  # the old one too: never more than the target
         self._move_on(now)
 
@@ -194,13 +194,13 @@ class Machine:
             log.info(
                 "%s: the reload to generation %d is %s", signal_name(signum),
                 self.reload.generation,
-                "abandoned" if self.reload.step is Step.STARTING else "overtaken: not reported",
+                "abandoned" if self.reload.starting else "overtaken: not reported",
             )  # fmt: skip
         self.reload = None
         self.pending = False
         for member in list(self.members.values()):
             if not member.ready:  # it never served (a worker accepts only once READY)
-                self._abandon(member)
+                self.abandon(member)
         alone = [m for m in self.members.values() if m.inprocess and not m.told]
         if alone and len(self.members) == 1:
             self.phase = Phase.DRAINING
@@ -306,14 +306,9 @@ class Machine:
             self._start_failed(member, end.why_not_ready, now, end.failure)
         elif member.told:
             log.warning("%s died while draining (%s)", member, end.how)
-        elif reload is not None and reload.step is Step.STARTING:
+        elif reload is not None and reload.starting:
             if member.generation == reload.generation:
-                reload.deaths += 1
-                if reload.deaths >= MAX_START_FAILURES:
-                    self._fail_reload(
-                        f"workers of generation {reload.generation} keep dying ({end.how})", now
-                    )
-                else:
+                if reload.new_worker_died(end.how, now):
                     log.error("%s died unexpectedly (%s); replacing it", member, end.how)
             else:
                 log.error(
@@ -340,17 +335,8 @@ class Machine:
                 self._watch(member, now)
                 if self.finished:
                     return
-        reload = self.reload
-        if reload is not None and now >= reload.deadline:
-            if reload.step is Step.STARTING:
-                ready = sum(1 for m in self._of(reload.generation) if m.ready and m.serving)
-                self._fail_reload(
-                    f"generation {reload.generation} was not ready after "
-                    f"{self.config.start_timeout:g}s ({ready} of {self.target} workers ready)",
-                    now,
-                )  # fmt: skip
-            else:
-                self._give_up_hand_over(reload, now)
+        if self.reload is not None:
+            self.reload.tick(now)
         if not self.finished:
             self._fill(now)
             self._move_on(now)
@@ -374,7 +360,7 @@ class Machine:
         in_reload = self.reload is not None and member.generation == self.reload.generation
         late = now - member.started_at > self.config.start_timeout
         if not member.ready and not member.standing and not in_reload and late:
-            self._abandon(member)
+            self.abandon(member)
             self._start_failed(
                     member, f"pid {member.key} was not ready after "
                     f"{self.config.start_timeout:g}s", now,
@@ -397,8 +383,8 @@ class Machine:
             return  # backing off: replacements keep failing to start
         for _ in range(max(missing, 0)):
             if not self._spawn(generation, now):
-                if self.reload is not None and self.reload.step is Step.STARTING:
-                    self._fail_reload(f"cannot start a worker of generation {generation}", now)
+                if self.reload is not None and self.reload.starting:
+                    self.reload.fail(f"cannot start a worker of generation {generation}", now)
                 return
         if self.reload is None:
             spares = sum(1 for m in self._of(generation) if m.spare)
@@ -425,32 +411,28 @@ class Machine:
         )
         for member in serving[self.target :][::-1]:
             if member.ready:
-                self._retire(member, now)
+                self.retire(member, now)
             else:
-                self._abandon(member)
+                self.abandon(member)
                 log.info("%s was still starting: stopped (it never served)", member)
 
-    def _retire(self, member: Member, now: float) -> None:
+    def retire(self, member: Member, now: float) -> None:
         """Let ``member`` drain while the others keep accepting."""
         if not member.told:
             member.told = True
             self.effects.send(member.key, "STOP", "shared", f"{now + self.config.grace:.6f}")
             if member.inprocess:
-                self._publish()
+                self.publish()
 
-    def _abandon(self, member: Member) -> None:
+    def abandon(self, member: Member) -> None:
         self.members.pop(member.key, None)
         self.effects.abandon(member.key)
 
     def _start_failed(self, member: Member, why: str, now: float, failure: str = "") -> None:
         """``member`` never got ready (``failure``: the reason it gave, if any)."""
         reload = self.reload
-        if (
-            reload is not None
-            and reload.step is Step.STARTING
-            and member.generation == reload.generation
-        ):
-            self._fail_reload(why, now)
+        if reload is not None and reload.starting and member.generation == reload.generation:
+            reload.fail(why, now)
             return
         self.failures += 1
         alive = [m for m in self.members.values() if m.ready and not m.told]
@@ -470,7 +452,7 @@ class Machine:
         self.pending = False
         for member in list(self.members.values()):
             if not member.ready:
-                self._abandon(member)
+                self.abandon(member)
         if not self.members:
             self.phase = Phase.STOPPED
             self.exit_code = EXIT_CANNOT_START
@@ -496,7 +478,7 @@ class Machine:
         )
         ready = sum(1 for m in self._of(generation) if m.serving and m.ready)
         for member in recycled[: max(ready + len(recycled) - self.target, 0)]:
-            self._retire(member, now)
+            self.retire(member, now)
 
     def _announce(self, now: float) -> None:
         """The first generation serves: READY=1, once."""
@@ -512,135 +494,27 @@ class Machine:
         if self.pending:
             self._start_reload(now)
 
-    # -- the reload transaction ------------------------------------------------------------
+    # -- the reload transaction (graceserve.machinereload) --------------------------------
 
     def _start_reload(self, now: float) -> None:
         self.reloads_started += 1
         self.pending = False
-        generation = self.generation + 1
-        reload = Reload(
-            self.reloads_started, generation, now + self.config.start_timeout,
-            previous=self.generation,
-        )  # fmt: skip
-        self.reload = reload
-        self.phase = Phase.RELOADING
-        self.status.update(
-            state="reloading", reloads_started=reload.number, reload_pending=False,
-            reload={"number": reload.number, "generation": generation, "step": "starting"},
-        )  # fmt: skip
-        self.effects.notify("RELOADING=1", f"MONOTONIC_USEC={int(now * 1e6)}")
-        workers = "1 worker" if self.target == 1 else f"{self.target} workers"
-        log.info(
-            "HUP: starting generation %d (%s); generation %d serves until it is ready",
-            generation, workers, self.generation,
-            extra={"event": "restarting", "generation": generation},
-        )  # fmt: skip
+        self.reload = Reload(self, self.reloads_started, now)
+        self.reload.begin(now)
         self._fill(now)
 
     def _check_reload(self, now: float) -> None:
-        """Move the reload on: all new workers ready (hand over), or losers all closed
-        (report)."""
-        reload = self.reload
-        if reload is None or self.stopping:
-            return
-        if reload.step is Step.STARTING:
-            fresh = [m for m in self._of(reload.generation) if m.serving]
-            if len(fresh) >= self.target and all(m.ready for m in fresh):
-                self._hand_over(reload, now)
-            return
-        if all(key not in self.members or self.members[key].closed for key in reload.losers):
-            self._end_reload(reload, now)
+        if self.reload is not None and not self.stopping:
+            self.reload.check(now)
 
-    def _hand_over(self, reload: Reload, now: float) -> None:
-        old = [m for m in self.members.values() if m.generation != reload.generation]
-        for member in old:
-            if member.ready:
-                self._retire(member, now)
-            else:
-                self._abandon(member)
-        self.generation = reload.generation
-        reload.losers = {m.key for m in old if m.key in self.members and not m.closed}
-        reload.step = Step.HANDING_OVER
-        reload.outcome = (True, f"generation {reload.generation} is serving")
-        reload.deadline = now + HAND_OVER_TIMEOUT
-        self.status.update(
-            reload={"number": reload.number, "generation": reload.generation,
-                    "step": reload.step.value},
-        )  # fmt: skip
-        self._check_reload(now)
-
-    def _fail_reload(self, why: str, now: float) -> None:
-        reload = self.reload
-        if reload is None:
-            return
-        losers = set()
-        for member in self._of(reload.generation):
-            if member.ready:
-                self._retire(member, now)
-                if not member.closed:
-                    losers.add(member.key)
-            else:
-                self._abandon(member)
-        reload.losers = losers
-        reload.step = Step.FAILING
-        reload.outcome = (False, why)
-        reload.deadline = now + HAND_OVER_TIMEOUT
-        self._check_reload(now)
-
-    def _give_up_hand_over(self, reload: Reload, now: float) -> None:
-        """A loser that still accepts ``HAND_OVER_TIMEOUT`` after it was told to stop is
-        stuck: a worker is killed (then it accepts nothing) and the reload reported.
-        This process's own server cannot be killed, and its drain thread always ends
-        in CLOSED or its end: the reload waits for it, saying so."""
-        waiting = False
-        for key in sorted(reload.losers):
-            member = self.members.get(key)
-            if member is None or member.closed:
-                continue
-            if member.inprocess:
-                log.warning(
-                    "%s still accepts %gs after it was told to stop; waiting for it",
-                    member, HAND_OVER_TIMEOUT,
-                )  # fmt: skip
-                waiting = True
-                continue
-            log.warning(
-                "%s still accepts %gs after it was told to stop; killing it",
-                member, HAND_OVER_TIMEOUT,
-            )  # fmt: skip
-            self.effects.kill(key, signal.SIGKILL)
-            member.closed = True
-        if waiting:
-            reload.deadline = now + HAND_OVER_TIMEOUT
-        else:
-            self._end_reload(reload, now)
-
-    def _end_reload(self, reload: Reload, now: float) -> None:
-        """The one report of a reload: log line, status, READY=1."""
-        self.reload = None
-        self.phase = Phase.SERVING
-        ok, why = reload.outcome
-        self.status.record_reload(ok, why, number=reload.number, generation=reload.generation)
-        self._publish()
-        if ok:
-            self.effects.notify("READY=1", f"STATUS=generation {reload.generation} serving")
-            log.info(
-                "HUP: generation %d is ready; generation %d stopped accepting",
-                reload.generation, reload.previous,
-                extra={"event": "restarted", "generation": reload.generation},
-            )  # fmt: skip
-        else:
-            self.effects.notify("READY=1", f"STATUS=reload failed: {why}")
-            log.error(
-                "HUP: reload failed: %s; generation %d keeps serving", why, self.generation,
-                extra={"event": "restart_failed", "generation": reload.generation},
-            )  # fmt: skip
+    def reload_ended(self, now: float) -> None:
+        """After a reload's report: the next one, if a HUP asked meanwhile."""
         if self.pending:
             self._start_reload(now)
         else:
             self._fill(now)
 
-    def _publish(self) -> None:
+    def publish(self) -> None:
         """The target, as ``ctl status`` shows it: worker processes, or None while this
         process's own server is the serving generation."""
         inprocess = any(m.inprocess and not m.told for m in self.members.values())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import logging
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 __all__ = [
@@ -25,7 +25,6 @@ __all__ = [
     "Exit",
     "Member",
     "Phase",
-    "Reload",
     "Step",
     "signal_name",
 ]
@@ -120,20 +119,6 @@ class Exit:
     forced: int = 0
     lost: int = 0
     requests: int = 0  # in all its life
-
-
-@dataclass
-class Reload:
-    """The reload transaction in progress."""
-
-    number: int  # attempts are numbered 1, 2, ... (status: reloads_started)
-    generation: int
-    deadline: float
-    step: Step = Step.STARTING
-    losers: set[int] = field(default_factory=set)  # must stop accepting before the report
-    previous: int = 0  # the generation serving when it began
-    outcome: tuple[bool, str] = (False, "")
-    deaths: int = 0  # new workers that died after READY during this reload
 
 
 class Effects(Protocol):
