@@ -33,6 +33,7 @@ from .server import FORCED, Connection
 from .tls import raw_socket
 
 if TYPE_CHECKING:
+    from .headbudget import HeadMeter
     from .httpserver import GracefulHTTPServer
 
 __all__ = ["BODY", "BUSY", "HEAD", "IDLE", "DrainAwareRequestHandler", "HTTPConnection"]
@@ -58,9 +59,11 @@ class HTTPConnection(Connection):
     idle either never reads its request, or knows it raced the close.  The
     reaper re-checks ``(state, since)`` under the lock before it cuts, so a
     connection that moved on meanwhile is left alone.
+
+    ``head`` is set by the server before the thread starts.
     """
 
-    __slots__ = ("rhythm", "since", "state")
+    __slots__ = ("head", "rhythm", "since", "state")
 
     def __init__(self, request: socket.socket, address: Any, *args: Any) -> None:
         # BUSY until its handler reaches the request loop: a handler that replaces the
@@ -68,6 +71,7 @@ class HTTPConnection(Connection):
         self.state = BUSY
         self.since = _now()  # when ``state`` was entered (BODY: last progress)
         self.rhythm = 0.0  # recent gaps between a response and the next request (decaying max)
+        self.head: HeadMeter | None = None  # charges long heads to the server's head budget
         super().__init__(request, address, *args)  # its flags map onto ``state`` (below)
 
     def note_gap(self, gap: float) -> None:
@@ -132,6 +136,7 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
     _graceserve_conn: HTTPConnection
     _graceserve_lock: Any
     _graceserve_limits: httpparse.Limits
+    _graceserve_on_line: Any = None  # the head budget's meter (HeadMeter.line)
 
     def setup(self) -> None:
         """Set up the streams and find this connection's registry record."""
@@ -143,6 +148,8 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
         self._graceserve_conn = conn
         self._graceserve_lock = server.registry.lock
         self._graceserve_limits = server.request_limits
+        if conn.head is not None:
+            self._graceserve_on_line = conn.head.line
         if server.access_logger is not None:
             self.wfile = CountingWriter(self.wfile)
 
@@ -236,7 +243,7 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
             self.command, self.path, self.request_version = line.method, line.target, line.version
             if self.path.startswith("//"):  # as the stdlib (gh-87389): no open redirects
                 self.path = "/" + self.path.lstrip("/")
-            fields = httpparse.read_fields(self.rfile.readline, limits)
+            fields = httpparse.read_fields(self.rfile.readline, limits, self._graceserve_on_line)
             self.headers = httpparse.to_message(fields)
             framing = httpparse.framing(line, fields, limits)
         except httpparse.RequestError as exc:

@@ -27,6 +27,7 @@ records on its ``HTTPConnection``; a response that a client stops reading is
 bounded by the kernel (``SO_SNDTIMEO``, set once per connection: a send that
 makes no progress for ``idle_timeout`` fails, at no cost per write; the ssl
 module retries past it, so TLS connections are not bounded this way).
+Request heads in progress share one memory budget (``graceserve.headbudget``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from typing import Any
 
 from . import httpparse, tls
 from .accesslog import AccessLog, open_access_log
+from .headbudget import DEFAULT_ALLOWANCE, DEFAULT_BUDGET, HeadBudget
 from .httphandler import (
     BODY,
     BUSY,
@@ -87,6 +89,10 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
                                 request head still arriving after this long, a
                                 request body that made no progress for this long,
                                 or a response the client stopped reading this long
+    - head_budget = 32 MiB      bytes of field lines that request heads in progress
+                                may hold beyond ``head_allowance`` each, in all; a
+                                head that finds none left gets 503 (None: no budget)
+    - head_allowance = 16 KiB   what each head may hold without drawing on it
     - drain_linger = 0.2        at drain, the least an idle keep-alive connection
                                 is given to send one more request (answered with
                                 ``Connection: close``), from its last response
@@ -112,6 +118,8 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
     """
 
     idle_timeout: float | None = DEFAULTS.idle_timeout
+    head_budget: int | None = DEFAULT_BUDGET
+    head_allowance: int = DEFAULT_ALLOWANCE
     drain_linger = 0.2
     drain_linger_max = DEFAULTS.drain_linger_max
     request_limits = STDLIB_LIMITS
@@ -133,6 +141,7 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
         self._handler_classes: dict[Any, Any] = {}
         self._handler_classes_lock = threading.Lock()
         self._next_reap = 0.0
+        self._heads: HeadBudget | None = None  # made at the first connection (settings first)
         super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
@@ -161,8 +170,23 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
         return request, client_address
 
     def make_connection(self, request: socket.socket, client_address: Any) -> HTTPConnection:
-        """The registry record: an ``HTTPConnection`` (its handler records its state there)."""
-        return HTTPConnection(request, client_address, self.registry)
+        """The registry record: an ``HTTPConnection`` (its handler records its state there),
+        with a meter on the head budget."""
+        conn = HTTPConnection(request, client_address, self.registry)
+        heads = self._heads
+        if heads is None and self.head_budget is not None:
+            with self._handler_classes_lock:
+                if self._heads is None:
+                    self._heads = HeadBudget(self.head_budget, self.head_allowance)
+                heads = self._heads
+        if heads is not None:
+            conn.head = heads.meter()
+        return conn
+
+    @property
+    def heads(self) -> HeadBudget | None:
+        """The head budget (None before the first connection, or with ``head_budget`` None)."""
+        return self._heads
 
     def setup_production(self) -> None:
         """Build the TLS context, open the access log, parse the trusted proxies.
@@ -192,24 +216,29 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
         if not self._production_ready:
             with self._handler_classes_lock:
                 self.setup_production()
-        context = self.ssl_context
-        if context is None:
-            self.serve_connection(request, client_address)
-            return
         conn = self.registry.get(request)
-        if isinstance(conn, HTTPConnection):  # the reaper times the handshake as a head
-            conn.since = time.monotonic()
-            conn.state = HEAD
-        timeout = self.tls_handshake_timeout
-        with tls.secured(context, request, client_address, timeout) as stream:
-            if stream is None:
+        try:
+            context = self.ssl_context
+            if context is None:
+                self.serve_connection(request, client_address)
                 return
-            if isinstance(conn, HTTPConnection):
-                # The client's first request follows the handshake by a round trip
-                # or more (much more on a loaded machine): until its rhythm is
-                # learned, a drain gives it the longest linger, not the shortest.
-                conn.rhythm = max(conn.rhythm, self.drain_linger_max / RHYTHM_FACTOR)
-            self.serve_connection(stream, client_address)
+            if isinstance(conn, HTTPConnection):  # the reaper times the handshake as a head
+                conn.since = time.monotonic()
+                conn.state = HEAD
+            timeout = self.tls_handshake_timeout
+            with tls.secured(context, request, client_address, timeout) as stream:
+                if stream is None:
+                    return
+                if isinstance(conn, HTTPConnection):
+                    # The client's first request follows the handshake by a round trip
+                    # or more (much more on a loaded machine): until its rhythm is
+                    # learned, a drain gives it the longest linger, not the shortest.
+                    conn.rhythm = max(conn.rhythm, self.drain_linger_max / RHYTHM_FACTOR)
+                self.serve_connection(stream, client_address)
+        finally:
+            head = getattr(conn, "head", None)
+            if head is not None:  # a head the connection ended in the middle of
+                head.release()
 
     def serve_connection(self, request: Any, client_address: Any) -> None:
         """Serve the connection with the drain-aware variant of the handler class."""

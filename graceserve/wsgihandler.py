@@ -118,6 +118,8 @@ class WSGIConnection:
         registry = server.registry
         self.conn = registry.get(raw_socket(request))
         self.lock = registry.lock
+        head = getattr(self.conn, "head", None)  # the head budget's meter
+        self.on_line: Callable[[bytes], object] | None = None if head is None else head.line
         self.closing = False  # this connection ends after the current response
         self.started = 0.0  # when the current request line arrived
         environ = dict(server.base_environ)
@@ -208,7 +210,7 @@ class WSGIConnection:
                 self._to_busy()
                 self.send_error(505, "HTTP/0.9 is not supported", version="HTTP/1.0")
                 return False
-            fields = httpparse.read_fields(self.rfile.readline, limits)
+            fields = httpparse.read_fields(self.rfile.readline, limits, self.on_line)
             framing = httpparse.framing(request_line, fields, limits)
         except IncompleteHeadError:
             return False
