@@ -60,10 +60,25 @@ class HTTPConnection(Connection):
     reaper re-checks ``(state, since)`` under the lock before it cuts, so a
     connection that moved on meanwhile is left alone.
 
-    ``head`` is set by the server before the thread starts.
+    The request body's clock (``body_*``) is written by the body reader
+    (``graceserve.bodyreader``) in the connection's thread; ``head`` is set
+    by the server before the thread starts; ``watch_writes`` by the thread
+    once its TLS handshake is done; ``rate_mark`` and ``write_mark`` are the
+    reaper's own notes, written by the reaper only.
     """
 
-    __slots__ = ("head", "rhythm", "since", "state")
+    __slots__ = (
+        "body_received",
+        "body_serial",
+        "body_waited",
+        "head",
+        "rate_mark",
+        "rhythm",
+        "since",
+        "state",
+        "watch_writes",
+        "write_mark",
+    )
 
     def __init__(self, request: socket.socket, address: Any, *args: Any) -> None:
         # BUSY until its handler reaches the request loop: a handler that replaces the
@@ -72,6 +87,12 @@ class HTTPConnection(Connection):
         self.since = _now()  # when ``state`` was entered (BODY: last progress)
         self.rhythm = 0.0  # recent gaps between a response and the next request (decaying max)
         self.head: HeadMeter | None = None  # charges long heads to the server's head budget
+        self.body_serial = 0  # which request body the two counters below are about
+        self.body_waited = 0.0  # seconds spent blocked waiting for it (reads finished)
+        self.body_received = 0  # bytes of it read
+        self.rate_mark: tuple[int, float, int] | None = None  # (serial, waited, received)
+        self.watch_writes = False  # no kernel bound on its writes (TLS): the reaper watches
+        self.write_mark: tuple[int, int, float] | None = None  # (unsent, acked, since)
         super().__init__(request, address, *args)  # its flags map onto ``state`` (below)
 
     def note_gap(self, gap: float) -> None:

@@ -25,9 +25,11 @@ Timeouts and the drain are enforced from the outside by the reaper
 (``service_actions`` and ``service_drain``), from the state each handler
 records on its ``HTTPConnection``; a response that a client stops reading is
 bounded by the kernel (``SO_SNDTIMEO``, set once per connection: a send that
-makes no progress for ``idle_timeout`` fails, at no cost per write; the ssl
-module retries past it, so TLS connections are not bounded this way).
-Request heads in progress share one memory budget (``graceserve.headbudget``).
+makes no progress for ``idle_timeout`` fails, at no cost per write), and over
+TLS, where the ssl module retries past that bound, by the reaper watching the
+send queue; a request body trickled below ``min_body_rate`` is cut by the
+reaper too (``graceserve.slowclients``).  Request heads in progress share one
+memory budget (``graceserve.headbudget``).
 """
 
 from __future__ import annotations
@@ -43,8 +45,9 @@ import threading
 import time
 from typing import Any
 
-from . import httpparse, tls
+from . import httpparse, slowclients, tls
 from .accesslog import AccessLog, open_access_log
+from .connection import format_address
 from .headbudget import DEFAULT_ALLOWANCE, DEFAULT_BUDGET, HeadBudget
 from .httphandler import (
     BODY,
@@ -89,6 +92,8 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
                                 request head still arriving after this long, a
                                 request body that made no progress for this long,
                                 or a response the client stopped reading this long
+    - min_body_rate = 500       bytes/s a request body must average over each
+                                ``idle_timeout`` of waiting for it (None: no minimum)
     - head_budget = 32 MiB      bytes of field lines that request heads in progress
                                 may hold beyond ``head_allowance`` each, in all; a
                                 head that finds none left gets 503 (None: no budget)
@@ -118,6 +123,7 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
     """
 
     idle_timeout: float | None = DEFAULTS.idle_timeout
+    min_body_rate: float | None = DEFAULTS.min_body_rate
     head_budget: int | None = DEFAULT_BUDGET
     head_allowance: int = DEFAULT_ALLOWANCE
     drain_linger = 0.2
@@ -234,6 +240,7 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
                     # or more (much more on a loaded machine): until its rhythm is
                     # learned, a drain gives it the longest linger, not the shortest.
                     conn.rhythm = max(conn.rhythm, self.drain_linger_max / RHYTHM_FACTOR)
+                    conn.watch_writes = True  # SO_SNDTIMEO does not bound TLS writes
                 self.serve_connection(stream, client_address)
         finally:
             head = getattr(conn, "head", None)
@@ -332,8 +339,14 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
         linger_max = max(self.drain_linger_max, self.drain_linger)
         due: float | None = now + self.drain_linger if draining else None
         candidates: list[tuple[socket.socket, Connection, int, float]] = []
+        slow: list[tuple[socket.socket, HTTPConnection, int, int, str]] = []
         for request, conn in items:
             state, since = _state_of(conn)
+            if started is None and isinstance(conn, HTTPConnection) and state in (BUSY, BODY):
+                why = slowclients.verdict(request, conn, state, now, timeout, self.min_body_rate)
+                if why is not None:
+                    slow.append((request, conn, state, conn.body_serial, why))
+                    continue
             if state == BUSY:
                 continue
             if started is None:  # the idle timeout
@@ -352,6 +365,8 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
             if state == IDLE and _has_queued_bytes(request):
                 continue  # a request is arriving: look again
             candidates.append((request, conn, state, since))
+        if slow:
+            self._cut_slow(slow)
         stalled_bodies = 0
         if candidates:
             with self.registry.locked_items():
@@ -367,6 +382,32 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
                 stalled_bodies,
             )
         return due
+
+    def _cut_slow(self, slow: list[tuple[socket.socket, HTTPConnection, int, int, str]]) -> None:
+        """Cut the slow clients ``slowclients.verdict`` found, if still as found; log each.
+
+        A stalled writer is cut both ways and reset when it closes (SO_LINGER 0):
+        its client reads nothing, and the unsent bytes would otherwise hold
+        kernel memory for minutes.  A slow body has its reading side shut, as
+        a stalled one: the handler's read meets the body's end.
+        """
+        cut: list[tuple[HTTPConnection, str]] = []
+        with self.registry.locked_items():
+            for request, conn, state, serial, why in slow:
+                if conn.state != state or self.registry.get(request) is not conn:
+                    continue  # moved on, or gone
+                if state == BUSY:
+                    with contextlib.suppress(OSError):
+                        request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT)
+                elif conn.body_serial != serial:
+                    continue
+                if self.cut_connection(request, forced=state == BUSY):
+                    cut.append((conn, why))
+        for conn, why in cut:
+            log.info("%s: %s", format_address(conn.address), why)
+
+
+_ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets, drops unsent bytes
 
 
 def _state_of(conn: Connection) -> tuple[int, float]:
