@@ -76,6 +76,7 @@ class HTTPConnection(Connection):
         "rhythm",
         "since",
         "state",
+        "used",
         "watch_writes",
         "write_mark",
     )
@@ -86,6 +87,7 @@ class HTTPConnection(Connection):
         self.state = BUSY
         self.since = _now()  # when ``state`` was entered (BODY: last progress)
         self.rhythm = 0.0  # recent gaps between a response and the next request (decaying max)
+        self.used = False  # a request arrived on it: idle from then on, it is kept alive
         self.head: HeadMeter | None = None  # charges long heads to the server's head budget
         self.body_serial = 0  # which request body the two counters below are about
         self.body_waited = 0.0  # seconds spent blocked waiting for it (reads finished)
@@ -99,6 +101,7 @@ class HTTPConnection(Connection):
         """Record the gap between a response and the next request (the rhythm the linger learns)."""
         decayed = self.rhythm * RHYTHM_DECAY
         self.rhythm = gap if gap > decayed else decayed
+        self.used = True
 
     # The generic Connection's flags, for code written against them (reads and
     # writes map onto ``state``; same atomicity: one attribute per write).

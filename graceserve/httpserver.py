@@ -29,7 +29,9 @@ makes no progress for ``idle_timeout`` fails, at no cost per write), and over
 TLS, where the ssl module retries past that bound, by the reaper watching the
 send queue; a request body trickled below ``min_body_rate`` is cut by the
 reaper too (``graceserve.slowclients``).  Request heads in progress share one
-memory budget (``graceserve.headbudget``).
+memory budget (``graceserve.headbudget``).  At ``max_connections`` with a
+client queued, the oldest idle keep-alive connections are closed politely to
+make room (``reclaim_idle``).
 """
 
 from __future__ import annotations
@@ -148,6 +150,8 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
         self._handler_classes_lock = threading.Lock()
         self._next_reap = 0.0
         self._heads: HeadBudget | None = None  # made at the first connection (settings first)
+        self._reclaimed = 0  # idle keep-alive connections closed to make room at the cap
+        self._reclaim_logged_at: float | None = None
         super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
@@ -405,6 +409,58 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
                     cut.append((conn, why))
         for conn, why in cut:
             log.info("%s: %s", format_address(conn.address), why)
+
+    # -- making room at the connection cap ---------------------------------------
+
+    def reclaim_idle(self, wanted: int) -> int:
+        """Close up to ``wanted`` idle keep-alive connections, oldest idle first; how many.
+
+        Called by the accept loop at ``max_connections`` with clients queued.
+        Only a keep-alive connection (one that has sent a request: a client
+        that has not sent its first one yet is bounded by the idle timeout)
+        idle for longer than its linger is a candidate (the time the drain
+        would give it to send one more request: three times its recent gaps,
+        at least ``drain_linger``, at most ``drain_linger_max``), and never one
+        with bytes queued: a connection in the middle of a burst of requests
+        keeps its slot.  Each is closed as the drain closes an idle
+        one (its reading side shut: the handler sees EOF and the client gets a
+        FIN, or a TLS ``close_notify`` then FIN; a request that raced the close
+        is answered, with ``Connection: close``).  The first close in a minute
+        is logged.
+        """
+        if self.draining:
+            return 0
+        now = time.monotonic()
+        with self.registry.locked_items() as items:
+            pass
+        idle: list[tuple[float, socket.socket, Connection]] = []
+        for request, conn in items:
+            if not getattr(conn, "used", False):
+                continue
+            state, since = _state_of(conn)
+            if state == IDLE and self.linger_until(conn, since, since) <= now:
+                idle.append((since, request, conn))
+        idle.sort(key=lambda entry: entry[0])
+        closed = 0
+        for since, request, conn in idle:
+            if closed >= wanted:
+                break
+            if _has_queued_bytes(request):
+                continue  # its next request is arriving
+            with self.registry.locked_items():
+                if _state_of(conn) == (IDLE, since) and self.cut_connection(request, forced=False):
+                    closed += 1
+        if closed:
+            self._reclaimed += closed
+            last = self._reclaim_logged_at
+            if last is None or now - last >= 60.0:
+                self._reclaim_logged_at = now
+                log.info(
+                    "at --max-connections (%s) with clients waiting: closing idle keep-alive "
+                    "connections, oldest first, to make room (%d so far)",
+                    self.max_connections, self._reclaimed,
+                )  # fmt: skip
+        return closed
 
 
 _ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets, drops unsent bytes
