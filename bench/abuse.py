@@ -6,7 +6,8 @@ Run from the repository root (no extra tools needed; ``prlimit`` is util-linux):
     python bench/abuse.py --only heads idle     # some of it
 
 1. ``idle``: threads and RSS of the server with 1,000 concurrent idle keep-alive
-   connections, for the demo handler and a WSGI app;
+   connections, for the demo handler and a WSGI app, after a small request and after
+   one with a 48 KiB head (it went through each connection's read buffer);
 2. ``heads``: RSS with 300 clients that each send a maximal request head (every
    field line at the size limit, as many as allowed) and stall before its blank
    line, for the demo handler (the stdlib's limits: 100 lines of 64 KiB) and a
@@ -79,7 +80,13 @@ def raise_fd_limit(want: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
 
 
-def idle_connections(kind: str, count: int = 1000) -> None:
+def idle_connections(kind: str, count: int = 1000, head_kib: int = 0) -> None:
+    """RSS with ``count`` idle keep-alive connections; with ``head_kib``, their one request
+    had a head that large (it went through the connection's read buffer)."""
+    fill = b""
+    for n in range(head_kib // 4):  # 4 KiB field lines, well inside every limit
+        fill += b"X-Fill-%03d: " % n + b"f" * (4096 - 13) + b"\r\n"
+    request = b"GET / HTTP/1.1\r\nHost: bench\r\n" + fill + b"\r\n"
     with started(["--bind", "127.0.0.1:0"], target=TARGETS[kind]) as (server, address):
         threads0, rss0 = (status_field(server.proc.pid, f) for f in ("Threads", "VmRSS"))
         with contextlib.ExitStack() as stack:
@@ -89,7 +96,7 @@ def idle_connections(kind: str, count: int = 1000) -> None:
             ]
             began = time.monotonic()
             for client in clients:
-                client.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+                client.sendall(request)
             for client in clients:
                 response = http.client.HTTPResponse(client)
                 response.begin()
@@ -100,7 +107,8 @@ def idle_connections(kind: str, count: int = 1000) -> None:
                 status_field(server.proc.pid, f) for f in ("Threads", "VmRSS", "VmHWM")
             )
         print(
-            f"{kind}: {count} idle keep-alive connections: threads {threads0} -> {threads}, "
+            f"{kind}: {count} idle keep-alive connections (their request: "
+            f"{len(request) / 1024:.0f} KiB): threads {threads0} -> {threads}, "
             f"RSS {rss0 / 1024:.1f} -> {rss / 1024:.1f} MiB (peak {hwm / 1024:.1f} MiB, "
             f"{(rss - rss0) / count:.0f} KiB per connection); "
             f"first request on all of them served in {served:.2f} s"
@@ -206,6 +214,7 @@ def main() -> None:
     if "idle" in args.only:
         for kind in TARGETS:
             idle_connections(kind)
+            idle_connections(kind, head_kib=48)
     if "heads" in args.only:
         for kind in TARGETS:
             stalled_heads(kind, args.clients)
