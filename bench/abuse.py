@@ -9,9 +9,10 @@ Run from the repository root (no extra tools needed; ``prlimit`` is util-linux):
    connections, for the demo handler and a WSGI app, after a small request and after
    one with a 48 KiB head (it went through each connection's read buffer);
 2. ``heads``: RSS with 300 clients that each send a maximal request head (every
-   field line at the size limit, as many as allowed) and stall before its blank
-   line, for the demo handler (the stdlib's limits: 100 lines of 64 KiB) and a
-   WSGI app (100 lines of 8 KiB); how many were refused (503) by the head budget;
+   field line at the size limit, as many as allowed) and then stall before its
+   blank line, or stall in the body, or are answered and stay idle (``--heads``),
+   for the demo handler (the stdlib's limits: 100 lines of 64 KiB) and a WSGI app
+   (100 lines of 8 KiB); how many were refused (503) by the head budget;
 3. ``silent``: how long a real request waits behind 200 silent clients with
    ``--max-connections 50 --idle-timeout 1`` (they are reaped 50 at a time);
 4. ``fds``: CPU seconds per second the server burns while out of file descriptors
@@ -133,10 +134,25 @@ def maximal_head(field_size: int, fields: int) -> bytes:
     return b"".join(lines)
 
 
-def stalled_heads(kind: str, count: int = 300) -> None:
-    """RSS with ``count`` maximal request heads that stall before their blank line."""
+HOLDS = {
+    "stalled": "stall before their blank line",
+    "in-body": "end, and stall in a body (Content-Length: 1000, 10 bytes sent)",
+    "answered": "end, are answered, and stay idle (keep-alive)",
+}
+
+
+def held_heads(kind: str, count: int = 300, how: str = "stalled") -> None:
+    """RSS with ``count`` maximal request heads held open the way ``how`` says (HOLDS).
+
+    "stalled" and "in-body" send from all clients at once; "answered" one client
+    after the other (each head is complete, and read, before the next is sent).
+    """
     field_size = 65536 if kind == "handler" else 8190  # the stdlib's / the WSGI default
-    head = maximal_head(field_size, 100)
+    head = maximal_head(field_size, 99 if how == "in-body" else 100)
+    if how == "in-body":  # the 100th field
+        head += b"Content-Length: 1000\r\n\r\n" + b"b" * 10
+    elif how == "answered":
+        head += b"\r\n"
     args = ["--bind", "127.0.0.1:0", "--idle-timeout", "120"]
     with started(args, target=TARGETS[kind]) as (server, address):
         with socket.create_connection(address, timeout=IO_TIMEOUT) as warm:
@@ -150,18 +166,21 @@ def stalled_heads(kind: str, count: int = 300) -> None:
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     client.sendall(head)  # a head refused half-way: counted below
                 clients.append(client)
+                if how == "answered":
+                    with contextlib.suppress(OSError):
+                        refused += read_response(client)[0] == 503
             deadline = time.monotonic() + 120
             while any(unsent(c) for c in clients) and time.monotonic() < deadline:
                 time.sleep(0.05)  # until the server has read every byte sent (bounded)
             rss, hwm = (status_field(server.proc.pid, f) for f in ("VmRSS", "VmHWM"))
-            for client in clients:
+            for client in clients if how != "answered" else ():
                 readable, _, _ = select.select([client], [], [], 0)
                 if readable:
                     with contextlib.suppress(OSError):
                         refused += client.recv(64).startswith(b"HTTP/1.1 503")
         print(
-            f"{kind}: {count} stalled heads of {len(head) / 1024:.0f} KiB "
-            f"(lines of {field_size} B): RSS {rss0 / 1024:.1f} -> {rss / 1024:.1f} MiB "
+            f"{kind}: {count} maximal heads ({len(head) / 1024:.0f} KiB, lines of "
+            f"{field_size} B) that {HOLDS[how]}: RSS {rss0 / 1024:.1f} -> {rss / 1024:.1f} MiB "
             f"(peak {hwm / 1024:.1f} MiB, {(rss - rss0) / count:.0f} KiB per connection); "
             f"{refused} answered 503"
         )
@@ -208,7 +227,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parts = ("idle", "heads", "silent", "fds")
     parser.add_argument("--only", nargs="+", choices=parts, default=list(parts))
-    parser.add_argument("--clients", type=int, default=300, help="stalled heads per target")
+    parser.add_argument("--clients", type=int, default=300, help="held heads per target")
+    parser.add_argument("--heads", nargs="+", choices=list(HOLDS), default=list(HOLDS))
     args = parser.parse_args()
     raise_fd_limit(4096)
     if "idle" in args.only:
@@ -216,8 +236,9 @@ def main() -> None:
             idle_connections(kind)
             idle_connections(kind, head_kib=48)
     if "heads" in args.only:
-        for kind in TARGETS:
-            stalled_heads(kind, args.clients)
+        for how in args.heads:
+            for kind in TARGETS:
+                held_heads(kind, args.clients, how)
     if "silent" in args.only:
         behind_silent_clients()
     if "fds" in args.only:

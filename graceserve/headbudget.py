@@ -2,17 +2,20 @@
 
 Why this module exists: a head is read line by line into memory until its
 blank line, and a client can stop just before that line for as long as the
-idle timeout allows.  At the stdlib's limits (100 field lines of 64 KiB, what
-handler targets get) that is 6.5 MB per connection; 300 such clients took a
-server from 25 MiB to 1.9 GiB (``python bench/abuse.py --only heads``).  The
-limits per head cannot fix that without refusing legitimate large heads, so
-the bound is on the total: each connection may hold a small ``allowance`` of
-field lines for free (every ordinary head fits in it), and what a head holds
-beyond that is charged to one ``HeadBudget`` shared by the whole server,
-released when the head's blank line arrives or the connection ends.  A head
-that cannot get budget is refused with 503 (the server is short of memory,
-not the client at fault) and its connection closed; the first refusal of an
-episode is logged.
+idle timeout allows; once complete, the head stays in memory while its request
+is served, however long the client takes to send the body (and a stdlib
+handler keeps ``self.headers`` until its next request).  At the stdlib's limits
+(100 field lines of 64 KiB, what handler targets get) that is 6.5 MB per
+connection; 300 such clients took a server from 25 MiB to 1.9-2.3 GiB
+(``python bench/abuse.py --only heads``).  The limits per head cannot fix that
+without refusing legitimate large heads, so the bound is on the total: each
+head may hold a small ``allowance`` of field lines for free (every ordinary
+head fits in it), and what it holds beyond that is charged to one
+``HeadBudget`` shared by the whole server, from the line that needs it until
+its request is done (the request loop calls ``release``, and a handler then
+drops its ``headers``) or the connection ends.  A head that cannot get budget
+is refused with 503 (the server is short of memory, not the client at fault)
+and its connection closed; the first refusal of an episode is logged.
 
 Only heads read line by line are metered (``httpparse.read_fields`` calls
 ``HeadMeter.line`` for each line it reads one at a time): a head that was
@@ -24,8 +27,9 @@ connection by the head limits.
 
 Threading contract: a ``HeadBudget`` is shared by every connection thread
 (its counters are guarded by its lock); a ``HeadMeter`` belongs to one
-connection: its thread calls ``line``, and ``release`` is called by that
-thread or, once the thread is done, by the server.
+connection: its thread calls ``line`` and ``release`` (after each request
+that drew on the budget: ``charged`` says so), and the server calls
+``release`` once the thread is done.
 """
 
 from __future__ import annotations
@@ -92,36 +96,34 @@ class HeadBudget:
 class HeadMeter:
     """What one connection's current head holds, and its charge on the budget.
 
-    Used by the connection's thread (``line``, via ``httpparse.read_fields``),
-    and released by the server when the connection ends (``release``).
+    Used by the connection's thread: ``line`` via ``httpparse.read_fields``,
+    ``release`` when the request is done; and by the server once the thread
+    has ended (``release`` again: idempotent).
     """
 
-    __slots__ = ("_budget", "_charged", "_read")
+    __slots__ = ("_budget", "_read", "charged")
 
     def __init__(self, budget: HeadBudget) -> None:
         self._budget = budget
         self._read = 0  # bytes of field lines of the current head read so far
-        self._charged = 0  # of which charged to the budget
+        self.charged = 0  # of which charged to the budget (0: nothing to release)
 
     def line(self, line: bytes) -> None:
-        """Account for one line of the head read one at a time; the blank line ends the head.
+        """Account for one line of the head, read one at a time.
 
         Raises ``RequestError(503)`` when the head needs budget that is not there.
         """
-        if line == b"\r\n" or line == b"\n" or not line:  # the head's end (or EOF)
-            self.release()
-            return
         read = self._read + len(line)
         self._read = read
-        over = read - self._budget.allowance - self._charged
+        over = read - self._budget.allowance - self.charged
         if over > 0:
             if not self._budget.take(over):
                 raise RequestError(503, "the server is short of memory for request heads")
-            self._charged += over
+            self.charged += over
 
     def release(self) -> None:
-        """Give back what the current head holds (it ended, or the connection did)."""
-        charged = self._charged
-        self._read = self._charged = 0
+        """Give back what the head holds (its request is done, or its connection)."""
+        charged = self.charged
+        self._read = self.charged = 0
         if charged:
             self._budget.give(charged)

@@ -160,7 +160,8 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
     _graceserve_conn: HTTPConnection
     _graceserve_lock: Any
     _graceserve_limits: httpparse.Limits
-    _graceserve_on_line: Any = None  # the head budget's meter (HeadMeter.line)
+    _graceserve_meter: HeadMeter | None = None  # the head budget's meter for this connection
+    _graceserve_on_line: Any = None  # its HeadMeter.line
 
     def setup(self) -> None:
         """Set up the streams and find this connection's registry record."""
@@ -173,6 +174,7 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
         self._graceserve_lock = server.registry.lock
         self._graceserve_limits = server.request_limits
         if conn.head is not None:
+            self._graceserve_meter = conn.head
             self._graceserve_on_line = conn.head.line
         if server.access_logger is not None:
             self.wfile = CountingWriter(self.wfile)
@@ -242,6 +244,10 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
             self._end_body()
         if self.server.access_logger is not None:
             self._log_access()
+        meter = self._graceserve_meter
+        if meter is not None and meter.charged:  # a long head: give its memory back
+            meter.release()
+            self.headers = httpparse.to_message([])
 
     def parse_request(self) -> bool:
         """Parse the request line and read the head, strictly (``graceserve.httpparse``).

@@ -40,6 +40,7 @@ from .tls import raw_socket
 from .wsgiresponse import FileWrapper, Response
 
 if TYPE_CHECKING:
+    from .headbudget import HeadMeter
     from .wsgi import GracefulWSGIServer
 
 __all__ = ["WSGIConnection", "http_date"]
@@ -123,8 +124,9 @@ class WSGIConnection:
         registry = server.registry
         self.conn = registry.get(raw_socket(request))
         self.lock = registry.lock
-        head = getattr(self.conn, "head", None)  # the head budget's meter
-        self.on_line: Callable[[bytes], object] | None = None if head is None else head.line
+        meter: HeadMeter | None = getattr(self.conn, "head", None)
+        self.meter = meter  # this connection's meter on the head budget
+        self.on_line: Callable[[bytes], object] | None = None if meter is None else meter.line
         self.closing = False  # this connection ends after the current response
         self.started = 0.0  # when the current request line arrived
         environ = dict(server.base_environ)
@@ -229,7 +231,11 @@ class WSGIConnection:
             return False  # the head was cut half-way: never act on it
         if not framing.keep_alive:
             self.closing = True
-        return self.handle_request(request_line, fields, framing)
+        keep = self.handle_request(request_line, fields, framing)
+        meter = self.meter
+        if meter is not None and meter.charged:  # a long head: its request is done
+            meter.release()
+        return keep
 
     # -- one request --------------------------------------------------------
 

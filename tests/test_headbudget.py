@@ -15,16 +15,17 @@ synchronise on the budget's own counter (polled with a deadline).
 
 from __future__ import annotations
 
+import http.server
 import io
 import logging
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from conftest import wait_until
-from front_support import KINDS, connect, read_response, read_to_end, serving
+from front_support import KINDS, Echo, connect, read_response, read_to_end, serving
 from tls_support import Pki, make_pki
 
 from graceserve import GracefulHTTPServer, httpparse
@@ -46,15 +47,16 @@ def test_a_head_within_its_allowance_draws_nothing() -> None:
     assert budget.used == 0
 
 
-def test_what_a_head_holds_beyond_its_allowance_is_charged_until_its_blank_line() -> None:
+def test_what_a_head_holds_beyond_its_allowance_is_charged_until_its_request_is_done() -> None:
     budget = HeadBudget(total=10 * KIB, allowance=4 * KIB)
     meter = budget.meter()
     line = b"X: " + b"a" * (KIB - 5) + b"\r\n"  # 1 KiB
     for _ in range(6):
         meter.line(line)
-    assert budget.used == 2 * KIB
-    meter.line(b"\r\n")  # the head is complete: given back
-    assert budget.used == 0
+    meter.line(b"\r\n")  # the head is complete; its request (and its memory) goes on
+    assert budget.used == meter.charged == 2 * KIB + 2
+    meter.release()  # the request is done
+    assert budget.used == meter.charged == 0
     for _ in range(5):  # the next head of the connection starts from nothing
         meter.line(line)
     assert budget.used == KIB
@@ -186,6 +188,38 @@ def test_heads_over_the_budget_get_503_and_ordinary_ones_are_served(
             assert read_response(sock)[0] == 200
     assert caplog.text.count("hold the whole head budget") == 1
     assert "Traceback" not in caplog.text
+
+
+class Keeper(Echo):
+    """Echo that keeps a reference to each of its handler objects (to look at later)."""
+
+    seen: ClassVar[list[http.server.BaseHTTPRequestHandler]] = []
+
+    def do_POST(self) -> None:
+        self.seen.append(self)
+        super().do_POST()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_long_head_is_charged_while_its_request_runs_and_given_back_after(kind: str) -> None:
+    # Its fields are in memory until the request is done (a body may take its time):
+    # charged until then; once answered, the idle connection holds nothing.
+    over = BIG_LINES * 8000 - ALLOWANCE
+    head = big_head(complete=False) + b"Content-Length: 100\r\n\r\n"
+    seen: list[http.server.BaseHTTPRequestHandler] = []
+    target = type("K", (Keeper,), {"seen": seen}) if kind == "handler" else None
+    attributes: dict[str, Any] = {"head_budget": BUDGET, "head_allowance": ALLOWANCE}
+    with serving(kind, None, target, **attributes) as server, connect(server) as sock:
+        sock.sendall(head.replace(b"GET /big", b"POST /big") + b"b" * 10)
+        wait_until(charged(server, over), 10.0, "the head to be charged")
+        assert used(server) >= over  # the body is still arriving: the head is held
+        sock.sendall(b"b" * 90)
+        assert read_response(sock)[::2] == (200, b"100")
+        wait_until(lambda: used(server) == 0, 10.0, "the charge to be given back")
+        assert server.active_connections == 1  # kept alive, idle, and holding nothing
+        if target is not None:
+            (handler,) = seen
+            assert "X-Big-00" not in handler.headers  # a handler drops what it held
 
 
 def test_without_a_budget_nothing_is_metered() -> None:
