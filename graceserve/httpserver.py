@@ -28,8 +28,8 @@ bounded by the kernel (``SO_SNDTIMEO``, set once per connection: a send that
 makes no progress for ``idle_timeout`` fails, at no cost per write), and over
 TLS, where the ssl module retries past that bound, by the reaper watching the
 send queue; a request body trickled below ``min_body_rate`` is cut by the
-reaper too (``graceserve.slowclients``).  Request heads in progress share one
-memory budget (``graceserve.headbudget``).  At ``max_connections`` with a
+reaper too (``graceserve.slowclients``).  Long request heads share one memory
+budget (``graceserve.headbudget``).  At ``max_connections`` with a
 client queued, the oldest idle keep-alive connections are closed politely to
 make room (``reclaim_idle``).
 """
@@ -96,9 +96,10 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
                                 or a response the client stopped reading this long
     - min_body_rate = 500       bytes/s a request body must average over each
                                 ``idle_timeout`` of waiting for it (None: no minimum)
-    - head_budget = 32 MiB      bytes of field lines that request heads in progress
-                                may hold beyond ``head_allowance`` each, in all; a
-                                head that finds none left gets 503 (None: no budget)
+    - head_budget = 32 MiB      bytes of field lines that request heads may hold
+                                beyond ``head_allowance`` each, in all, until their
+                                request is done; a head that finds none left gets
+                                503 (None: no budget)
     - head_allowance = 16 KiB   what each head may hold without drawing on it
     - drain_linger = 0.2        at drain, the least an idle keep-alive connection
                                 is given to send one more request (answered with
