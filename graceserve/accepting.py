@@ -52,6 +52,7 @@ _BPF_RET_K = 0x06  # BPF_RET | BPF_K: "return the constant k" (bytes of the pack
 _DROP_ALL = struct.pack("=HBBI", _BPF_RET_K, 0, 0, 0)  # one instruction: ret #0
 _TCP_INFO_LISTEN_QUEUE = struct.Struct("I")  # tcpi_unacked: the accept queue, on a listener
 _TCP_INFO_LISTEN_QUEUE_OFFSET = 24
+RECLAIM_INTERVAL = 0.1  # seconds between attempts to make room at the cap (each scans the registry)
 
 
 class AcceptingServer(socketserver.ThreadingTCPServer):
@@ -85,6 +86,7 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
         self._accept_paused_until = 0.0
         self._accept_failing = False
         self._accept_capped = False
+        self._next_reclaim = 0.0  # at the cap: no reclaim_idle before this instant
         super().__init__(server_address, RequestHandlerClass, bind_and_activate)
 
     # -- the loop -----------------------------------------------------------
@@ -108,13 +110,14 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
             with selectors.DefaultSelector() as selector:
                 selector.register(self._wakeup_r, selectors.EVENT_READ)
                 listening = False
-                # At the cap the listener is watched for one reclaim attempt, then
-                # not until the loop wakes again (a connection ended, or the tick):
-                # a queued client never makes the loop spin.
-                reclaim = True
                 while not self._shutdown_request:
                     paused = self._accept_paused()
-                    watch = not paused or (self._accept_capped and reclaim)
+                    now = time.monotonic()
+                    # At the cap the listener is still watched, for clients to make room
+                    # for, but after each attempt not for RECLAIM_INTERVAL: a queued
+                    # client never makes the loop spin or scan the registry in a loop.
+                    reclaim = self._accept_capped and now >= self._next_reclaim
+                    watch = not paused or reclaim
                     if listening and not watch:
                         selector.unregister(self)
                     elif not listening and watch:
@@ -122,17 +125,17 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
                     listening = watch
                     timeout = poll_interval
                     if paused and not self._accept_capped:
-                        timeout = min(timeout, self._accept_paused_until - time.monotonic())
+                        timeout = min(timeout, self._accept_paused_until - now)
+                    elif self._accept_capped and not reclaim:
+                        timeout = min(timeout, self._next_reclaim - now)
                     ready = selector.select(max(timeout, 0))
                     if self._shutdown_request:
                         break
-                    reclaim = True
                     for key, _ in ready:
                         if key.fileobj is self._wakeup_r:
                             drain_socket(self._wakeup_r)
                         elif paused:  # at the cap, and a client is queued
                             self._make_room()
-                            reclaim = False
                         else:
                             self._handle_request_noblock()
                     self.service_actions()
@@ -169,6 +172,7 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
         """
         if not self._accept_paused():  # a slot freed meanwhile: the loop accepts next
             return
+        self._next_reclaim = time.monotonic() + RECLAIM_INTERVAL
         queued = _accept_queue_length(self.socket) or 1
         try:
             self.reclaim_idle(queued)

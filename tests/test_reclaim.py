@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -65,6 +66,10 @@ def idle_keep_alive(server: GracefulHTTPServer) -> int:
         )
 
 
+def idle_count(server: GracefulHTTPServer, count: int) -> Callable[[], bool]:
+    return lambda: idle_keep_alive(server) == count
+
+
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_new_client_at_the_cap_is_served_at_once_and_the_oldest_idle_one_makes_room(
@@ -77,13 +82,14 @@ def test_a_new_client_at_the_cap_is_served_at_once_and_the_oldest_idle_one_makes
         serving(kind, cert if tls else None, **attributes) as server,
         contextlib.ExitStack() as stack,
     ):
-        idle = []
+        idle: list[socket.socket] = []
         for _ in range(CAP):  # one after the other: the first is the oldest idle
             sock = stack.enter_context(connect(server, context))
             sock.sendall(GET)
             assert read_response(sock)[:1] == (200,)
             idle.append(sock)
-        wait_until(lambda: idle_keep_alive(server) == CAP, 10.0, "every client idle")
+            # The server's thread, not only the client, is done with it: idle from now.
+            wait_until(idle_count(server, len(idle)), 10.0, f"{len(idle)} clients idle")
 
         started = time.monotonic()
         with connect(server, context) as newcomer:
