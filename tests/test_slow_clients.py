@@ -18,13 +18,14 @@ synchronise (the waits inside the apps are the apps' own simulated work).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from conftest import wait_until
@@ -41,6 +42,7 @@ from tls_support import Pki, make_pki
 
 from graceserve import GracefulHTTPServer
 from graceserve.httpserver import BODY, HTTPConnection
+from graceserve.slowclients import acked_bytes, body_too_slow, unsent_bytes, write_stalled
 
 IDLE = 1.0  # idle_timeout, and the rate's window
 SLACK = 6.0  # the reaper runs every quarter of IDLE; generous for a loaded machine
@@ -78,6 +80,71 @@ def trickle(sock: socket.socket, pause: float, limit: int) -> tuple[int, float |
         except OSError:
             return sent, time.monotonic() - started, b""
     return limit, None, b""
+
+
+# -- the rules, without I/O (body) and on a real socket pair (writes) ---------------
+
+
+def body_waiting(waited: float, received: int, serial: int = 1) -> HTTPConnection:
+    """A record whose body has waited ``waited`` s in all (all of it now) for ``received`` bytes."""
+    conn = HTTPConnection(cast(Any, None), ("test", 0))
+    conn.state, conn.body_serial, conn.body_received = BODY, serial, received
+    conn.body_waited, conn.since = 0.0, 100.0 - waited  # blocked since then, "now" is 100
+    return conn
+
+
+def test_the_rate_is_judged_once_per_window_of_waiting() -> None:
+    conn = body_waiting(waited=0.9, received=10)
+    assert body_too_slow(conn, 100.0, 1.0, 500) is None  # the window is not over
+    conn.since = 99.0  # one second of waiting for 10 bytes
+    assert body_too_slow(conn, 100.0, 1.0, 500) == pytest.approx(10.0)
+
+
+def test_a_fast_start_buys_one_window_not_a_licence_to_trickle() -> None:
+    conn = body_waiting(waited=1.0, received=1_000_000)
+    assert body_too_slow(conn, 100.0, 1.0, 500) is None  # 1 MB/s: the next window starts
+    conn.body_received += 10  # then 10 bytes in the next second of waiting
+    conn.since = 98.0
+    assert body_too_slow(conn, 100.0, 1.0, 500) == pytest.approx(10.0)
+
+
+def test_a_new_body_starts_from_nothing() -> None:
+    conn = body_waiting(waited=1.0, received=1_000_000)
+    assert body_too_slow(conn, 100.0, 1.0, 500) is None
+    conn.body_serial, conn.body_received = 2, 0  # the connection's next request
+    conn.since = 99.5
+    assert body_too_slow(conn, 100.0, 1.0, 500) is None  # half a window of its own
+
+
+def test_a_send_queue_that_does_not_move_is_a_stall_and_one_that_moves_is_not() -> None:
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # inherited: no autotuning
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        writer = socket.create_connection(listener.getsockname(), timeout=5)
+        reader, _ = listener.accept()
+        with writer, reader:
+            conn = HTTPConnection(writer, ("test", 0))
+            assert write_stalled(writer, conn, 0.0, 1.0) is None  # nothing queued
+            writer.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                while True:  # fill the queue: the reader reads nothing
+                    writer.send(b"x" * 65536)
+            samples = [(-1, -1)]
+
+            def steady() -> bool:  # the kernel has moved all it can into the reader's buffer
+                samples.append((unsent_bytes(writer), acked_bytes(writer) or 0))
+                return samples[-1] == samples[-2] and samples[-1][0] > 0
+
+            wait_until(steady, 10.0, "the queue to stop moving")
+            assert write_stalled(writer, conn, 10.0, 1.0) is None  # first seen now
+            assert write_stalled(writer, conn, 10.5, 1.0) is None  # not for long enough
+            assert write_stalled(writer, conn, 11.0, 1.0) == pytest.approx(1.0)
+            acked = acked_bytes(writer)
+            reader.settimeout(5)
+            reader.recv(1 << 20)  # it reads: acknowledged bytes move
+            wait_until(lambda: acked_bytes(writer) != acked, 5.0, "an acknowledgement")
+            assert write_stalled(writer, conn, 12.0, 1.0) is None
 
 
 # -- a body below the minimum rate is cut ------------------------------------------
