@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ._version import __version__
+from .cpuquota import auto_workers
 from .errors import UsageError
 from .proxy import parse_allow_ips
 from .settings import DEFAULTS, Settings
@@ -114,9 +115,7 @@ def _natural(text: str) -> int:
 
 def _workers(text: str) -> int:
     if text.strip().lower() == "auto":
-        if hasattr(os, "sched_getaffinity"):
-            return len(os.sched_getaffinity(0))
-        return os.cpu_count() or 1
+        return auto_workers()
     value = _count(text)
     if value > 256:
         raise ValueError(f"{text!r} is more than 256 workers")
@@ -207,7 +206,8 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
     ("--log-level", "GRACESERVE_LOG_LEVEL", _level, DEFAULTS.log_level,
      "one of " + ", ".join(LOG_LEVELS)),
     ("--workers", "GRACESERVE_WORKERS", _workers, DEFAULTS.workers,
-     "serving processes, or auto (one per CPU this process may use); more than 1: "
+     "serving processes, or auto (one per CPU this process may use: its affinity, capped by "
+     "its cgroup's CPU quota, rounded up); more than 1: "
      "a supervisor process runs them"),
     ("--preload", "GRACESERVE_PRELOAD", _boolean, DEFAULTS.preload,
      "import the target in the supervisor before starting workers (fail fast)"),
