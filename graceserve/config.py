@@ -204,7 +204,7 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
     ("--drain-delay", "GRACESERVE_DRAIN_DELAY", _duration, DEFAULTS.drain_delay,
      "lame-duck seconds after the stop signal: keep serving, /healthz answers 503"),
     ("--log-level", "GRACESERVE_LOG_LEVEL", _level, DEFAULTS.log_level,
-     "one of " + ", ".join(LOG_LEVELS)),
+     "the least severe of graceserve's own lines to show"),
     ("--workers", "GRACESERVE_WORKERS", _workers, DEFAULTS.workers,
      "serving processes, or auto (one per CPU this process may use: its affinity, capped by "
      "its cgroup's CPU quota, rounded up); more than 1: "
@@ -251,6 +251,21 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
 ]  # fmt: skip
 
 
+# What --help shows after each flag: the kind of value, or the choices.
+_METAVARS = {
+    "--bind": "ADDRESS", "--grace": "SECONDS", "--pidfile": "PATH",
+    "--max-connections": "N", "--idle-timeout": "SECONDS", "--drain-delay": "SECONDS",
+    "--log-level": "{" + ",".join(LOG_LEVELS) + "}", "--workers": "N|auto",
+    "--worker-timeout": "SECONDS", "--max-requests": "N", "--max-requests-jitter": "N",
+    "--root-path": "PATH", "--limit-request-line": "BYTES", "--limit-request-fields": "N",
+    "--limit-request-field-size": "BYTES", "--max-body-size": "BYTES",
+    "--certfile": "PATH", "--keyfile": "PATH", "--ca-certs": "PATH",
+    "--cert-reqs": "{none,optional,required}", "--access-log": "PATH|-",
+    "--access-log-format": "{combined,json}", "--log-format": "{text,json}",
+    "--forwarded-allow-ips": "LIST",
+}  # fmt: skip
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:
         raise UsageError(message)
@@ -275,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         shown = default[0] + ":" + str(default[1]) if isinstance(default, tuple) else default
         parser.add_argument(
-            flag, metavar=flag.lstrip("-").split("-")[0].upper(),
+            flag, metavar=_METAVARS[flag],
             help=f"{text} [{env}]" + (f" (default: {shown})" if shown is not None else ""),
         )  # fmt: skip
     parser.add_argument("--version", action="version", version=f"graceserve {__version__}")
