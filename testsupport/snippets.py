@@ -218,13 +218,12 @@ class SnippetRunner:
     def __post_init__(self) -> None:
         bin_dir = self.workdir / ".snippet-bin"
         bin_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("python", "python3"):
-            link = bin_dir / name
-            if not link.exists():
-                link.symlink_to(sys.executable)
-        script = bin_dir / "graceserve"
-        script.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m graceserve "$@"\n')
-        script.chmod(0o755)
+        # Scripts, not symlinks: a virtual environment's python knows it is one only when
+        # started by its own path.
+        for name, run in (("python", ""), ("python3", ""), ("graceserve", " -m graceserve")):
+            script = bin_dir / name
+            script.write_text(f'#!/bin/sh\nexec "{sys.executable}"{run} "$@"\n')
+            script.chmod(0o755)
         self.env = child_env({
             **self.extra_env,
             "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
