@@ -8,7 +8,7 @@ loop); a chunked body is de-chunked here, strictly: chunk-size lines and the
 CRLF after each chunk's data must be exact (CRLF, not a bare LF: a lenient
 chunk parser behind a strict proxy, or the reverse, is a smuggling vector),
 sizes are hex digits with no sign, ``0x`` or ``_`` (any number of leading
-zeros; the value is capped at 16 significant digits), extensions must follow
+zeros; the value is capped at ``sys.maxsize``), extensions must follow
 the grammar (a chunk-size line is bounded by ``limits.field_size``), and the
 trailer is read under the header field limits, every line ended by CRLF
 (the bare-LF leniency of a head does not extend to the body: RFC 9112 7.1),
@@ -23,6 +23,7 @@ so a failing line costs one pass, not one per way to split it.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
@@ -51,6 +52,7 @@ _CHUNK_LINE = re.compile(
     + rb"))?)*\r\n"
 )
 _MAX_SIZE_DIGITS = 16  # significant hex digits of a chunk size (2**64 - 1)
+_READ_STEP = 1 << 20  # the most read from the file at once (a client's size is not allocated)
 _DISCARD_STEP = 65536
 _DEFAULT = Limits()
 
@@ -87,7 +89,7 @@ class Body:
     or trailers raise RequestError(400); a body over ``limits.body`` raises
     RequestError(413) (a chunked one as soon as a chunk's declared size takes
     the total past it; a ``Content-Length`` one at construction, though
-    ``framing`` already refuses it), and so does a chunk size past 64 bits;
+    ``framing`` already refuses it), and so does a chunk size past ``sys.maxsize``;
     EOF before the end raises
     IncompleteBodyError (a ConnectionError: the client went away).  After
     any error (these, or the file's own, such as a timeout) the body is
@@ -146,7 +148,7 @@ class Body:
         if size is None or size < 0 or size > left:
             size = left
         try:
-            data = self._rfile.read(size)
+            data = self._rfile.read(size) if size <= _READ_STEP else self._read_steps(size)
         except Exception as error:  # a timeout, a reset: where the body stands is unknown
             raise self._fail(error) from None
         self._left = left - len(data)
@@ -237,6 +239,19 @@ class Body:
         except Exception:  # documented: never raises (the caller closes)
             return False
 
+    def _read_steps(self, size: int) -> bytes:
+        """``size`` bytes (fewer at EOF), read ``_READ_STEP`` at a time: a buffered
+        file's ``read(n)`` allocates ``n`` bytes first, and ``n`` is the client's."""
+        parts = []
+        read = self._rfile.read
+        while size > 0:
+            data = read(min(size, _READ_STEP))
+            if not data:
+                break
+            parts.append(data)
+            size -= len(data)
+        return b"".join(parts)
+
     def _fail(self, error: Exception) -> Exception:
         """Record that reading failed part-way (the body is unusable from now on)."""
         self._error = error
@@ -268,6 +283,8 @@ class Body:
                     self._next_chunk()
                     continue
                 want = left if size < 0 or size > left else size
+                if want > _READ_STEP and not line:  # the client's size: no allocation of it
+                    want = _READ_STEP
                 data = rfile.readline(want) if line else rfile.read(want)
                 got = len(data)
                 self._left = left - got
@@ -299,6 +316,8 @@ class Body:
         if len(digits) > _MAX_SIZE_DIGITS and len(digits.lstrip(b"0")) > _MAX_SIZE_DIGITS:
             raise RequestError(413, "chunk size too large")
         size = int(digits, 16)
+        if size > sys.maxsize:  # no file reads that much in one call
+            raise RequestError(413, "chunk size too large")
         if size == 0:
             try:  # the trailer: checked, then dropped
                 trailer = read_fields(self._rfile.readline, limits, bare_lf=False)

@@ -985,12 +985,27 @@ def test_fields_not_allowed_in_a_trailer_400(name: str) -> None:
     assert caught.value.message == f"{name} is not allowed in a chunked trailer"
 
 
-@pytest.mark.parametrize("size", [b"1" * 17, b"0" * 20 + b"1" * 17, b"f" * 32])
-def test_a_chunk_size_past_64_bits_413(size: bytes) -> None:
+@pytest.mark.parametrize(
+    "size", [b"1" * 17, b"0" * 20 + b"1" * 17, b"f" * 32, b"%x" % (sys.maxsize + 1)]
+)
+def test_a_chunk_size_past_sys_maxsize_413(size: bytes) -> None:
     body, _ = chunked(size + b"\r\nhello\r\n0\r\n\r\n")
     with pytest.raises(RequestError) as caught:
         body.read()
     assert (caught.value.status, caught.value.message) == (413, "chunk size too large")
+
+
+@pytest.mark.parametrize("chunk", [False, True])
+def test_a_huge_declared_size_is_not_allocated(chunk: bool) -> None:
+    # A buffered file's read(n) allocates n bytes first: a client's 10**15 (or a chunk of
+    # sys.maxsize) must not turn into a MemoryError, only into the EOF it is.
+    if chunk:
+        body, _ = chunked(b"%x\r\nhello" % sys.maxsize)
+    else:
+        body, _ = cl_body(b"hello", 10**15)
+    with pytest.raises(IncompleteBodyError):
+        body.read()
+    assert isinstance(body.error, IncompleteBodyError)
 
 
 def test_a_bare_lf_ending_the_body_does_not_end_it() -> None:
