@@ -28,6 +28,7 @@ the outcome graceserve must give.
 from __future__ import annotations
 
 import io
+import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -214,7 +215,7 @@ def _chunk_lines(body: bytes) -> list[bytes]:
         line, newline, rest = rest.partition(b"\n")
         if not newline:
             break
-        line = line.rstrip(b"\r")
+        line = line[:-1] if line.endswith(b"\r") else line
         lines.append(line)
         digits = re.match(rb"[0-9A-Fa-f]+", line)
         if digits is None:
@@ -294,12 +295,23 @@ def _bad_trailer(view: Loose) -> bool:
 
 
 # Hosts any server takes: a DNS name or IPv4 address, an IPv6 literal, and a port.
-_PLAIN_HOST = re.compile(rb"(?:[A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
+_PLAIN_HOST = re.compile(rb"(?:[A-Za-z0-9.-]*|\[([0-9A-Fa-f:.]+)\])(?::[0-9]*)?")
 _PLAIN_ABSOLUTE = re.compile(rb"(?i:https?)://[A-Za-z0-9.-]+(?::[0-9]*)?(?:[/?].*)?")
 
 
+def _plain_host(value: bytes) -> bool:
+    match = _PLAIN_HOST.fullmatch(value)
+    if match is None or match[1] is None:
+        return match is not None
+    try:
+        ipaddress.IPv6Address(match[1].decode())
+    except ValueError:
+        return False
+    return True
+
+
 def _bad_host(view: Loose) -> bool:
-    return any(_PLAIN_HOST.fullmatch(value) is None for value in view.values(b"host"))
+    return not all(map(_plain_host, view.values(b"host")))
 
 
 def _other_target_form(view: Loose) -> bool:
