@@ -30,6 +30,7 @@ setup(
             "pytest>=7",
             "pytest-timeout>=2",
             "hypothesis>=6",
+            "h11>=0.14",  # tests/test_differential.py: the reference HTTP/1.1 parser
             "requests>=2.28",
             "urllib3>=1.26",
             "httpx>=0.24",
