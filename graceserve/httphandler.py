@@ -204,6 +204,8 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
             return
         limit = self._graceserve_limits.request_line + 3  # CRLF, and one byte to tell "too long"
         raw = self.rfile.readline(limit)
+        if raw == b"\r\n" or raw == b"\n":  # RFC 9112 2.2: one empty line before a request is ok
+            raw = self.rfile.readline(limit)
         now = _now()
         with self._graceserve_lock:
             cut = conn.cut
@@ -273,7 +275,9 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
             self.command, self.path, self.request_version = line.method, line.target, line.version
             if self.path.startswith("//"):  # as the stdlib (gh-87389): no open redirects
                 self.path = "/" + self.path.lstrip("/")
-            fields = httpparse.read_fields(self.rfile.readline, limits, self._graceserve_on_line)
+            fields = httpparse.read_fields(
+                self.rfile.readline, limits, on_line=self._graceserve_on_line
+            )
             self.headers = httpparse.to_message(fields)
             framing = httpparse.framing(line, fields, limits)
         except httpparse.RequestError as exc:

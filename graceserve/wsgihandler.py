@@ -217,7 +217,7 @@ class WSGIConnection:
                 self._to_busy()
                 self.send_error(505, "HTTP/0.9 is not supported", version="HTTP/1.0")
                 return False
-            fields = httpparse.read_fields(self.rfile.readline, limits, self.on_line)
+            fields = httpparse.read_fields(self.rfile.readline, limits, on_line=self.on_line)
             framing = httpparse.framing(request_line, fields, limits)
         except IncompleteHeadError:
             return False
@@ -252,8 +252,8 @@ class WSGIConnection:
         if target[:1] != "/":  # absolute-form (or * / authority-form): keep the path
             authority, target = _split_absolute(target)
         path, _, query = target.partition("?")
-        if "%" in path:
-            path = unquote_to_bytes(path).decode("latin-1")
+        if "%" in path:  # the bytes as sent, decoded once (a str would be UTF-8 encoded first)
+            path = unquote_to_bytes(path.encode("latin-1")).decode("latin-1")
         root = self.server.root_path
         if root and (path == root or path.startswith(root + "/")):
             path = path[len(root) :]
