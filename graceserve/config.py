@@ -257,7 +257,7 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
 # What --help shows after each flag: the kind of value, or the choices.
 _METAVARS = {
     "--bind": "ADDRESS", "--grace": "SECONDS", "--pidfile": "PATH",
-    "--max-connections": "N", "--idle-timeout": "SECONDS", "--min-body-rate": "BYTES/S",
+    "--max-connections": "N", "--idle-timeout": "SECONDS", "--min-body-rate": "BYTES",
     "--drain-delay": "SECONDS",
     "--log-level": "{" + ",".join(LOG_LEVELS) + "}", "--workers": "N|auto",
     "--worker-timeout": "SECONDS", "--max-requests": "N", "--max-requests-jitter": "N",
