@@ -201,6 +201,9 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
     ("--idle-timeout", "GRACESERVE_IDLE_TIMEOUT", _duration, DEFAULTS.idle_timeout,
      "close HTTP connections idle (or sending a request head) this long (TCP targets: "
      "the default timeout of wait_for_input); 0 disables"),
+    ("--min-body-rate", "GRACESERVE_MIN_BODY_RATE", _natural, DEFAULTS.min_body_rate,
+     "HTTP: bytes/s a request body must average over each --idle-timeout spent waiting "
+     "for it; slower ones are closed; 0 disables"),
     ("--drain-delay", "GRACESERVE_DRAIN_DELAY", _duration, DEFAULTS.drain_delay,
      "lame-duck seconds after the stop signal: keep serving, /healthz answers 503"),
     ("--log-level", "GRACESERVE_LOG_LEVEL", _level, DEFAULTS.log_level,
@@ -254,7 +257,8 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
 # What --help shows after each flag: the kind of value, or the choices.
 _METAVARS = {
     "--bind": "ADDRESS", "--grace": "SECONDS", "--pidfile": "PATH",
-    "--max-connections": "N", "--idle-timeout": "SECONDS", "--drain-delay": "SECONDS",
+    "--max-connections": "N", "--idle-timeout": "SECONDS", "--min-body-rate": "BYTES",
+    "--drain-delay": "SECONDS",
     "--log-level": "{" + ",".join(LOG_LEVELS) + "}", "--workers": "N|auto",
     "--worker-timeout": "SECONDS", "--max-requests": "N", "--max-requests-jitter": "N",
     "--root-path": "PATH", "--limit-request-line": "BYTES", "--limit-request-fields": "N",
@@ -301,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
 _OPTIONAL = frozenset(
     {
         "pidfile", "idle_timeout", "certfile", "keyfile", "ca_certs", "access_log",
-        "worker_timeout", "max_requests",
+        "worker_timeout", "max_requests", "min_body_rate",
     }
 )  # fmt: skip
 

@@ -223,7 +223,10 @@ def _request_line_problem(text: bytes) -> str:
 
 
 def read_fields(
-    readline: ReadLine, limits: Limits = _DEFAULT, bare_lf: bool = True
+    readline: ReadLine,
+    limits: Limits = _DEFAULT,
+    bare_lf: bool = True,
+    on_line: Callable[[bytes], object] | None = None,
 ) -> list[tuple[str, str]]:
     """Read header field lines up to and including the blank line.
 
@@ -241,6 +244,10 @@ def read_fields(
     ``makefile("rb")``) and the whole block is in its buffer, the block is
     taken in one ``read``; anything unusual (bare LF, a limit reached, a
     block still arriving) goes line by line: same result, same errors.
+    ``on_line``, if given, is called with each line read line by line (the
+    blank line included; never for a block taken at once), before the line is
+    checked; it may raise RequestError to refuse the head (the server's
+    memory budget for long heads: ``graceserve.headbudget``).
     """
     rfile = getattr(readline, "__self__", None)
     if isinstance(rfile, io.BufferedReader):
@@ -252,6 +259,8 @@ def read_fields(
     append = lines.append
     for _ in range(limits.fields):
         line = readline(most)
+        if on_line is not None:
+            on_line(line)
         if len(line) < 3:  # the blank line, or too short to be "n:" + LF
             if line == b"\r\n" or line == b"\n":
                 break
@@ -261,6 +270,8 @@ def read_fields(
         append(line)
     else:
         line = readline(most)
+        if on_line is not None:
+            on_line(line)
         if line != b"\r\n" and line != b"\n":
             if not line:
                 raise IncompleteHeadError("EOF inside the request head")

@@ -173,6 +173,8 @@ OPTIONS: list[tuple[str, str, str, str, Any]] = [
     ("--idle-timeout", "GRACESERVE_IDLE_TIMEOUT", "1.5", "idle_timeout", 1.5),
     ("--idle-timeout", "GRACESERVE_IDLE_TIMEOUT", "0", "idle_timeout", None),
     ("--drain-delay", "GRACESERVE_DRAIN_DELAY", "0.25", "drain_delay", 0.25),
+    ("--min-body-rate", "GRACESERVE_MIN_BODY_RATE", "100", "min_body_rate", 100),
+    ("--min-body-rate", "GRACESERVE_MIN_BODY_RATE", "0", "min_body_rate", None),
     ("--log-level", "GRACESERVE_LOG_LEVEL", "DEBUG", "log_level", "debug"),
     ("--log-level", "GRACESERVE_LOG_LEVEL", "warning", "log_level", "warning"),
 ]
@@ -200,6 +202,7 @@ OTHER = {
     "GRACESERVE_MAX_CONNECTIONS": "99",
     "GRACESERVE_IDLE_TIMEOUT": "42",
     "GRACESERVE_DRAIN_DELAY": "3",
+    "GRACESERVE_MIN_BODY_RATE": "7",
     "GRACESERVE_LOG_LEVEL": "error",
 }
 
@@ -272,6 +275,8 @@ BAD = [
     (["--idle-timeout", "-2"], {}, "--idle-timeout"),
     ([], {"GRACESERVE_IDLE_TIMEOUT": "soon"}, "GRACESERVE_IDLE_TIMEOUT"),
     (["--drain-delay", "-1"], {}, "--drain-delay"),
+    (["--min-body-rate", "-5"], {}, "--min-body-rate"),
+    ([], {"GRACESERVE_MIN_BODY_RATE": "fast"}, "GRACESERVE_MIN_BODY_RATE"),
     (["--log-level", "loud"], {}, "--log-level"),
     ([], {"GRACESERVE_LOG_LEVEL": "trace"}, "GRACESERVE_LOG_LEVEL"),
     (["--grace"], {}, "--grace"),
@@ -352,6 +357,7 @@ def test_every_server_setting_reaches_the_server_by_name(kind: str) -> None:
         max_connections=7,
         idle_timeout=3.5,
         grace=2.0,
+        min_body_rate=250,
         root_path="/app",
         limit_request_line=100,
         limit_request_fields=5,
@@ -365,6 +371,7 @@ def test_every_server_setting_reaches_the_server_by_name(kind: str) -> None:
         expected: dict[str, Any] = {"max_connections": 7, timeout: 3.5}
         if kind != "tcp":
             expected["drain_linger_max"] = 0.5  # a quarter of the grace
+            expected["min_body_rate"] = 250
             expected.update(
                 certfile=None, keyfile=None, ca_certs=None, cert_reqs="none",
                 access_log=None, access_log_format="combined",
