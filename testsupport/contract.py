@@ -26,8 +26,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
+import subprocess
 import tempfile
 import threading
 import time
@@ -42,23 +44,27 @@ from .pki import https_get
 from .procfs import accept_queue
 from .rawhttp import EOF, OPEN, RESET, Connection, Reply
 from .serve import Gate, NotServingError, Served
-from .waiting import wait_until
+from .targets import BREAK_IMPORT
+from .waiting import eventually, wait_until
 
 __all__ = [
     "IDLE_TIMEOUT",
     "AccessLog",
     "Cut",
+    "FailedReload",
     "Held",
     "IdleProbes",
     "JsonLogs",
     "LameDuck",
     "LoadRun",
     "Recycling",
+    "Signals",
     "Stalled",
     "TermDrain",
     "TlsServed",
     "access_log",
     "answer",
+    "failed_reload",
     "grace_cut",
     "idle_timeout",
     "json_logs",
@@ -71,6 +77,7 @@ __all__ = [
     "quit_in_flight",
     "second_term",
     "shared_server",
+    "signals",
     "term_drain",
     "tls_certificate",
     "worker_timeout",
@@ -78,6 +85,7 @@ __all__ = [
 
 EXIT_WAIT = 30.0  # seconds a stopped server may take to exit before the scenario gives up
 END_WAIT = 4.0  # seconds a client waits for the server to end a connection (the linger max is 2)
+PACE = 0.02  # seconds between two requests of a client that waits for a new process to answer
 
 
 def answer(conn: Connection) -> Reply | str:
@@ -133,6 +141,8 @@ class TermDrain:
     """A new connect once the listener left LISTEN, while work was still in flight."""
     exit_code: int
     log: str
+    leftovers: list[str] = field(default_factory=list)
+    """What was left of the pidfile and its control socket after the exit."""
 
 
 TERM_GRACE = 10.0  # seconds: room for every (bounded) observation below before the deadline
@@ -184,9 +194,12 @@ def term_drain(lab: Lab, tls: bool = False) -> TermDrain:
         reply = answer(in_flight)
         in_flight_end = _ending(in_flight)
         code = served.wait_exit(EXIT_WAIT)
+    leftovers = [
+        path for path in (served.pidfile, served.pidfile + ".ctl") if os.path.lexists(path)
+    ]
     return TermDrain(
         reply, in_flight_end, stream_reply, stream_end, idle_end, race, race_end, refused,
-        code, served.log,
+        code, served.log, leftovers,
     )  # fmt: skip
 
 
@@ -541,6 +554,88 @@ def json_logs(lab: Lab) -> JsonLogs:
     return JsonLogs(marker, served.lines, code)
 
 
+# -- signals while serving: USR1, TTIN/TTOU; a reload that fails ------------------------------
+
+DUMP_END = re.compile(r"line \d+,? in _run_module_as_main$", re.MULTILINE)
+"""The main thread's outermost frame: once per stack dump (``python -m graceserve``)."""
+SIGNAL_WAIT = 15.0  # seconds for a signal's effect to show
+
+
+@dataclass(frozen=True)
+class Signals:
+    """USR1, then TTIN and TTOU, to a serving server: what each did."""
+
+    processes: int
+    """Processes of the server before (the main one, and its workers if it supervises)."""
+    dumps: int
+    """Stack dumps on stderr after one USR1 (waited for until ``processes`` came)."""
+    after_dump: int
+    """The status of a request after the dump."""
+    pids_after_ttin: int
+    """Distinct pids answering after TTIN (requests until one more answered, or a while)."""
+    workers: list[object]
+    """The control socket's ``workers`` at the start, after TTIN, after TTOU."""
+    log: str
+
+
+def signals(lab: Lab) -> Signals:
+    """USR1 (every process dumps its stacks), then TTIN and TTOU."""
+    served = lab.serve()
+    processes = 1 + lab.combo.workers if lab.combo.supervised else 1
+    served.stop(signal.SIGUSR1)
+    eventually(lambda: len(DUMP_END.findall(served.log)) >= processes, SIGNAL_WAIT)
+    dumps = len(DUMP_END.findall(served.log))
+    after_dump = served.get("/").status
+    workers: list[object] = [served.status()["workers"]]
+    served.stop(signal.SIGTTIN)
+    expected = lab.combo.workers + (1 if lab.combo.supervised else 0)
+    pids: set[object] = set()
+    deadline = time.monotonic() + SIGNAL_WAIT
+    while len(pids) < expected and time.monotonic() < deadline:
+        pids.add(served.get("/").json()["pid"])
+        time.sleep(PACE)  # the client's pace: a new worker needs a moment to start
+    workers.append(served.status()["workers"])
+    served.stop(signal.SIGTTOU)
+    if lab.combo.supervised:
+        eventually(lambda: served.status()["workers"] == workers[0], SIGNAL_WAIT)
+    else:
+        served.wait_line("SIGTTOU: ignored")
+    workers.append(served.status()["workers"])
+    return Signals(processes, dumps, after_dump, len(pids), workers, served.log)
+
+
+@dataclass(frozen=True)
+class FailedReload:
+    """A reload whose new code cannot be imported, then one that can."""
+
+    failed: subprocess.CompletedProcess[str]
+    """``ctl graceful`` while the code is broken."""
+    generations: tuple[object, object]
+    """The control socket's ``generation`` before and after that reload."""
+    statuses: list[int]
+    """Requests on new connections after the failed reload."""
+    fixed: subprocess.CompletedProcess[str]
+    """``ctl graceful`` once the code is fixed."""
+
+
+def failed_reload(lab: Lab) -> FailedReload:
+    """Break the target's import (``MATRIX_BREAK_IMPORT``), reload, fix it, reload."""
+    directory = tempfile.mkdtemp(prefix="gs-broken-")
+    flag = os.path.join(directory, "broken")
+    try:
+        served = lab.serve(env={BREAK_IMPORT: flag})
+        before = served.status()["generation"]
+        open(flag, "w").close()
+        failed = served.ctl("graceful")
+        after = served.status()["generation"]
+        statuses = [served.get("/").status for _ in range(5)]
+        os.remove(flag)
+        fixed = served.ctl("graceful")
+        return FailedReload(failed, (before, after), statuses, fixed)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 # -- options for a supervisor: --max-requests, --worker-timeout ---------------------------------
 
 
@@ -557,7 +652,6 @@ class Recycling:
 
 
 RECYCLE_WAIT = 12.0  # seconds to see a process replaced
-PACE = 0.02  # seconds between two requests of the --max-requests client
 
 
 def max_requests(lab: Lab) -> Recycling:

@@ -18,8 +18,10 @@ Routes (GET unless said):
 - ``/stream``: a chunked response, one ``tick`` chunk every 50 ms while the server
   is not stopping; at the stop one ``bye`` chunk and the end (README's event stream).
 - ``/healthz``: 200, or 503 once the server is stopping.
-- ``/env``: ``{"pid", "stopping", "multiprocess", "multithread", "run_once"}``
-  (the ``wsgi.*`` flags are None for the handler).
+- ``/env``: ``{"pid", "stopping", "multiprocess", "multithread", "run_once", "client",
+  "scheme"}`` (the ``wsgi.*`` flags are None for the handler; ``client`` and ``scheme``
+  are what graceserve made of a trusted proxy's headers: ``REMOTE_ADDR`` and
+  ``wsgi.url_scheme``, or the handler's ``forwarded_client`` and ``forwarded_proto``).
 - ``/log?id=X``: the app logs: the WSGI app writes a Flask-style exception log
   (a line and a traceback) to ``wsgi.errors``; the handler calls ``log_message``
   and ``log_error``.  Then 200.
@@ -28,6 +30,9 @@ Routes (GET unless said):
 - ``/freeze?seconds=N``: hold the GIL N seconds (the serving loop stops).
 - ``POST /echo``: the body back (``Content-Length`` bodies; the WSGI app also
   de-chunked ones).
+
+If the environment names a file in ``MATRIX_BREAK_IMPORT`` and that file exists,
+importing this module fails: a reload of "broken code" without writing code.
 
 Threading: one handler instance per connection (stdlib); the WSGI app is
 reentrant.  No state is shared between requests.
@@ -48,10 +53,15 @@ from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-__all__ = ["TARGETS", "Handler", "app"]
+__all__ = ["BREAK_IMPORT", "TARGETS", "Handler", "app"]
 
 TARGETS = {"handler": "testsupport.targets:Handler", "wsgi": "testsupport.targets:app"}
 """The command-line TARGET of each kind."""
+
+BREAK_IMPORT = "MATRIX_BREAK_IMPORT"
+"""The environment variable naming the file whose presence makes the import fail."""
+if (_broken := os.environ.get(BREAK_IMPORT)) and os.path.exists(_broken):
+    raise ImportError(f"broken on purpose: {_broken} exists")
 
 GATE_TIMEOUT = 60.0  # seconds a request waits at a gate at most (a test that forgot it)
 TICK = 0.05  # seconds between the chunks of /stream
@@ -121,6 +131,7 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
         payload["stopping"] = stopping()
         for flag in ("multiprocess", "multithread", "run_once"):
             payload[flag] = environ[f"wsgi.{flag}"]
+        payload.update(client=environ["REMOTE_ADDR"], scheme=environ["wsgi.url_scheme"])
     elif path == "/log":
         errors = environ["wsgi.errors"]
         try:
@@ -170,6 +181,8 @@ class Handler(BaseHTTPRequestHandler):
         elif url.path == "/env":
             payload["stopping"] = self._stopping()
             payload.update(multiprocess=None, multithread=None, run_once=None)
+            payload["client"] = getattr(self, "forwarded_client", None)
+            payload["scheme"] = getattr(self, "forwarded_proto", None)
         elif url.path == "/log":
             self.log_message("app message %s", query.get("id", ""))
             self.log_error("app error %s", query.get("id", ""))

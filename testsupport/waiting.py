@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from .process import fail
 
-__all__ = ["POLL", "wait_until"]
+__all__ = ["POLL", "eventually", "wait_until"]
 
 POLL = 0.005
 """Seconds between two looks at the condition."""
@@ -27,3 +27,14 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str
         if time.monotonic() > deadline:
             fail(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(POLL)
+
+
+def eventually(predicate: Callable[[], object], timeout: float = 10.0) -> bool:
+    """Poll ``predicate`` until true or for ``timeout`` seconds; whether it came true
+    (for a scenario that records what it saw instead of failing)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(POLL)
+    return True
