@@ -126,7 +126,7 @@ class _Failed:
 
 
 class Lab:
-    """The servers and scenario outcomes of one combination, for one test module.
+    """The servers and scenario outcomes of one combination, for every selected row.
 
     ``phases``: lists of named scenarios; the scenarios of a phase run at once
     (each in a thread), the phases one after another (a load phase apart from
@@ -190,8 +190,10 @@ class Lab:
     def __enter__(self) -> Lab:
         try:
             for phase in self.phases:
-                threads = [
-                    threading.Thread(target=self._run, args=item, name=f"test-lab-{item[0]}")
+                threads = [  # daemons: a scenario hung past the timeout must not keep pytest
+                    threading.Thread(
+                        target=self._run, args=item, name=f"test-lab-{item[0]}", daemon=True
+                    )
                     for item in phase.items()
                 ]
                 for thread in threads:

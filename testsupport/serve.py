@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,7 +58,6 @@ __all__ = [
     "Served",
     "TlsFiles",
     "serve",
-    "serving",
 ]
 
 KINDS = tuple(TARGETS)
@@ -353,13 +352,3 @@ def serve(
         served.close()
         raise
     return served
-
-
-@contextlib.contextmanager
-def serving(kind: str, mode: Mode, **options: Any) -> Iterator[Served]:
-    """``serve`` as a context manager: the server is closed (killed) at the end."""
-    served = serve(kind, mode, **options)
-    try:
-        yield served
-    finally:
-        served.close()
