@@ -171,6 +171,8 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
             return
         limit = self._graceserve_limits.request_line + 3  # CRLF, and one byte to tell "too long"
         raw = self.rfile.readline(limit)
+        if raw == b"\r\n" or raw == b"\n":  # RFC 9112 2.2: one empty line before a request is ok
+            raw = self.rfile.readline(limit)
         now = _now()
         with self._graceserve_lock:
             cut = conn.cut

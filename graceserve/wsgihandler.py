@@ -239,8 +239,8 @@ class WSGIConnection:
         if target[:1] != "/":  # absolute-form (or * / authority-form): keep the path
             authority, target = _split_absolute(target)
         path, _, query = target.partition("?")
-        if "%" in path:
-            path = unquote_to_bytes(path).decode("latin-1")
+        if "%" in path:  # the bytes as sent, decoded once (a str would be UTF-8 encoded first)
+            path = unquote_to_bytes(path.encode("latin-1")).decode("latin-1")
         root = self.server.root_path
         if root and (path == root or path.startswith(root + "/")):
             path = path[len(root) :]

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from graceserve import GracefulHTTPServer, GracefulTCPServer, __version__, serve
 from graceserve.config import Config, build_parser, parse_args, parse_bind
+from graceserve.cpuquota import auto_workers
 from graceserve.demo import DemoHandler
 from graceserve.errors import EXIT_USAGE, StartupError, UsageError
 from graceserve.httpparse import Limits
@@ -418,7 +419,7 @@ def test_worker_flags_and_their_environment_variables() -> None:
     assert (settings.workers, settings.preload, settings.worker_timeout) == (3, True, None)
     assert (settings.max_requests, settings.max_requests_jitter) == (100, 10)
     auto = parse_args(["--workers", "auto"], {})
-    assert auto.workers == len(os.sched_getaffinity(0))
+    assert auto.workers == auto_workers()  # the affinity, capped by a cgroup CPU quota
     env = parse_args(
         [], {"GRACESERVE_WORKERS": "2", "GRACESERVE_PRELOAD": "yes", "GRACESERVE_MAX_REQUESTS": "0"}
     )

@@ -70,7 +70,8 @@ class ChildProcess:
     """``command`` in its own session, its stderr collected line by line in ``lines``.
 
     ``max_lines`` bounds what is kept (later lines are read and dropped), for
-    servers that may log without end under load.
+    servers that may log without end under load.  ``pass_fds``: descriptors the
+    child inherits (a listening socket handed to it, as ``fd@N`` to HAProxy).
     """
 
     def __init__(
@@ -80,6 +81,7 @@ class ChildProcess:
         cwd: str | os.PathLike[str] | None = None,
         stdout: int | None = subprocess.DEVNULL,
         max_lines: int | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> None:
         self.proc = subprocess.Popen(
             list(command),
@@ -89,6 +91,7 @@ class ChildProcess:
             stdout=stdout,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            pass_fds=tuple(pass_fds),
         )
         self.lines: list[str] = []
         self.address: tuple[str, int] | None = None
