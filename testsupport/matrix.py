@@ -263,6 +263,17 @@ def _handler(combo: Combo) -> bool:
     return combo.handler
 
 
+def _supervised_handler(combo: Combo) -> bool:
+    return combo.handler and combo.supervised
+
+
+IN_A_WORKER = (
+    "in a worker, worker._count_requests subclasses the handler with a handle_one_request "
+    "that calls the user class's, i.e. the stdlib's, so graceserve's per-request cycle "
+    "never runs"
+)
+
+
 REAPER_OFF = Finding(
     "the idle-timeout reaper is off under a supervisor (--workers 2, and every mode after "
     "a HUP): a worker replaces service_actions, where the reaper runs",
@@ -271,13 +282,13 @@ REAPER_OFF = Finding(
 IDLE_KEPT_AT_DRAIN = Finding(
     "under a supervisor the handler path never closes an idle plain-HTTP keep-alive connection "
     "at the drain (the WSGI path does, and so does TLS): a TERM waits out the whole grace, "
-    "cuts it and exits 4",
-    lambda combo: combo.handler and combo.supervised,
+    f"cuts it and exits 4 ({IN_A_WORKER})",
+    _supervised_handler,
 )
 ACCESS_LOG_EMPTY = Finding(
     "under a supervisor a handler target writes no access log lines at all "
-    "(also with --preload; a WSGI app does)",
-    lambda combo: combo.handler and combo.supervised,
+    f"(also with --preload; a WSGI app does) ({IN_A_WORKER})",
+    _supervised_handler,
 )
 JSON_EVENTS_LOST = Finding(
     "under a supervisor --log-format json loses the documented events: the workers' "
@@ -294,9 +305,10 @@ MULTIPROCESS_FALSE = Finding(
     lambda combo: combo.wsgi and combo.workers > 1,
 )
 CRLF_REFUSED = Finding(
-    "the handler path answers an empty line before a request with 400 "
-    "(the WSGI path skips it, as RFC 9112 2.2 asks)",
-    _handler,
+    "under a supervisor the handler path answers an empty line before a request with 400 "
+    "(one process and the WSGI path skip it, as RFC 9112 2.2 asks) "
+    f"({IN_A_WORKER})",
+    _supervised_handler,
 )
 LONG_REQUEST_LINE = Finding(
     "the handler path takes request lines up to 65,536 bytes "
