@@ -9,6 +9,7 @@ import http.client
 import socket
 import struct
 import threading
+import time
 import types
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -16,10 +17,11 @@ from typing import cast
 
 import pytest
 
-from testsupport.load import classify
+from testsupport.load import Load, classify
 from testsupport.matrix import COMBOS, Finding, phases_of, rows
 from testsupport.rawhttp import EOF, OPEN, RESET, Connection, request_bytes
 from testsupport.serve import MODES, Gate, NotServingError, serve
+from testsupport.waiting import wait_until
 
 TIMEOUT = 5.0
 
@@ -127,6 +129,43 @@ def test_failures_are_classified() -> None:
     assert classify(http.client.RemoteDisconnected("x")) == "eof"
     assert classify(TimeoutError()) == "timeout"
     assert classify(OSError("other")) == "other"
+
+
+def one_answer_then_eof(delay: float, tail: float | None) -> Load:
+    """A Load client against a server that answers the first request after ``delay``
+    seconds, then closes the connection at the second one without answering it (and
+    stops listening): what did the client make of that EOF?"""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(TIMEOUT)
+
+    def run() -> None:
+        with listener.accept()[0] as conn:
+            conn.settimeout(TIMEOUT)
+            conn.recv(65536)
+            time.sleep(delay)  # the server is slow: the client's next request comes later
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\npid 42")
+            conn.recv(65536)
+            listener.close()  # first: the client's reconnect after the EOF is refused
+
+    thread = threading.Thread(target=run, name="test-one-answer")
+    thread.start()
+    load = Load(listener.getsockname(), 1, tail=tail)
+    load.stopping.set()  # the reconnect after the EOF is refused: the client ends
+    thread.join(TIMEOUT)
+    wait_until(lambda: load.refused == 1, TIMEOUT, "the client to be refused after the EOF")
+    load.stop()
+    assert (load.total(), load.pids) == (1, {42})
+    return load
+
+
+def test_an_eof_after_a_late_request_is_the_tail_only_when_asked_for() -> None:
+    late = one_answer_then_eof(delay=0.3, tail=0.2)
+    assert (late.failures, len(late.tail_eofs)) == ([], 1), late.failures
+    strict = one_answer_then_eof(delay=0.3, tail=None)
+    assert (len(strict.failures), strict.tail_eofs) == (1, []), strict.tail_eofs
+    assert strict.failure_kinds() == {"eof": 1}
+    prompt = one_answer_then_eof(delay=0.0, tail=0.2)
+    assert (len(prompt.failures), prompt.tail_eofs) == (1, []), prompt.tail_eofs
 
 
 def test_rows_mark_exactly_the_combinations_a_finding_applies_to() -> None:

@@ -171,14 +171,18 @@ def load_run(lab: Lab, name: str) -> LoadRun:
 @pytest.mark.load
 @rows()
 def test_term_under_keepalive_load_breaks_no_request(lab: Lab) -> None:
+    """Eight clients sending back to back.  An EOF for a client that came back later
+    than the shortest linger (0.2 s after its previous request: starved by a machine far
+    past its cores) is the README's documented tail, counted apart, not a failure."""
     outcome = load_run(lab, "load term")
-    assert outcome.failures == [], (outcome.kinds, outcome.failures[:5])
+    assert outcome.failures == [], (outcome.kinds, outcome.failures[:5], outcome.tail)
     assert outcome.exit_code == 0
 
 
 @pytest.mark.load
 @rows()
 def test_a_reload_under_keepalive_load_breaks_no_request(lab: Lab) -> None:
+    """As above, through ``ctl graceful``: the old generation drains its connections."""
     outcome = load_run(lab, "load hup")
-    assert outcome.failures == [], (outcome.kinds, outcome.failures[:5])
+    assert outcome.failures == [], (outcome.kinds, outcome.failures[:5], outcome.tail)
     assert outcome.exit_code == 0

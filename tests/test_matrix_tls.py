@@ -144,5 +144,5 @@ def test_over_tls_idle_timeout_closes_a_stalled_request_head(lab: Lab) -> None:
 def test_over_tls_term_under_keepalive_load_breaks_no_request(lab: Lab) -> None:
     outcome = lab.outcome("tls load term")
     assert isinstance(outcome, LoadRun)
-    assert outcome.failures == [], (outcome.kinds, outcome.failures[:5])
+    assert outcome.failures == [], (outcome.kinds, outcome.failures[:5], outcome.tail)
     assert outcome.exit_code == 0

@@ -303,6 +303,7 @@ def lame_duck(lab: Lab) -> LameDuck:
 
 LOAD_CLIENTS = 8
 LOAD_REQUESTS = 200  # answered before (and after) the event
+LINGER_MIN = 0.2  # seconds: the shortest linger (README: drain_linger), the tail's threshold
 
 
 @dataclass(frozen=True)
@@ -314,12 +315,15 @@ class LoadRun:
     kinds: Counter[str]
     refused: int
     exit_code: int
+    tail: list[str] = field(default_factory=list)
+    """EOFs the README's linger allows: the client sent more than LINGER_MIN after its
+    previous request (a starved test process; not failures)."""
 
 
 def load_through_term(lab: Lab, tls: bool = False) -> LoadRun:
     """Keep-alive clients sending back to back; TERM."""
     served = lab.serve(tls=tls)
-    load = Load(served.address, LOAD_CLIENTS, tls=served.tls)
+    load = Load(served.address, LOAD_CLIENTS, tls=served.tls, tail=LINGER_MIN)
     try:
         load.wait_for_requests(LOAD_REQUESTS)
         load.stopping.set()
@@ -327,14 +331,16 @@ def load_through_term(lab: Lab, tls: bool = False) -> LoadRun:
         code = served.wait_exit(EXIT_WAIT)
     finally:
         load.stop()
-    return LoadRun(load.total(), load.failures, load.failure_kinds(), load.refused, code)
+    return LoadRun(
+        load.total(), load.failures, load.failure_kinds(), load.refused, code, load.tail_eofs
+    )
 
 
 def load_through_hup(lab: Lab) -> LoadRun:
     """Keep-alive clients sending back to back; a graceful reload (``ctl graceful``); then,
     the load stopped, TERM."""
     served = lab.serve()
-    load = Load(served.address, LOAD_CLIENTS, tls=served.tls)
+    load = Load(served.address, LOAD_CLIENTS, tls=served.tls, tail=LINGER_MIN)
     try:
         load.wait_for_requests(LOAD_REQUESTS)
         served.reload()
@@ -343,7 +349,9 @@ def load_through_hup(lab: Lab) -> LoadRun:
         load.stop()
     served.stop(signal.SIGTERM)
     code = served.wait_exit(EXIT_WAIT)
-    return LoadRun(load.total(), load.failures, load.failure_kinds(), load.refused, code)
+    return LoadRun(
+        load.total(), load.failures, load.failure_kinds(), load.refused, code, load.tail_eofs
+    )
 
 
 # -- the idle timeout -------------------------------------------------------------------

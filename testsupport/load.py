@@ -13,6 +13,15 @@ the test said the stop began (``stopping``) is not a failure: the listener is
 closed then; that client counts it in ``refused`` and ends.  Every socket has a
 timeout; every loop is bounded (``limit`` seconds at most).
 
+The tail (README, "The linger"): at a drain or a reload an idle keep-alive
+connection gets one more request for its linger (three times its recent gaps,
+at least 0.2 s), then a FIN.  A client starved of CPU longer than that (a
+machine far past its cores) sends into the FIN: an EOF the server was entitled
+to.  With ``tail=SECONDS`` such an EOF, on a reused connection whose previous
+request was sent more than SECONDS before (an upper bound on the server's
+gap), is counted in ``tail``, not in ``failures``; without it (the default),
+every EOF is a failure.
+
 Threading: the clients run in their own daemon threads; ``total``,
 ``failures``, ``failure_kinds`` and ``pids`` may be read from any thread while
 they run (counts only grow), ``stop`` joins them.
@@ -63,6 +72,7 @@ class Client:
     pids: set[int] = field(default_factory=set)
     failures: list[str] = field(default_factory=list)
     kinds: Counter[str] = field(default_factory=Counter)
+    tail: list[str] = field(default_factory=list)
 
     def failed(self, kind: str, what: str) -> None:
         self.kinds[kind] += 1
@@ -85,11 +95,13 @@ class Load:
         path: str = "/",
         tls: ssl.SSLContext | None = None,
         limit: float = LOAD_LIMIT,
+        tail: float | None = None,
     ) -> None:
         self.address = address
         self.path = path
         self.tls = tls
         self.limit = limit
+        self.tail = tail
         self.clients = [Client() for _ in range(clients)]
         self.stopping = threading.Event()  # set by the test when it signals a stop
         self._stop = threading.Event()
@@ -109,8 +121,10 @@ class Load:
     def _run(self, client: Client) -> None:
         give_up = time.monotonic() + self.limit
         conn: http.client.HTTPConnection | None = None
+        sent = 0.0  # when the previous request on this connection was sent (0: none yet)
         while not self._stop.is_set() and time.monotonic() < give_up:
             if conn is None:
+                sent = 0.0
                 conn = self._connection()
                 try:
                     conn.connect()
@@ -122,6 +136,7 @@ class Load:
                         return
                     client.failed("connect", repr(exc))
                     continue
+            previous, sent = sent, time.monotonic()
             try:
                 conn.request("GET", self.path)
                 response = conn.getresponse()
@@ -135,7 +150,14 @@ class Load:
                     conn.close()
                     conn = None
             except (OSError, http.client.HTTPException) as exc:
-                client.failed(classify(exc), f"request {client.requests + 1}: {exc!r}")
+                gap = sent - previous if previous else 0.0
+                what = f"request {client.requests + 1}: {exc!r}"
+                if previous:
+                    what += f", sent {gap:.3f}s after the previous one"
+                if self.tail is not None and classify(exc) == "eof" and gap > self.tail:
+                    client.tail.append(what)
+                else:
+                    client.failed(classify(exc), what)
                 if conn is not None:
                     conn.close()
                 conn = None
@@ -169,6 +191,11 @@ class Load:
         for client in self.clients:
             total.update(client.kinds)
         return total
+
+    @property
+    def tail_eofs(self) -> list[str]:
+        """EOFs the linger allowed (``tail``): the client came back too late."""
+        return [eof for client in self.clients for eof in client.tail]
 
     @property
     def refused(self) -> int:
