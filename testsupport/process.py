@@ -141,6 +141,27 @@ class ChildProcess:
                     fail(f"no line matching {regex.pattern!r}; stderr:\n{self.output}")
                 self._changed.wait(min(remaining, 0.5))
 
+    def wait_for_line_or_exit(
+        self, pattern: str | re.Pattern[str], timeout: float = 15.0
+    ) -> re.Match[str] | None:
+        """The first stderr line matching ``pattern``, or None once the process has
+        exited (and its stderr ended) without printing one; fail after ``timeout``."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines:
+                    if match := regex.search(line):
+                        return match
+                if not self._reader.is_alive():
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    fail(f"no line matching {regex.pattern!r}; stderr:\n{self.output}")
+                self._changed.wait(min(remaining, 0.5))
+        self.proc.wait(5)
+        return None
+
     def wait_readiness(self, timeout: float = 15.0) -> Ready:
         """Wait for the readiness line; what it says (also kept in ``ready``)."""
         ready = parse_ready(self.wait_for_line(READY_PATTERN, timeout)[0])
