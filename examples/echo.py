@@ -1,7 +1,8 @@
 """A TCP echo server: every line you send comes back.
 
 Run:   python -m graceserve examples.echo:Handler --bind 127.0.0.1:9000
-Poke:  printf 'hello\nworld\n' | nc -q1 127.0.0.1 9000
+Poke:  bash -c 'exec 3<>/dev/tcp/127.0.0.1/9000; printf "hello\nworld\n" >&3; head -n2 <&3'
+       (bash's /dev/tcp: nc's option to quit after sending differs between its variants)
 Stop:  kill -TERM <pid>   (an open session keeps the drain waiting until it
        ends or the grace passes; see examples.lines for a polite session end)
 """

@@ -4,12 +4,17 @@ Why this module exists: the two ends of a listener's life are where the stdlib
 loses clients.  ``serve_forever`` polls for shutdown every 0.5 s; here the loop
 sleeps in a selector woken through a socketpair, backs off when out of file
 descriptors, and leaves clients in the kernel backlog when the connection cap
-is reached.  At the drain the listener must stop completing handshakes *before*
-the queue is emptied, or the handshakes that complete between the last accept
-and ``close()`` are reset: a drop-all classic BPF filter on the listening
-socket does that (new SYNs are dropped, the clients retry and are refused once
-the listener is closed), then the queue is swept until EAGAIN, then the
-listener is shut for every process holding a copy, then closed.
+is reached, unless idle connections can make room for them: at the cap the
+loop still watches the listener, and when a client is queued it asks the
+server to close some idle ones (``reclaim_idle``; an HTTP server closes idle
+keep-alive connections politely, oldest first), so a new client never waits
+behind connections that do nothing.  At the drain the listener must stop
+completing handshakes *before* the queue is emptied, or the handshakes that
+complete between the last accept and ``close()`` are reset: a drop-all classic
+BPF filter on the listening socket does that (new SYNs are dropped, the
+clients retry and are refused once the listener is closed), then the queue is
+swept until EAGAIN, then the listener is shut for every process holding a
+copy, then closed.
 
 Threading contract: ``serve_forever`` runs in one thread; ``shutdown`` and
 ``close_listener`` may be called from any other thread (the drain).
@@ -47,6 +52,7 @@ _BPF_RET_K = 0x06  # BPF_RET | BPF_K: "return the constant k" (bytes of the pack
 _DROP_ALL = struct.pack("=HBBI", _BPF_RET_K, 0, 0, 0)  # one instruction: ret #0
 _TCP_INFO_LISTEN_QUEUE = struct.Struct("I")  # tcpi_unacked: the accept queue, on a listener
 _TCP_INFO_LISTEN_QUEUE_OFFSET = 24
+RECLAIM_INTERVAL = 0.1  # seconds between attempts to make room at the cap (each scans the registry)
 
 
 class AcceptingServer(socketserver.ThreadingTCPServer):
@@ -80,6 +86,7 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
         self._accept_paused_until = 0.0
         self._accept_failing = False
         self._accept_capped = False
+        self._next_reclaim = 0.0  # at the cap: no reclaim_idle before this instant
         super().__init__(server_address, RequestHandlerClass, bind_and_activate)
 
     # -- the loop -----------------------------------------------------------
@@ -105,20 +112,30 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
                 listening = False
                 while not self._shutdown_request:
                     paused = self._accept_paused()
-                    if listening and paused:
+                    now = time.monotonic()
+                    # At the cap the listener is still watched, for clients to make room
+                    # for, but after each attempt not for RECLAIM_INTERVAL: a queued
+                    # client never makes the loop spin or scan the registry in a loop.
+                    reclaim = self._accept_capped and now >= self._next_reclaim
+                    watch = not paused or reclaim
+                    if listening and not watch:
                         selector.unregister(self)
-                    elif not listening and not paused:
+                    elif not listening and watch:
                         selector.register(self, selectors.EVENT_READ)
-                    listening = not paused
+                    listening = watch
                     timeout = poll_interval
                     if paused and not self._accept_capped:
-                        timeout = min(timeout, self._accept_paused_until - time.monotonic())
+                        timeout = min(timeout, self._accept_paused_until - now)
+                    elif self._accept_capped and not reclaim:
+                        timeout = min(timeout, self._next_reclaim - now)
                     ready = selector.select(max(timeout, 0))
                     if self._shutdown_request:
                         break
                     for key, _ in ready:
                         if key.fileobj is self._wakeup_r:
                             drain_socket(self._wakeup_r)
+                        elif paused:  # at the cap, and a client is queued
+                            self._make_room()
                         else:
                             self._handle_request_noblock()
                     self.service_actions()
@@ -146,6 +163,32 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
         with self._registry.condition:  # a handler ending now sees the flag, or we see it end
             self._accept_capped = cap is not None and self._registry.count >= cap
         return self._accept_capped or time.monotonic() < self._accept_paused_until
+
+    def _make_room(self) -> None:
+        """At the cap with clients queued: ask ``reclaim_idle`` to close idle connections.
+
+        Each one it closes wakes the loop as it ends (a slot is free), and the
+        loop accepts.  Never raises.
+        """
+        if not self._accept_paused():  # a slot freed meanwhile: the loop accepts next
+            return
+        self._next_reclaim = time.monotonic() + RECLAIM_INTERVAL
+        queued = _accept_queue_length(self.socket) or 1
+        try:
+            self.reclaim_idle(queued)
+        except Exception:
+            log.exception("reclaim_idle() raised")
+
+    def reclaim_idle(self, wanted: int) -> int:
+        """Close up to ``wanted`` idle connections to make room at ``max_connections``.
+
+        Called by the accept loop when it is at the cap and clients are
+        queued; returns how many it closed (their handlers end, which frees
+        their slots).  This server does not know which connections are idle:
+        it closes none.  May be overridden (the HTTP server does); must not
+        block.
+        """
+        return 0
 
     def _wake(self) -> None:
         # OSError: full (a wake-up is already pending) or closed.

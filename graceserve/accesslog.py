@@ -60,17 +60,29 @@ def bare_record(client: str, status: int, sent: int, duration: float) -> AccessR
     return AccessRecord(time.time(), client, "-", "-", "", "-", status, sent, duration, "", "")
 
 
-def _quote(text: str) -> str:
-    """A value fit for a double-quoted combined-format field (no quote, no control bytes)."""
-    if text.isprintable() and '"' not in text and "\\" not in text:
+# What a combined-format field may not hold as it is, escaped as ``\xNN``: the
+# quote and the backslash (they would end or fake a quoted field) and every
+# unprintable latin-1 character (controls, DEL, the C1 range, NBSP, soft hyphen:
+# CR or LF would start a forged line).  A field outside quotes (the client)
+# may not hold a space either.  One ``str.translate``: no loop per character.
+_QUOTED_ESCAPES = {
+    code: f"\\x{code:02x}"
+    for code in range(256)
+    if chr(code) in '"\\' or not chr(code).isprintable()
+}
+_BARE_ESCAPES = {**_QUOTED_ESCAPES, ord(" "): "\\x20"}
+
+
+def _quote(text: str, bare: bool = False) -> str:
+    """``text`` fit for a combined-format field: a quoted one, or (``bare``) one
+    between spaces.  No client-sent byte can end the field or the line."""
+    if text.isprintable() and '"' not in text and "\\" not in text and not (bare and " " in text):
         return text
-    out = []
-    for char in text:
-        if char in '"\\' or not char.isprintable():
-            out.append(f"\\x{ord(char) & 0xFF:02x}")
-        else:
-            out.append(char)
-    return "".join(out)
+    escaped = text.translate(_BARE_ESCAPES if bare else _QUOTED_ESCAPES)
+    if escaped.isprintable():
+        return escaped
+    # Beyond latin-1 (never from a request's bytes; an app's own strings).
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in escaped)
 
 
 def format_combined(record: AccessRecord) -> str:
@@ -82,8 +94,9 @@ def format_combined(record: AccessRecord) -> str:
     request = _quote(f"{record.method} {target} {record.protocol}")
     referer = _quote(record.referer) or "-"
     agent = _quote(record.user_agent) or "-"
+    client = _quote(record.client, bare=True) or "-"
     return (
-        f'{record.client} - - [{stamp} +0000] "{request}" {record.status} {record.bytes or "-"}'
+        f'{client} - - [{stamp} +0000] "{request}" {record.status} {record.bytes or "-"}'
         f' "{referer}" "{agent}" {record.duration:.6f}\n'
     )
 

@@ -7,9 +7,11 @@ thread for ever, because nothing times a blocked body read.  So a request
 with a body gets ``rfile`` replaced by a ``RequestBody``: reads stop at the
 body's end, each blocking read marks the connection as reading a body
 (``HTTPConnection.state`` BODY, ``since`` moved on every chunk, so progress
-resets the reaper's timer), and after the response the rest of the body is
-discarded (bounded) or the connection is closed.  A request without a body
-never gets one: the per-request path stays the stdlib's.
+resets the reaper's timer) and adds the seconds it waited and the bytes it
+got to the body's clock (``body_waited``, ``body_received``: the reaper's
+minimum rate, ``graceserve.slowclients``), and after the response the rest of
+the body is discarded (bounded) or the connection is closed.  A request
+without a body never gets one: the per-request path stays the stdlib's.
 
 Not thread-safe: used by the connection's own thread only (the reaper only
 reads the connection's ``state`` and ``since``).
@@ -47,6 +49,9 @@ class RequestBody:
         self.rfile = rfile
         self._conn = conn
         self._remaining = length
+        conn.body_waited = 0.0  # a new body's clock: the serial goes last, the reaper keys on it
+        conn.body_received = 0
+        conn.body_serial += 1
 
     @property
     def left_over(self) -> int:
@@ -77,13 +82,15 @@ class RequestBody:
         if not wanted:
             return b""
         conn = self._conn
-        conn.since = _now()
+        conn.since = began = _now()
         conn.state = _BODY
         try:
             read1 = getattr(self.rfile, "read1", None)
             data = read1(min(wanted, _CHUNK)) if read1 else self.rfile.read(min(wanted, _CHUNK))
         finally:
-            conn.state = _BUSY
+            conn.state = _BUSY  # before the clock moves: the reaper never counts a wait twice
+            conn.body_waited += _now() - began
+        conn.body_received += len(data)
         return self._took(data, wanted)
 
     def read(self, size: int | None = -1) -> bytes:
@@ -116,12 +123,14 @@ class RequestBody:
         if not wanted:
             return b""
         conn = self._conn
-        conn.since = _now()
+        conn.since = began = _now()
         conn.state = _BODY
         try:
             data = self.rfile.readline(wanted if wanted < (1 << 62) else -1)
         finally:
             conn.state = _BUSY
+            conn.body_waited += _now() - began
+        conn.body_received += len(data)
         return self._took(data, wanted)
 
     def readlines(self, hint: int | None = -1) -> list[bytes]:

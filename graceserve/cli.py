@@ -1,7 +1,9 @@
 """The ``graceserve`` command: parse, configure logging, serve, exit.
 
 Why this module exists: to turn every way a run can end into the documented
-exit code and, for bad input, one line on stderr instead of a traceback.  The
+exit code and, for bad input, one line on stderr instead of a traceback (a
+target whose own code fails to import adds the app's frames of its traceback
+under that line: the user's bug, at the default log level).  The
 process exits with the code it logged, whatever the app left behind (a
 non-daemon thread would make the interpreter wait for it) and whatever signal
 arrives after the drain (every signal we handled stays ignored).
@@ -50,9 +52,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_settings(DemoHandler, config, ignore_signals_after=True)
         return run_settings(config.target, config, ignore_signals_after=True)
     except StartupError as exc:
+        app_error = exc.app_error  # the app's frames of its traceback, below the line
         log.error(
-            "cannot start: %s", exc, extra={"event": "start_failed", "exit_code": exc.exit_code}
-        )
+            "cannot start: %s", exc,
+            exc_info=None if app_error is None else (type(app_error), app_error,
+                                                     app_error.__traceback__),
+            extra={"event": "start_failed", "exit_code": exc.exit_code},
+        )  # fmt: skip
         return exc.exit_code
     except Exception:
         log.critical(

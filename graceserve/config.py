@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ._version import __version__
+from .cpuquota import auto_workers
 from .errors import UsageError
 from .proxy import parse_allow_ips
 from .settings import DEFAULTS, Settings
@@ -123,9 +124,7 @@ def _natural(text: str) -> int:
 
 def _workers(text: str) -> int:
     if text.strip().lower() == "auto":
-        if hasattr(os, "sched_getaffinity"):
-            return len(os.sched_getaffinity(0))
-        return os.cpu_count() or 1
+        return auto_workers()
     value = _count(text)
     if value > 256:
         raise ValueError(f"{text!r} is more than 256 workers")
@@ -211,12 +210,16 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
     ("--idle-timeout", "GRACESERVE_IDLE_TIMEOUT", _duration, DEFAULTS.idle_timeout,
      "close HTTP connections idle (or sending a request head) this long (TCP targets: "
      "the default timeout of wait_for_input); 0 disables"),
+    ("--min-body-rate", "GRACESERVE_MIN_BODY_RATE", _natural, DEFAULTS.min_body_rate,
+     "HTTP: bytes/s a request body must average over each --idle-timeout spent waiting "
+     "for it; slower ones are closed; 0 disables"),
     ("--drain-delay", "GRACESERVE_DRAIN_DELAY", _duration, DEFAULTS.drain_delay,
      "lame-duck seconds after the stop signal: keep serving, /healthz answers 503"),
     ("--log-level", "GRACESERVE_LOG_LEVEL", _level, DEFAULTS.log_level,
-     "one of " + ", ".join(LOG_LEVELS)),
+     "the least severe of graceserve's own lines to show"),
     ("--workers", "GRACESERVE_WORKERS", _workers, DEFAULTS.workers,
-     "serving processes, or auto (one per CPU this process may use); more than 1: "
+     "serving processes, or auto (one per CPU this process may use: its affinity, capped by "
+     "its cgroup's CPU quota, rounded up); more than 1: "
      "a supervisor process runs them"),
     ("--preload", "GRACESERVE_PRELOAD", _boolean, DEFAULTS.preload,
      "import the target in the supervisor before starting workers (fail fast)"),
@@ -265,6 +268,22 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
 ]  # fmt: skip
 
 
+# What --help shows after each flag: the kind of value, or the choices.
+_METAVARS = {
+    "--bind": "ADDRESS", "--grace": "SECONDS", "--pidfile": "PATH",
+    "--max-connections": "N", "--idle-timeout": "SECONDS", "--min-body-rate": "BYTES",
+    "--drain-delay": "SECONDS",
+    "--log-level": "{" + ",".join(LOG_LEVELS) + "}", "--workers": "N|auto",
+    "--worker-timeout": "SECONDS", "--max-requests": "N", "--max-requests-jitter": "N",
+    "--root-path": "PATH", "--limit-request-line": "BYTES", "--limit-request-fields": "N",
+    "--limit-request-field-size": "BYTES", "--max-body-size": "BYTES",
+    "--certfile": "PATH", "--keyfile": "PATH", "--ca-certs": "PATH",
+    "--cert-reqs": "{none,optional,required}", "--access-log": "PATH|-",
+    "--access-log-format": "{combined,json}", "--log-format": "{text,json}",
+    "--forwarded-allow-ips": "LIST",
+}  # fmt: skip
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:
         raise UsageError(message)
@@ -289,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         shown = default[0] + ":" + str(default[1]) if isinstance(default, tuple) else default
         parser.add_argument(
-            flag, metavar=flag.lstrip("-").split("-")[0].upper(),
+            flag, metavar=_METAVARS[flag],
             help=f"{text} [{env}]" + (f" (default: {shown})" if shown is not None else ""),
         )  # fmt: skip
     parser.add_argument("--version", action="version", version=f"graceserve {__version__}")
@@ -300,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
 _OPTIONAL = frozenset(
     {
         "pidfile", "idle_timeout", "certfile", "keyfile", "ca_certs", "access_log",
-        "worker_timeout", "max_requests",
+        "worker_timeout", "max_requests", "min_body_rate",
     }
 )  # fmt: skip
 

@@ -36,9 +36,19 @@ def exit_code_for_signal(signum: int) -> int:
 
 
 class StartupError(Exception):
-    """The server could not start; ``str()`` is the one-line reason for the user."""
+    """The server could not start; ``str()`` is the one-line reason for the user.
+
+    ``app_error``: the app's own exception behind it (its import or factory call
+    raised), with its traceback cut to the app's frames
+    (``graceserve.apptrace``); the command line logs that traceback under the
+    one-line reason.  None for everything else (a flag, a port, a pidfile).
+    """
 
     exit_code = EXIT_CANNOT_START
+
+    def __init__(self, message: str, app_error: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.app_error = app_error
 
 
 class UsageError(StartupError):

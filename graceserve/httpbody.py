@@ -7,15 +7,23 @@ the file's own ``read``/``readline`` capped at what is left (no copy, no
 loop); a chunked body is de-chunked here, strictly: chunk-size lines and the
 CRLF after each chunk's data must be exact (CRLF, not a bare LF: a lenient
 chunk parser behind a strict proxy, or the reverse, is a smuggling vector),
-sizes are 1 to 16 hex digits with no sign, ``0x`` or ``_``, extensions must
-follow the grammar (a chunk-size line is bounded by ``limits.field_size``),
-and the trailer is read and dropped under the header field limits.
-Re-exported by ``httpparse``, whose errors and limits it uses.
+sizes are hex digits with no sign, ``0x`` or ``_`` (any number of leading
+zeros; the value is capped at ``sys.maxsize``), extensions must follow
+the grammar (a chunk-size line is bounded by ``limits.field_size``), and the
+trailer is read under the header field limits, every line ended by CRLF
+(the bare-LF leniency of a head does not extend to the body: RFC 9112 7.1),
+without the fields that must come before the content (RFC 9110 6.5.1), and
+dropped.  Re-exported by ``httpparse``, whose errors and limits it uses.
+
+Linear: each chunk-size line is matched by one regex whose parts are
+separated by bytes the neighbouring parts cannot hold (``;``, ``=``, ``"``),
+so a failing line costs one pass, not one per way to split it.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
@@ -35,7 +43,7 @@ _TOKEN = b"[" + TCHAR.encode() + b"]+"
 _QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
 # chunk-size [ chunk-ext ] CRLF   (RFC 9112 7.1, 7.1.1)
 _CHUNK_LINE = re.compile(
-    rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[ \t]*"
+    rb"([0-9A-Fa-f]+)(?:[ \t]*;[ \t]*"
     + _TOKEN
     + rb"(?:[ \t]*=[ \t]*(?:"
     + _TOKEN
@@ -43,8 +51,32 @@ _CHUNK_LINE = re.compile(
     + _QUOTED
     + rb"))?)*\r\n"
 )
+_MAX_SIZE_DIGITS = 16  # significant hex digits of a chunk size (2**64 - 1)
+_READ_STEP = 1 << 20  # the most read from the file at once (a client's size is not allocated)
 _DISCARD_STEP = 65536
 _DEFAULT = Limits()
+
+# Fields a chunked trailer must not carry: those RFC 9110 6.5.1 says are
+# needed before the content (framing, routing, authentication, request
+# modifiers, content format), and those graceserve itself reads from the
+# head.  They are dropped anyway; refusing them leaves no doubt for a peer
+# that would merge a trailer into the head.
+_NOT_IN_TRAILER = frozenset(
+    {
+        # framing and the connection
+        "content-length", "transfer-encoding", "trailer", "connection", "keep-alive",
+        "upgrade", "te",
+        # routing, and what graceserve believes from a trusted proxy
+        "host", "forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+        # authentication
+        "authorization", "proxy-authorization", "cookie",
+        # request modifiers: controls, conditionals, range
+        "cache-control", "expect", "max-forwards", "pragma", "range", "if-match",
+        "if-none-match", "if-modified-since", "if-unmodified-since", "if-range",
+        # content format
+        "content-type", "content-encoding", "content-range",
+    }
+)  # fmt: skip
 
 
 class Body:
@@ -54,10 +86,11 @@ class Body:
     Reading past the end returns ``b""`` and never touches the next request's
     bytes.  ``before_first_read`` (if given) is called once, just before the
     first byte is read: the place to send ``100 Continue``.  Malformed chunks
-    raise RequestError(400); a body over ``limits.body`` raises
+    or trailers raise RequestError(400); a body over ``limits.body`` raises
     RequestError(413) (a chunked one as soon as a chunk's declared size takes
     the total past it; a ``Content-Length`` one at construction, though
-    ``framing`` already refuses it); EOF before the end raises
+    ``framing`` already refuses it), and so does a chunk size past ``sys.maxsize``;
+    EOF before the end raises
     IncompleteBodyError (a ConnectionError: the client went away).  After
     any error (these, or the file's own, such as a timeout) the body is
     unusable: it is not ``complete``, ``discard`` answers False, and further
@@ -115,7 +148,7 @@ class Body:
         if size is None or size < 0 or size > left:
             size = left
         try:
-            data = self._rfile.read(size)
+            data = self._rfile.read(size) if size <= _READ_STEP else self._read_steps(size)
         except Exception as error:  # a timeout, a reset: where the body stands is unknown
             raise self._fail(error) from None
         self._left = left - len(data)
@@ -165,6 +198,12 @@ class Body:
             yield line
 
     @property
+    def error(self) -> Exception | None:
+        """What made reading fail (a RequestError for a malformed or oversized
+        body, an IncompleteBodyError, the file's own), or None."""
+        return self._error
+
+    @property
     def complete(self) -> bool:
         """Whether the whole body (and, if chunked, its trailer) has been read."""
         if self._error is not None:
@@ -200,6 +239,19 @@ class Body:
         except Exception:  # documented: never raises (the caller closes)
             return False
 
+    def _read_steps(self, size: int) -> bytes:
+        """``size`` bytes (fewer at EOF), read ``_READ_STEP`` at a time: a buffered
+        file's ``read(n)`` allocates ``n`` bytes first, and ``n`` is the client's."""
+        parts = []
+        read = self._rfile.read
+        while size > 0:
+            data = read(min(size, _READ_STEP))
+            if not data:
+                break
+            parts.append(data)
+            size -= len(data)
+        return b"".join(parts)
+
     def _fail(self, error: Exception) -> Exception:
         """Record that reading failed part-way (the body is unusable from now on)."""
         self._error = error
@@ -231,6 +283,8 @@ class Body:
                     self._next_chunk()
                     continue
                 want = left if size < 0 or size > left else size
+                if want > _READ_STEP and not line:  # the client's size: no allocation of it
+                    want = _READ_STEP
                 data = rfile.readline(want) if line else rfile.read(want)
                 got = len(data)
                 self._left = left - got
@@ -258,12 +312,20 @@ class Body:
             if len(line) < most and not line.endswith(b"\n"):
                 raise IncompleteBodyError("EOF inside a chunk-size line")
             raise RequestError(400, _chunk_line_problem(line, most))
-        size = int(match.group(1), 16)
+        digits = match.group(1)
+        if len(digits) > _MAX_SIZE_DIGITS and len(digits.lstrip(b"0")) > _MAX_SIZE_DIGITS:
+            raise RequestError(413, "chunk size too large")
+        size = int(digits, 16)
+        if size > sys.maxsize:  # no file reads that much in one call
+            raise RequestError(413, "chunk size too large")
         if size == 0:
-            try:
-                read_fields(self._rfile.readline, limits)  # the trailer: dropped
+            try:  # the trailer: checked, then dropped
+                trailer = read_fields(self._rfile.readline, limits, bare_lf=False)
             except IncompleteHeadError:
                 raise IncompleteBodyError("EOF inside the chunked trailer") from None
+            for name, _ in trailer:
+                if name.lower() in _NOT_IN_TRAILER:
+                    raise RequestError(400, f"{name} is not allowed in a chunked trailer")
             self._done = True
             return
         self._total += size
@@ -290,6 +352,4 @@ def _chunk_line_problem(line: bytes, most: int) -> str:
     count = len(digits.group()) if digits else 0
     if count == 0:
         return "malformed chunk size"
-    if count > 16:
-        return "chunk size too large"
     return "malformed chunk size or extension"

@@ -4,36 +4,46 @@ Why this module exists: where a request's body ends is the question request
 smuggling attacks; the answer must be one strict function, used by every
 server in graceserve, that refuses every ambiguous head (RFC 9112 6.3):
 ``Content-Length`` with ``Transfer-Encoding``, two lengths, a length in
-list form, a coding we cannot undo.  It also decides persistence and checks
-``Host`` and the request-target's form.  Pure: no I/O.  Re-exported by
-``httpparse`` (``from graceserve.httpparse import framing``).
+list form, a coding we cannot undo.  It also decides persistence, checks
+``Host`` and the request-target's form (an absolute-form target's authority
+as strictly as ``Host``: ``graceserve.httphost``), and refuses a second copy
+of a field that must be single because the two copies could be read
+differently by a front end and the app (``Content-Type``,
+``Authorization``).  Pure: no I/O.  Re-exported by ``httpparse``
+(``from graceserve.httpparse import framing``).
 """
 
 from __future__ import annotations
 
 import re
 
+from graceserve.httphost import valid_authority, valid_host
 from graceserve.httpparse import Framing, Limits, RequestError, RequestLine
 
-__all__ = ["framing"]
+__all__ = ["SINGLE_FIELDS", "framing"]
 
 _DEFAULT = Limits()
 
 # Request-target forms (RFC 9112 3.2) other than origin-form ("/...") and "*".
 _ABSOLUTE_FORM = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*://")
-_HOST = r"(?:\[[0-9A-Za-z:.%_~\-]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)"
-_AUTHORITY_FORM = re.compile(_HOST + r":[0-9]+")
-_HOST_FIELD = re.compile(_HOST + r"(?::[0-9]*)?")
+_SCHEMES = frozenset({"http", "https"})
+_NAME_PORT = re.compile(r"[A-Za-z0-9.\-]+(?::[0-9]+)?")  # the usual Host, valid: no more to check
 
 # The fields framing() looks at, by lower-cased name; _KNOWN_FIELDS also has
 # the usual spellings of common fields (it saves a lower() per field).
-_OTHER, _CL, _TE, _HOST_N, _CONN, _EXPECT = range(6)
+_OTHER, _CL, _TE, _HOST_N, _CONN, _EXPECT, _SINGLE = range(7)
+SINGLE_FIELDS = ("Content-Type", "Authorization")
+"""Fields besides Host and Content-Length refused when sent twice (400): not
+lists (RFC 9110 5.3), and read by the app to parse the body or to decide who
+the client is, where a front end keeping the first and an app the last (or
+the joined value) would disagree."""
 _FRAMING_FIELDS = {
     "content-length": _CL,
     "transfer-encoding": _TE,
     "host": _HOST_N,
     "connection": _CONN,
     "expect": _EXPECT,
+    **{name.lower(): _SINGLE for name in SINGLE_FIELDS},
 }
 _COMMON_FIELDS = (
     "Host Connection Content-Length Transfer-Encoding Expect User-Agent Accept "
@@ -71,9 +81,12 @@ def framing(line: RequestLine, fields: list[tuple[str, str]], limits: Limits = _
 
     Also 400 for: two ``Content-Length`` fields even with equal values (RFC
     9110 8.6 lets a recipient reject them; a proxy may have picked either),
-    more than one ``Host`` or a malformed one, an empty ``Transfer-Encoding``
-    or ``chunked`` applied twice.  501 for a coding before ``chunked`` (none
-    is implemented).
+    more than one ``Host`` or a malformed one (RFC 9112 3.2), two of a field
+    in ``SINGLE_FIELDS``, an empty ``Transfer-Encoding`` or ``chunked``
+    applied twice; an absolute-form target whose scheme is not http or https,
+    with userinfo (RFC 9110 4.2.4), or whose authority is not a valid host
+    and port (``graceserve.httphost``).  501 for a coding before ``chunked``
+    (none is implemented).
     """
     _check_target(line.method, line.target)
     version = line.version
@@ -84,6 +97,7 @@ def framing(line: RequestLine, fields: list[tuple[str, str]], limits: Limits = _
     connection: list[str] = []
     host: str | None = None
     expect = False
+    singles: set[str] | None = None
     known = _KNOWN_FIELDS.get
     for name, value in fields:
         which = known(name)
@@ -101,12 +115,20 @@ def framing(line: RequestLine, fields: list[tuple[str, str]], limits: Limits = _
             lengths.append(value)
         elif which == _TE:
             codings.append(value)
+        elif which == _SINGLE:
+            lower = name.lower()
+            if singles is None:
+                singles = {lower}
+            elif lower in singles:
+                raise RequestError(400, f"more than one {name} header field")
+            else:
+                singles.add(lower)
         elif value.lower() == "100-continue":
             expect = version == "HTTP/1.1"
     if host is None:
         if version == "HTTP/1.1":
             raise RequestError(400, "missing Host header field")
-    elif _HOST_FIELD.fullmatch(host) is None:
+    elif _NAME_PORT.fullmatch(host) is None and not valid_host(host):
         raise RequestError(400, "malformed Host header field")
     if len(connection) == 1 and connection[0].lower() in _SIMPLE_CONNECTION:
         tokens = {connection[0].lower()}
@@ -127,17 +149,43 @@ def framing(line: RequestLine, fields: list[tuple[str, str]], limits: Limits = _
 
 def _check_target(method: str, target: str) -> None:
     """400 unless the request-target has the form its method allows (RFC 9112 3.2)."""
-    if target[0] == "/" or _ABSOLUTE_FORM.match(target):
+    if target[0] == "/":
         if method == "CONNECT":
             raise RequestError(400, "CONNECT needs an authority-form target (host:port)")
+    elif _ABSOLUTE_FORM.match(target):
+        if method == "CONNECT":
+            raise RequestError(400, "CONNECT needs an authority-form target (host:port)")
+        _check_absolute(target)
     elif target == "*":
         if method != "OPTIONS":
             raise RequestError(400, "the asterisk-form target is only for OPTIONS")
-    elif _AUTHORITY_FORM.fullmatch(target):
+    elif valid_authority(target, port_required=True):
         if method != "CONNECT":
             raise RequestError(400, "the authority-form target is only for CONNECT")
     else:
         raise RequestError(400, "malformed request-target")
+
+
+def _check_absolute(target: str) -> None:
+    """400 unless an absolute-form target is ``http(s)://host[:port]`` then a path or query.
+
+    The authority becomes the request's host (RFC 9112 3.2.2), so it is held
+    to the rules of ``Host``; userinfo is refused (RFC 9110 4.2.4).  The path
+    and query are checked as an origin-form's are (the request line).
+    """
+    scheme, _, rest = target.partition("://")
+    if scheme.lower() not in _SCHEMES:
+        raise RequestError(400, "absolute-form target with a scheme other than http or https")
+    end = len(rest)
+    for stop in ("/", "?"):
+        found = rest.find(stop, 0, end)
+        if found >= 0:
+            end = found
+    authority = rest[:end]
+    if "@" in authority:
+        raise RequestError(400, "userinfo in the request-target")
+    if not valid_authority(authority):
+        raise RequestError(400, "malformed authority in the request-target")
 
 
 def _chunked(values: list[str], version: str) -> bool:

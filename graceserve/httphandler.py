@@ -33,6 +33,7 @@ from .server import FORCED, Connection
 from .tls import raw_socket
 
 if TYPE_CHECKING:
+    from .headbudget import HeadMeter
     from .httpserver import GracefulHTTPServer
 
 __all__ = ["BODY", "BUSY", "HEAD", "IDLE", "DrainAwareRequestHandler", "HTTPConnection"]
@@ -58,9 +59,27 @@ class HTTPConnection(Connection):
     idle either never reads its request, or knows it raced the close.  The
     reaper re-checks ``(state, since)`` under the lock before it cuts, so a
     connection that moved on meanwhile is left alone.
+
+    The request body's clock (``body_*``) is written by the body reader
+    (``graceserve.bodyreader``) in the connection's thread; ``head`` is set
+    by the server before the thread starts; ``watch_writes`` by the thread
+    once its TLS handshake is done; ``rate_mark`` and ``write_mark`` are the
+    reaper's own notes, written by the reaper only.
     """
 
-    __slots__ = ("rhythm", "since", "state")
+    __slots__ = (
+        "body_received",
+        "body_serial",
+        "body_waited",
+        "head",
+        "rate_mark",
+        "rhythm",
+        "since",
+        "state",
+        "used",
+        "watch_writes",
+        "write_mark",
+    )
 
     def __init__(self, request: socket.socket, address: Any, *args: Any) -> None:
         # BUSY until its handler reaches the request loop: a handler that replaces the
@@ -68,12 +87,21 @@ class HTTPConnection(Connection):
         self.state = BUSY
         self.since = _now()  # when ``state`` was entered (BODY: last progress)
         self.rhythm = 0.0  # recent gaps between a response and the next request (decaying max)
+        self.used = False  # a request arrived on it: idle from then on, it is kept alive
+        self.head: HeadMeter | None = None  # charges long heads to the server's head budget
+        self.body_serial = 0  # which request body the two counters below are about
+        self.body_waited = 0.0  # seconds spent blocked waiting for it (reads finished)
+        self.body_received = 0  # bytes of it read
+        self.rate_mark: tuple[int, float, int] | None = None  # (serial, waited, received)
+        self.watch_writes = False  # no kernel bound on its writes (TLS): the reaper watches
+        self.write_mark: tuple[int, int, float] | None = None  # (unsent, acked, since)
         super().__init__(request, address, *args)  # its flags map onto ``state`` (below)
 
     def note_gap(self, gap: float) -> None:
         """Record the gap between a response and the next request (the rhythm the linger learns)."""
         decayed = self.rhythm * RHYTHM_DECAY
         self.rhythm = gap if gap > decayed else decayed
+        self.used = True
 
     # The generic Connection's flags, for code written against them (reads and
     # writes map onto ``state``; same atomicity: one attribute per write).
@@ -132,6 +160,8 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
     _graceserve_conn: HTTPConnection
     _graceserve_lock: Any
     _graceserve_limits: httpparse.Limits
+    _graceserve_meter: HeadMeter | None = None  # the head budget's meter for this connection
+    _graceserve_on_line: Any = None  # its HeadMeter.line
 
     def setup(self) -> None:
         """Set up the streams and find this connection's registry record."""
@@ -143,6 +173,9 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
         self._graceserve_conn = conn
         self._graceserve_lock = server.registry.lock
         self._graceserve_limits = server.request_limits
+        if conn.head is not None:
+            self._graceserve_meter = conn.head
+            self._graceserve_on_line = conn.head.line
         if server.access_logger is not None:
             self.wfile = CountingWriter(self.wfile)
 
@@ -171,6 +204,8 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
             return
         limit = self._graceserve_limits.request_line + 3  # CRLF, and one byte to tell "too long"
         raw = self.rfile.readline(limit)
+        if raw == b"\r\n" or raw == b"\n":  # RFC 9112 2.2: one empty line before a request is ok
+            raw = self.rfile.readline(limit)
         now = _now()
         with self._graceserve_lock:
             cut = conn.cut
@@ -211,6 +246,10 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
             self._end_body()
         if self.server.access_logger is not None:
             self._log_access()
+        meter = self._graceserve_meter
+        if meter is not None and meter.charged:  # a long head: give its memory back
+            meter.release()
+            self.headers = httpparse.to_message([])
 
     def parse_request(self) -> bool:
         """Parse the request line and read the head, strictly (``graceserve.httpparse``).
@@ -236,7 +275,9 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
             self.command, self.path, self.request_version = line.method, line.target, line.version
             if self.path.startswith("//"):  # as the stdlib (gh-87389): no open redirects
                 self.path = "/" + self.path.lstrip("/")
-            fields = httpparse.read_fields(self.rfile.readline, limits)
+            fields = httpparse.read_fields(
+                self.rfile.readline, limits, on_line=self._graceserve_on_line
+            )
             self.headers = httpparse.to_message(fields)
             framing = httpparse.framing(line, fields, limits)
         except httpparse.RequestError as exc:

@@ -25,8 +25,13 @@ Timeouts and the drain are enforced from the outside by the reaper
 (``service_actions`` and ``service_drain``), from the state each handler
 records on its ``HTTPConnection``; a response that a client stops reading is
 bounded by the kernel (``SO_SNDTIMEO``, set once per connection: a send that
-makes no progress for ``idle_timeout`` fails, at no cost per write; the ssl
-module retries past it, so TLS connections are not bounded this way).
+makes no progress for ``idle_timeout`` fails, at no cost per write), and over
+TLS, where the ssl module retries past that bound, by the reaper watching the
+send queue; a request body trickled below ``min_body_rate`` is cut by the
+reaper too (``graceserve.slowclients``).  Long request heads share one memory
+budget (``graceserve.headbudget``).  At ``max_connections`` with a
+client queued, the oldest idle keep-alive connections are closed politely to
+make room (``reclaim_idle``).
 """
 
 from __future__ import annotations
@@ -42,8 +47,10 @@ import threading
 import time
 from typing import Any
 
-from . import httpparse, tls
+from . import httpparse, slowclients, tls
 from .accesslog import AccessLog, open_access_log
+from .connection import format_address
+from .headbudget import DEFAULT_ALLOWANCE, DEFAULT_BUDGET, HeadBudget
 from .httphandler import (
     BODY,
     BUSY,
@@ -87,6 +94,13 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
                                 request head still arriving after this long, a
                                 request body that made no progress for this long,
                                 or a response the client stopped reading this long
+    - min_body_rate = 500       bytes/s a request body must average over each
+                                ``idle_timeout`` of waiting for it (None: no minimum)
+    - head_budget = 32 MiB      bytes of field lines that request heads may hold
+                                beyond ``head_allowance`` each, in all, until their
+                                request is done; a head that finds none left gets
+                                503 (None: no budget)
+    - head_allowance = 16 KiB   what each head may hold without drawing on it
     - drain_linger = 0.2        at drain, the least an idle keep-alive connection
                                 is given to send one more request (answered with
                                 ``Connection: close``), from its last response
@@ -112,6 +126,9 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
     """
 
     idle_timeout: float | None = DEFAULTS.idle_timeout
+    min_body_rate: float | None = DEFAULTS.min_body_rate
+    head_budget: int | None = DEFAULT_BUDGET
+    head_allowance: int = DEFAULT_ALLOWANCE
     drain_linger = 0.2
     drain_linger_max = DEFAULTS.drain_linger_max
     request_limits = STDLIB_LIMITS
@@ -133,6 +150,9 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
         self._handler_classes: dict[Any, Any] = {}
         self._handler_classes_lock = threading.Lock()
         self._next_reap = 0.0
+        self._heads: HeadBudget | None = None  # made at the first connection (settings first)
+        self._reclaimed = 0  # idle keep-alive connections closed to make room at the cap
+        self._reclaim_logged_at: float | None = None
         super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
@@ -161,8 +181,23 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
         return request, client_address
 
     def make_connection(self, request: socket.socket, client_address: Any) -> HTTPConnection:
-        """The registry record: an ``HTTPConnection`` (its handler records its state there)."""
-        return HTTPConnection(request, client_address, self.registry)
+        """The registry record: an ``HTTPConnection`` (its handler records its state there),
+        with a meter on the head budget."""
+        conn = HTTPConnection(request, client_address, self.registry)
+        heads = self._heads
+        if heads is None and self.head_budget is not None:
+            with self._handler_classes_lock:
+                if self._heads is None:
+                    self._heads = HeadBudget(self.head_budget, self.head_allowance)
+                heads = self._heads
+        if heads is not None:
+            conn.head = heads.meter()
+        return conn
+
+    @property
+    def heads(self) -> HeadBudget | None:
+        """The head budget (None before the first connection, or with ``head_budget`` None)."""
+        return self._heads
 
     def setup_production(self) -> None:
         """Build the TLS context, open the access log, parse the trusted proxies.
@@ -192,24 +227,30 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
         if not self._production_ready:
             with self._handler_classes_lock:
                 self.setup_production()
-        context = self.ssl_context
-        if context is None:
-            self.serve_connection(request, client_address)
-            return
         conn = self.registry.get(request)
-        if isinstance(conn, HTTPConnection):  # the reaper times the handshake as a head
-            conn.since = time.monotonic()
-            conn.state = HEAD
-        timeout = self.tls_handshake_timeout
-        with tls.secured(context, request, client_address, timeout) as stream:
-            if stream is None:
+        try:
+            context = self.ssl_context
+            if context is None:
+                self.serve_connection(request, client_address)
                 return
-            if isinstance(conn, HTTPConnection):
-                # The client's first request follows the handshake by a round trip
-                # or more (much more on a loaded machine): until its rhythm is
-                # learned, a drain gives it the longest linger, not the shortest.
-                conn.rhythm = max(conn.rhythm, self.drain_linger_max / RHYTHM_FACTOR)
-            self.serve_connection(stream, client_address)
+            if isinstance(conn, HTTPConnection):  # the reaper times the handshake as a head
+                conn.since = time.monotonic()
+                conn.state = HEAD
+            timeout = self.tls_handshake_timeout
+            with tls.secured(context, request, client_address, timeout) as stream:
+                if stream is None:
+                    return
+                if isinstance(conn, HTTPConnection):
+                    # The client's first request follows the handshake by a round trip
+                    # or more (much more on a loaded machine): until its rhythm is
+                    # learned, a drain gives it the longest linger, not the shortest.
+                    conn.rhythm = max(conn.rhythm, self.drain_linger_max / RHYTHM_FACTOR)
+                    conn.watch_writes = True  # SO_SNDTIMEO does not bound TLS writes
+                self.serve_connection(stream, client_address)
+        finally:
+            head = getattr(conn, "head", None)
+            if head is not None:  # a head the connection ended in the middle of
+                head.release()
 
     def serve_connection(self, request: Any, client_address: Any) -> None:
         """Serve the connection with the drain-aware variant of the handler class."""
@@ -303,8 +344,14 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
         linger_max = max(self.drain_linger_max, self.drain_linger)
         due: float | None = now + self.drain_linger if draining else None
         candidates: list[tuple[socket.socket, Connection, int, float]] = []
+        slow: list[tuple[socket.socket, HTTPConnection, int, int, str]] = []
         for request, conn in items:
             state, since = _state_of(conn)
+            if started is None and isinstance(conn, HTTPConnection) and state in (BUSY, BODY):
+                why = slowclients.verdict(request, conn, state, now, timeout, self.min_body_rate)
+                if why is not None:
+                    slow.append((request, conn, state, conn.body_serial, why))
+                    continue
             if state == BUSY:
                 continue
             if started is None:  # the idle timeout
@@ -323,6 +370,8 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
             if state == IDLE and _has_queued_bytes(request):
                 continue  # a request is arriving: look again
             candidates.append((request, conn, state, since))
+        if slow:
+            self._cut_slow(slow)
         stalled_bodies = 0
         if candidates:
             with self.registry.locked_items():
@@ -338,6 +387,84 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
                 stalled_bodies,
             )
         return due
+
+    def _cut_slow(self, slow: list[tuple[socket.socket, HTTPConnection, int, int, str]]) -> None:
+        """Cut the slow clients ``slowclients.verdict`` found, if still as found; log each.
+
+        A stalled writer is cut both ways and reset when it closes (SO_LINGER 0):
+        its client reads nothing, and the unsent bytes would otherwise hold
+        kernel memory for minutes.  A slow body has its reading side shut, as
+        a stalled one: the handler's read meets the body's end.
+        """
+        cut: list[tuple[HTTPConnection, str]] = []
+        with self.registry.locked_items():
+            for request, conn, state, serial, why in slow:
+                if conn.state != state or self.registry.get(request) is not conn:
+                    continue  # moved on, or gone
+                if state == BUSY:
+                    with contextlib.suppress(OSError):
+                        request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT)
+                elif conn.body_serial != serial:
+                    continue
+                if self.cut_connection(request, forced=state == BUSY):
+                    cut.append((conn, why))
+        for conn, why in cut:
+            log.info("%s: %s", format_address(conn.address), why)
+
+    # -- making room at the connection cap ---------------------------------------
+
+    def reclaim_idle(self, wanted: int) -> int:
+        """Close up to ``wanted`` idle keep-alive connections, oldest idle first; how many.
+
+        Called by the accept loop at ``max_connections`` with clients queued.
+        Only a keep-alive connection (one that has sent a request: a client
+        that has not sent its first one yet is bounded by the idle timeout)
+        idle for longer than its linger is a candidate (the time the drain
+        would give it to send one more request: three times its recent gaps,
+        at least ``drain_linger``, at most ``drain_linger_max``), and never one
+        with bytes queued: a connection in the middle of a burst of requests
+        keeps its slot.  Each is closed as the drain closes an idle
+        one (its reading side shut: the handler sees EOF and the client gets a
+        FIN, or a TLS ``close_notify`` then FIN; a request that raced the close
+        is answered, with ``Connection: close``).  The first close in a minute
+        is logged.
+        """
+        if self.draining:
+            return 0
+        now = time.monotonic()
+        with self.registry.locked_items() as items:
+            pass
+        idle: list[tuple[float, socket.socket, Connection]] = []
+        for request, conn in items:
+            if not getattr(conn, "used", False):
+                continue
+            state, since = _state_of(conn)
+            if state == IDLE and self.linger_until(conn, since, since) <= now:
+                idle.append((since, request, conn))
+        idle.sort(key=lambda entry: entry[0])
+        closed = 0
+        for since, request, conn in idle:
+            if closed >= wanted:
+                break
+            if _has_queued_bytes(request):
+                continue  # its next request is arriving
+            with self.registry.locked_items():
+                if _state_of(conn) == (IDLE, since) and self.cut_connection(request, forced=False):
+                    closed += 1
+        if closed:
+            self._reclaimed += closed
+            last = self._reclaim_logged_at
+            if last is None or now - last >= 60.0:
+                self._reclaim_logged_at = now
+                log.info(
+                    "at --max-connections (%s) with clients waiting: closing idle keep-alive "
+                    "connections, oldest first, to make room (%d so far)",
+                    self.max_connections, self._reclaimed,
+                )  # fmt: skip
+        return closed
+
+
+_ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets, drops unsent bytes
 
 
 def _state_of(conn: Connection) -> tuple[int, float]:

@@ -12,12 +12,12 @@ Threading contract: the main thread only.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import socketserver
 from typing import Any
 
 from . import runstatus
+from .banner import log_banner
 from .control import ServerStatus
 from .listener import make_server, remove_unix_socket
 from .pidfile import PidFile
@@ -49,10 +49,7 @@ def run_supervised(
     holder.block_on_close = False  # it never served: nothing to drain
     try:
         listener = holder.socket.dup()
-        log.info(
-            "supervisor pid %d: starting %d workers on %s",
-            os.getpid(), settings.workers, holder.server_address,
-        )  # fmt: skip
+        log_banner(settings, holder, handler, supervisor=True)
         status = ServerStatus(
             workers=settings.workers, grace=settings.grace, drain_delay=settings.drain_delay,
             start_timeout=settings.start_timeout,

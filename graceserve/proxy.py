@@ -10,6 +10,19 @@ sending its own header first.  ``Forwarded`` wins over the ``X-Forwarded-*``
 fields when both are sent.  A malformed value (not an address, an unknown
 scheme, a host that is not a host) is ignored, never an error response.
 
+What is believed is what RFC 7239 allows, checked before the app or the
+access log sees it: a client is an IPv4 or IPv6 address (never with a zone
+identifier: ``fe80::1%eth0`` means something only on the proxy's host, and
+its free text would reach ``REMOTE_ADDR`` and the log), a port is 1 to 65535
+in ASCII digits, a scheme is ``http`` or ``https``, a host is what an
+absolute-form target's authority may be (``graceserve.httphost``).  Being
+lenient about quoting (``for=1.2.3.4:80`` unquoted) lets nothing else
+through.
+
+Bounded work: only the ``MAX_HOPS`` right-most hops are read (whatever lies
+further left was written by the client, who can make it as long as the head
+limits allow), and an element longer than any valid one is malformed.
+
 Pure functions and an immutable ``Trust``: thread-safe.
 """
 
@@ -21,7 +34,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from graceserve.httphost import valid_authority
+
 __all__ = [
+    "MAX_HOPS",
     "Forwarded",
     "Trust",
     "forwarded",
@@ -31,9 +47,13 @@ __all__ = [
 ]
 
 _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%]+)(?::[0-9]{1,5})?")
 _PAIR = re.compile(r'\s*([A-Za-z]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;,"\s]*)\s*')
 _SCHEMES = frozenset({"http", "https"})
+MAX_HOPS = 64
+"""Hops read from the right of a forwarded chain: more trusted proxies than
+this in a row is not a deployment, it is a client's own list."""
+_MAX_ELEMENT = 1024  # characters in one Forwarded element: a valid one is far shorter
+_ESCAPED_BACKSLASH = "\ue000"  # stands for ``\\`` while the other backslashes go
 
 
 @dataclass(frozen=True)
@@ -104,21 +124,24 @@ def forwarded(peer: str, headers: Mapping[str, str], trust: Trust) -> Forwarded:
             return _from_elements(elements, trust)
         return _NOTHING
     hops: list[dict[str, str]] = []
+    count = 0
     xff = headers.get("x-forwarded-for")
     if xff is not None:
-        hops = [{"for": value.strip()} for value in xff.split(",")]
+        addresses = xff.split(",")
+        count = len(addresses)
+        hops = [{"for": value.strip()} for value in addresses[-MAX_HOPS:]]
     for name, key in (("x-forwarded-proto", "proto"), ("x-forwarded-host", "host")):
         value = headers.get(name)
         if value is None:
             continue
-        values = [item.strip() for item in value.split(",")]
-        if len(values) == len(hops):  # one per hop: align with the addresses
-            for hop, item in zip(hops, values, strict=True):
-                hop[key] = item
+        values = value.split(",")
+        if len(values) == count:  # one per hop: align with the addresses
+            for hop, item in zip(hops, values[-len(hops) :], strict=True):
+                hop[key] = item.strip()
         elif hops:
-            hops[-1][key] = values[-1]  # the nearest proxy's word
+            hops[-1][key] = values[-1].strip()  # the nearest proxy's word
         else:
-            hops = [{key: values[-1]}]
+            hops = [{key: values[-1].strip()}]
     return _from_elements(hops, trust)
 
 
@@ -170,7 +193,7 @@ def _from_elements(hops: list[dict[str, str]], trust: Trust) -> Forwarded:
     host = chosen.get("host", _nearest(hops, "host"))
     if proto is not None:
         proto = proto.lower() if proto.lower() in _SCHEMES else None
-    if host is not None and not _HOST.fullmatch(host):
+    if host is not None and not valid_authority(host):
         host = None
     return Forwarded(client, port, proto, host)
 
@@ -180,21 +203,24 @@ def _nearest(hops: list[dict[str, str]], key: str) -> str | None:
 
 
 def _node(text: str) -> tuple[str, str | None] | None:
-    """(address, port or None) of a ``for`` value: ``1.2.3.4``, ``1.2.3.4:80``, ``[v6]:80``,
-    a bare IPv6 address; None if it is not an address."""
+    """(address, port or None) of a ``for`` value: ``1.2.3.4``, ``1.2.3.4:80``, ``[v6]``,
+    ``[v6]:80``, a bare IPv6 address; None if it is not one of those (a zone
+    identifier, a port out of range or in other than ASCII digits included)."""
     text = text.strip()
     port: str | None = None
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+        if not sep or (rest and rest[:1] != ":"):
             return None
-        port = rest[1:] or None
+        port = rest[1:] if rest else None
     elif text.count(":") == 1:
         host, _, port = text.partition(":")
-        if not port.isdigit():
-            return None
     else:
         host = text
+    if port is not None and not _valid_port(port):
+        return None
+    if "%" in host:  # a zone identifier: not in RFC 7239's node grammar
+        return None
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
@@ -202,10 +228,18 @@ def _node(text: str) -> tuple[str, str | None] | None:
     return str(address), port
 
 
+def _valid_port(port: str) -> bool:
+    """1 to 65535, in at most five ASCII digits."""
+    return 0 < len(port) <= 5 and port.isascii() and port.isdigit() and 0 < int(port) <= 65535
+
+
 def _parse_forwarded(value: str) -> list[dict[str, str]] | None:
-    """RFC 7239 elements (``for=..;proto=..``, comma separated); None if malformed."""
+    """The ``MAX_HOPS`` right-most RFC 7239 elements (``for=..;proto=..``, comma
+    separated); None if one of them is malformed."""
     elements: list[dict[str, str]] = []
-    for element in value.split(","):  # a quoted value never holds a comma we accept
+    for element in value.split(",")[-MAX_HOPS:]:  # a quoted value never holds a comma we accept
+        if len(element) > _MAX_ELEMENT:
+            return None
         pairs: dict[str, str] = {}
         for part in element.split(";"):
             if not part.strip():
@@ -215,7 +249,20 @@ def _parse_forwarded(value: str) -> list[dict[str, str]] | None:
                 return None
             name, raw = match[1].lower(), match[2]
             if raw.startswith('"'):
-                raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
+                raw = _unquote(raw[1:-1])
             pairs[name] = raw
         elements.append(pairs)
     return elements
+
+
+def _unquote(text: str) -> str:
+    """A quoted-string's content with its quoted-pairs undone (``\\x`` is ``x``).
+
+    The regex checked that every backslash starts a pair, so, read from the
+    left, the first of two adjacent backslashes always starts one: the pairs
+    are found by ``str.replace`` (no per-character loop).
+    """
+    if "\\" not in text:
+        return text
+    text = text.replace("\\\\", _ESCAPED_BACKSLASH).replace("\\", "")
+    return text.replace(_ESCAPED_BACKSLASH, "\\")

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import runstatus
+from .banner import log_banner
 from .control import ServerStatus
 from .drain import DrainReport
 from .errors import EXIT_CUT, EXIT_OK, exit_code_for_signal
@@ -295,6 +296,7 @@ class _Controller:
         scheme = server.url_scheme if isinstance(server, GracefulHTTPServer) else "tcp"
         where = listen_url(scheme, format_address(server.server_address))
         self.status.update(state="serving")  # first: whoever reads the line may ask
+        log_banner(self.settings, server)  # version, target, address, workers: one line
         self.notifier.send("READY=1", f"STATUS=listening on {where}")
         log.info(
             "%s", ready_line(where, scheme, os.getpid(), grace),

@@ -40,6 +40,10 @@ class Settings:
     """HTTP: close a keep-alive connection idle (or a head arriving) this long.
     TCP: the default timeout of ``wait_for_input`` (the server's ``input_timeout``).
     None: never."""
+    min_body_rate: int | None = 500
+    """HTTP: bytes per second a request body must average over each ``idle_timeout``
+    spent waiting for it (the app's own time between reads does not count);
+    slower ones are cut.  None: no minimum."""
     drain_delay: float = 0.0
     """Lame-duck seconds between the stop signal and the drain."""
     log_level: str = "info"
@@ -112,6 +116,7 @@ class Settings:
         }
         if http or wsgi:
             attributes["drain_linger_max"] = self.drain_linger_max
+            attributes["min_body_rate"] = self.min_body_rate
             attributes.update(
                 certfile=self.certfile,
                 keyfile=self.keyfile,

@@ -3,7 +3,10 @@
 Why this module exists: a bad target is the most common start-up mistake, and
 each way it can be wrong (no colon, no module, an error inside the module, a
 missing attribute, not a handler class) deserves its own one-line message
-instead of a traceback.  The working directory is put on ``sys.path`` first,
+with a hint, instead of graceserve's traceback.  An exception raised by the
+app's own code (at import, or by its factory) travels with the StartupError
+as ``app_error``, its traceback cut to the app's frames, so the command line
+shows the file and line that failed.  The working directory is put on ``sys.path`` first,
 as gunicorn does, so ``python -m graceserve app:Handler`` finds ``./app.py``.
 
 What is served: a ``socketserver.BaseRequestHandler`` subclass (or a
@@ -15,6 +18,7 @@ WSGI application.
 from __future__ import annotations
 
 import ast
+import difflib
 import functools
 import http.server
 import importlib
@@ -25,6 +29,7 @@ import socketserver
 import sys
 from typing import Any
 
+from .apptrace import app_frames
 from .errors import StartupError, UsageError
 
 __all__ = ["is_handler", "is_http_handler", "is_wsgi_app", "load_handler", "load_target"]
@@ -53,33 +58,50 @@ def load_target(target: str) -> Any:
         attr, args, kwargs = _factory_call(target, attr)
     if not colon or not module_name or not attr:
         raise UsageError(f"target {target!r} is not of the form module:Handler or module:app")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and (exc.name == module_name or module_name.startswith(exc.name + ".")):
-            missing = f"cannot import {module_name!r}: no module named {exc.name!r}"
+            missing = (
+                f"cannot import {module_name!r}: no module named {exc.name!r} in {cwd} "
+                "or on sys.path (run graceserve from the directory that holds it, "
+                "or add that directory to PYTHONPATH)"
+            )
             raise StartupError(missing) from None
-        log.debug("importing %s failed", module_name, exc_info=True)
-        raise StartupError(f"importing {module_name!r} failed: {_one_line(exc)}") from None
+        hint = (
+            f" ({exc.name!r} is not installed for {sys.executable}, the Python running "
+            "graceserve: install graceserve into the app's environment, or what the app "
+            "needs into this one)"
+            if exc.name
+            else ""
+        )
+        raise StartupError(
+            f"importing {module_name!r} failed: {_one_line(exc)}{hint}", app_frames(exc)
+        ) from None
     except (Exception, SystemExit) as exc:
-        log.debug("importing %s failed", module_name, exc_info=True)
-        raise StartupError(f"importing {module_name!r} failed: {_one_line(exc)}") from None
+        raise StartupError(
+            f"importing {module_name!r} failed: {_one_line(exc)}", app_frames(exc)
+        ) from None
     found: object = module
     for part in attr.split("."):
         try:
             found = getattr(found, part)
         except AttributeError:
-            raise StartupError(f"module {module_name!r} has no attribute {attr!r}") from None
+            raise StartupError(
+                f"module {module_name!r} has no attribute {attr!r}{_did_you_mean(found, part)}"
+            ) from None
     if factory:
         if not callable(found):
             raise StartupError(f"{target}: {module_name}.{attr} is not callable")
         try:
             found = found(*args, **kwargs)
         except Exception as exc:
-            log.debug("calling %s failed", target, exc_info=True)
-            raise StartupError(f"calling {module_name}.{attr}() failed: {_one_line(exc)}") from None
+            raise StartupError(
+                f"calling {module_name}.{attr}() failed: {_one_line(exc)}", app_frames(exc)
+            ) from None
     if not (is_handler(found) or _takes_two_arguments(found)):
         raise StartupError(
             f"{target} is {type(found).__name__} {found!r:.60}, not a socketserver."
@@ -142,6 +164,13 @@ def is_http_handler(handler_class: Any) -> bool:
 def is_wsgi_app(target: Any) -> bool:
     """Whether ``target`` is served as a WSGI application: a callable that is not a handler."""
     return callable(target) and not is_handler(target)
+
+
+def _did_you_mean(holder: object, name: str) -> str:
+    """`` (did you mean 'app'?)`` for a near miss among ``holder``'s public names, or ''."""
+    names = [n for n in dir(holder) if not n.startswith("_")]
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
 
 
 def _one_line(exc: BaseException) -> str:

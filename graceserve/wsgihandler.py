@@ -40,13 +40,19 @@ from .tls import raw_socket
 from .wsgiresponse import FileWrapper, Response
 
 if TYPE_CHECKING:
+    from .headbudget import HeadMeter
     from .wsgi import GracefulWSGIServer
 
 __all__ = ["WSGIConnection", "http_date"]
 
 log = logging.getLogger("graceserve")
 
-_RFILE_BUFFER = 65536
+# The socket file's buffer: every ordinary head fits (a head is read at once when it
+# is all in the buffer; the head budget's free allowance is the same 16 KiB), bodies
+# bypass it (read1 with an empty buffer reads straight into the result), and what an
+# idle connection keeps resident after a large request stays small (1,000 idle
+# connections after a 48 KiB head: 43 KiB each, against 88 KiB with 64 KiB).
+_RFILE_BUFFER = 16384
 _SPECIAL = {"CONTENT_TYPE": "CONTENT_TYPE", "CONTENT_LENGTH": "CONTENT_LENGTH"}
 _environ_keys: dict[str, str | None] = {}  # header name as sent -> environ key (None: dropped)
 _MAX_CACHED_KEYS = 4096
@@ -118,6 +124,9 @@ class WSGIConnection:
         registry = server.registry
         self.conn = registry.get(raw_socket(request))
         self.lock = registry.lock
+        meter: HeadMeter | None = getattr(self.conn, "head", None)
+        self.meter = meter  # this connection's meter on the head budget
+        self.on_line: Callable[[bytes], object] | None = None if meter is None else meter.line
         self.closing = False  # this connection ends after the current response
         self.started = 0.0  # when the current request line arrived
         environ = dict(server.base_environ)
@@ -208,7 +217,7 @@ class WSGIConnection:
                 self._to_busy()
                 self.send_error(505, "HTTP/0.9 is not supported", version="HTTP/1.0")
                 return False
-            fields = httpparse.read_fields(self.rfile.readline, limits)
+            fields = httpparse.read_fields(self.rfile.readline, limits, on_line=self.on_line)
             framing = httpparse.framing(request_line, fields, limits)
         except IncompleteHeadError:
             return False
@@ -222,7 +231,11 @@ class WSGIConnection:
             return False  # the head was cut half-way: never act on it
         if not framing.keep_alive:
             self.closing = True
-        return self.handle_request(request_line, fields, framing)
+        keep = self.handle_request(request_line, fields, framing)
+        meter = self.meter
+        if meter is not None and meter.charged:  # a long head: its request is done
+            meter.release()
+        return keep
 
     # -- one request --------------------------------------------------------
 
@@ -239,8 +252,8 @@ class WSGIConnection:
         if target[:1] != "/":  # absolute-form (or * / authority-form): keep the path
             authority, target = _split_absolute(target)
         path, _, query = target.partition("?")
-        if "%" in path:
-            path = unquote_to_bytes(path).decode("latin-1")
+        if "%" in path:  # the bytes as sent, decoded once (a str would be UTF-8 encoded first)
+            path = unquote_to_bytes(path.encode("latin-1")).decode("latin-1")
         root = self.server.root_path
         if root and (path == root or path.startswith(root + "/")):
             path = path[len(root) :]

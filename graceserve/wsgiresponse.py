@@ -7,9 +7,14 @@ can still turn its response into an error); an app's ``Content-Length`` is
 a promise that must be kept (a short body closes the connection instead of
 leaving the client waiting for bytes that never come); without one the body
 is chunked on HTTP/1.1 and close-delimited on HTTP/1.0; HEAD, 204 and 304
-carry no body; 1xx and hop-by-hop headers are the server's business (an app
-that sends them gets a 500; ``100 Continue`` goes out at the first body
-read); and the iterable's ``close()`` runs whatever happened.
+carry no body (and HEAD no ``Content-Length`` unless it is GET's: a
+streaming GET has none to give); 1xx and hop-by-hop headers are the
+server's business (an app that sends them gets a 500; ``100 Continue`` goes
+out at the first body read); a request body that turned out malformed or
+over ``--max-body-size`` while the app read it is answered 400 or 413
+whatever the app made of the exception (a framework turns it into its own
+500), or, once the head is out, ends the connection; and the iterable's
+``close()`` runs whatever happened.
 
 Speed: a list or tuple result (the common ``return [body]``) is sent with a
 computed ``Content-Length`` in one ``sendall`` with the head; a
@@ -195,10 +200,13 @@ class Response:
             log.debug("client went away in the middle of its request body: %s", exc)
             return False
         except RequestError as exc:  # a malformed or oversized request body, met by the app
-            if not self.headers_sent:
-                self.connection.send_error(exc.status, exc.message)
+            self._refuse(exc)
             return False
         except Exception:
+            refusal = self._refusal()
+            if refusal is not None:  # the app's error is the body's: say what it was
+                self._refuse(refusal)
+                return False
             if self.headers_sent:
                 self.connection.log_app_error(environ, "application error after the headers")
                 return False
@@ -250,9 +258,30 @@ class Response:
         elif not self.no_body:
             self._send(self._frame(data))
 
+    def _refusal(self) -> RequestError | None:
+        """The error the request body failed with, if it is the client's fault (400, 413)."""
+        body = self.body
+        error = body.error if body is not None else None
+        return error if isinstance(error, RequestError) else None
+
+    def _refuse(self, error: RequestError) -> None:
+        """Answer a request whose body was refused: its status, or (head out) one log line."""
+        if not self.headers_sent:
+            self.connection.send_error(error.status, error.message)
+            return
+        log.info(
+            "%s: request body refused after the response began (%d %s); closing",
+            self.connection.client_text(), error.status, error.message,
+        )  # fmt: skip
+
     def finish(self) -> bool:
         """End the body; True if the connection can carry another request."""
         connection = self.connection
+        if self.body is not None:
+            refusal = self._refusal()
+            if refusal is not None:  # the app swallowed it and went on: the framing is lost
+                self._refuse(refusal)
+                return False
         if self.no_body:
             return not connection.closing
         if self.length is not None and self.sent < self.length:
@@ -271,7 +300,16 @@ class Response:
     # -- framing ------------------------------------------------------------
 
     def head(self, body_length: int | None) -> bytes:
-        """The response head; decides the framing.  ``body_length`` is known, or None."""
+        """The response head; decides the framing.  ``body_length`` is known, or None.
+
+        Raises the request body's RequestError if it failed with one: the app's
+        response (its own 500, or a success built on a body it did not get
+        whole) is replaced by that status.
+        """
+        if self.body is not None:
+            refusal = self._refusal()
+            if refusal is not None:
+                raise refusal
         assert self.status is not None
         status = self.status
         code = int(status[:3])
@@ -282,7 +320,10 @@ class Response:
             self.no_body = True
         elif self.head_only:
             self.no_body = True
-            if self.length is None and body_length is not None:  # what GET would say
+            # What GET would say, when the app gave a body to measure.  An empty
+            # one says nothing: a framework answers HEAD with no body even where
+            # GET streams one (RFC 9110 8.6: no Content-Length but GET's).
+            if self.length is None and body_length:
                 lines.append(f"Content-Length: {body_length}\r\n")
         elif self.length is not None:
             pass

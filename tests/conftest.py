@@ -22,7 +22,10 @@ from typing import Any
 import pytest
 
 from graceserve.readiness import READY_PATTERN
+from testsupport.matrix import Lab, lab_fixture_body
+from testsupport.pki import make_pki
 from testsupport.process import REPO, ServerProcess
+from testsupport.serve import TlsFiles
 
 __all__ = ["READY", "REPO", "Call", "ServerProcess", "graceserve_log", "start_server", "wait_until"]
 
@@ -126,3 +129,22 @@ def start_server() -> Iterator[Callable[..., ServerProcess]]:
     yield start
     for process in started:
         process.stop()
+
+
+# -- the contract matrix (tests/test_matrix_*.py) -----------------------------------------
+
+
+@pytest.fixture(scope="session")
+def matrix_tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A server certificate (CN graceserve-matrix) and a client context trusting its CA."""
+    pki = make_pki(tmp_path_factory.mktemp("matrix-pki"))
+    cert, key = pki.issue("server", "graceserve-matrix")
+    return TlsFiles(cert, key, pki.client_context())
+
+
+@pytest.fixture(scope="session")
+def lab(request: pytest.FixtureRequest, matrix_tls: TlsFiles) -> Iterator[Lab]:
+    """One combination (kind x mode) of the contract matrix: every scenario the selected
+    rows read (their modules' ``PHASES``), run at once; parametrised by
+    ``testsupport.matrix.rows``."""
+    yield from lab_fixture_body(request, matrix_tls)

@@ -26,7 +26,7 @@ import pytest
 from conftest import ServerProcess, wait_until
 from tls_support import APP
 
-from graceserve.accesslog import AccessLog, AccessRecord, format_combined
+from graceserve.accesslog import AccessLog, AccessRecord, format_combined, format_json
 from graceserve.logformat import JSONFormatter
 from graceserve.readiness import parse_ready
 
@@ -163,6 +163,38 @@ def test_the_combined_line_format() -> None:
 
 
 # -- graceserve's own lines as JSON ---------------------------------------------------
+
+
+HOSTILE = '1.2.3.4 - - [x] "GET / HTTP/1.1" 200 1 "-" "-" 0.1\r\n\x85\u2028"\\'
+
+
+def test_no_field_of_a_combined_line_can_start_a_line_or_fake_a_field() -> None:
+    # Every field a client can reach (a forwarded client that slipped through, the target,
+    # the version, the agent, the referer) holds quotes, spaces, CR, LF, NEL, U+2028.
+    hostile = AccessRecord(
+        1.5e9, HOSTILE, "GET", "/" + HOSTILE, HOSTILE, "HTTP/1.1", 200, 5, 0.25, HOSTILE, HOSTILE
+    )
+    line = format_combined(hostile)
+    assert line.endswith("\n")
+    assert len(line.splitlines()) == 1  # str.splitlines breaks at NEL and U+2028 too
+    match = COMBINED.match(line[:-1])
+    assert match is not None, line
+    assert match["client"] == r"1.2.3.4\x20-\x20-\x20[x]\x20\x22GET\x20/\x20HTTP/1.1\x22\x20200" + (
+        r"\x201\x20\x22-\x22\x20\x22-\x22\x200.1\x0d\x0a\x85\u2028\x22\x5c"
+    )
+    assert match["status"] == "200"
+    assert match["agent"] == match["referer"]
+    assert "\\x0d\\x0a" in match["request"]
+
+
+def test_no_field_of_a_json_line_can_start_a_line() -> None:
+    hostile = AccessRecord(
+        1.5e9, HOSTILE, HOSTILE, HOSTILE, HOSTILE, HOSTILE, 200, 5, 0.25, HOSTILE, HOSTILE
+    )
+    line = format_json(hostile)
+    assert line.isascii()
+    assert len(line.splitlines()) == 1
+    assert set(json.loads(line).values()) >= {HOSTILE}
 
 
 def test_log_format_json_end_to_end(start_server: StartServer) -> None:

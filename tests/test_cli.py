@@ -607,9 +607,14 @@ def test_bad_start_says_one_line_and_exits_with_the_documented_code(
     server = start_server(full, env=env, cwd=tmp_path)
     assert server.wait_exit() == code
     lines = [line for line in server.output.splitlines() if line.strip()]
-    assert len(lines) == 1, server.output
     assert re.search(message, lines[0]), lines[0]
-    assert_no_traceback(server)
+    if "importing" in message:  # the app's own code raised: its frames follow, not ours
+        assert lines[1] == "Traceback (most recent call last):", server.output
+        assert not re.search(GRACESERVE_FRAME, server.output), server.output
+        assert "importlib" not in server.output
+    else:
+        assert len(lines) == 1, server.output
+        assert_no_traceback(server)
     assert "listening on" not in server.output
     assert not pidfile.exists()
 

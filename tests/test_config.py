@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from graceserve import GracefulHTTPServer, GracefulTCPServer, __version__, serve
 from graceserve.config import Config, build_parser, parse_args, parse_bind
+from graceserve.cpuquota import auto_workers
 from graceserve.demo import DemoHandler
 from graceserve.errors import EXIT_USAGE, StartupError, UsageError
 from graceserve.httpparse import Limits
@@ -172,6 +173,8 @@ OPTIONS: list[tuple[str, str, str, str, Any]] = [
     ("--idle-timeout", "GRACESERVE_IDLE_TIMEOUT", "1.5", "idle_timeout", 1.5),
     ("--idle-timeout", "GRACESERVE_IDLE_TIMEOUT", "0", "idle_timeout", None),
     ("--drain-delay", "GRACESERVE_DRAIN_DELAY", "0.25", "drain_delay", 0.25),
+    ("--min-body-rate", "GRACESERVE_MIN_BODY_RATE", "100", "min_body_rate", 100),
+    ("--min-body-rate", "GRACESERVE_MIN_BODY_RATE", "0", "min_body_rate", None),
     ("--log-level", "GRACESERVE_LOG_LEVEL", "DEBUG", "log_level", "debug"),
     ("--log-level", "GRACESERVE_LOG_LEVEL", "warning", "log_level", "warning"),
 ]
@@ -199,6 +202,7 @@ OTHER = {
     "GRACESERVE_MAX_CONNECTIONS": "99",
     "GRACESERVE_IDLE_TIMEOUT": "42",
     "GRACESERVE_DRAIN_DELAY": "3",
+    "GRACESERVE_MIN_BODY_RATE": "7",
     "GRACESERVE_LOG_LEVEL": "error",
 }
 
@@ -271,6 +275,8 @@ BAD = [
     (["--idle-timeout", "-2"], {}, "--idle-timeout"),
     ([], {"GRACESERVE_IDLE_TIMEOUT": "soon"}, "GRACESERVE_IDLE_TIMEOUT"),
     (["--drain-delay", "-1"], {}, "--drain-delay"),
+    (["--min-body-rate", "-5"], {}, "--min-body-rate"),
+    ([], {"GRACESERVE_MIN_BODY_RATE": "fast"}, "GRACESERVE_MIN_BODY_RATE"),
     (["--log-level", "loud"], {}, "--log-level"),
     ([], {"GRACESERVE_LOG_LEVEL": "trace"}, "GRACESERVE_LOG_LEVEL"),
     (["--grace"], {}, "--grace"),
@@ -351,6 +357,7 @@ def test_every_server_setting_reaches_the_server_by_name(kind: str) -> None:
         max_connections=7,
         idle_timeout=3.5,
         grace=2.0,
+        min_body_rate=250,
         root_path="/app",
         limit_request_line=100,
         limit_request_fields=5,
@@ -364,6 +371,7 @@ def test_every_server_setting_reaches_the_server_by_name(kind: str) -> None:
         expected: dict[str, Any] = {"max_connections": 7, timeout: 3.5}
         if kind != "tcp":
             expected["drain_linger_max"] = 0.5  # a quarter of the grace
+            expected["min_body_rate"] = 250
             expected.update(
                 certfile=None, keyfile=None, ca_certs=None, cert_reqs="none",
                 access_log=None, access_log_format="combined",
@@ -418,7 +426,7 @@ def test_worker_flags_and_their_environment_variables() -> None:
     assert (settings.workers, settings.preload, settings.worker_timeout) == (3, True, None)
     assert (settings.max_requests, settings.max_requests_jitter) == (100, 10)
     auto = parse_args(["--workers", "auto"], {})
-    assert auto.workers == len(os.sched_getaffinity(0))
+    assert auto.workers == auto_workers()  # the affinity, capped by a cgroup CPU quota
     env = parse_args(
         [], {"GRACESERVE_WORKERS": "2", "GRACESERVE_PRELOAD": "yes", "GRACESERVE_MAX_REQUESTS": "0"}
     )

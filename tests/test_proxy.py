@@ -17,7 +17,7 @@ import pytest
 from conftest import ServerProcess
 from tls_support import APP
 
-from graceserve.proxy import Forwarded, forwarded, parse_allow_ips
+from graceserve.proxy import MAX_HOPS, Forwarded, forwarded, parse_allow_ips
 
 StartServer = Callable[..., ServerProcess]
 LOOPBACK = parse_allow_ips("127.0.0.1,::1")
@@ -79,6 +79,64 @@ def test_rfc_7239_forwarded() -> None:
 )
 def test_malformed_values_are_ignored(headers: dict[str, str]) -> None:
     assert fwd(headers).client is None
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        # A zone identifier means something only on the proxy's own host, and its free
+        # text would become REMOTE_ADDR and the access log's first field.
+        {"x-forwarded-for": "fe80::1%eth0"},
+        {"x-forwarded-for": 'fe80::1%x - - [01-Jan-2030] "POST \\login" 200'},
+        {"x-forwarded-for": "[fe80::1%eth0]:80"},
+        {"forwarded": 'for="[fe80::1%25eth0]"'},
+        {"forwarded": 'for="[fe80::1%eth0]:80"'},
+        # A port is 1 to 65535 in ASCII digits.
+        {"x-forwarded-for": "1.2.3.4:\u00b2"},
+        {"x-forwarded-for": "1.2.3.4:\u0661"},
+        {"x-forwarded-for": "1.2.3.4:0"},
+        {"x-forwarded-for": "1.2.3.4:65536"},
+        {"x-forwarded-for": "1.2.3.4:000080"},
+        {"x-forwarded-for": "1.2.3.4:"},
+        {"x-forwarded-for": "[::1]:"},
+        {"x-forwarded-for": "[::1]x"},
+        {"forwarded": 'for="192.0.2.1:99999"'},
+    ],
+)
+def test_what_rfc_7239_does_not_allow_is_not_believed(headers: dict[str, str]) -> None:
+    assert fwd(headers).client is None
+
+
+def test_ports_and_quoted_pairs_that_rfc_7239_allows() -> None:
+    assert fwd({"x-forwarded-for": "1.2.3.4:65535"}) == Forwarded("1.2.3.4", "65535")
+    assert fwd({"forwarded": 'for="[::1]:1"'}) == Forwarded("::1", "1")
+    got = fwd({"forwarded": 'for="\\1.2.3.4";host="ex\\ample.com:8\\0"'})
+    assert (got.client, got.host) == ("1.2.3.4", "example.com:80")
+
+
+@pytest.mark.parametrize(
+    "host", ["good.com@evil.com", 'evil.com"><script>', "a%zz", "[fe80::1%25eth0]", "", ":80"]
+)
+def test_a_forwarded_host_is_held_to_the_rules_of_an_authority(host: str) -> None:
+    assert fwd({"x-forwarded-for": "203.0.113.7", "x-forwarded-host": host}).host is None
+    assert fwd({"forwarded": f'for=203.0.113.7;host="{host}"'}).host is None
+
+
+def test_only_the_right_most_hops_are_read() -> None:
+    # More trusted hops in a row than MAX_HOPS: the chain was written by the client
+    # (who could prepend any address), so the walk stops where the window ends.
+    allow = "127.0.0.1,10.0.0.0/8"
+    trusted = ", ".join(f"10.0.0.{n % 250 + 1}" for n in range(MAX_HOPS))
+    got = fwd({"x-forwarded-for": "198.51.100.1, " + trusted}, allow=allow)
+    assert got.client == "10.0.0.1"
+    assert fwd({"x-forwarded-for": "bogus, " + trusted}, allow=allow).client == "10.0.0.1"
+    elements = ", ".join(["for=10.0.0.1"] * MAX_HOPS)
+    assert fwd({"forwarded": "for=bogus;junk, " + elements}, allow=allow).client == "10.0.0.1"
+    # X-Forwarded-Proto still lines up with its own hop.
+    protos = ", ".join(["https"] + ["http"] * MAX_HOPS)
+    got = fwd({"x-forwarded-for": "198.51.100.1, " + trusted, "x-forwarded-proto": protos},
+              allow="*")  # fmt: skip
+    assert (got.client, got.proto) == ("10.0.0.1", "http")
 
 
 def test_garbage_left_of_the_client_is_the_client_s_own_business() -> None:

@@ -7,8 +7,10 @@ so ``--max-connections`` such clients took the server down.  The server bounds
 every write with the kernel's ``SO_SNDTIMEO`` (set once per connection to
 ``idle_timeout``): a send that makes no progress that long fails and the
 connection ends with one log line.  A client that reads slowly but steadily is
-never cut.  (Plain connections only: over TLS the ssl module retries past the
-kernel's bound; see the README.)
+never cut.  Over TLS the ssl module retries past the kernel's bound, so the
+reaper watches a busy TLS connection's send queue instead (``SIOCOUTQ`` and the
+bytes the client acknowledged): a queue that has not moved for the idle timeout
+is cut, with one log line; a slow but steady TLS reader is never cut either.
 
 Synchronisation: the registry's live connection count (polled with a
 deadline), and the bytes the clients read.  The responses are larger than the
@@ -28,7 +30,10 @@ from typing import Any
 
 import pytest
 from conftest import wait_until
+from front_support import KINDS, connect
+from front_support import serving as serving_kind
 from test_httpserver import Harness, address_of
+from tls_support import Pki, make_pki
 from wsgi_support import serving
 
 from graceserve import GracefulHTTPServer
@@ -161,3 +166,70 @@ def test_a_client_reading_slowly_but_steadily_gets_the_whole_response(harness: H
             time.sleep(0.01)  # paces the reader (slow, never stalled); not synchronisation
     assert received == BODY
     assert time.monotonic() - started > Bounded.idle_timeout  # the bound is per stall
+
+
+# -- over TLS: the reaper watches the send queue ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def cert(pki: Pki) -> tuple[Path, Path]:
+    return pki.issue("server", "localhost")
+
+
+def large_target(kind: str) -> Any:
+    return Large if kind == "handler" else large_app
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_tls_client_that_stopped_reading_is_cut_after_the_idle_timeout(
+    kind: str, pki: Pki, cert: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    idle = 1.0
+    with (
+        serving_kind(kind, cert, large_target(kind), idle_timeout=idle) as server,
+        connect(server, pki.client_context(), rcvbuf=4096) as sock,
+    ):
+        asked = time.monotonic()
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        wait_until(lambda: server.active_connections == 1, 10, "the request to be served")
+        wait_no_connection(server)
+        cut_after = time.monotonic() - asked
+        assert received_before_the_end(sock) < BODY
+    assert cut_after >= idle * 0.8  # not before the stall lasted the idle timeout
+    assert "response write stalled (the client read nothing for" in caplog.text
+    assert caplog.text.count("response write stalled") == 1  # one line per cut
+    assert "Traceback" not in caplog.text
+    assert "exception while serving" not in caplog.text
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_tls_client_reading_slowly_but_steadily_gets_the_whole_response(
+    kind: str, pki: Pki, cert: tuple[Path, Path]
+) -> None:
+    idle = 1.0  # less than the whole transfer takes, far more than any gap between reads
+    with serving_kind(kind, cert, large_target(kind), idle_timeout=idle) as server:
+        started = time.monotonic()
+        with connect(server, pki.client_context()) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head:
+                data = sock.recv(4096)
+                assert data, "closed before the head"
+                head += data
+            received = len(head.partition(b"\r\n\r\n")[2])
+            paced = received
+            while received < BODY:
+                data = sock.recv(256 * 1024)
+                assert data, f"closed after {received} of {BODY} bytes"
+                received += len(data)
+                if received - paced >= 1 << 20:
+                    paced = received
+                    time.sleep(0.05)  # paces the reader (slow, never stalled); not synchronisation
+        assert received == BODY
+        assert time.monotonic() - started > idle  # the bound is per stall, not per response

@@ -151,15 +151,20 @@ def test_sigterm_with_a_request_in_flight_finishes_it_with_close(
         ("wsgimod:nothing()", r"has no attribute 'nothing'"),
     ],
 )
-def test_bad_wsgi_target_says_one_line_and_exits_3(
+def test_bad_wsgi_target_says_one_line_and_exits_3(  # and a failing factory's frames
     start_server: StartServer, tmp_path: Path, target: str, message: str
 ) -> None:
     (tmp_path / "wsgimod.py").write_text(textwrap.dedent(APP))
     server = start_server([target, "--bind", "127.0.0.1:0"], cwd=tmp_path)
     assert server.wait_exit() == 3
     lines = [line for line in server.output.splitlines() if line.strip()]
-    assert len(lines) == 1, server.output
     assert re.search(message, lines[0]), lines[0]
+    if "failed" in message:  # the factory raised: its own frames follow the line
+        assert lines[1] == "Traceback (most recent call last):", server.output
+        assert "wsgimod.py" in server.output
+        assert "graceserve/" not in server.output
+    else:
+        assert len(lines) == 1, server.output
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Certificates for the TLS tests, made with the openssl command line in a temporary directory.
+"""The TLS tests' app; the test CA itself lives in ``testsupport.pki`` (re-exported here).
 
 A test CA signs the server certificates (subjectAltName 127.0.0.1, so the
 stdlib client and curl verify them as they would a real one) and the client
@@ -7,13 +7,9 @@ certificates.  EC P-256 keys: fast to make.  Loopback only.
 
 from __future__ import annotations
 
-import http.client
 import json
-import ssl
-import subprocess
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+
+from testsupport.pki import Pki, https_get, make_pki
 
 __all__ = ["Pki", "https_get", "make_pki"]
 
@@ -32,80 +28,6 @@ def app(environ, start_response):
     return [body]
 """
 """A WSGI app (``app:app``) that answers what it was told about the client."""
-
-
-def _openssl(*args: str | Path) -> None:
-    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=60)
-
-
-@dataclass(frozen=True)
-class Pki:
-    """The files of a test CA."""
-
-    directory: Path
-    ca_cert: Path
-    ca_key: Path
-
-    def issue(self, name: str, common_name: str, server: bool = True) -> tuple[Path, Path]:
-        """A certificate and key signed by the CA: (cert, key)."""
-        key, csr, cert = (self.directory / f"{name}.{ext}" for ext in ("key", "csr", "pem"))
-        ext = self.directory / f"{name}.ext"
-        usage = "serverAuth" if server else "clientAuth"
-        san = "subjectAltName=IP:127.0.0.1,DNS:localhost\n" if server else ""
-        # What Python 3.13's strict verification (VERIFY_X509_STRICT) asks of a leaf.
-        ext.write_text(
-            f"{san}extendedKeyUsage={usage}\nkeyUsage=critical,digitalSignature\n"
-            "basicConstraints=CA:FALSE\nsubjectKeyIdentifier=hash\n"
-            "authorityKeyIdentifier=keyid,issuer\n"
-        )
-        _openssl(
-            "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-nodes", "-keyout", key, "-out", csr, "-subj", f"/CN={common_name}",
-        )  # fmt: skip
-        _openssl(
-            "x509", "-req", "-in", csr, "-CA", self.ca_cert, "-CAkey", self.ca_key,
-            "-CAcreateserial", "-out", cert, "-days", "2", "-extfile", ext,
-        )  # fmt: skip
-        return cert, key
-
-    def client_context(self, cert: tuple[Path, Path] | None = None) -> ssl.SSLContext:
-        """A client context that trusts the CA (and presents ``cert`` if given)."""
-        context = ssl.create_default_context(cafile=str(self.ca_cert))
-        if cert is not None:
-            context.load_cert_chain(str(cert[0]), str(cert[1]))
-        return context
-
-
-def make_pki(directory: Path) -> Pki:
-    """A new test CA in ``directory``."""
-    ca_cert, ca_key = directory / "ca.pem", directory / "ca.key"
-    _openssl(
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", ca_key, "-out", ca_cert, "-days", "2", "-subj", "/CN=graceserve test CA",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",  # required by 3.13's strict checks
-    )  # fmt: skip
-    return Pki(directory, ca_cert, ca_key)
-
-
-def https_get(
-    address: tuple[str, int],
-    path: str,
-    context: ssl.SSLContext,
-    headers: dict[str, str] | None = None,
-) -> tuple[int, bytes, str]:
-    """One request on a new connection: status, body and the server certificate's CN."""
-    conn = http.client.HTTPSConnection(*address, context=context, timeout=10)
-    try:
-        conn.connect()
-        # Read before the response: a ``Connection: close`` answer drops ``conn.sock``.
-        peer = conn.sock.getpeercert()
-        rdns: Any = peer["subject"] if peer else ()
-        subject = {key: value for rdn in rdns for key, value in rdn}
-        conn.request("GET", path, headers=headers or {})
-        with conn.getresponse() as response:
-            return response.status, response.read(), str(subject.get("commonName", ""))
-    finally:
-        conn.close()
 
 
 def load_json(body: bytes) -> dict[str, object]:

@@ -5,8 +5,16 @@ both wait for the readiness line, both read the kernel's socket tables and
 speak raw HTTP.  Written once, here: ``process`` (processes in their own
 session, stderr line by line, the readiness line read with
 ``graceserve.readiness``), ``procfs`` (``/proc/net/tcp``, ``/proc/PID``),
-``rawhttp`` (requests and responses on a plain socket).  Exit codes are not
-here: import them from ``graceserve.errors``.
+``rawhttp`` (requests and responses on a plain or TLS socket, exactly framed),
+``waiting`` (poll with a deadline), ``load`` (keep-alive clients that classify
+what broke), ``pki`` (a test CA made with openssl).  Exit codes are not here:
+import them from ``graceserve.errors``.
+
+The contract matrix (tests/test_matrix_*.py) adds: ``targets`` (one app as a
+handler and as a WSGI app), ``serve`` (start it in a mode: one process or
+``--workers 2``, fresh or after a HUP, plain or TLS; ``Served``, ``Gate``),
+``matrix`` (combinations, labs, rows and the findings of issue 19; imports
+pytest) and ``contract`` (the scenarios the rows assert on).
 
 Importable from the repository root with nothing installed beyond graceserve's
 own requirements: pytest puts the root on ``sys.path`` (``pythonpath`` in

@@ -70,7 +70,8 @@ class ChildProcess:
     """``command`` in its own session, its stderr collected line by line in ``lines``.
 
     ``max_lines`` bounds what is kept (later lines are read and dropped), for
-    servers that may log without end under load.
+    servers that may log without end under load.  ``pass_fds``: descriptors the
+    child inherits (a listening socket handed to it, as ``fd@N`` to HAProxy).
     """
 
     def __init__(
@@ -80,6 +81,7 @@ class ChildProcess:
         cwd: str | os.PathLike[str] | None = None,
         stdout: int | None = subprocess.DEVNULL,
         max_lines: int | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> None:
         self.proc = subprocess.Popen(
             list(command),
@@ -89,6 +91,7 @@ class ChildProcess:
             stdout=stdout,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            pass_fds=tuple(pass_fds),
         )
         self.lines: list[str] = []
         self.address: tuple[str, int] | None = None
@@ -137,6 +140,27 @@ class ChildProcess:
                 if remaining <= 0 or not self._reader.is_alive():
                     fail(f"no line matching {regex.pattern!r}; stderr:\n{self.output}")
                 self._changed.wait(min(remaining, 0.5))
+
+    def wait_for_line_or_exit(
+        self, pattern: str | re.Pattern[str], timeout: float = 15.0
+    ) -> re.Match[str] | None:
+        """The first stderr line matching ``pattern``, or None once the process has
+        exited (and its stderr ended) without printing one; fail after ``timeout``."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines:
+                    if match := regex.search(line):
+                        return match
+                if not self._reader.is_alive():
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    fail(f"no line matching {regex.pattern!r}; stderr:\n{self.output}")
+                self._changed.wait(min(remaining, 0.5))
+        self.proc.wait(5)
+        return None
 
     def wait_readiness(self, timeout: float = 15.0) -> Ready:
         """Wait for the readiness line; what it says (also kept in ``ready``)."""
