@@ -34,8 +34,8 @@ signals:
               over the listening socket once all are ready (--start-timeout), the
               old serving ones drain; this process (the supervisor) stays; a HUP
               during a reload starts the next one when it ends (ignored under nohup)
-  TTIN, TTOU  one more / one fewer worker (--workers 2 or more; the removed one
-              drains)
+  TTIN, TTOU  one more / one fewer worker process (not while one process serves by
+              itself; the removed one drains)
   QUIT        immediate stop: cut every connection now
   USR1        dump every thread's stack to stderr (and every worker's), keep running
 
@@ -275,6 +275,7 @@ _METAVARS = {
     "--drain-delay": "SECONDS",
     "--log-level": "{" + ",".join(LOG_LEVELS) + "}", "--workers": "N|auto",
     "--worker-timeout": "SECONDS", "--max-requests": "N", "--max-requests-jitter": "N",
+    "--start-timeout": "SECONDS",
     "--root-path": "PATH", "--limit-request-line": "BYTES", "--limit-request-fields": "N",
     "--limit-request-field-size": "BYTES", "--max-body-size": "BYTES",
     "--certfile": "PATH", "--keyfile": "PATH", "--ca-certs": "PATH",

@@ -223,12 +223,17 @@ class Machine:
         return True
 
     def _scalable(self, signum: int) -> bool:
-        if not self.config.scalable:
-            log.info(
-                "%s: ignored (--workers 1: one serving process; start with --workers N to "
-                "add workers)", signal_name(signum),
-            )  # fmt: skip
-        return self.config.scalable
+        """TTIN/TTOU change the count of worker processes: not while this process's own
+        server serves (one process, until its first reload hands the serving over)."""
+        if self.config.scalable or not any(
+            m.inprocess and not m.told for m in self.members.values()
+        ):
+            return True
+        log.info(
+            "%s: ignored (one process serves by itself; a worker can be added once a "
+            "reload made worker processes serve, or start with --workers N)", signal_name(signum),
+        )  # fmt: skip
+        return False
 
     # -- events: members -------------------------------------------------------------
 
