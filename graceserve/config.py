@@ -31,9 +31,11 @@ EPILOG = """\
 signals:
   TERM, INT   graceful drain; a second TERM or INT during the drain cuts at once
   HUP         graceful reload: new worker processes with the same arguments take
-              over the listening socket, the old serving ones drain; this process
-              (the supervisor) stays (ignored under nohup)
-  TTIN, TTOU  one more / one fewer worker (with --workers; the removed one drains)
+              over the listening socket once all are ready (--start-timeout), the
+              old serving ones drain; this process (the supervisor) stays; a HUP
+              during a reload starts the next one when it ends (ignored under nohup)
+  TTIN, TTOU  one more / one fewer worker process (not while one process serves by
+              itself; the removed one drains)
   QUIT        immediate stop: cut every connection now
   USR1        dump every thread's stack to stderr (and every worker's), keep running
 
@@ -92,6 +94,13 @@ def _duration(text: str) -> float:
         raise ValueError(f"{text!r} is not a number of seconds") from None
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{text!r} must be a finite number of seconds, 0 or more")
+    return value
+
+
+def _timeout(text: str) -> float:
+    value = _duration(text)
+    if value == 0:
+        raise ValueError(f"{text!r} must be more than 0 seconds")
     return value
 
 
@@ -215,9 +224,14 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
     ("--preload", "GRACESERVE_PRELOAD", _boolean, DEFAULTS.preload,
      "import the target in the supervisor before starting workers (fail fast)"),
     ("--worker-timeout", "GRACESERVE_WORKER_TIMEOUT", _duration, DEFAULTS.worker_timeout,
-     "kill and replace a worker whose serving loop made no progress this long; 0 disables"),
+     "kill and replace a worker whose serving loop made no progress this long; 0 disables "
+     "(needs --workers 2 or more)"),
     ("--max-requests", "GRACESERVE_MAX_REQUESTS", _natural, DEFAULTS.max_requests,
-     "replace a worker gracefully after it served this many requests; 0 disables"),
+     "replace a worker gracefully after it served this many requests (one process: a "
+     "worker process takes over its serving); 0 disables"),
+    ("--start-timeout", "GRACESERVE_START_TIMEOUT", _timeout, DEFAULTS.start_timeout,
+     "seconds a new worker process gets to be ready; a reload whose workers are not ready "
+     "by then fails and the old generation keeps serving"),
     ("--max-requests-jitter", "GRACESERVE_MAX_REQUESTS_JITTER", _natural,
      DEFAULTS.max_requests_jitter, "add a random 0..N to each worker's --max-requests"),
     # WSGI applications only:
@@ -261,6 +275,7 @@ _METAVARS = {
     "--drain-delay": "SECONDS",
     "--log-level": "{" + ",".join(LOG_LEVELS) + "}", "--workers": "N|auto",
     "--worker-timeout": "SECONDS", "--max-requests": "N", "--max-requests-jitter": "N",
+    "--start-timeout": "SECONDS",
     "--root-path": "PATH", "--limit-request-line": "BYTES", "--limit-request-fields": "N",
     "--limit-request-field-size": "BYTES", "--max-body-size": "BYTES",
     "--certfile": "PATH", "--keyfile": "PATH", "--ca-certs": "PATH",
@@ -337,6 +352,20 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> 
     target = args.target or environ.get("GRACESERVE_TARGET") or None
     settings = Settings(target=target, **values)
     _check_tls(settings)
+    return _check_workers(settings, given=values)
+
+
+def _check_workers(settings: Settings, given: Mapping[str, Any]) -> Settings:
+    """One process has no watchdog: a process cannot kill and replace its own stuck
+    serving loop (its interpreter is the one that is stuck).  So ``--worker-timeout``
+    asked for with one worker is refused; its default is not used there (also not
+    once a reload made a worker process take over the serving: one process stays
+    one; ``graceserve.runner``)."""
+    if settings.workers == 1 and given.get("worker_timeout"):
+        raise UsageError(
+            "--worker-timeout needs --workers 2 or more: one process cannot kill and "
+            "replace its own stuck serving loop"
+        )
     return settings
 
 

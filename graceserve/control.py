@@ -10,10 +10,11 @@ owns that path: a file left there by a killed instance is simply replaced.
 Protocol: one connection, one JSON request line, one JSON line back.
 
 - ``{"cmd": "status"}`` -> ``{"ok": true, "status": {...}}``
-- ``{"cmd": "wait", "generation": N, "reloads": K, "timeout": S}`` blocks (at most
-  S seconds) until the generation passes N, a reload attempt ends after the K-th
-  (ok or failed: ``reloads`` counts them, so an old failure never answers a new
-  wait), or the server stops; with neither field it waits for the stop.  Answer:
+- ``{"cmd": "wait", "generation": N, "reloads": K, "stopping": B, "timeout": S}``
+  blocks (at most S seconds) until the generation passes N, a reload attempt ends
+  after the K-th (ok or failed: ``reloads`` counts them, so an old failure never
+  answers a new wait), the server stops or, with ``stopping`` true, starts to
+  stop (``draining``); with neither N nor K it waits for the stop.  Answer:
   ``{"ok": true, "done": bool, "status": {...}}`` (``done`` false: timed out).
 
 The status is whatever the provider returns; ``graceserve.status.ServerStatus``
@@ -226,6 +227,7 @@ class ControlServer:
             generation = _optional_int(message.get("generation"))
             reloads = _optional_int(message.get("reloads"))
             timeout = min(max(float(message.get("timeout", 30.0)), 0.0), MAX_WAIT)
+            stopping = message.get("stopping", False) is True
         except (TypeError, ValueError):
             return {"ok": False, "error": "wait: generation, reloads and timeout are numbers"}
         deadline = time.monotonic() + timeout
@@ -234,6 +236,7 @@ class ControlServer:
                 version, closing = self._version, self._closing
             status = self.provider()
             done = status.get("state") == "stopped"
+            done |= stopping and status.get("state") == "draining"
             done |= generation is not None and status.get("generation", 0) > generation
             done |= reloads is not None and status.get("reloads", 0) > reloads
             left = deadline - time.monotonic()

@@ -10,13 +10,20 @@ over what the server owns, and never guesses:
 - the control socket next to it (``<pidfile>.ctl``, ``graceserve.control``) must
   answer ``status`` for the same pid; only then is a signal sent, through a
   pidfd opened while the server is known to be alive (immune to pid reuse);
-- ``graceful`` sends HUP and waits on the control socket until the reload
-  count moves past what it saw before the HUP: the new generation serves (0) or
-  the reload failed, with the server's reason (1);
+- ``graceful`` reads how many reloads the server has begun, sends HUP and waits
+  on the control socket for the outcome of the next one by number: that one
+  began after the call (a HUP during a reload is queued, never lost), so it
+  loaded the code on disk at the time of the call or later.  The new
+  generation serves (0), or the reload failed, with the server's reason (1);
 - ``stop`` first sends ``wait`` (until stopped), then TERM; the server answers
   that connection with its exit code and drain summary just before it closes
   the socket, so ``ctl`` learns them although the server is not its child,
   then waits until the process is gone and exits with that code.
+- TERM or INT (``systemctl stop`` during ``systemctl reload`` signals the
+  reload's control process too) ends the wait at once: if the server is
+  stopping (or starts to within ``INTERRUPT_GRACE``: systemd signals both at
+  the same moment), that is what was asked for, and ``ctl`` says so and exits
+  0; otherwise it exits 1, the outcome unknown.
 
 Dispatched by ``graceserve.cli`` when the first argument is ``ctl``: a TARGET
 always has a colon (``module:attr``), so no TARGET can be named ``ctl``.
@@ -47,10 +54,27 @@ __all__ = ["EXIT_FAILED", "EXIT_NOT_RUNNING", "main"]
 EXIT_FAILED = 1  # the reload failed or timed out, the stop could not be followed
 EXIT_NOT_RUNNING = 3  # as LSB status: nothing runs
 STATUS_TIMEOUT = 5.0  # seconds for one status answer
-GRACEFUL_TIMEOUT = 60.0  # the server gives up on a new worker after 30 s
+START_TIMEOUT = 30.0  # the server's --start-timeout, if it does not say
+HAND_OVER = 10.0  # seconds a reload may take, beyond it, to hand over
 STOP_MARGIN = 10.0  # seconds beyond the server's drain delay + grace
 EXIT_MARGIN = 5.0  # seconds for the process to be gone after it reported
+INTERRUPT_GRACE = 2.0  # seconds, once interrupted, for the server to show it is stopping
 _POLL = 0.05
+_STOPPING = ("draining", "stopped")
+
+
+class _InterruptedError(Exception):
+    """TERM or INT arrived (raised by the handler ``main`` installs)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    for each in (signal.SIGTERM, signal.SIGINT):  # the first one decides
+        signal.signal(each, signal.SIG_IGN)
+    raise _InterruptedError(signum)
 
 
 class CtlError(Exception):
@@ -144,18 +168,54 @@ def main(argv: Sequence[str]) -> int:
     except SystemExit as exc:  # argparse printed its usage line
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     pidfile = args.pidfile or os.environ.get("GRACESERVE_PIDFILE", "")
+    server: _Server | None = None
+    previous = {each: signal.signal(each, _interrupt) for each in (signal.SIGTERM, signal.SIGINT)}
     try:
         if not pidfile:
             raise CtlError("no pidfile: give --pidfile or set GRACESERVE_PIDFILE", EXIT_USAGE)
         server = _Server(pidfile)
-        try:
-            action = {"status": _do_status, "graceful": _do_graceful, "stop": _do_stop}
-            return action[args.action](server, args)
-        finally:
-            server.close()
+        action = {"status": _do_status, "graceful": _do_graceful, "stop": _do_stop}
+        return action[args.action](server, args)
     except CtlError as exc:
         print(f"graceserve ctl {args.action}: {exc}", file=sys.stderr, flush=True)
         return exc.code
+    except _InterruptedError as exc:
+        return _interrupted(args.action, server, exc.signum)
+    finally:
+        for each, handler in previous.items():
+            signal.signal(each, handler)
+        if server is not None:
+            server.close()
+
+
+def _interrupted(action: str, server: _Server | None, signum: int) -> int:
+    """TERM/INT ended the wait: 0 if the server is stopping (or gone), else 1."""
+    name = signal.Signals(signum).name
+    if server is None:
+        print(f"graceserve ctl {action}: interrupted by {name}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    deadline = time.monotonic() + INTERRUPT_GRACE
+    state = "?"
+    while True:
+        if not server.alive():
+            state = "gone"
+            break
+        with contextlib.suppress(OSError, ValueError, CtlError):
+            state = str(_status(server.socket, timeout=1.0).get("state"))
+        if state in _STOPPING or time.monotonic() >= deadline:
+            break
+        time.sleep(_POLL)
+    if state in (*_STOPPING, "gone"):
+        print(
+            f"graceserve ctl {action}: interrupted by {name}; pid {server.pid} is stopping "
+            f"({state}): nothing more to wait for", file=sys.stderr, flush=True,
+        )  # fmt: skip
+        return 0
+    print(
+        f"graceserve ctl {action}: interrupted by {name} before the outcome; pid "
+        f"{server.pid} is {state}", file=sys.stderr, flush=True,
+    )  # fmt: skip
+    return EXIT_FAILED
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -168,8 +228,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("action", choices=("graceful", "stop", "status"))
     parser.add_argument("--pidfile", help="the server's --pidfile [GRACESERVE_PIDFILE]")
     parser.add_argument(
-        "--timeout", type=_seconds, help="seconds to wait (graceful: 60; stop: drain delay + "
-        "grace + 10)",
+        "--timeout", type=_seconds, help="seconds to wait (graceful: twice the server's "
+        "--start-timeout + 25, 85 by default; stop: drain delay + grace + 10)",
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="status: print the raw status")
     return parser
@@ -186,29 +246,43 @@ def _do_status(server: _Server, args: argparse.Namespace) -> int:
 
 def _do_graceful(server: _Server, args: argparse.Namespace) -> int:
     before = server.status
-    if before.get("state") in ("draining", "stopped"):
+    if before.get("state") in _STOPPING:
         raise CtlError(f"pid {server.pid} is stopping ({before.get('state')}); not reloading")
-    timeout = GRACEFUL_TIMEOUT if args.timeout is None else args.timeout
-    message = {
-        "cmd": "wait", "generation": before["generation"], "reloads": before["reloads"],
-        "timeout": timeout,
-    }  # fmt: skip
+    begun = int(before.get("reloads_started", before["reloads"]))  # older servers: "reloads"
+    if args.timeout is not None:
+        timeout = args.timeout
+    else:
+        start = float(before.get("start_timeout") or START_TIMEOUT)
+        timeout = 2 * (start + HAND_OVER) + 5  # a reload in progress, then ours
+    message = {"cmd": "wait", "reloads": begun, "stopping": True, "timeout": timeout}
     answer = _ask(server, message, timeout, lambda: server.signal(signal.SIGHUP))
     status = answer["status"]
-    last = status.get("last_reload") or {}
     if not answer.get("done"):
         raise CtlError(f"no new generation after {timeout:g}s; {_describe(status)}")
-    if status.get("reloads", 0) <= before["reloads"]:  # stopped instead
-        raise CtlError(f"the server stopped instead of reloading: {_describe(status)}")
-    if not last.get("ok"):
+    if status.get("state") in _STOPPING:
+        raise CtlError(f"the server is stopping instead of reloading: {_describe(status)}")
+    outcome = _outcome(status, begun + 1)
+    if not outcome.get("ok"):
         raise CtlError(
-            f"reload failed: {last.get('reason', 'no reason given')}; generation "
-            f"{before['generation']} (pid {server.pid}) still serving"
+            f"reload failed: {outcome.get('reason', 'no reason given')}; generation "
+            f"{status.get('generation')} (pid {server.pid}) still serving"
         )
     with contextlib.suppress(OSError, ValueError, CtlError):
         status = _status(server.socket)  # the new generation's own answer, if it has one
-    print(f"graceful: generation {last.get('generation')} serving: {_describe(status)}", flush=True)
+    print(
+        f"graceful: generation {outcome.get('generation')} serving: {_describe(status)}",
+        flush=True,
+    )
     return 0
+
+
+def _outcome(status: dict[str, Any], number: int) -> dict[str, Any]:
+    """The outcome of reload attempt ``number`` (the last one's, from an older server)."""
+    for entry in status.get("recent_reloads") or []:
+        if isinstance(entry, dict) and entry.get("number") == number:
+            return entry
+    last = status.get("last_reload")
+    return last if isinstance(last, dict) else {}
 
 
 def _do_stop(server: _Server, args: argparse.Namespace) -> int:
@@ -242,9 +316,9 @@ def _ask(
     return answer
 
 
-def _status(path: str) -> dict[str, Any]:
+def _status(path: str, timeout: float = STATUS_TIMEOUT) -> dict[str, Any]:
     try:
-        answer = request(path, {"cmd": "status"}, STATUS_TIMEOUT)
+        answer = request(path, {"cmd": "status"}, timeout)
     except PermissionError:
         raise CtlError(
             f"not allowed to use {path} (run as the server's user)", EXIT_USAGE
@@ -300,6 +374,12 @@ def _describe(status: dict[str, Any]) -> str:
     ]  # fmt: skip
     if status.get("workers") is not None:
         words.append(f"workers={status.get('workers')}")
+    reload = status.get("reload")
+    if isinstance(reload, dict):
+        step = str(reload.get("step")).replace(" ", "-")
+        words.append(f"reload=generation-{reload.get('generation')}-{step}")
+    if status.get("reload_pending"):
+        words.append("next_reload=queued")
     last = status.get("last_reload")
     if isinstance(last, dict) and not last.get("ok"):
         words.append(f"last_reload=failed({last.get('reason')})")

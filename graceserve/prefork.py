@@ -51,13 +51,14 @@ def run_supervised(
         listener = holder.socket.dup()
         log_banner(settings, holder, handler, supervisor=True)
         status = ServerStatus(
-            workers=settings.workers, grace=settings.grace, drain_delay=settings.drain_delay
-        )
-        supervisor = Supervisor(
-            settings, listener, relay, notifier, inherited is not None, status=status
-        )
+            workers=settings.workers, grace=settings.grace, drain_delay=settings.drain_delay,
+            start_timeout=settings.start_timeout,
+        )  # fmt: skip
         control = runstatus.open_control(holder, pidfile, status)
         try:
+            supervisor = Supervisor(
+                settings, listener, relay, notifier, inherited is not None, status
+            )
             return supervisor.run()
         finally:
             if control is not None:

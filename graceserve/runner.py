@@ -8,24 +8,29 @@ is the controller:
    recorded and PID 1 does not ignore TERM;
 2. import the target, take the pidfile, bind (or adopt an inherited
    listener), run ``serve_forever`` in a thread, report readiness;
-3. sleep on a Condition until a signal arrives;
-4. on HUP: start a worker process (``graceserve.supervisor``) on our
-   listener; once it is ready, drain our own connections and stay as its
-   supervisor, so the main pid never changes (systemd, PID 1); if it fails,
-   keep serving.  With ``--workers N`` (N > 1) the supervisor runs from the
-   start (``graceserve.prefork``), and a worker process runs ``run_worker``;
-5. on TERM/INT: the lame-duck delay if any, then the drain: the main thread
-   waits on the registry's Condition for zero, waking for a second signal
-   (cut now), the grace deadline (cut now) and the progress line;
-6. only then remove the pidfile, restore the signal handlers (or, for the
+3. run the supervisor's loop (``graceserve.supervisor``) with this process's
+   server as its one member (``graceserve.inprocess``): the same state machine
+   as with ``--workers N`` decides what each signal does.  A HUP (or
+   ``--max-requests``) starts a worker process on our listener; once it is
+   ready our server drains in a thread and this process stays as the
+   supervisor, so the main pid never changes (systemd, PID 1); if the reload
+   fails, our server keeps serving.  With ``--workers N`` (N > 1) there is no
+   member of ours (``graceserve.prefork``), and a worker process runs
+   ``run_worker``;
+4. on TERM/INT while our server is the only member (``_stop_alone``): the
+   lame-duck delay if any, then the drain: the main thread waits on the
+   registry's Condition for zero, waking for a second signal (cut now), the
+   grace deadline (cut now) and the progress line;
+5. only then remove the pidfile, restore the signal handlers (or, for the
    command line, leave every one ignored so that nothing arriving after the
    drain changes the exit code) and return the exit code.
 
-Every signal is acted on, in the order it arrived: the controller keeps its
-own queue, so a batch (HUP then TERM, TERM then TERM) is never cut to its
-first element.  The drain itself is ``graceserve.stopping.run_drain``, the
-same sequence ``GracefulTCPServer.drain()`` runs, with hooks for the progress
-line, the signals that force, and systemd's status.
+Every signal is acted on, in the order it arrived: one queue (``inbox``) feeds
+the supervisor's loop and then the drain, so a batch (HUP then TERM, TERM then
+TERM) is never cut to its first element.  The drain itself is
+``graceserve.stopping.run_drain``, the same sequence
+``GracefulTCPServer.drain()`` runs, with hooks for the progress line, the
+signals that force, and systemd's status.
 
 Nothing here is specific to the CLI: tests and embedders call ``serve()``.
 """
@@ -35,10 +40,10 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import random
 import signal
 import socketserver
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,11 +53,12 @@ from .control import ServerStatus
 from .drain import DrainReport
 from .errors import EXIT_CUT, EXIT_OK, exit_code_for_signal
 from .httpserver import GracefulHTTPServer
+from .inprocess import InProcessServer
 from .listener import Address, make_server, remove_unix_socket
 from .pidfile import PidFile
 from .prefork import run_supervised
 from .readiness import listen_url, ready_line
-from .runnerhooks import Handed, RunnerHooks, name_of
+from .runnerhooks import RunnerHooks, name_of
 from .server import GracefulTCPServer, format_address
 from .settings import DEFAULTS, Settings
 from .signals import SignalRelay
@@ -60,18 +66,15 @@ from .stopping import run_drain
 from .supervisor import Supervisor
 from .systemd import Notifier, inherited_listener
 from .target import load_target
-from .worker import run_worker
-from .workerproc import WORKER_VARIABLE
+from .worker import count_requests, run_worker
+from .workerproc import LIMIT_VARIABLE, STANDBY_VARIABLE, WORKER_VARIABLE
 from .wsgi import WSGIApplication
 
 __all__ = ["run", "serve"]
 
 log = logging.getLogger("graceserve")
 
-RESTART_TIMEOUT = 30.0
-HAND_OVER_TIMEOUT = 30.0  # seconds the reload's report waits for our accept loop to stop
 _FORCING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
-_NOT_STOPPING = (signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1)
 
 
 def serve(
@@ -133,7 +136,10 @@ def run(
     """
     generation = os.environ.pop(WORKER_VARIABLE, None)
     if generation is not None:  # started by a supervisor
-        return run_worker(handler, settings, generation, ignore_signals_after)
+        limit = os.environ.pop(LIMIT_VARIABLE, "")
+        standby = os.environ.pop(STANDBY_VARIABLE, "") == "1"
+        settings = settings.but(max_requests=int(limit) if limit.isdigit() else None)
+        return run_worker(handler, settings, generation, ignore_signals_after, standby)
     relay = SignalRelay()
     relay.install()
     notifier = Notifier.from_environment()
@@ -159,7 +165,7 @@ def run(
             control = None
             try:
                 control = runstatus.open_control(server, pid, status)
-                return controller.run(settings.grace, settings.drain_delay)
+                return controller.run(settings.grace)
             finally:
                 if control is not None:
                     control.close()
@@ -195,8 +201,6 @@ class _Controller:
         settings: Settings = DEFAULTS,
     ) -> None:
         self.settings = settings
-        self.supervisor: Supervisor | None = None  # from the first HUP on
-        self.handover: threading.Thread | None = None  # our own drain, from then on
         self.shared_listener = shared_listener  # systemd keeps it: never filter or shut it
         self.server = server
         self.relay = relay
@@ -221,7 +225,7 @@ class _Controller:
 
     # -- the run ----------------------------------------------------------------
 
-    def run(self, grace: float, drain_delay: float) -> int:
+    def run(self, grace: float) -> int:
         server = self.server
         accept_thread = threading.Thread(
             target=server.serve_forever, name="graceserve-accept", daemon=True
@@ -229,16 +233,41 @@ class _Controller:
         accept_thread.start()
         try:
             self._report_ready(grace)
-            self._serve_until_stop()
-            if self.supervisor is not None:
-                return self._supervise(self.supervisor, grace)
-            if drain_delay > 0:
-                self._lame_duck(drain_delay)
-            report = self._drain(grace)
+            return self._supervise()
         finally:
             server.shutdown()
             accept_thread.join(timeout=5.0)
             server.server_close()
+
+    def _supervise(self) -> int:
+        """The supervisor's loop, our server its one member, until the stop; the exit code.
+
+        In one-process mode a worker process has no watchdog (``--worker-timeout``
+        is refused with ``--workers 1``: a process cannot kill and replace its own
+        stuck serving loop, so neither does it once a worker took over).
+        """
+        settings = self.settings
+        limit = settings.max_requests
+        if limit:
+            limit += random.randint(0, settings.max_requests_jitter)
+        member = InProcessServer(self.server, self.shared_listener, limit or None)
+        if limit:
+            count_requests(self.server, member.count)
+        supervisor = Supervisor(
+            settings.but(workers=1, worker_timeout=None), self.server.socket.dup(), self.relay,
+            self.notifier, self.shared_listener, self.status, inbox=self.inbox,
+            inprocess=member, stop_alone=self._stop_alone,
+        )  # fmt: skip
+        return supervisor.run()
+
+    def _stop_alone(self, signum: int) -> int:
+        """The stop while our server is the only member: lame duck, drain, summary."""
+        self.relay.queue_dumps = False  # no worker to pass a USR1 to
+        self.stop.signum = signum
+        grace = self.settings.grace
+        if self.settings.drain_delay > 0:
+            self._lame_duck(self.settings.drain_delay)
+        report = self._drain(grace)
         code = self._exit_code(report)
         self.status.finish(code, runstatus.summary(report))
         if report.remaining:
@@ -273,94 +302,6 @@ class _Controller:
             "%s", ready_line(where, scheme, os.getpid(), grace),
             extra={"event": "ready", "url": where, "protocol": scheme, "grace": grace},
         )  # fmt: skip
-
-    def _serve_until_stop(self) -> None:
-        """Act on signals in order until one stops us; a HUP that fails to restart us
-        keeps us serving (and the next signal is acted on)."""
-        while True:
-            signum = self.next_signal()
-            if signum is None:
-                self.relay.wait()
-                continue
-            if signum in _NOT_STOPPING:
-                log.info(
-                    "%s: ignored (--workers 1: no worker to add or remove)",
-                    name_of(self, signum=signum),
-                )
-                continue
-            self.stop.signum = signum
-            if signum != signal.SIGHUP or self._restart():
-                return
-
-    def _restart(self) -> bool:
-        """HUP: become the supervisor of a fresh worker on our listener; False (still
-        serving) if it cannot start.
-
-        The main process never changes (systemd's MAINPID, PID 1 of a container,
-        the pidfile): a fresh interpreter takes over the serving, and once it is
-        ready this process drains its own connections and stays to supervise.
-        A signal arriving before the worker is ready abandons the reload: it is
-        acted on next (a TERM right after a HUP stops the service).
-        """
-        self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
-        self.status.update(state="reloading")
-        listener = self.server.socket.dup()  # ours to keep: the workers' listener
-        supervisor = Supervisor(
-            self.settings.but(workers=1), listener, self.relay, self.notifier,
-            self.shared_listener, inprocess=lambda _signum: self.server.force_close(),
-            status=self.status,
-        )  # fmt: skip
-        log.info(
-            "HUP: reloading: starting a worker process, waiting until it is ready",
-            extra={"event": "restarting"},
-        )
-        why = supervisor.first_worker(time.monotonic() + RESTART_TIMEOUT, self.has_signal)
-        if why is not None:
-            supervisor.close()
-            listener.close()
-            self.status.record_reload(False, why)
-            self.notifier.send("READY=1", "STATUS=restart failed; old process still serving")
-            log.error(
-                "HUP: restart failed: %s; still serving", why, extra={"event": "restart_failed"}
-            )
-            return False
-        self.supervisor = supervisor
-        self._hand_over()
-        self.status.record_reload(True, "a worker process is serving")
-        self.notifier.send("READY=1", "STATUS=reloaded: a worker process serves")
-        log.info(
-            "HUP: the worker is serving; draining this process, which stays as supervisor",
-            extra={"event": "restarted"},
-        )
-        return True
-
-    def _hand_over(self) -> None:
-        """Start draining our own connections (in a thread, the listener left to the
-        worker) and return once this process no longer accepts: from the reload's
-        report on, every new connection is the worker's."""
-        hooks = Handed()
-        grace = self.settings.grace
-
-        def drain() -> None:
-            report = run_drain(self.server, grace, hooks, shared_listener=True)[0]
-            log.info(
-                "this process's drain: %d served during the drain, %d cut, %.3fs",
-                report.served_during_drain, report.forced, report.elapsed,
-            )  # fmt: skip
-
-        self.handover = threading.Thread(target=drain, name="graceserve-drain", daemon=True)
-        self.handover.start()
-        # Stopping the accept loop takes at most its poll interval; bounded all the same.
-        if not hooks.accepting_ended.wait(timeout=HAND_OVER_TIMEOUT):
-            log.warning("HUP: this process still accepts after %gs", HAND_OVER_TIMEOUT)
-
-    def _supervise(self, supervisor: Supervisor, grace: float) -> int:
-        """Supervise while our own connections drain (``_hand_over``); the supervisor's
-        exit code."""
-        code = supervisor.run()
-        if self.handover is not None:
-            self.handover.join(timeout=grace + 1.0)
-        return code
 
     def _lame_duck(self, delay: float) -> None:
         """Keep serving for ``delay`` seconds while health checks fail; a new signal ends

@@ -5,15 +5,13 @@ the library and the process; these hooks are the process's part of it (split
 from ``runner`` to keep each module small).
 
 Threading contract: the hooks are called from the draining thread (the
-runner's main thread, or the drain thread of a process that handed its
-listener to a worker).
+runner's main thread).
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -23,7 +21,7 @@ from .stopping import DrainHooks
 if TYPE_CHECKING:
     from .runner import _Controller as Controller
 
-__all__ = ["Handed", "RunnerHooks", "name_of"]
+__all__ = ["RunnerHooks", "name_of"]
 
 log = logging.getLogger("graceserve")
 
@@ -88,23 +86,6 @@ class RunnerHooks(DrainHooks):
                 "grace of %gs passed: cutting %d connections", self.grace, remaining,
                 extra={"event": "cutting", "connections": remaining},
             )  # fmt: skip
-
-
-class Handed(DrainHooks):
-    """The drain of a process whose listener a worker took over; ``accepting_ended``
-    is set once this process no longer accepts (its copy of the listener closed)."""
-
-    def __init__(self) -> None:
-        self.accepting_ended = threading.Event()
-
-    def started(self, server: GracefulTCPServer, deadline: float | None) -> None:
-        self.accepting_ended.set()
-        log.info(
-            "SIGHUP: draining %d connections of this process; new connections go to the new "
-            "process", server.draining_from,
-            extra={"event": "drain_start", "signal": "SIGHUP",
-                   "connections": server.draining_from},
-        )  # fmt: skip
 
 
 def name_of(controller: Controller, forced: bool = False, signum: int = 0) -> str:

@@ -82,9 +82,15 @@ class Settings:
     """Import the target in the supervisor before starting workers (fail fast)."""
     worker_timeout: float | None = 30.0
     """Kill (SIGABRT, then SIGKILL) and replace a worker whose serving loop made no
-    progress this long; None: never."""
+    progress this long; None: never.  Worker processes of ``--workers N`` (N > 1)
+    only: one process cannot replace its own stuck serving loop."""
     max_requests: int | None = None
-    """Recycle a worker gracefully after this many requests; None: never."""
+    """Recycle a worker gracefully after this many requests; None: never.  With one
+    process, a worker process takes over this process's serving after as many."""
+    start_timeout: float = 30.0
+    """Seconds a new worker process gets to import the target and say it is ready;
+    a reload whose workers are not all ready by then fails (the old generation
+    keeps serving), a replacement that is not counts as a failed start."""
     max_requests_jitter: int = 0
     """Add a random 0..J to each worker's ``max_requests`` (they do not all recycle at once)."""
 

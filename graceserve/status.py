@@ -6,11 +6,20 @@ worker's watcher), while control threads read them; one small record with one lo
 keeps the fields consistent with each other.  ``graceserve.control`` re-exports it.
 
 Fields (``snapshot()``): ``pid``, ``generation`` (1 at start, +1 per successful
-reload), ``state`` (starting, serving, reloading, draining, stopped),
-``active_connections`` (read live from a callable), ``workers`` (a count, or None),
-``reloads`` (reload attempts that ended, ok or failed), ``last_reload``
-(``{"generation", "ok", "reason"}`` or None), ``grace``, ``drain_delay``, and once
-stopped ``exit_code`` and ``summary``.
+reload: the number the log and sd_notify's STATUS use too), ``state`` (starting,
+serving, reloading, draining, stopped), ``active_connections`` (read live from a
+callable), ``workers`` (the target count of worker processes, or None while this
+process serves by itself), ``reloads_started`` and ``reloads`` (reload attempts
+begun, and ended ok or failed: attempts are numbered 1, 2, ... and end in order),
+``reload`` (the attempt in progress: ``{"number", "generation", "step"}``, or None),
+``reload_pending`` (a HUP arrived during a reload: the next one starts when it
+ends), ``last_reload`` and ``recent_reloads`` (the last attempt's outcome, and the
+last 16 of them: ``{"number", "generation", "ok", "reason"}``), ``start_timeout``,
+``grace``, ``drain_delay``, and once stopped ``exit_code`` and ``summary``.
+
+``graceserve ctl graceful`` reads ``reloads_started`` before it sends its HUP and
+waits for the outcome of the next attempt by number: that attempt began after the
+call, so it loaded the code on disk at the time of the call or later.
 """
 
 from __future__ import annotations
@@ -20,7 +29,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["ServerStatus"]
+__all__ = ["RECENT_RELOADS", "ServerStatus"]
+
+RECENT_RELOADS = 16  # outcomes kept in ``recent_reloads``
 
 
 class ServerStatus:
@@ -35,6 +46,7 @@ class ServerStatus:
         workers: int | None = None,
         grace: float | None = None,
         drain_delay: float = 0.0,
+        start_timeout: float | None = None,
     ) -> None:
         self._lock = threading.Lock()
         self._connections = connections
@@ -42,8 +54,10 @@ class ServerStatus:
         # guarded by _lock:
         self._fields: dict[str, Any] = {
             "pid": os.getpid(), "generation": generation, "state": "starting",
-            "workers": workers, "reloads": reloads, "last_reload": None,
-            "grace": grace, "drain_delay": drain_delay, "exit_code": None, "summary": None,
+            "workers": workers, "reloads_started": reloads, "reloads": reloads,
+            "reload": None, "reload_pending": False, "last_reload": None, "recent_reloads": [],
+            "start_timeout": start_timeout, "grace": grace, "drain_delay": drain_delay,
+            "exit_code": None, "summary": None,
         }  # fmt: skip
 
     def count_with(self, connections: Callable[[], int]) -> None:
@@ -61,17 +75,27 @@ class ServerStatus:
             self._fields.update(fields)
         self._changed()
 
-    def record_reload(self, ok: bool, reason: str) -> None:
-        """A reload attempt ended and the server is serving again; ``ok``: the
-        generation moves on.  One update, so a waiter never sees the record
+    def record_reload(
+        self, ok: bool, reason: str, *, number: int | None = None, generation: int | None = None
+    ) -> None:
+        """Reload attempt ``number`` (default: the last one begun) of ``generation``
+        (default: the next one) ended and the server is serving again; ``ok``: that
+        generation serves now.  One update, so a waiter never sees the record
         without the state."""
         with self._lock:
-            new = self._fields["generation"] + 1
+            fields = self._fields
+            new = fields["generation"] + 1 if generation is None else generation
+            if number is None:
+                number = max(fields["reloads_started"], fields["reloads"] + 1)
             if ok:
-                self._fields["generation"] = new
-            self._fields["reloads"] += 1
-            self._fields["last_reload"] = {"generation": new, "ok": ok, "reason": reason}
-            self._fields["state"] = "serving"
+                fields["generation"] = new
+            fields["reloads"] = number
+            fields["reloads_started"] = max(fields["reloads_started"], number)
+            outcome = {"number": number, "generation": new, "ok": ok, "reason": reason}
+            fields["last_reload"] = outcome
+            fields["recent_reloads"] = [*fields["recent_reloads"], outcome][-RECENT_RELOADS:]
+            fields["reload"] = None
+            fields["state"] = "serving"
         self._changed()
 
     def finish(self, exit_code: int, summary: dict[str, Any]) -> None:

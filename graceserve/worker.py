@@ -13,9 +13,13 @@ copy of the listener, since other workers still accept from the queue; told
 takes the listener out of service for everyone: the drop-all filter, the
 sweep of what the kernel queued, ``shutdown``.
 
-It reports readiness, then every second its counters and the age of its
-serving loop's last turn (``--worker-timeout`` reads it), and at the end its
-drain report.  If the channel reaches its end (the supervisor died), it drains
+It reports readiness (before it accepts: a worker that never said READY never
+served, so the supervisor may kill it without breaking a connection), then every
+second its counters and the age of its serving loop's last turn
+(``--worker-timeout`` reads it), and at the end its drain report.  It counts its
+own requests: the one that reaches its ``--max-requests`` says ``RECYCLE`` at
+once, and it serves on until the supervisor, once a replacement is ready, tells
+it to stop accepting.  If the channel reaches its end (the supervisor died), it drains
 by itself.  USR1 dumps its stacks; SIGABRT (``--worker-timeout``) dumps them
 through ``faulthandler`` before the process dies.
 
@@ -51,7 +55,7 @@ from .stopping import DrainHooks, run_drain
 from .target import load_target
 from .workerproc import CHANNEL_FD, LISTENER_FD
 
-__all__ = ["run_worker"]
+__all__ = ["count_requests", "run_worker"]
 
 log = logging.getLogger("graceserve")
 
@@ -59,9 +63,17 @@ STATS_INTERVAL = 1.0
 
 
 def run_worker(
-    handler: Any, settings: Settings, generation: str, ignore_signals_after: bool = False
+    handler: Any,
+    settings: Settings,
+    generation: str,
+    ignore_signals_after: bool = False,
+    standby: bool = False,
 ) -> int:
-    """Serve as a worker of generation ``generation``; the exit code.  Main thread only."""
+    """Serve as a worker of generation ``generation``; the exit code.  Main thread only.
+
+    ``standby``: a spare (``--max-requests``): import the target and make the server,
+    say ``STANDBY``, and start serving only when the supervisor says ``GO`` (a
+    recycled worker's replacement is then ready at once)."""
     channel = socket.socket(fileno=CHANNEL_FD)
     channel.set_inheritable(False)
     listener = socket.socket(fileno=LISTENER_FD)
@@ -79,7 +91,11 @@ def run_worker(
         except StartupError as exc:
             link.send("FAILED", str(exc))
             raise
-        return _Worker(server, link, relay, generation).run()
+        if standby and not link.stand_by():
+            server.block_on_close = False  # it never served: close our copy of the listener
+            server.server_close()
+            return EXIT_OK
+        return _Worker(server, link, relay, generation, settings.max_requests).run()
     finally:
         link.close()
         relay.restore(ignore=ignore_signals_after)
@@ -97,6 +113,7 @@ class _Link:
         self.server: GracefulTCPServer | None = None
         self.lame_duck = False
         self.forced = 0  # the signal a FORCE named (it may come before any STOP)
+        self.go = threading.Event()  # a spare may serve (GO), or the supervisor is gone
         self._closing = False
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._read, name="graceserve-channel", daemon=True)
@@ -118,6 +135,7 @@ class _Link:
             except OSError:
                 data = b""
             if not data:  # the supervisor is gone: drain by ourselves
+                self.go.set()
                 if self.deadline is None and not self._closing:
                     log.warning("worker: the supervisor is gone; draining")
                     self.deadline = time.monotonic() + self.grace
@@ -126,17 +144,26 @@ class _Link:
             words = data.decode("ascii", "replace").split()
             if not words:
                 continue
-            if words[0] == "LAMEDUCK":
+            if words[0] == "GO":
+                self.go.set()
+            elif words[0] == "LAMEDUCK":
                 self.lame_duck = True
                 if self.server is not None:
                     self.server.announce_stop()
             elif words[0] == "STOP" and len(words) == 3 and self.deadline is None:
                 self.mode = words[1]
                 self.deadline = float(words[2])
+                self.go.set()  # a spare told to stop never serves
                 self.relay.inject(signal.SIGTERM)
             elif words[0] == "FORCE" and len(words) == 2 and words[1].isdigit():
                 self.forced = int(words[1])
                 self.relay.inject(self.forced)
+
+    def stand_by(self) -> bool:
+        """A spare: say STANDBY and wait for GO; False if the supervisor went away."""
+        self.send("STANDBY")
+        self.go.wait()
+        return self.deadline is None
 
     def close(self) -> None:
         self._closing = True  # our own shutdown below ends the reader: not the supervisor's
@@ -150,7 +177,12 @@ class _Worker:
     """The worker's main thread."""
 
     def __init__(
-        self, server: GracefulTCPServer, link: _Link, relay: SignalRelay, generation: str
+        self,
+        server: GracefulTCPServer,
+        link: _Link,
+        relay: SignalRelay,
+        generation: str,
+        max_requests: int | None = None,
     ) -> None:
         self.server = server
         self.link = link
@@ -158,16 +190,20 @@ class _Worker:
         self.generation = generation
         self.requests = itertools.count()
         self.served = 0
+        self.limit = max_requests or 0
         self.loop_at = time.monotonic()
         self.forced_by = 0
-        _count_requests(server, self._one_request)
+        count_requests(server, self._one_request)
         beat = self._beat
         setattr(server, "service_actions", beat)  # noqa: B010 (an instance's own hook)
         relay.add_listener(server.registry.condition)
         link.attach(server)
 
     def _one_request(self) -> None:
-        self.served = next(self.requests) + 1
+        """A handler thread: one more request (``next`` on a count is atomic)."""
+        served = self.served = next(self.requests) + 1
+        if served == self.limit:
+            self.link.send("RECYCLE", served)
 
     def _beat(self) -> None:
         self.loop_at = time.monotonic()
@@ -181,13 +217,13 @@ class _Worker:
         accept_thread = threading.Thread(
             target=server.serve_forever, args=(0.25,), name="graceserve-accept", daemon=True
         )
+        scheme = "http" if isinstance(server, GracefulHTTPServer) else "tcp"
+        where = listen_url(scheme, format_address(server.server_address))
+        grace = self.link.grace
+        log.info("%s", ready_line(where, scheme, os.getpid(), grace))
+        self.link.send("READY", scheme)  # before it accepts (see the module docstring)
         accept_thread.start()
         try:
-            scheme = "http" if isinstance(server, GracefulHTTPServer) else "tcp"
-            where = listen_url(scheme, format_address(server.server_address))
-            grace = self.link.grace
-            log.info("%s", ready_line(where, scheme, os.getpid(), grace))
-            self.link.send("READY", scheme)
             force = self._serve_until_stop()
             deadline = self.link.deadline or time.monotonic() + grace
             report, self.forced_by = run_drain(
@@ -248,8 +284,10 @@ class _WorkerHooks(DrainHooks):
         self.worker.stats()
 
 
-def _count_requests(server: GracefulTCPServer, count: Callable[[], None]) -> None:
-    """Call ``count`` once per request served: WSGI calls, HTTP requests, TCP connections."""
+def count_requests(server: GracefulTCPServer, count: Callable[[], None]) -> None:
+    """Call ``count`` once per request served: WSGI calls, HTTP requests, TCP connections.
+
+    (To be replaced by a hook the server calls, once servers have hooks.)"""
     get_app = getattr(server, "get_app", None)
     set_app = getattr(server, "set_app", None)
     if callable(get_app) and callable(set_app):

@@ -11,10 +11,15 @@ inherited descriptors:
   channel.  Each message is one datagram of space-separated ASCII words.
 
 ``GRACESERVE_WORKER`` (the generation number) tells the new interpreter it is
-a worker.  Worker to supervisor: ``READY http|tcp``, ``STATS requests active
-loop_age``, ``CLOSED`` (stopped accepting), ``REPORT code served forced
+a worker, ``GRACESERVE_WORKER_MAX_REQUESTS`` its own ``--max-requests`` (jitter
+included), ``GRACESERVE_WORKER_STANDBY=1`` that it is a spare: it imports the
+target, says ``STANDBY`` and waits for ``GO`` before it serves.  Worker to
+supervisor: ``READY http|tcp`` (sent before it accepts:
+a worker that never said READY never served), ``STATS requests active
+loop_age``, ``RECYCLE requests`` (it reached its limit, sent by the request
+that did), ``CLOSED`` (stopped accepting), ``REPORT code served forced
 remaining lost elapsed requests``, ``FAILED reason``.  Supervisor to worker:
-``LAMEDUCK``, ``STOP shared|sweep DEADLINE`` (a ``time.monotonic()`` instant:
+``GO`` (a spare), ``LAMEDUCK``, ``STOP shared|sweep DEADLINE`` (a ``time.monotonic()`` instant:
 the clock is system-wide, so one deadline holds for every process), ``FORCE
 SIGNUM``.  An end of file on the channel means the other side is gone.
 
@@ -32,12 +37,26 @@ import sys
 import time
 from dataclasses import dataclass
 
-__all__ = ["CHANNEL_FD", "LISTENER_FD", "WORKER_VARIABLE", "WorkerProcess", "WorkerReport"]
+__all__ = [
+    "CHANNEL_FD",
+    "LIMIT_VARIABLE",
+    "LISTENER_FD",
+    "STANDBY_VARIABLE",
+    "WORKER_VARIABLE",
+    "ChannelEnd",
+    "WorkerProcess",
+    "WorkerReport",
+]
 
 WORKER_VARIABLE = "GRACESERVE_WORKER"
+LIMIT_VARIABLE = "GRACESERVE_WORKER_MAX_REQUESTS"
+STANDBY_VARIABLE = "GRACESERVE_WORKER_STANDBY"
 LISTENER_FD = 3
 CHANNEL_FD = 4
-_CLEARED = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", WORKER_VARIABLE)
+_CLEARED = (
+    "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", WORKER_VARIABLE,
+    LIMIT_VARIABLE, STANDBY_VARIABLE,
+)  # fmt: skip
 
 
 @dataclass
@@ -53,40 +72,27 @@ class WorkerReport:
     requests: int = 0
 
 
-class WorkerProcess:
-    """A worker: its pid, channel, pidfd and what it last reported."""
+class ChannelEnd:
+    """The supervisor's end of a member's channel, and what the member last said.
 
-    def __init__(self, listener_fd: int, generation: int, max_requests: int | None) -> None:
+    ``pid`` is the member's key (a worker's pid; this process's own for its server).
+    """
+
+    pid: int
+    channel: socket.socket
+
+    def __init__(self, generation: int) -> None:
         self.generation = generation
-        self.max_requests = max_requests
-        self.channel, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            self.pid = _spawn(listener_fd, child_end.fileno(), generation)
-        except BaseException:
-            self.channel.close()
-            raise
-        finally:
-            child_end.close()
-        self.channel.setblocking(False)
-        self.pidfd = os.pidfd_open(self.pid)
-        self.started_at = time.monotonic()
-        self.ready = False
         self.scheme = "http"
-        self.stopping = False  # told to stop (drain) or killed by us
-        self.closed = False  # it stopped accepting
         self.requests = 0
         self.active = 0
-        self.progress_at = self.started_at  # the serving loop's last sign of life
+        self.progress_at = time.monotonic()  # the serving loop's last sign of life
         self.report: WorkerReport | None = None
         self.failure = ""
         self.exit_code: int | None = None  # os.waitstatus_to_exitcode: -N for signal N
-        self.killed_at = 0.0
-        self.recycling = False
 
     def __repr__(self) -> str:
         return f"worker {self.pid} (generation {self.generation})"
-
-    # -- the channel ----------------------------------------------------------
 
     def send(self, *words: object) -> None:
         """Send one message; a worker that is gone is noticed through its pidfd."""
@@ -118,14 +124,13 @@ class WorkerProcess:
         now = time.monotonic()
         try:
             if kind == "READY":
-                self.ready = True
                 self.scheme = args[0] if args else "http"
                 self.progress_at = now
             elif kind == "STATS":
                 self.requests, self.active = int(args[0]), int(args[1])
                 self.progress_at = max(self.progress_at, now - float(args[2]))
-            elif kind == "CLOSED":
-                self.closed = True
+            elif kind == "RECYCLE":
+                self.requests = max(self.requests, int(args[0]))
             elif kind == "REPORT":
                 code, served, forced, remaining, lost = (int(word) for word in args[:5])
                 self.report = WorkerReport(
@@ -138,31 +143,17 @@ class WorkerProcess:
         except (IndexError, ValueError):
             pass  # a garbled message changes nothing
 
-    # -- the process ------------------------------------------------------------
-
     def reap(self) -> bool:
-        """Collect the exit status if it has exited; True once it has."""
-        if self.exit_code is not None:
-            return True
-        try:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-        except ChildProcessError:  # reaped elsewhere (PID 1's waitpid(-1)): set_exit did it
-            return self.exit_code is not None
-        if pid == 0:
-            return False
-        self.set_exit(status)
-        return True
-
-    def set_exit(self, status: int) -> None:
-        """Record the wait status (whoever called ``waitpid`` for it)."""
-        self.exit_code = os.waitstatus_to_exitcode(status)
-        self.receive()  # its last words (REPORT, FAILED) are still in the channel
+        """True once the member has ended (its exit code is then known)."""
+        raise NotImplementedError
 
     def kill(self, signum: int) -> None:
-        """Send ``signum`` to this worker (only while it has not been reaped)."""
-        if self.exit_code is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signum)
+        """Send ``signum`` to the member, if that means anything for it."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the channel (and whatever else the member holds)."""
+        raise NotImplementedError
 
     def describe_exit(self) -> str:
         """``exit code N`` or ``killed by SIGNAME``."""
@@ -184,17 +175,74 @@ class WorkerProcess:
         text = f"pid {self.pid} exited with {how} before it was ready"
         return f"{text}: {self.failure}" if self.failure else text
 
+
+class WorkerProcess(ChannelEnd):
+    """A worker process: its pid, channel, pidfd and what it last reported."""
+
+    def __init__(
+        self,
+        listener_fd: int,
+        generation: int,
+        max_requests: int | None,
+        standby: bool = False,
+    ) -> None:
+        super().__init__(generation)
+        self.channel, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.pid = _spawn(listener_fd, child_end.fileno(), generation, max_requests, standby)
+        except BaseException:
+            self.channel.close()
+            raise
+        finally:
+            child_end.close()
+        self.channel.setblocking(False)
+        self.pidfd: int | None = os.pidfd_open(self.pid)
+
+    # -- the process ------------------------------------------------------------
+
+    def reap(self) -> bool:
+        """Collect the exit status if it has exited; True once it has."""
+        if self.exit_code is not None:
+            return True
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped elsewhere: set_exit did it
+            return self.exit_code is not None
+        if pid == 0:
+            return False
+        self.set_exit(status)
+        return True
+
+    def set_exit(self, status: int) -> None:
+        """Record the wait status (whoever called ``waitpid`` for it).  Its last words
+        (REPORT, FAILED) may still wait in the channel: ``receive`` them first."""
+        self.exit_code = os.waitstatus_to_exitcode(status)
+
+    def kill(self, signum: int) -> None:
+        """Send ``signum`` to this worker (only while it has not been reaped)."""
+        if self.exit_code is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
     def close(self) -> None:
         """Release the channel and the pidfd."""
         self.channel.close()
-        with contextlib.suppress(OSError):
-            os.close(self.pidfd)
+        if self.pidfd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.pidfd)
+            self.pidfd = None
 
 
-def _spawn(listener_fd: int, channel_fd: int, generation: int) -> int:
+def _spawn(
+    listener_fd: int, channel_fd: int, generation: int, max_requests: int | None, standby: bool
+) -> int:
     """posix_spawn this interpreter with our argv; the listener on fd 3, the channel on 4."""
     env = {key: value for key, value in os.environ.items() if key not in _CLEARED}
     env[WORKER_VARIABLE] = str(generation)
+    if max_requests:
+        env[LIMIT_VARIABLE] = str(max_requests)
+    if standby:
+        env[STANDBY_VARIABLE] = "1"
     spare = max(listener_fd, channel_fd, CHANNEL_FD) + 1  # via spare numbers: no overwrite
     actions: list[tuple[int, int, int] | tuple[int, int]] = [
         (os.POSIX_SPAWN_DUP2, listener_fd, spare),

@@ -438,3 +438,22 @@ def test_worker_flags_and_their_environment_variables() -> None:
             parse_args(bad, {})
     with pytest.raises(_UsageError, match="GRACESERVE_PRELOAD"):
         parse_args([], {"GRACESERVE_PRELOAD": "maybe"})
+
+
+def test_worker_timeout_needs_workers_and_start_timeout_must_be_positive() -> None:
+    """One process has no watchdog: a --worker-timeout asked for with one worker is a
+    usage error, not silently ignored (0, "off", is fine)."""
+    for argv, env in (
+        (["--worker-timeout", "5"], {}),
+        ([], {"GRACESERVE_WORKER_TIMEOUT": "5"}),
+        (["--worker-timeout", "5", "--workers", "1"], {}),
+    ):
+        with pytest.raises(UsageError, match="--worker-timeout needs --workers 2 or more"):
+            parse_args(argv, env)
+    assert parse_args(["--worker-timeout", "0"], {}).worker_timeout is None
+    assert parse_args(["--worker-timeout", "5", "--workers", "2"], {}).worker_timeout == 5.0
+    assert parse_args(["--start-timeout", "3"], {}).start_timeout == 3.0
+    assert parse_args([], {"GRACESERVE_START_TIMEOUT": "7"}).start_timeout == 7.0
+    for bad in ("0", "-1", "soon"):
+        with pytest.raises(UsageError, match="--start-timeout"):
+            parse_args(["--start-timeout", bad], {})

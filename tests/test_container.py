@@ -349,7 +349,7 @@ def test_hup_to_the_shipped_image_under_load_keeps_serving_then_stop_drains(
     try:
         load.wait_for_requests(100)
         podman_ok("kill", "-s", "HUP", container_id)
-        wait_log(container_id, r"HUP: the worker is serving")
+        wait_log(container_id, r"HUP: generation 2 is ready")
         load.wait_for_requests(200)  # still serving, now from the new worker
     finally:
         load.stop()

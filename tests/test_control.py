@@ -75,8 +75,9 @@ def test_status(served: tuple[ServerStatus, ControlServer]) -> None:
     assert answer["ok"] is True
     assert answer["status"] == {
         "pid": os.getpid(), "generation": 1, "state": "starting", "workers": None,
-        "reloads": 0, "last_reload": None, "grace": 3.0, "drain_delay": 0.0,
-        "exit_code": None, "summary": None, "active_connections": 7,
+        "reloads_started": 0, "reloads": 0, "reload": None, "reload_pending": False,
+        "last_reload": None, "recent_reloads": [], "start_timeout": None, "grace": 3.0,
+        "drain_delay": 0.0, "exit_code": None, "summary": None, "active_connections": 7,
     }  # fmt: skip
 
 
@@ -112,8 +113,25 @@ def test_wait_returns_on_a_reload_after_the_one_it_saw(
     assert answer["status"]["generation"] == 2
     assert answer["status"]["state"] == "serving"  # in the same update as the record
     assert answer["status"]["last_reload"] == {
-        "generation": 2, "ok": True, "reason": "pid 9 is serving"
+        "number": 2, "generation": 2, "ok": True, "reason": "pid 9 is serving"
     }  # fmt: skip
+    assert [entry["ok"] for entry in answer["status"]["recent_reloads"]] == [False, True]
+
+
+def test_wait_for_stopping_returns_once_the_server_drains(
+    served: tuple[ServerStatus, ControlServer],
+) -> None:
+    status, server = served
+    waiting = Call(
+        request, server.path,
+        {"cmd": "wait", "reloads": 0, "stopping": True, "timeout": TIMEOUT}, TIMEOUT,
+    )  # fmt: skip
+    status.update(state="draining")
+    answer = waiting.result()
+    assert (answer["done"], answer["status"]["state"]) == (True, "draining")
+    # Without "stopping", draining is not the end of a wait.
+    plain = {"cmd": "wait", "reloads": 0, "timeout": 0}
+    assert request(server.path, plain, TIMEOUT)["done"] is False
 
 
 def test_wait_times_out_with_done_false(served: tuple[ServerStatus, ControlServer]) -> None:

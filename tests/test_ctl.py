@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -234,7 +235,8 @@ def test_graceful_with_code_that_cannot_import_fails_and_the_old_keeps_serving(
     status = status_of(pidfile)
     assert (status["pid"], status["generation"], status["state"]) == (old, 1, "serving")
     assert status["last_reload"] == {
-        "generation": 2, "ok": False, "reason": status["last_reload"]["reason"],  # type: ignore[index]
+        "number": 1, "generation": 2, "ok": False,
+        "reason": status["last_reload"]["reason"],  # type: ignore[index]
     }  # fmt: skip
 
     # A second failure is reported as a new one (not mistaken for the old), then a fix works.
@@ -296,3 +298,61 @@ def test_graceful_of_a_draining_server_is_refused(
     result = ctl("graceful", "--pidfile", str(pidfile))
     assert result.returncode == 1
     assert "is stopping (draining); not reloading" in one_line(result)
+
+
+# -- ctl interrupted (systemd: `systemctl stop` during `systemctl reload`) -----------------
+
+
+def test_graceful_interrupted_by_term_while_the_server_stops_exits_0(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """systemd signals the reload's control process (ctl graceful) and the server at
+    once: ctl stops waiting, says so, and exits 0, so the unit does not fail."""
+    from reload_support import Ctl, arrivals, deploy
+
+    deploy(tmp_path, "v1", gate_open=True)
+    pidfile = tmp_path / "server.pid"
+    server = start_server(
+        ["app:Handler", "--bind", "127.0.0.1:0", "--pidfile", str(pidfile), "--grace", "5"],
+        cwd=tmp_path, env={"PYTHONDONTWRITEBYTECODE": "1"},
+    )  # fmt: skip
+    server.wait_ready()
+    deploy(tmp_path, "v2")  # its import waits at a gate that never opens
+    reload = Ctl("graceful", "--pidfile", str(pidfile))
+    try:
+        wait_until(lambda: arrivals(tmp_path, "v2") == 1, what="the reload to begin")
+        server.send(signal.SIGTERM)
+        reload.proc.send_signal(signal.SIGTERM)
+        code, out = reload.result(30)
+    finally:
+        reload.kill()
+    assert code == 0, (out, server.output)
+    said = r"graceserve ctl graceful: interrupted by SIGTERM; pid \d+ is stopping "
+    assert re.fullmatch(said + r"\((draining|stopped|gone)\): nothing more to wait for", out), out
+    assert server.wait_exit() == 0
+
+
+def test_graceful_interrupted_while_the_server_serves_exits_1(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    from reload_support import Ctl, arrivals, deploy
+
+    deploy(tmp_path, "v1", gate_open=True)
+    pidfile = tmp_path / "server.pid"
+    server = start_server(
+        ["app:Handler", "--bind", "127.0.0.1:0", "--pidfile", str(pidfile)],
+        cwd=tmp_path, env={"PYTHONDONTWRITEBYTECODE": "1"},
+    )  # fmt: skip
+    server.wait_ready()
+    deploy(tmp_path, "v2")
+    reload = Ctl("graceful", "--pidfile", str(pidfile))
+    try:
+        wait_until(lambda: arrivals(tmp_path, "v2") == 1, what="the reload to begin")
+        reload.proc.send_signal(signal.SIGINT)
+        code, out = reload.result(30)
+    finally:
+        reload.kill()
+    assert code == 1, (out, server.output)
+    said = r"graceserve ctl graceful: interrupted by SIGINT before the outcome; pid \d+ is "
+    assert re.fullmatch(said + "reloading", out), out
+    assert "Traceback" not in out

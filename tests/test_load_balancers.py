@@ -398,7 +398,7 @@ def test_rolling_restart_and_reload_fail_no_request(setup: tuple[Balancer, Repli
         for name in SERVERS:
             server = replicas.servers[name]
             server.send(signal.SIGHUP)
-            server.wait_for_line(r"HUP: the worker is serving", timeout=40)
+            server.wait_for_line(r"HUP: generation 2 is ready", timeout=40)
             phase = load.next_phase()
             balancer.wait_in_rotation(name)
             load.wait_served(phase, name)

@@ -15,14 +15,12 @@ import signal
 import socket
 import socketserver
 import threading
-import time
-from collections.abc import Callable, Iterator
-from typing import ClassVar
+from collections.abc import Iterator
 
 import pytest
 from conftest import Call, wait_until
 
-from graceserve import runner
+from graceserve import runner, supervisor
 from graceserve.signals import SignalRelay
 
 TIMEOUT = 10.0
@@ -126,33 +124,23 @@ def test_hup_then_term_during_the_lame_duck_forces(
     assert any("SIGHUP: already stopping" in m for m in graceserve_log), graceserve_log
 
 
-class FakeSupervisor:
-    """Stands in for the supervisor a HUP creates: its worker is ready after a moment
-    unless a signal interrupts."""
-
-    made: ClassVar[list[FakeSupervisor]] = []
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        self.abandoned = False
-        FakeSupervisor.made.append(self)
-
-    def first_worker(self, deadline: float, interrupted: Callable[[], bool]) -> str | None:
-        ready_at = time.monotonic() + 0.3
-        while time.monotonic() < ready_at:  # bounded by ready_at
-            if interrupted():
-                return "interrupted by a signal"
-            time.sleep(0.005)  # the fake worker's start-up time, not synchronisation
-        return None
-
-    def close(self) -> None:
-        self.abandoned = True
+NEVER_READY = 10**9  # the key of a worker that never says READY (no such process)
 
 
-def test_hup_then_term_abandons_the_restart_and_stops(
+def test_hup_then_term_abandons_the_reload_and_stops(
     relays: list[SignalRelay], graceserve_log: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    FakeSupervisor.made.clear()
-    monkeypatch.setattr(runner, "Supervisor", FakeSupervisor)
+    """HUP then TERM in one batch: the HUP starts a reload (its worker never gets ready
+    here), the TERM abandons it unreported and stops the process like a first stop."""
+    spawned: list[int] = []
+    abandoned: list[int] = []
+
+    def spawn(self: supervisor.Supervisor, generation: int, spare: bool = False) -> int:
+        spawned.append(generation)
+        return NEVER_READY
+
+    monkeypatch.setattr(supervisor.Supervisor, "spawn", spawn)
+    monkeypatch.setattr(supervisor.Supervisor, "abandon", lambda self, key: abandoned.append(key))
 
     def hup_then_term() -> None:
         wait_until(lambda: port_from(graceserve_log), what="the readiness line")
@@ -161,6 +149,7 @@ def test_hup_then_term_abandons_the_restart_and_stops(
     driver = Call(hup_then_term)
     assert runner.serve(Gated, ("127.0.0.1", 0), grace=3.0) == 0
     driver.result(TIMEOUT)
-    assert [s.abandoned for s in FakeSupervisor.made] == [True], graceserve_log
-    assert any("restart failed: interrupted by a signal" in m for m in graceserve_log)
+    assert (spawned, abandoned) == ([2], [NEVER_READY]), graceserve_log
+    assert any("the reload to generation 2 is abandoned" in m for m in graceserve_log)
     assert any("SIGTERM: draining" in m for m in graceserve_log), graceserve_log
+    assert not any("reload failed" in m for m in graceserve_log), graceserve_log

@@ -388,7 +388,7 @@ def test_socket_activation_leaves_the_listener_in_service_for_systemd(
         if restarted:
             server.send(signal.SIGHUP)
             new = int(server.wait_for_line(r"started worker pid (\d+)")[1])
-            server.wait_for_line(r"HUP: draining \d+ connections of this process")
+            server.wait_for_line(r"this process stopped accepting: draining its \d+ connections")
             assert get(address_of(server), "/")[0] == 200
             server.send(signal.SIGTERM)
             assert first_exit(server) == 0
@@ -402,7 +402,9 @@ def test_socket_activation_leaves_the_listener_in_service_for_systemd(
             r"new connections wait in systemd's queue for the next start"
         )
         if restarted:
-            server.wait_for_line(r"SIGHUP: draining .*; new connections go to the new process")
+            server.wait_for_line(
+                r"this process stopped accepting: .*; new connections go to the worker"
+            )
         assert "refused" not in server.output, server.output
         # The next client waits in systemd's socket (here, ours) for the next activation.
         with socket.create_connection(("127.0.0.1", port), timeout=3.0) as client:
@@ -428,7 +430,7 @@ def test_socket_activation_leaves_the_unix_socket_file_to_its_owner(
 
     server.send(signal.SIGHUP)
     new = int(server.wait_for_line(r"started worker pid (\d+)")[1])
-    server.wait_for_line(r"HUP: draining \d+ connections of this process")
+    server.wait_for_line(r"this process stopped accepting: draining its \d+ connections")
     assert path.is_socket(), f"pid {server.proc.pid} removed {path}, which it did not create"
     assert unix_get(path) == (200, "hello from graceserve\n")
     server.send(signal.SIGTERM)
@@ -550,15 +552,14 @@ def test_notify_reload_keeps_the_main_pid_and_only_it_speaks(
     main = server.proc.pid
     supervisor.wait_for(lambda m: m.has("READY=1"))
 
-    for generation in (1, 2):
+    for generation in (2, 3):  # this process's own server is generation 1
         server.send(signal.SIGHUP)
         reloading = supervisor.wait_for(lambda m: m.has("RELOADING=1"))
         ready = supervisor.wait_for(lambda m: m.has("READY=1"))
-        if generation == 1:
-            server.wait_for_line(r"HUP: the worker is serving")
-        else:
-            server.wait_for_line(r"HUP: generation 2 is ready")
+        server.wait_for_line(rf"HUP: generation {generation} is ready")
         assert (reloading.pid, ready.pid) == (main, main)
+        # One numbering: the log, sd_notify's STATUS (and ctl status) say the same.
+        assert ready.get("STATUS") == f"generation {generation} serving", ready
         monotonic_usec = int(reloading.get("MONOTONIC_USEC") or "0")
         assert abs(monotonic_usec - time.monotonic_ns() // 1000) < 60_000_000  # same clock
     assert get(address_of(server), "/")[0] == 200
@@ -585,7 +586,7 @@ def test_notify_failed_restart_is_ready_again(
     server.send(signal.SIGHUP)
     reloading = supervisor.wait_for(lambda m: m.has("RELOADING=1"))
     ready = supervisor.wait_for(lambda m: m.has("READY=1"))
-    server.wait_for_line(r"HUP: restart failed: .*; still serving")
+    server.wait_for_line(r"HUP: reload failed: .*; generation 1 keeps serving")
     assert get(address_of(server), "/")[1] == f"v1 pid {old}"
     server.send(signal.SIGTERM)
     stopping = supervisor.wait_for(lambda m: m.has("STOPPING=1"))
@@ -593,4 +594,4 @@ def test_notify_failed_restart_is_ready_again(
 
     assert (reloading.pid, ready.pid, stopping.pid) == (old, old, old)
     assert ready.get("MAINPID") is None
-    assert "restart failed" in (ready.get("STATUS") or "")
+    assert "reload failed" in (ready.get("STATUS") or "")

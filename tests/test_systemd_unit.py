@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -30,6 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -574,3 +576,155 @@ def test_socket_activation_drain_log_tells_the_truth(unit: Unit) -> None:
     assert stop.rc == 0
     journal = assert_stopped_cleanly(unit, "0")
     assert "refused" not in journal, journal
+
+
+# --- reloads meeting other events: a stop, a storm under load ------------------------------
+
+STATE_DIR = "/var/lib/graceserve"  # the unit's WorkingDirectory (StateDirectory)
+HOLD = f"{STATE_DIR}/hold"
+SLOW_APP = f'''"""gs-systemd test target: the demo, whose import waits while {HOLD} exists."""
+import os
+import sys
+import time
+
+from graceserve.demo import DemoHandler as Handler
+
+if os.path.exists("{HOLD}"):
+    print(f"gs-test: pid {{os.getpid()}} holds its import", file=sys.stderr, flush=True)
+    give_up = time.monotonic() + 60
+    while os.path.exists("{HOLD}") and time.monotonic() < give_up:
+        time.sleep(0.02)
+'''
+
+
+def with_drop_in(name: str, *lines: str) -> None:
+    """A runtime drop-in for the service (the ``unit`` fixture removes it)."""
+    body = "\\n".join(["[Service]", *lines, ""])
+    inside_ok("mkdir", "-p", DROP_IN_DIR)
+    inside_ok("sh", "-c", f"printf '{body}' >{DROP_IN_DIR}/{name}.conf")
+    inside_ok("systemctl", "daemon-reload")
+
+
+@pytest.fixture
+def slow_app(unit: Unit) -> Iterator[Unit]:
+    """The service serves ``gs_slow:Handler`` (the demo), whose import a test can hold."""
+    inside_ok("mkdir", "-p", STATE_DIR)
+    inside_ok("sh", "-c", f"cat >{STATE_DIR}/gs_slow.py <<'EOF'\n{SLOW_APP}EOF")
+    with_drop_in("50-test-slow", "Environment=GRACESERVE_TARGET=gs_slow:Handler")
+    try:
+        yield unit
+    finally:
+        inside("rm", "-f", HOLD, f"{STATE_DIR}/gs_slow.py")
+
+
+def test_stop_during_reload_ends_clean_and_the_unit_does_not_fail(slow_app: Unit) -> None:
+    """`systemctl stop` while `systemctl reload` (ExecReload: ctl graceful) waits for a new
+    generation: systemd signals ctl too; ctl says the server is stopping and exits 0, the
+    server abandons the reload and drains: the unit ends inactive, Result=success."""
+    unit = slow_app
+    start_service(unit)
+    inside_ok("touch", HOLD)
+    inside_ok("systemctl", "reload", "--no-block", UNIT)
+    unit.wait_journal("holds its import")
+    assert unit.show("ActiveState")["ActiveState"] == "reloading"
+    stop = stop_service()
+    assert stop.rc == 0, unit.journal()
+    journal = assert_stopped_cleanly(unit, "0")
+    assert "graceserve ctl graceful: interrupted by SIGTERM" in journal, journal
+    assert "the reload to generation 2 is abandoned" in journal, journal
+    assert "reload failed" not in journal, journal
+    assert unit.show("NRestarts")["NRestarts"] == "0"
+
+
+LOAD = """
+import http.client, json, sys, threading, time
+stop_file, out, clients = sys.argv[1], sys.argv[2], int(sys.argv[3])
+counts = {"requests": 0, "failures": []}
+lock = threading.Lock()
+def client():
+    conn = None
+    give_up = time.monotonic() + 120
+    while time.monotonic() < give_up:
+        try:
+            open(stop_file).close()
+            break
+        except OSError:
+            pass
+        try:
+            if conn is None:
+                conn = http.client.HTTPConnection("127.0.0.1", 8000, timeout=10)
+            conn.request("GET", "/")
+            response = conn.getresponse()
+            body = response.read()
+            with lock:
+                counts["requests"] += 1
+                if response.status != 200:
+                    counts["failures"].append(f"{response.status} {body[:40]!r}")
+            if response.will_close:
+                conn.close()
+                conn = None
+        except Exception as exc:
+            with lock:
+                counts["failures"].append(repr(exc))
+            if conn is not None:
+                conn.close()
+            conn = None
+threads = [threading.Thread(target=client) for _ in range(clients)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+json.dump(counts, open(out + ".tmp", "w"))
+import os
+os.rename(out + ".tmp", out)
+"""
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_reload_storm_under_load_breaks_nothing_and_never_fails_the_unit(
+    unit: Unit, workers: str
+) -> None:
+    """Keep-alive load inside the container while reloads come from everywhere: ten
+    `systemctl reload` in a row, HUP bursts straight to the main process, and reloads
+    asked for while others run.  Not one request broken; the unit never fails; every
+    `systemctl reload` succeeds; the reloads end with one generation serving."""
+    if workers != "1":
+        with_drop_in("50-test-workers", f"Environment=GRACESERVE_WORKERS={workers}")
+    main = start_service(unit)
+    inside_ok("sh", "-c", f"cat >/tmp/gs-load.py <<'EOF'\n{LOAD}EOF")
+    inside("rm", "-f", "/tmp/gs-load-stop", "/tmp/gs-load.json")
+    podman_ok("exec", "-d", CONTAINER, "python3", "/tmp/gs-load.py", "/tmp/gs-load-stop",
+              "/tmp/gs-load.json", "8")  # fmt: skip
+    storms = [  # the first one meets a single process's first reload
+        # a reload, and HUPs straight to the main process while it starts (paced, or the
+        # kernel merges them into one), then another
+        f"systemctl reload --no-block {UNIT}; for i in 1 2 3 4 5; do kill -HUP {main}; "
+        f"sleep 0.1; done; systemctl reload {UNIT}",
+        # two at once (systemd merges them into one job), and a HUP beside them
+        f"systemctl reload {UNIT} & kill -HUP {main}; systemctl reload {UNIT}; r=$?; "
+        "wait $! && exit $r",
+        f"systemctl reload {UNIT}",
+    ]
+    try:
+        for round_ in range(10):
+            reload = inside("sh", "-c", storms[round_ % 3])
+            assert reload.returncode == 0, (reload.stderr, unit.journal())
+            props = unit.show("ActiveState", "MainPID")
+            assert props == {"ActiveState": "active", "MainPID": str(main)}, props
+    finally:
+        inside_ok("touch", "/tmp/gs-load-stop")
+    poll("the load to end", lambda: inside("test", "-e", "/tmp/gs-load.json").returncode == 0,
+         timeout=60)  # fmt: skip
+    counts = json.loads(inside_ok("cat", "/tmp/gs-load.json"))
+    journal = unit.journal()
+    assert counts["failures"] == [], (counts["failures"][:5], journal)
+    assert counts["requests"] > 100, counts
+    status: dict[str, Any] = ctl_status()
+    assert status["state"] == "serving", status
+    assert status["reloads"] >= 10, status
+    assert all(entry["ok"] for entry in status.get("recent_reloads", [])), status
+    assert not re.search(r"(reload|restart) failed", journal), journal
+    assert unit.show("NRestarts", "Result") == {"NRestarts": "0", "Result": "success"}
+    stop = stop_service()
+    assert stop.rc == 0
+    assert_stopped_cleanly(unit, "0")

@@ -125,7 +125,7 @@ def test_sighup_rotates_the_certificate_under_load(
         shutil.copy(two[1], key)
         server.send(signal.SIGHUP)
         # The main process stays (as the supervisor); a fresh worker reads the new pair.
-        server.wait_for_line(rf"graceserve\[{old}\] INFO HUP: the worker is serving")
+        server.wait_for_line(rf"graceserve\[{old}\] INFO HUP: generation 2 is ready")
         assert https_get(address, "/", context)[2] == "cert-two"
         server.wait_for_line(rf"graceserve\[{old}\] INFO this process's drain: .* 0 cut")
     finally:

@@ -9,8 +9,10 @@ stop began is not.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import re
 import signal
 import socket
 import time
@@ -169,7 +171,10 @@ def test_ttin_adds_and_ttou_removes_a_worker_that_drains(
     server.wait_for_line(rf"pid {third}, grace")
     server.send(signal.SIGTTOU)
     server.wait_for_line(r"TTOU: 2 workers")
-    server.wait_for_line(rf"worker {third} \(generation 1\) stopped \(exit code 0\)")
+    # It drains; or, if its READY had not reached the supervisor yet, it never served.
+    server.wait_for_line(
+        rf"worker {third} \(generation 1\) (stopped \(exit code 0\)|was still starting)"
+    )
     assert not any(alive(pid) for pid in [third])
     assert all(alive(pid) for pid in worker_pids(server)[:2])
     assert get(server.address)[0] == 200
@@ -213,6 +218,51 @@ def test_max_requests_recycles_workers_under_load_without_a_failure(
         load.stop()
     assert load.failures == [], load.failures[:5]
     assert "recycling it" in server.output
+    server.send(signal.SIGTERM)
+    assert server.wait_exit(30) == 0, server.output
+
+
+def test_max_requests_is_decided_by_the_request_that_reaches_it(
+    start_server: StartServer, app_dir: Path
+) -> None:
+    """The worker counts its own requests: the one that reaches the limit says so at once
+    (not a once-a-second sample), and a spare standing by takes over."""
+    server = start_workers(start_server, app_dir, "--workers", "2", "--max-requests", "100")
+    assert server.address is not None
+    server.wait_for_line(r"a spare standing by for --max-requests")
+    load = Load(server.address, clients=8)
+    try:
+        wait_until(lambda: server.output.count("recycling it") >= 3, 40, "three recyclings")
+        load.wait_for_requests(100)
+    finally:
+        load.stop()
+    assert load.failures == [], load.failures[:5]
+    decided = re.findall(r"served (\d+) requests: recycling it", server.output)
+    assert set(decided) == {"100"}, decided
+    server.send(signal.SIGTERM)
+    assert server.wait_exit(30) == 0, server.output
+
+
+def test_one_process_with_max_requests_hands_its_serving_to_a_worker(
+    start_server: StartServer, app_dir: Path
+) -> None:
+    """--max-requests means the same with one process: after N requests a worker process
+    (a spare, standing by since the start) serves instead, and recycles in turn."""
+    pidfile = app_dir / "server.pid"
+    server = start_workers(start_server, app_dir, "--max-requests", "20", "--pidfile", str(pidfile))
+    assert server.address is not None
+    main = server.proc.pid
+    server.wait_for_line(r"a spare standing by for --max-requests")
+    for _ in range(20):
+        assert served_by(get(server.address)[1]) == main
+    server.wait_for_line(r"this process's server \(generation 1\) served 20 requests: recycling")
+    server.wait_for_line(r"this process stopped accepting")
+    workers = {served_by(get(server.address)[1]) for _ in range(10)}
+    assert main not in workers, workers
+    from test_ctl import status_of
+
+    status = status_of(pidfile)
+    assert (status["generation"], status["workers"], status["state"]) == (1, 1, "serving")
     server.send(signal.SIGTERM)
     assert server.wait_exit(30) == 0, server.output
 
@@ -366,4 +416,59 @@ def test_replacements_that_cannot_start_back_off_and_recover(
     wait_until(lambda: server.output.count("listening on") >= 3, 20, "a replacement to start")
     assert get(server.address)[0] == 200
     server.send(signal.SIGTERM)
+    assert server.wait_exit(20) == 0, server.output
+
+
+ORPHANS_APP = """
+import subprocess
+from http.server import BaseHTTPRequestHandler
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        # sh's background sleep outlives sh: it is re-parented to PID 1 (this process).
+        # sh's own status is the app's: it must get it, not the reaper.
+        code = subprocess.run(["sh", "-c", "sleep 0.2 & exit 7"], check=False).returncode
+        data = str(code).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format, *args):
+        pass
+"""
+
+
+def zombies_of(pid: int) -> list[int]:
+    """The children of ``pid`` that are zombies."""
+    children: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError):
+            children += map(int, Path(f"/proc/{pid}/task/{task}/children").read_text().split())
+    return [child for child in children if not alive(child) and os.path.exists(f"/proc/{child}")]
+
+
+def test_one_process_as_pid_1_reaps_orphans_and_never_the_apps_own_children(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """The shipped image runs one process as PID 1: the orphans re-parented to it are
+    reaped (before any HUP), and the statuses of the app's own children stay the app's."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (unshare --pid)")
+    write_app(tmp_path, ORPHANS_APP)
+    server = start_server(
+        ["app:Handler", "--bind", "127.0.0.1:0", "--log-level", "debug"],
+        cwd=tmp_path, prefix=["unshare", "--pid", "--fork", "--mount-proc"],
+    )  # fmt: skip
+    server.wait_for_line(r"\(http, pid 1, grace")
+    assert server.wait_ready() is not None
+    inner = int(Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text())
+    answers = [get(server.address)[1] for _ in range(20)]  # type: ignore[arg-type]
+    assert answers == ["7"] * 20  # subprocess.run got sh's own status every time
+    wait_until(lambda: len(server.output.split("(not a worker)")) > 20, 20, "20 orphans reaped")
+    wait_until(lambda: zombies_of(inner) == [], 10, "no zombie left")
+    os.kill(inner, signal.SIGTERM)
     assert server.wait_exit(20) == 0, server.output

@@ -338,8 +338,3 @@ WSGI_ERRORS_LOOSE = Finding(
     "as loose text lines",
     lambda combo: combo.wsgi,
 )
-SUPERVISOR_OPTIONS_IGNORED = Finding(
-    "--max-requests and --worker-timeout are silently ignored in one process "
-    "(neither refused nor acted on)",
-    lambda combo: not combo.supervised,
-)
