@@ -279,6 +279,21 @@ def test_settings_reference_reads_env_and_default_from_a_parser_of_any_shape() -
 # -- the other pages against the code ----------------------------------------------------
 
 
+def test_signals_page_has_every_signal_and_exit_code_help_shows() -> None:
+    help_text = graceserve_help()
+    signals = help_text.split("\nsignals:\n")[1].split("\n\n")[0]
+    codes = help_text.split("\nexit codes:\n")[1].split("\n\n")[0]
+    page = page_text("signals.md")
+    names = re.findall(r"^  ([A-Z0-9]+(?:, [A-Z0-9]+)*)\s{2,}", signals, re.M)
+    assert len(names) >= 5, names
+    for name in names:
+        assert f"\n| {name} |" in page, f"signal row {name!r} missing from docs/signals.md"
+    numbers = re.findall(r"^  (\d+|128\+N)\s{2,}", codes, re.M)
+    assert len(numbers) >= 6, numbers
+    for number in numbers:
+        assert f"\n| {number} |" in page, f"exit code {number} missing from docs/signals.md"
+
+
 def test_ctl_page_lists_every_ctl_flag() -> None:
     flags = option_flags(graceserve_help("ctl")) - {"-h", "--help"}
     assert flags >= {"--pidfile", "--timeout", "--json"}, flags

@@ -32,7 +32,8 @@ MARKER = "<!-- generated: settings reference -->"
 PAGE = "settings.md"
 
 _ENV = re.compile(r"\s*\[([A-Z][A-Z0-9_]*)\]")
-_DEFAULT = re.compile(r"\s*\(default: (?P<value>[^()]*)\)\s*$")
+_DEFAULT = re.compile(r"\s*\(default: (?P<value>[^()]*)\)\s*$")  # argparse style: a value
+_DEFAULT_WORDS = re.compile(r";\s*default: (?P<words>[^;]+)$")  # "; default: the demo app"
 _FLAG_WORD = re.compile(r"(?<![\w`-])(--[a-z][a-z0-9-]*|GRACESERVE_[A-Z0-9_]+|/healthz)\b")
 
 
@@ -107,6 +108,11 @@ class Setting:
         if shown is not None:
             default = default if default is not None else shown["value"]
             text = text[: shown.start()]
+        words = _DEFAULT_WORDS.search(text)
+        self.default_words: str | None = None
+        if words is not None and default is None:
+            self.default_words = words["words"].strip()
+            text = text[: words.start()]
         self.action = action
         self.label = _label(action)
         self.anchor = _anchor(action)
@@ -118,6 +124,8 @@ class Setting:
         self.flags = list(action.option_strings) or [self.label]
 
     def default_cell(self) -> str:
+        if self.default_words is not None:
+            return _escape(self.default_words)
         if self.default is None:
             return "none" if self.action.nargs != 0 else "off"
         return f"`{self.default}`" if self.default else "empty"
