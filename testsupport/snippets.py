@@ -15,7 +15,12 @@ examples' header comments (``example_commands``), and run them the way a reader 
   for HTTP, a ``GET /`` that is not a 5xx; later lines that name the address it was
   given (``127.0.0.1:8080``) reach the real one.  Every other line must exit 0.  At
   the end of the block (or when a line starts another server on the same address) the
-  server gets SIGTERM and must exit 0.
+  server gets SIGTERM and must exit 0 (one that a line already stopped, with ``graceserve
+  ctl stop``, must have exited 0).  A server line may start with environment
+  assignments (``GRACESERVE_WORKERS=2 python -m graceserve ...``): the server gets them.
+
+``run_markdown`` runs every block of a page this way, with the caller's lists of what
+is not run.
 
 What cannot run here (a registry, systemd, a placeholder URL) is left to the caller
 to list, with its reason: ``SnippetRunner.run_sh`` takes the substrings of the lines
@@ -40,12 +45,15 @@ from .process import ServerProcess, child_env, fail
 
 __all__ = [
     "CommandLine",
+    "NotRun",
     "Snippet",
     "SnippetRunner",
     "example_commands",
     "fenced",
     "module_name",
+    "run_markdown",
     "server_argv",
+    "server_command",
 ]
 
 COMMAND_TIMEOUT = 120.0  # seconds a non-server line may take (pip, django startproject)
@@ -154,11 +162,40 @@ def example_commands(path: Path) -> dict[str, list[CommandLine]]:
     return found
 
 
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+_OPERATORS = frozenset({"|", "||", "&", "&&", ";", ";;", "(", ")", "<", ">", ">>", "2>"})
+
+
+def server_command(command: str) -> tuple[dict[str, str], list[str]] | None:
+    """The environment assignments and graceserve arguments if ``command`` starts a server.
+
+    ``[NAME=VALUE ...] python -m graceserve ARGS`` or ``[NAME=VALUE ...] graceserve
+    ARGS`` (shell comments dropped); None for anything else, for ``ctl``, ``--help`` and
+    ``--version`` (they end by themselves), and for a line with a shell operator
+    (``;``, ``&&``, ``|``, ``&``, a redirection), even one written against a word.
+    """
+    try:
+        lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        words = list(lexer)
+    except ValueError:
+        return None
+    if any(word in _OPERATORS or set(word) <= set("|&;<>()") for word in words):
+        return None
+    env: dict[str, str] = {}
+    while words and _ASSIGNMENT.match(words[0]):
+        name, value = words.pop(0).split("=", 1)
+        env[name] = value
+    args = server_argv(shlex.join(words))
+    return None if args is None else (env, args)
+
+
 def server_argv(command: str) -> list[str] | None:
     """The graceserve arguments if ``command`` starts a server, else None.
 
     ``python -m graceserve ARGS`` or ``graceserve ARGS`` (shell comments dropped),
     except ``ctl``, ``--help`` and ``--version``, which end by themselves.
+    (``server_command`` also takes environment assignments before it.)
     """
     try:
         words = shlex.split(command, comments=True)
@@ -269,11 +306,12 @@ class SnippetRunner:
                 if text.startswith("cd "):
                     cwd = (cwd / shlex.split(text)[1]).resolve()
                     continue
-                args = server_argv(text)
-                if args is None:
+                started = server_command(text)
+                if started is None:
                     self._check(command.where, ["bash", "-c", text], cwd)
                 else:
-                    running = self._serve(command.where, args, cwd, running)
+                    env, args = started
+                    running = self._serve(command.where, args, cwd, running, env)
                 self.ran += 1
         finally:
             for server in running:
@@ -281,14 +319,23 @@ class SnippetRunner:
         return matched
 
     def _serve(
-        self, where: str, args: list[str], cwd: Path, running: list[_Running]
+        self,
+        where: str,
+        args: list[str],
+        cwd: Path,
+        running: list[_Running],
+        env: Mapping[str, str] | None = None,
     ) -> list[_Running]:
+        env = dict(env or {})
+        bound = any(a == "--bind" or a.startswith("--bind=") for a in args)
         args, asked = with_bind(args, "127.0.0.1:0")
+        if not bound and "GRACESERVE_BIND" in env:  # the flag added above wins over it
+            asked = env.pop("GRACESERVE_BIND")
         targets = [a for a in args[:-2] if ":" in a and not a.startswith("-")][:1]
         for old in [r for r in running if r.asked == asked]:  # the same address: one at a time
             self._stop(old)
             running = [r for r in running if r is not old]
-        server = ServerProcess(args, env=self.env, cwd=cwd)
+        server = ServerProcess(args, env={**self.env, **env}, cwd=cwd)
         try:
             ready = server.wait_readiness(timeout=60)
         except BaseException:
@@ -307,8 +354,10 @@ class SnippetRunner:
     def _stop(self, running: _Running) -> None:
         server = running.server
         try:
-            server.send(signal.SIGTERM)
-            code = server.wait_exit(timeout=30)
+            code = server.exited_within(0)  # a line stopped it already (ctl stop)
+            if code is None:
+                server.send(signal.SIGTERM)
+                code = server.wait_exit(timeout=30)
             if code != 0:
                 fail(f"exit code {code} after SIGTERM, not 0:\n{server.output}")
         finally:
@@ -340,3 +389,41 @@ def _status_of_get(host: str, port: int) -> int:
     finally:
         with contextlib.suppress(OSError):
             conn.close()
+
+
+@dataclass(frozen=True)
+class NotRun:
+    """What a page's test leaves out, each with its reason.
+
+    ``lines``: substrings of ``sh`` lines; ``blocks``: substrings of Python blocks;
+    ``languages``: info strings of fenced blocks that are not commands (logs, configs).
+    """
+
+    lines: Mapping[str, str] = field(default_factory=dict)
+    blocks: Mapping[str, str] = field(default_factory=dict)
+    languages: Mapping[str, str] = field(default_factory=dict)
+
+
+SHELLS = ("sh", "bash", "console", "shell")
+
+
+def run_markdown(runner: SnippetRunner, snippets: list[Snippet], not_run: NotRun) -> set[str]:
+    """Run every Python and shell block of ``snippets`` in order; the ``not_run`` keys used.
+
+    Fails on a block in a language that is neither run nor listed in ``not_run.languages``.
+    """
+    matched: set[str] = set()
+    for snippet in snippets:
+        if snippet.lang == "python":
+            blocked = [key for key in not_run.blocks if key in snippet.code]
+            if blocked:
+                matched.update(blocked)
+                continue
+            runner.run_python(snippet)
+        elif snippet.lang in SHELLS:
+            matched.update(runner.run_sh(snippet, not_run.lines))
+        elif snippet.lang in not_run.languages:
+            matched.add(snippet.lang)
+        else:
+            fail(f"{snippet.where}: run it, or list ```{snippet.lang} with a reason")
+    return matched
