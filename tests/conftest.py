@@ -8,11 +8,18 @@ Rules for every test in this suite: real sockets on 127.0.0.1 only, no sleeps
 as synchronisation (wait on events, on the lines the server prints, or poll
 with a deadline), every socket with a timeout, every loop bounded, and only
 processes we started are signalled (by pid or process group).
+
+What runs: a bare ``pytest`` runs the fast suite, every test without a
+long-running marker (``LONG_MARKERS``), which a newcomer finishes in a few
+minutes on two cores.  ``pytest --all`` (or ``GRACESERVE_TESTS=all``) runs
+everything, as CI does; so does any run that picks its tests itself, with
+``-m`` or ``-k`` or by naming files or test ids.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -31,6 +38,53 @@ __all__ = ["READY", "REPO", "Call", "ServerProcess", "graceserve_log", "start_se
 
 READY = READY_PATTERN  # older name: tests parse with graceserve.readiness
 WATCHED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1)
+LONG_MARKERS = ("load", "slow", "matrix", "container", "systemd")
+"""Markers of the tests a bare ``pytest`` leaves out (``pytest --all`` runs them)."""
+ALL_VARIABLE = "GRACESERVE_TESTS"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--all",
+        action="store_true",
+        default=False,
+        help=f"run the whole suite, also the tests marked {', '.join(LONG_MARKERS)} "
+        f"(also: {ALL_VARIABLE}=all); a bare run leaves them out",
+    )
+
+
+def _runs_everything(config: pytest.Config) -> bool:
+    """True unless this is a bare run of the default test paths."""
+    if config.getoption("--all") or os.environ.get(ALL_VARIABLE) == "all":
+        return True
+    if config.getoption("-m") or config.getoption("-k"):
+        return True
+    testpaths = {str(config.rootpath / path) for path in config.getini("testpaths")}
+    named = {str((config.invocation_params.dir / arg).resolve()) for arg in config.args}
+    return bool(named - testpaths)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A bare run deselects the long-running tests (see the module's docstring)."""
+    if _runs_everything(config):
+        return
+    kept: list[pytest.Item] = []
+    left_out: list[pytest.Item] = []
+    for item in items:
+        long = any(item.get_closest_marker(name) for name in LONG_MARKERS)
+        (left_out if long else kept).append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = kept
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if _runs_everything(config):
+        return "graceserve: the whole selection runs"
+    return (
+        f"graceserve: the fast suite (tests marked {', '.join(LONG_MARKERS)} are left out; "
+        "pytest --all runs everything)"
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

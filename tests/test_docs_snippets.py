@@ -39,7 +39,7 @@ NOT_RUN_LINES = {
     "python -m pip install .": "would install into the test's own environment; "
     "tests/test_packaging.py installs a clone into a fresh venv and runs it",
     "python -m pip install -e '.[test]' && python -m pytest": "the test suite itself "
-    "(.ci/run runs exactly this command on every supported Python)",
+    "(.ci/run runs exactly this command, on the newest supported Python)",
     "docker build": "needs Docker; tests/test_container.py builds the image with podman",
     "docker run": "needs Docker; tests/test_container.py runs and stops it with podman",
 }
