@@ -1,8 +1,8 @@
 """Shared fixtures: a real graceserve process, and a check that tests leave no trace.
 
-The process launcher, the readiness parser, ``/proc`` reading and raw HTTP
-live in the ``testsupport`` package (shared with bench/); ``ServerProcess``,
-``REPO`` and ``READY`` are re-exported here for the tests that import them.
+The process launcher, the readiness parser, ``/proc`` reading, raw HTTP and
+waiting live in the ``testsupport`` package (shared with bench/); tests import
+them from there, never from this module or from one another.
 
 Rules for every test in this suite: real sockets on 127.0.0.1 only, no sleeps
 as synchronisation (wait on events, on the lines the server prints, or poll
@@ -22,21 +22,16 @@ import logging
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
-from graceserve.readiness import READY_PATTERN
 from testsupport.matrix import Lab, lab_fixture_body
 from testsupport.pki import make_pki
-from testsupport.process import REPO, ServerProcess
+from testsupport.process import ServerProcess
 from testsupport.serve import TlsFiles
+from testsupport.waiting import wait_until
 
-__all__ = ["READY", "REPO", "Call", "ServerProcess", "graceserve_log", "start_server", "wait_until"]
-
-READY = READY_PATTERN  # older name: tests parse with graceserve.readiness
 WATCHED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1)
 LONG_MARKERS = ("load", "slow", "matrix", "container", "systemd")
 """Markers of the tests a bare ``pytest`` leaves out (``pytest --all`` runs them)."""
@@ -98,15 +93,6 @@ def pytest_configure(config: pytest.Config) -> None:
             signal.signal(signum, signal.SIG_DFL)
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
-    """Poll ``predicate`` until true; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(0.005)
-
-
 @pytest.fixture(autouse=True)
 def _leaves_process_state_alone() -> Iterator[None]:
     """Signal handlers and threads are back to what they were after each test."""
@@ -119,31 +105,6 @@ def _leaves_process_state_alone() -> Iterator[None]:
         timeout=10.0,
         what="threads started by the test to end",
     )
-
-
-class Call(threading.Thread):
-    """Run ``fn(*args)`` in a thread and keep its result or exception."""
-
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        super().__init__(name=f"test-call-{getattr(fn, '__name__', 'fn')}", daemon=True)
-        self._fn = fn
-        self._args = args
-        self.value: Any = None
-        self.error: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            self.value = self._fn(*self._args)
-        except BaseException as exc:
-            self.error = exc
-
-    def result(self, timeout: float = 10.0) -> Any:
-        self.join(timeout)
-        assert not self.is_alive(), f"{self.name} still running after {timeout}s"
-        if self.error is not None:
-            raise self.error
-        return self.value
 
 
 class _Messages(logging.Handler):

@@ -42,15 +42,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess, wait_until
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from graceserve import GracefulHTTPServer
 from graceserve.demo import DemoHandler
 from graceserve.errors import EXIT_CANNOT_START, EXIT_OK
+from testsupport.process import ServerProcess
 from testsupport.procfs import accept_queue, cpu_seconds, status_field
 from testsupport.rawhttp import get_request, http_get, read_response
+from testsupport.waiting import wait_until
 
 IO_TIMEOUT = 5.0  # seconds any single client read may block before we call it a hang
 LOCALHOST = "127.0.0.1"

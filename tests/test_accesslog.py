@@ -23,20 +23,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess, wait_until
-from tls_support import APP
 
 from graceserve.accesslog import AccessLog, AccessRecord, format_combined, format_json
 from graceserve.logformat import JSONFormatter
 from graceserve.readiness import parse_ready
+from testsupport.accesslog import COMBINED
+from testsupport.process import ServerProcess
+from testsupport.tlsapp import APP
+from testsupport.waiting import wait_until
 
 StartServer = Callable[..., ServerProcess]
-
-COMBINED = re.compile(
-    r"^(?P<client>\S+) - - \[(?P<time>\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000)\] "
-    r'"(?P<request>[^"]*)" (?P<status>\d{3}) (?P<bytes>\d+|-) "(?P<referer>[^"]*)" '
-    r'"(?P<agent>[^"]*)" (?P<duration>\d+\.\d{6})$'
-)
 
 
 def get(address: tuple[str, int], path: str, headers: dict[str, str] | None = None) -> bytes:

@@ -20,112 +20,43 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess, wait_until
 
 from graceserve import __version__
 from graceserve.pidfile import PidFile
 from graceserve.readiness import READY_PATTERN
-from testsupport.process import child_env
-from testsupport.procfs import listening_ports, tcp_sockets
-from testsupport.rawhttp import get, open_request, read_response
-
-StartServer = Callable[..., ServerProcess]
-
-IO_TIMEOUT = 10.0  # seconds, for every client socket
-QUICK = 5.0  # seconds: "at once" for a forced stop, with room for a slow CI machine
-SUMMARY = (
-    r"stopped: (?P<served>\d+) served during the drain, (?P<cut>\d+) cut, [\d.]+s, exit code {}"
+from testsupport.process import ServerProcess, child_env
+from testsupport.procfs import listening_ports
+from testsupport.rawhttp import get, read_response
+from testsupport.stops import (
+    IO_TIMEOUT,
+    SUMMARY,
+    StartServer,
+    addr,
+    assert_no_traceback,
+    in_flight,
+    read_until_closed,
+    refused,
+    start_ready,
+    write_module,
 )
+from testsupport.waiting import wait_until
+
+QUICK = 5.0  # seconds: "at once" for a forced stop, with room for a slow CI machine
 
 
 # -- helpers -------------------------------------------------------------------------
-
-
-def write_module(directory: Path, name: str, source: str) -> None:
-    """Write ``directory/name.py`` for use as a target (run the server with cwd=directory)."""
-    (directory / f"{name}.py").write_text(textwrap.dedent(source))
-
-
-def wait_read_by_server(server_port: int, sock: socket.socket) -> None:
-    """Wait until a handler has read what we sent on ``sock``.
-
-    Our end has nothing unacknowledged (the bytes reached the server's end), and the
-    server's end (local port the server's, remote port ours) is accepted (it has an
-    inode) and has nothing unread: a handler thread read the request.
-    """
-    client_port = sock.getsockname()[1]
-
-    def read() -> bool:
-        table = tcp_sockets()
-        delivered = any(
-            row.local_port == client_port and row.remote_port == server_port and not row.unsent
-            for row in table
-        )
-        consumed = any(
-            row.local_port == server_port
-            and row.remote_port == client_port
-            and row.state == "01"
-            and row.inode
-            and not row.unread
-            for row in table
-        )
-        return delivered and consumed
-
-    wait_until(read, what="the server to read our request")
-
-
-def in_flight(address: tuple[str, int], path: str) -> socket.socket:
-    """Send ``GET path`` and wait until the server is handling it."""
-    sock = open_request(address, path)
-    try:
-        wait_read_by_server(address[1], sock)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def read_until_closed(sock: socket.socket) -> bytes:
-    """Everything the server sends until it closes (EOF) or resets the connection."""
-    chunks: list[bytes] = []
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def start_ready(start_server: StartServer, *args: str, **kwargs: object) -> ServerProcess:
-    """Start the demo app (or a target) on 127.0.0.1:0 and wait until it is ready."""
-    server = start_server(["--bind", "127.0.0.1:0", *args], **kwargs)
-    server.wait_ready()
-    return server
-
-
-def addr(server: ServerProcess) -> tuple[str, int]:
-    assert server.address is not None
-    return server.address
 
 
 def count(server: ServerProcess, pattern: str) -> int:
     """How many stderr lines so far match ``pattern``."""
     regex = re.compile(pattern)
     return sum(1 for line in server.output.splitlines() if regex.search(line))
-
-
-def assert_no_traceback(server: ServerProcess) -> None:
-    assert "Traceback" not in server.output, server.output
 
 
 def ipv6_loopback_available() -> bool:
@@ -416,15 +347,6 @@ def test_hup_during_drain_does_not_force(start_server: StartServer) -> None:
         server.wait_for_line(r"SIGHUP: already draining")
         assert read_response(sock)[0] == 200
     assert server.wait_exit() == 0
-
-
-def refused(address: tuple[str, int]) -> bool:
-    """Whether a connect to ``address`` is refused (a connect that succeeds is closed)."""
-    try:
-        socket.create_connection(address, timeout=IO_TIMEOUT).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 def test_new_connections_are_refused_during_the_drain(start_server: StartServer) -> None:
@@ -970,7 +892,7 @@ def test_hup_to_graceserve_as_pid_1_keeps_serving_under_load(
     """When PID 1 of a namespace exits, the kernel kills every process left in it: the
     main process must survive the reload.  Under load, HUP twice: no failed request,
     still serving, then TERM drains and exits 0."""
-    from workers_support import Load  # the worker tests' keep-alive load
+    from testsupport.workers import Load  # the worker tests' keep-alive load
 
     server = start_server(
         ["--bind", "127.0.0.1:0", "--grace", "5", "--workers", workers],

@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from workers_support import Load
 
 from graceserve.readiness import parse_ready
 from testsupport.procfs import ESTABLISHED, LISTEN, tcp_sockets
+from testsupport.workers import Load
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PODMAN_DIR = Path(os.environ.get("GRACESERVE_PODMAN_DIR", "/var/tmp/graceserve-podman"))

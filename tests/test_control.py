@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Call
 
 from graceserve.control import (
     ControlServer,
@@ -20,6 +19,7 @@ from graceserve.control import (
     request,
     temporary_path,
 )
+from testsupport.waiting import Call
 
 TIMEOUT = 10.0
 

@@ -10,26 +10,24 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import http.client
-import json
 import os
 import re
 import signal
 import stat
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess, wait_until
-from test_cli import in_flight, read_until_closed
 
 from graceserve.control import control_path
-from testsupport.process import child_env
+from testsupport.ctl import ctl, status_of
+from testsupport.process import ServerProcess
+from testsupport.stops import in_flight, read_until_closed
+from testsupport.waiting import wait_until
 
 StartServer = Callable[..., ServerProcess]
 
-CTL_TIMEOUT = 60.0  # seconds any ctl may take (its own timeouts are shorter)
 IO_TIMEOUT = 10.0
 
 APP = """\
@@ -53,28 +51,12 @@ class Handler(BaseHTTPRequestHandler):
 BROKEN_APP = 'raise RuntimeError("app.py broken on purpose")\n'
 
 
-def ctl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m graceserve ctl ARGS``."""
-    return subprocess.run(
-        [sys.executable, "-m", "graceserve", "ctl", *args],
-        env=child_env(env), capture_output=True, text=True, timeout=CTL_TIMEOUT, check=False,
-    )  # fmt: skip
-
-
 def one_line(result: subprocess.CompletedProcess[str]) -> str:
     """The single line ``ctl`` printed (stdout and stderr together), with no traceback."""
     text = (result.stdout + result.stderr).strip()
     assert "Traceback" not in text, text
     assert len(text.splitlines()) == 1, text
     return text
-
-
-def status_of(pidfile: Path) -> dict[str, object]:
-    result = ctl("status", "--json", "--pidfile", str(pidfile))
-    assert result.returncode == 0, result
-    status = json.loads(result.stdout)
-    assert isinstance(status, dict)
-    return status
 
 
 def get(address: tuple[str, int]) -> tuple[int, str]:
@@ -308,7 +290,7 @@ def test_graceful_interrupted_by_term_while_the_server_stops_exits_0(
 ) -> None:
     """systemd signals the reload's control process (ctl graceful) and the server at
     once: ctl stops waiting, says so, and exits 0, so the unit does not fail."""
-    from reload_support import Ctl, arrivals, deploy
+    from testsupport.reloads import Ctl, arrivals, deploy
 
     deploy(tmp_path, "v1", gate_open=True)
     pidfile = tmp_path / "server.pid"
@@ -335,7 +317,7 @@ def test_graceful_interrupted_by_term_while_the_server_stops_exits_0(
 def test_graceful_interrupted_while_the_server_serves_exits_1(
     start_server: StartServer, tmp_path: Path
 ) -> None:
-    from reload_support import Ctl, arrivals, deploy
+    from testsupport.reloads import Ctl, arrivals, deploy
 
     deploy(tmp_path, "v1", gate_open=True)
     pidfile = tmp_path / "server.pid"

@@ -16,11 +16,11 @@ import time
 from typing import Any
 
 import pytest
-from conftest import Call
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from graceserve.drain import DrainController, DrainReport
+from testsupport.waiting import Call
 
 JOIN_TIMEOUT = 5.0  # seconds a waiter may take to return once it should have
 LONG_DEADLINE = 30.0  # seconds: far beyond JOIN_TIMEOUT, so "returned" means "was woken"

@@ -16,8 +16,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import Call, wait_until
-from test_server import (
+
+from graceserve import GracefulHTTPServer, GracefulTCPServer
+from graceserve.server import CLOSING, FORCED, OPEN
+from testsupport.tcpharness import (
     TIMEOUT,
     GatedHandler,
     Harness,
@@ -25,9 +27,7 @@ from test_server import (
     address,
     listener_closed,
 )
-
-from graceserve import GracefulHTTPServer, GracefulTCPServer
-from graceserve.server import CLOSING, FORCED, OPEN
+from testsupport.waiting import Call, wait_until
 
 SLACK = 0.4  # seconds a drain may overrun its grace on a loaded 2-core machine
 

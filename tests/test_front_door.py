@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_accesslog import COMBINED
-from wsgi_support import Address, Client, Reply, serving, sized_reads
 
 from graceserve import GracefulHTTPServer
 from graceserve.httpparse import Limits
+from testsupport.accesslog import COMBINED
+from testsupport.wsgiapps import Address, Client, Reply, serving, sized_reads
 
 KINDS = ["handler", "wsgi"]
 TIMEOUT = 10.0  # seconds any client socket here may block

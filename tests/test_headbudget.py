@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from conftest import wait_until
-from front_support import KINDS, Echo, connect, read_response, read_to_end, serving
-from tls_support import Pki, make_pki
 
 from graceserve import GracefulHTTPServer, httpparse
 from graceserve.headbudget import HeadBudget
+from testsupport.front import KINDS, Echo, connect, read_response, read_to_end, serving
+from testsupport.tlsapp import Pki, make_pki
+from testsupport.waiting import wait_until
 
 KIB = 1024
 

@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import ServerProcess, wait_until
 from test_httpserver import (
     DRAIN_TIMEOUT,
     Drainer,
@@ -37,6 +36,8 @@ from test_httpserver import (
 from graceserve import GracefulHTTPServer, httpserver
 from graceserve.httpserver import BODY, HEAD, IDLE, HTTPConnection
 from graceserve.server import Connection
+from testsupport.process import ServerProcess
+from testsupport.waiting import wait_until
 
 
 @pytest.fixture

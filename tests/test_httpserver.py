@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from conftest import wait_until
 
 from graceserve import GracefulHTTPServer
 from graceserve.demo import DemoHandler
 from graceserve.drain import DrainReport
 from graceserve.httpserver import DrainAwareRequestHandler
+from testsupport.waiting import wait_until
 
 LOCALHOST = "127.0.0.1"
 SOCKET_TIMEOUT = 5.0  # seconds; every socket in this module has it

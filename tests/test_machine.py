@@ -1,6 +1,6 @@
 """The supervisor's state machine (``graceserve.machine``) without processes.
 
-Fake workers and a fake clock (``machine_world``): first the findings of issue 20 as
+Fake workers and a fake clock (``testsupport.machine_world``): first the findings of issue 20 as
 exact scenarios, then a model-based walk (hypothesis, derandomized: the same
 sequences every run) over every event a supervisor meets, checking after each step
 and once everything has settled:
@@ -22,10 +22,10 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-from machine_world import INPROCESS, World
 
 from graceserve.machine import Exit, Phase, Step
 from graceserve.machineparts import HAND_OVER_TIMEOUT, KILL_MARGIN
+from testsupport.machine_world import INPROCESS, World
 
 HUP, TTIN, TTOU, TERM = signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGTERM
 

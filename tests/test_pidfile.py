@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess
 
 from graceserve.errors import EXIT_CANNOT_START, StartupError
 from graceserve.pidfile import PidFile
+from testsupport.process import ServerProcess
 
 StartServer = Callable[..., ServerProcess]
 

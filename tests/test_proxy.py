@@ -14,10 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess
-from tls_support import APP
 
 from graceserve.proxy import MAX_HOPS, Forwarded, forwarded, parse_allow_ips
+from testsupport.process import ServerProcess
+from testsupport.tlsapp import APP
 
 StartServer = Callable[..., ServerProcess]
 LOOPBACK = parse_allow_ips("127.0.0.1,::1")
@@ -222,7 +222,7 @@ def test_forwarded_headers_end_to_end(
     malformed = ask(address, {"X-Forwarded-For": "<script>", "X-Forwarded-Proto": "ftp"})
     assert (malformed["remote_addr"], malformed["scheme"]) == ("127.0.0.1", "http")
     # The access log names the forwarded client.
-    from conftest import wait_until
+    from testsupport.waiting import wait_until
 
     wait_until(lambda: log_path.exists() and len(log_path.read_text().splitlines()) >= 2)
     clients = [json.loads(line)["client"] for line in log_path.read_text().splitlines()]

@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_until
-from front_support import (
+
+from graceserve import GracefulHTTPServer
+from graceserve.httpserver import IDLE, HTTPConnection
+from testsupport.front import (
     KINDS,
     Echo,
     address_of,
@@ -37,11 +39,9 @@ from front_support import (
     serving,
     wait_for_server,
 )
-from tls_support import Pki, make_pki
-
-from graceserve import GracefulHTTPServer
-from graceserve.httpserver import IDLE, HTTPConnection
 from testsupport.procfs import accept_queue
+from testsupport.tlsapp import Pki, make_pki
+from testsupport.waiting import wait_until
 
 CAP = 10
 GET = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n"

@@ -1,7 +1,7 @@
 """Reloads that meet other events: every interleaving ends in a defined, reported state.
 
 Real processes, real signals, ``graceserve ctl`` as its own process.  The code a reload
-loads waits at a gate the test opens (``reload_support``), so a test decides when each
+loads waits at a gate the test opens (``testsupport.reloads``), so a test decides when each
 new worker becomes ready and what happens meanwhile: a TTIN, a TTOU, another reload, a
 worker's death, a stop.  Both modes are covered where they differ in how they start:
 one process (a worker process takes over at the first HUP) and ``--workers 2``.
@@ -17,11 +17,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess, wait_until
-from reload_support import Ctl, arrivals, ctl_status, deploy, release, version_of
-from workers_support import get, served_by
 
+from testsupport.process import ServerProcess
 from testsupport.procfs import receive_queues
+from testsupport.reloads import Ctl, arrivals, ctl_status, deploy, release, version_of
+from testsupport.waiting import wait_until
+from testsupport.workers import get, served_by
 
 StartServer = Callable[..., ServerProcess]
 

@@ -18,10 +18,10 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from conftest import Call, wait_until
 
 from graceserve import runner, supervisor
 from graceserve.signals import SignalRelay
+from testsupport.waiting import Call, wait_until
 
 TIMEOUT = 10.0
 

@@ -19,9 +19,9 @@ from types import FrameType
 from typing import Any
 
 import pytest
-from conftest import wait_until
 
 from graceserve.signals import SignalRelay
+from testsupport.waiting import wait_until
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 WAIT = 10.0  # seconds: bound on every wait for a signal that was sent

@@ -28,8 +28,11 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from conftest import wait_until
-from front_support import (
+
+from graceserve import GracefulHTTPServer
+from graceserve.httpserver import BODY, HTTPConnection
+from graceserve.slowclients import acked_bytes, body_too_slow, unsent_bytes, write_stalled
+from testsupport.front import (
     KINDS,
     Echo,
     connect,
@@ -38,11 +41,8 @@ from front_support import (
     serving,
     wait_for_server,
 )
-from tls_support import Pki, make_pki
-
-from graceserve import GracefulHTTPServer
-from graceserve.httpserver import BODY, HTTPConnection
-from graceserve.slowclients import acked_bytes, body_too_slow, unsent_bytes, write_stalled
+from testsupport.tlsapp import Pki, make_pki
+from testsupport.waiting import wait_until
 
 IDLE = 1.0  # idle_timeout, and the rate's window
 SLACK = 6.0  # the reaper runs every quarter of IDLE; generous for a loaded machine

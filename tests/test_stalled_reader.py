@@ -29,14 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_until
-from front_support import KINDS, connect
-from front_support import serving as serving_kind
 from test_httpserver import Harness, address_of
-from tls_support import Pki, make_pki
-from wsgi_support import serving
 
 from graceserve import GracefulHTTPServer
+from testsupport.front import KINDS, connect
+from testsupport.front import serving as serving_kind
+from testsupport.tlsapp import Pki, make_pki
+from testsupport.waiting import wait_until
+from testsupport.wsgiapps import serving
 
 BODY = 32 * 1024 * 1024  # far more than the socket buffers hold
 CHUNK = 64 * 1024

@@ -18,8 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess, wait_until
-from test_cli import (
+
+from testsupport.process import ServerProcess
+from testsupport.rawhttp import open_request, read_response
+from testsupport.stops import (
     SUMMARY,
     addr,
     assert_no_traceback,
@@ -29,8 +31,7 @@ from test_cli import (
     start_ready,
     write_module,
 )
-
-from testsupport.rawhttp import open_request, read_response
+from testsupport.waiting import wait_until
 
 StartServer = Callable[..., ServerProcess]
 

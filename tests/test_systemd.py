@@ -27,8 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import REPO, ServerProcess
-from test_restart import (
+
+from graceserve.systemd import LISTEN_FDS_START, Notifier, inherited_listener
+from testsupport.process import REPO, ServerProcess
+from testsupport.restarts import (
     APP,
     BROKEN_APP,
     IO_TIMEOUT,
@@ -41,8 +43,6 @@ from test_restart import (
     unix_get,
     wait_gone,
 )
-
-from graceserve.systemd import LISTEN_FDS_START, Notifier, inherited_listener
 
 StartServer = Callable[..., ServerProcess]
 

@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import wait_until
 
 from graceserve.readiness import listen_url, ready_line
 from testsupport import ChildProcess, child_env
@@ -23,6 +22,7 @@ from testsupport.procfs import (
     status_field,
     tcp_sockets,
 )
+from testsupport.waiting import wait_until
 
 TIMEOUT = 5.0
 

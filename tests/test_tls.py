@@ -23,10 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess, wait_until
-from tls_support import APP, Pki, https_get, load_json, make_pki
 
+from testsupport.process import ServerProcess
 from testsupport.procfs import ESTABLISHED, tcp_sockets
+from testsupport.tlsapp import APP, Pki, https_get, load_json, make_pki
+from testsupport.waiting import wait_until
 
 StartServer = Callable[..., ServerProcess]
 

@@ -19,8 +19,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import wait_until
-from workers_support import (
+
+from testsupport.procfs import receive_queues
+from testsupport.rawhttp import read_response
+from testsupport.waiting import wait_until
+from testsupport.workers import (
     Load,
     StartServer,
     connect_refused,
@@ -30,9 +33,6 @@ from workers_support import (
     worker_pids,
     write_app,
 )
-
-from testsupport.procfs import receive_queues
-from testsupport.rawhttp import read_response
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -259,7 +259,7 @@ def test_one_process_with_max_requests_hands_its_serving_to_a_worker(
     server.wait_for_line(r"this process stopped accepting")
     workers = {served_by(get(server.address)[1]) for _ in range(10)}
     assert main not in workers, workers
-    from test_ctl import status_of
+    from testsupport.ctl import status_of
 
     status = status_of(pidfile)
     assert (status["generation"], status["workers"], status["state"]) == (1, 1, "serving")
@@ -309,7 +309,7 @@ def test_a_request_in_flight_finishes_within_the_grace(
 def test_ctl_sees_the_supervisor_its_connections_and_its_reloads(
     start_server: StartServer, app_dir: Path
 ) -> None:
-    from test_ctl import ctl, status_of
+    from testsupport.ctl import ctl, status_of
 
     pidfile = app_dir / "server.pid"
     server = start_workers(start_server, app_dir, "--workers", "2", "--pidfile", str(pidfile))

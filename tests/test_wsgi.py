@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from wsgi_support import Address, Client, get, hello_app, serving
 
 from graceserve.wsgi import GracefulWSGIServer, make_server
+from testsupport.wsgiapps import Address, Client, get, hello_app, serving
 
 Environ = dict[str, Any]
 

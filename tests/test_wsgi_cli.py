@@ -18,9 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import test_http_drain_e2e as e2e
-from conftest import READY, REPO, ServerProcess
-from wsgi_support import Client, get
+
+from graceserve.readiness import READY_PATTERN as READY
+from testsupport import keepalive
+from testsupport.process import REPO, ServerProcess
+from testsupport.wsgiapps import Client, get
 
 StartServer = Callable[..., ServerProcess]
 
@@ -231,11 +233,11 @@ def test_keepalive_load_through_sigterm_breaks_no_request(
     reconnect is refused; exit code 0."""
     server = start(start_server, tmp_path, "wsgimod:hello")
     address = server.address
-    deadline = time.monotonic() + e2e.LOAD_DEADLINE
-    logs = [e2e.ClientLog() for _ in range(e2e.LOAD_THREADS)]
+    deadline = time.monotonic() + keepalive.LOAD_DEADLINE
+    logs = [keepalive.ClientLog() for _ in range(keepalive.LOAD_THREADS)]
     threads = [
         threading.Thread(
-            target=e2e.keepalive_client, args=(address, log, deadline), name=f"test-load-{n}"
+            target=keepalive.keepalive_client, args=(address, log, deadline), name=f"test-load-{n}"
         )
         for n, log in enumerate(logs)
     ]
@@ -243,11 +245,11 @@ def test_keepalive_load_through_sigterm_breaks_no_request(
         thread.start()
     try:
         for log in logs:
-            assert log.warm.wait(e2e.LOAD_DEADLINE), f"a client never got warm: {log}"
+            assert log.warm.wait(keepalive.LOAD_DEADLINE), f"a client never got warm: {log}"
         server.send(signal.SIGTERM)
     finally:
         for thread in threads:
-            thread.join(e2e.LOAD_DEADLINE + e2e.SOCKET_TIMEOUT)
+            thread.join(keepalive.LOAD_DEADLINE + keepalive.SOCKET_TIMEOUT)
     code = server.wait_exit()
     summary = "\n".join(f"client {n}: {log}" for n, log in enumerate(logs))
     assert not [log for log in logs if log.errors], f"broken requests:\n{summary}"

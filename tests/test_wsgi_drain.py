@@ -18,10 +18,10 @@ from typing import Any
 from wsgiref.validate import validator
 
 import pytest
-from conftest import Call, wait_until
-from wsgi_support import Address, Client, get, hello_app, serving
 
 from graceserve.httpserver import BODY
+from testsupport.waiting import Call, wait_until
+from testsupport.wsgiapps import Address, Client, get, hello_app, serving
 
 Environ = dict[str, Any]
 

@@ -2,7 +2,7 @@
 
 The same routes in both (tests/wsgi_flask_app.py, tests/wsgi_django_app.py),
 each app wrapped in ``wsgiref.validate.validator`` (with ``read()`` without a
-size allowed under it, see ``wsgi_support.sized_reads``), spoken to with
+size allowed under it, see ``testsupport.wsgiapps.sized_reads``), spoken to with
 ``http.client`` over real sockets on 127.0.0.1.
 """
 
@@ -14,7 +14,8 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from wsgi_support import Address, serving, sized_reads
+
+from testsupport.wsgiapps import Address, serving, sized_reads
 
 pytest.importorskip("flask")
 pytest.importorskip("django")

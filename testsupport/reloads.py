@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from testsupport.process import child_env
+from .process import child_env
 
 CTL_TIMEOUT = 120.0  # seconds any background ctl may take (its own timeouts are shorter)
 GATE_LIMIT = 120.0  # seconds an import waits at its gate at most

@@ -16,9 +16,8 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import ServerProcess
-
-from testsupport.load import IO_TIMEOUT, LOAD_LIMIT, Client, Load
+from .load import IO_TIMEOUT, LOAD_LIMIT, Client, Load
+from .process import ServerProcess
 
 __all__ = [
     "APP",

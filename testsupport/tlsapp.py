@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from testsupport.pki import Pki, https_get, make_pki
+from .pki import Pki, https_get, make_pki
 
 __all__ = ["Pki", "https_get", "make_pki"]
 
