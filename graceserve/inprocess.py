@@ -133,7 +133,7 @@ class InProcessServer(ChannelEnd):
                 self._end.send(" ".join(str(word) for word in words).encode())
 
 
-class _Hooks(DrainHooks):
+class _Hooks(DrainHooks[GracefulTCPServer]):
     """This process stopped accepting: tell the supervisor, say so."""
 
     def __init__(self, member: InProcessServer) -> None:

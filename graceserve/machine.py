@@ -512,6 +512,10 @@ class Machine:
         if self.reload is not None and not self.stopping:
             self.reload.check(now)
 
+    def forget_reload(self) -> None:
+        """The reload in progress has ended (its report comes next)."""
+        self.reload = None
+
     def reload_ended(self, now: float) -> None:
         """After a reload's report: the next one, if a HUP asked meanwhile."""
         if self.pending:

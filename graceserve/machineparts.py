@@ -1,8 +1,10 @@
 """The state machine's vocabulary: phases, members, exits, the reload record, effects.
 
 Why this module exists: ``graceserve.machine`` (the decisions) and
-``graceserve.machinestop`` (the stop's half of them) share these types; they are
-plain data with no behaviour beyond a name, and no I/O.
+``graceserve.machinestop`` and ``graceserve.machinereload`` (the stop's and the
+reload's halves of them) share these types; they are plain data with no
+behaviour beyond a name, and no I/O.  ``Core`` is the part of the machine
+the two halves act on, so that they need not import the machine that owns them.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ import enum
 import logging
 import signal
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .status import ServerStatus
 
 __all__ = [
     "ABORT_GRACE",
@@ -156,3 +161,31 @@ def signal_name(signum: int) -> str:
         return signal.Signals(signum).name
     except ValueError:
         return f"signal {signum}"
+
+
+class Core(Protocol):
+    """The machine as its reload and its stop see it: its state, and the few
+    transitions they ask of it.  Not thread-safe: the supervisor's main loop is
+    the only caller, as for the whole machine."""
+
+    config: Config
+    effects: Effects
+    status: ServerStatus
+    target: int
+    members: dict[int, Member]
+    phase: Phase
+    generation: int
+    fatal: str
+    exit_code: int | None
+
+    def retire(self, member: Member, now: float) -> None: ...
+
+    def abandon(self, member: Member) -> None: ...
+
+    def publish(self) -> None: ...
+
+    def forget_reload(self) -> None:
+        """The reload in progress has ended: the machine has none."""
+
+    def reload_ended(self, now: float) -> None:
+        """After a reload's report: the next one, if a HUP asked meanwhile."""

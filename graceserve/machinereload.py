@@ -27,12 +27,8 @@ from __future__ import annotations
 
 import logging
 import signal
-from typing import TYPE_CHECKING
 
-from .machineparts import HAND_OVER_TIMEOUT, MAX_START_FAILURES, Phase, Step
-
-if TYPE_CHECKING:
-    from .machine import Machine
+from .machineparts import HAND_OVER_TIMEOUT, MAX_START_FAILURES, Core, Phase, Step
 
 __all__ = ["Reload"]
 
@@ -42,7 +38,7 @@ log = logging.getLogger("graceserve")
 class Reload:
     """One reload attempt of ``machine``."""
 
-    def __init__(self, machine: Machine, number: int, now: float) -> None:
+    def __init__(self, machine: Core, number: int, now: float) -> None:
         self.machine = machine
         self.number = number  # attempts are numbered 1, 2, ... (status: reloads_started)
         self.previous = machine.generation  # the generation serving when it began
@@ -180,7 +176,7 @@ class Reload:
     def _end(self, now: float) -> None:
         """The one report: status, ``READY=1``, the log line; then the next one, if asked."""
         machine = self.machine
-        machine.reload = None
+        machine.forget_reload()
         machine.phase = Phase.SERVING
         ok, why = self.outcome
         machine.status.record_reload(ok, why, number=self.number, generation=self.generation)

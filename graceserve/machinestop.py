@@ -30,13 +30,10 @@ from __future__ import annotations
 
 import logging
 import signal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import EXIT_CANNOT_START, EXIT_CUT, EXIT_OK, exit_code_for_signal
-from .machineparts import KILL_MARGIN, PROGRESS_INTERVAL, Exit, Member, Phase, signal_name
-
-if TYPE_CHECKING:
-    from .machine import Machine
+from .machineparts import KILL_MARGIN, PROGRESS_INTERVAL, Core, Exit, Member, Phase, signal_name
 
 __all__ = ["Stop"]
 
@@ -46,7 +43,7 @@ log = logging.getLogger("graceserve")
 class Stop:
     """One stop of ``machine``, from its signal to the exit code."""
 
-    def __init__(self, machine: Machine, signum: int, now: float, why: str = "") -> None:
+    def __init__(self, machine: Core, signum: int, now: float, why: str = "") -> None:
         self.machine = machine
         self.signum = signum
         self.why = why or signal_name(signum)  # what the log lines say started it

@@ -313,9 +313,9 @@ class _Controller:
         self.notifier.send("STOPPING=1", "STATUS=lame duck: health checks fail, still serving")
         log.info("%s: lame duck for %gs (still serving, /healthz fails)", name_of(self), delay)
         if self.has_signal() or self.relay.wait(delay):
-            self._take_signals()
+            self.take_signals()
 
-    def _take_signals(self, doing: str = "stopping") -> int:
+    def take_signals(self, doing: str = "stopping") -> int:
         """Act on every signal waiting, in order; the first forcing one is returned (0: none)."""
         while (signum := self.next_signal()) is not None:
             if signum in _FORCING:

@@ -5,7 +5,9 @@ the library and the process; these hooks are the process's part of it (split
 from ``runner`` to keep each module small).
 
 Threading contract: the hooks are called from the draining thread (the
-runner's main thread).
+runner's main thread).  They see the runner's controller through
+``Controller``, the part of it they use, so the runner imports them and not
+the reverse.
 """
 
 from __future__ import annotations
@@ -13,22 +15,49 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .server import GracefulTCPServer
 from .stopping import DrainHooks
+from .systemd import Notifier
 
-if TYPE_CHECKING:
-    from .runner import _Controller as Controller
-
-__all__ = ["RunnerHooks", "name_of"]
+__all__ = ["Controller", "RunnerHooks", "StopRecord", "name_of"]
 
 log = logging.getLogger("graceserve")
 
 PROGRESS_INTERVAL = 1.0
 
 
-class RunnerHooks(DrainHooks):
+class StopRecord(Protocol):
+    """How the stop goes: the signal that began it, and the one that forced a cut (0: none)."""
+
+    @property
+    def signum(self) -> int: ...
+
+    @property
+    def forced_by(self) -> int: ...
+
+
+class Controller(Protocol):
+    """The runner's controller as the hooks see it.  Main thread only."""
+
+    @property
+    def notifier(self) -> Notifier: ...
+
+    @property
+    def shared_listener(self) -> bool: ...
+
+    @property
+    def stop(self) -> StopRecord: ...
+
+    def has_signal(self) -> bool:
+        """Lock-free: whether a signal waits to be taken."""
+
+    def take_signals(self, doing: str = "stopping") -> int:
+        """Act on the signals that arrived; a nonzero signal number if one forces a cut."""
+
+
+class RunnerHooks(DrainHooks[GracefulTCPServer]):
     """What the process adds to the drain: log lines, systemd status, signals that force."""
 
     progress_interval = PROGRESS_INTERVAL
@@ -57,7 +86,7 @@ class RunnerHooks(DrainHooks):
         return self.controller.has_signal()
 
     def take_force(self) -> int:
-        return self.controller._take_signals("draining")
+        return self.controller.take_signals("draining")
 
     def progress(self, server: GracefulTCPServer, deadline: float | None) -> None:
         count = server.active_connections

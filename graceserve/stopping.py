@@ -15,31 +15,58 @@ the runner adds (progress lines, signals that force, systemd status):
 
 Threading contract: ``run_drain`` runs in one thread (not a handler thread of
 the server); the hooks are called from that thread.
+
+The server is seen through ``Drainable``, the part of ``GracefulTCPServer``
+this sequence uses, so that ``server`` can import this module and not the
+reverse; a caller's hooks name the server type they get (``DrainHooks[S]``).
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar
 
-from .drain import DrainReport
+from .drain import DrainController, DrainReport
 
-if TYPE_CHECKING:
-    from .server import GracefulTCPServer
+__all__ = ["FORCED_UNWIND", "DrainHooks", "Drainable", "run_drain"]
 
-__all__ = ["FORCED_UNWIND", "DrainHooks", "run_drain"]
+
+class Drainable(Protocol):
+    """What the drain sequence asks of a server (``GracefulTCPServer`` has it all)."""
+
+    cut_allowance: float
+
+    @property
+    def registry(self) -> DrainController[Any, Any]: ...
+
+    @property
+    def active_connections(self) -> int: ...
+
+    def start_drain(self, shared_listener: bool = False) -> bool: ...
+
+    def wait_drained(
+        self, deadline: float | None, wake_up: Callable[[], bool] | None = None
+    ) -> bool: ...
+
+    def force_close(self) -> int: ...
+
+    def finish_drain(self) -> DrainReport: ...
+
+
+ServerT = TypeVar("ServerT", bound=Drainable)
 
 FORCED_UNWIND = 0.1  # seconds cut handlers get after a forced stop (within the grace)
 
 
-class DrainHooks:
+class DrainHooks(Generic[ServerT]):
     """What a caller adds to the drain; every method is optional.  Called in order
-    from the draining thread."""
+    from the draining thread, with the server being drained."""
 
     progress_interval: float | None = None
     """Call ``progress`` this often while connections remain; None: never."""
 
-    def started(self, server: GracefulTCPServer, deadline: float | None) -> None:
+    def started(self, server: ServerT, deadline: float | None) -> None:
         """The listener is closed; ``server.draining_from`` connections are being drained."""
 
     def interrupted(self) -> bool:
@@ -51,17 +78,17 @@ class DrainHooks:
         """Act on what ``interrupted`` saw; a nonzero code (a signal number) to cut now."""
         return 0
 
-    def progress(self, server: GracefulTCPServer, deadline: float | None) -> None:
+    def progress(self, server: ServerT, deadline: float | None) -> None:
         """Called every ``progress_interval`` seconds while connections remain."""
 
-    def cutting(self, server: GracefulTCPServer, forced_by: int) -> None:
+    def cutting(self, server: ServerT, forced_by: int) -> None:
         """About to cut what is left: forced by ``forced_by``, or (0) at the deadline."""
 
 
 def run_drain(
-    server: GracefulTCPServer,
+    server: ServerT,
     grace: float | None,
-    hooks: DrainHooks | None = None,
+    hooks: DrainHooks[ServerT] | None = None,
     *,
     force: int = 0,
     shared_listener: bool = False,
@@ -72,7 +99,7 @@ def run_drain(
     ``force`` nonzero cuts as soon as the listener is closed (QUIT).  If the
     drain had already started elsewhere, waits (within ``grace``) for its report.
     """
-    hooks = hooks if hooks is not None else DrainHooks()
+    hooks = hooks if hooks is not None else DrainHooks[ServerT]()
     if not server.start_drain(shared_listener):  # started elsewhere: wait for its end
         until = None if grace is None else time.monotonic() + max(grace, 0.0)
         report = server.registry.wait_report(until)

@@ -263,7 +263,7 @@ class _Worker:
         return EXIT_OK if report.clean else EXIT_CUT
 
 
-class _WorkerHooks(DrainHooks):
+class _WorkerHooks(DrainHooks[GracefulTCPServer]):
     progress_interval = STATS_INTERVAL
 
     def __init__(self, worker: _Worker) -> None:
