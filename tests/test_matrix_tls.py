@@ -16,7 +16,6 @@ import pytest
 from testsupport import contract
 from testsupport.contract import IdleProbes, LoadRun, TermDrain, TlsServed
 from testsupport.matrix import (
-    REAPER_OFF,
     WORKERS_REFUSE_HTTP_OPTIONS,
     Lab,
     rows,
@@ -114,14 +113,14 @@ def test_over_tls_term_exits_0_when_everything_finished(lab: Lab) -> None:
 # -- the idle timeout over TLS ------------------------------------------------------------
 
 
-@rows(WORKERS_REFUSE_HTTP_OPTIONS, REAPER_OFF)
+@rows(WORKERS_REFUSE_HTTP_OPTIONS)
 def test_over_tls_idle_timeout_closes_an_idle_keepalive_connection(lab: Lab) -> None:
     probe = idle(lab).idle
     assert probe.ended == EOF, probe
     assert probe.seconds > contract.IDLE_TIMEOUT / 2, probe
 
 
-@rows(WORKERS_REFUSE_HTTP_OPTIONS, REAPER_OFF)
+@rows(WORKERS_REFUSE_HTTP_OPTIONS)
 def test_over_tls_idle_timeout_closes_a_client_that_never_starts_the_handshake(lab: Lab) -> None:
     """The handshake is timed like a request head that is still arriving."""
     probe = idle(lab).silent
@@ -129,7 +128,7 @@ def test_over_tls_idle_timeout_closes_a_client_that_never_starts_the_handshake(l
     assert probe.ended == EOF, probe
 
 
-@rows(WORKERS_REFUSE_HTTP_OPTIONS, REAPER_OFF)
+@rows(WORKERS_REFUSE_HTTP_OPTIONS)
 def test_over_tls_idle_timeout_closes_a_stalled_request_head(lab: Lab) -> None:
     probe = idle(lab).head
     closed = probe.ended == EOF or (isinstance(probe.ended, Reply) and probe.ended.status == 408)
