@@ -217,10 +217,13 @@ class _Worker:
         accept_thread = threading.Thread(
             target=server.serve_forever, args=(0.25,), name="graceserve-accept", daemon=True
         )
-        scheme = "http" if isinstance(server, GracefulHTTPServer) else "tcp"
+        scheme = server.url_scheme if isinstance(server, GracefulHTTPServer) else "tcp"
         where = listen_url(scheme, format_address(server.server_address))
         grace = self.link.grace
-        log.info("%s", ready_line(where, scheme, os.getpid(), grace))
+        log.info(
+            "%s", ready_line(where, scheme, os.getpid(), grace),
+            extra={"event": "ready", "url": where, "protocol": scheme, "grace": grace},
+        )  # fmt: skip
         self.link.send("READY", scheme)  # before it accepts (see the module docstring)
         accept_thread.start()
         try:
@@ -238,6 +241,9 @@ class _Worker:
         log.info(
             "worker stopped: %d served during the drain, %d cut, %.3fs, exit code %d",
             report.served_during_drain, report.forced, report.elapsed, code,
+            extra={"event": "worker_stopped", "served_during_drain": report.served_during_drain,
+                   "forced": report.forced, "elapsed": round(report.elapsed, 3),
+                   "exit_code": code, "clean": report.clean},
         )  # fmt: skip
         self.link.send(
             "REPORT", code, report.served_during_drain, report.forced, report.remaining,

@@ -17,7 +17,6 @@ import pytest
 from testsupport import contract
 from testsupport.contract import AccessLog, JsonLogs
 from testsupport.matrix import (
-    JSON_EVENTS_LOST,
     WORKERS_REFUSE_HTTP_OPTIONS,
     WSGI_ERRORS_LOOSE,
     Lab,
@@ -92,7 +91,7 @@ def test_log_format_json_makes_every_stderr_line_one_json_object(lab: Lab) -> No
     assert outcome.loose == [], outcome.loose[:20]
 
 
-@rows(JSON_EVENTS_LOST)
+@rows()
 def test_log_format_json_lines_carry_their_documented_events(lab: Lab) -> None:
     """Every readiness line is ``ready`` (with its url), the drain's start
     ``drain_start``, the last line ``stopped`` (with the exit code)."""

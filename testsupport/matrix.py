@@ -263,11 +263,6 @@ def _handler(combo: Combo) -> bool:
     return combo.handler
 
 
-JSON_EVENTS_LOST = Finding(
-    "under a supervisor --log-format json loses the documented events: the workers' "
-    'readiness lines and the supervisor\'s drain and \'stopped\' lines say "event": "log"',
-    lambda combo: combo.supervised,
-)
 WORKERS_REFUSE_HTTP_OPTIONS = Finding(
     "--workers 2 with --access-log or --certfile exits 3 unless --preload (the supervisor "
     "builds a server without knowing the target's kind), for both kinds of target",
