@@ -17,7 +17,6 @@ import pytest
 from testsupport import contract
 from testsupport.contract import AccessLog, JsonLogs
 from testsupport.matrix import (
-    WORKERS_REFUSE_HTTP_OPTIONS,
     WSGI_ERRORS_LOOSE,
     Lab,
     rows,
@@ -48,7 +47,7 @@ def access(lab: Lab, fmt: str) -> AccessLog:
     return outcome
 
 
-@rows(WORKERS_REFUSE_HTTP_OPTIONS)
+@rows()
 def test_access_log_combined_writes_one_line_per_response(lab: Lab) -> None:
     lines = access(lab, "combined").lines
     matches = [COMBINED.match(line) for line in lines]
@@ -61,7 +60,7 @@ def test_access_log_combined_writes_one_line_per_response(lab: Lab) -> None:
     assert echo["bytes"] == "5", lines
 
 
-@rows(WORKERS_REFUSE_HTTP_OPTIONS)
+@rows()
 def test_access_log_json_writes_one_object_per_response(lab: Lab) -> None:
     lines = access(lab, "json").lines
     records = [json.loads(line) for line in lines]

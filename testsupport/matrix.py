@@ -263,11 +263,6 @@ def _handler(combo: Combo) -> bool:
     return combo.handler
 
 
-WORKERS_REFUSE_HTTP_OPTIONS = Finding(
-    "--workers 2 with --access-log or --certfile exits 3 unless --preload (the supervisor "
-    "builds a server without knowing the target's kind), for both kinds of target",
-    lambda combo: combo.workers > 1,
-)
 MULTIPROCESS_FALSE = Finding(
     "wsgi.multiprocess is hard-coded False, also under --workers 2 (PEP 3333 wants True)",
     lambda combo: combo.wsgi and combo.workers > 1,
