@@ -32,7 +32,6 @@ from testsupport.matrix import (
     BODY_LIMIT_IGNORED,
     LONG_FIELD_LINE,
     LONG_REQUEST_LINE,
-    MULTIPROCESS_FALSE,
     REASON_PHRASE,
     TRUNCATED_BODY,
     Lab,
@@ -177,7 +176,6 @@ def test_an_error_status_line_has_the_standard_reason_phrase(lab: Lab) -> None:
 
 
 @rows(
-    MULTIPROCESS_FALSE,
     only=lambda combo: combo.wsgi,
     why_not="wsgi.multiprocess: a WSGI row",
 )

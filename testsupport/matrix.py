@@ -263,10 +263,6 @@ def _handler(combo: Combo) -> bool:
     return combo.handler
 
 
-MULTIPROCESS_FALSE = Finding(
-    "wsgi.multiprocess is hard-coded False, also under --workers 2 (PEP 3333 wants True)",
-    lambda combo: combo.wsgi and combo.workers > 1,
-)
 LONG_REQUEST_LINE = Finding(
     "the handler path takes request lines up to 65,536 bytes "
     "(the WSGI path: 8,190, as --limit-request-line documents, then 414)",
