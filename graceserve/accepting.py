@@ -39,6 +39,7 @@ from typing import Any
 
 from .connection import Connection, drain_socket
 from .drain import DrainController
+from .serverhooks import NO_HOOKS, ServerHooks
 
 __all__ = ["AcceptingServer", "attach_drop_all_filter"]
 
@@ -60,12 +61,15 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
 
     Subclasses provide ``process_request`` (register, then start a thread) and
     ``handle_error``; the registry (``self._registry``) is created here because
-    the connection cap reads it.
+    the connection cap reads it.  ``hooks`` (``graceserve.serverhooks``) are
+    called by the loop (``loop_turn``) and by subclasses (``request_done``);
+    ``install_hooks`` sets them.
     """
 
     request_queue_size = 1024
     allow_reuse_address = True
     max_connections: int | None = None
+    hooks: ServerHooks = NO_HOOKS
 
     def __init__(
         self,
@@ -139,10 +143,21 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
                         else:
                             self._handle_request_noblock()
                     self.service_actions()
+                    self.hooks.loop_turn()  # next to service_actions (the reaper), not instead
         finally:
             self._shutdown_request = False
             self._serving_thread = None
             self._is_shut_down.set()
+
+    def install_hooks(self, hooks: ServerHooks) -> None:
+        """Call ``hooks`` (a heartbeat, request counting) from now on.
+
+        Call before ``serve_forever`` starts (RuntimeError after): a runner's
+        hooks see every turn and every request, or none.
+        """
+        if self._serving_thread is not None:
+            raise RuntimeError("install_hooks() must be called before serve_forever()")
+        self.hooks = hooks
 
     def shutdown(self) -> None:
         """Stop the serve_forever loop and wait until it has stopped.

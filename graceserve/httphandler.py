@@ -246,6 +246,7 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
             self._end_body()
         if self.server.access_logger is not None:
             self._log_access()
+        self.server.hooks.request_done()  # graceserve.serverhooks: --max-requests counts it
         meter = self._graceserve_meter
         if meter is not None and meter.charged:  # a long head: give its memory back
             meter.release()

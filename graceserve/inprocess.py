@@ -30,6 +30,7 @@ import threading
 import time
 
 from .server import GracefulTCPServer
+from .serverhooks import ServerHooks
 from .stopping import DrainHooks, run_drain
 from .workerproc import ChannelEnd
 
@@ -89,6 +90,10 @@ class InProcessServer(ChannelEnd):
         if served == self.max_requests:
             self._say("RECYCLE", served)
 
+    def hooks(self) -> ServerHooks:
+        """Hooks for our server that ``count`` each request it finishes."""
+        return _Counting(self)
+
     # -- its end ----------------------------------------------------------------------
 
     def reap(self) -> bool:
@@ -131,6 +136,16 @@ class InProcessServer(ChannelEnd):
                 return
             with contextlib.suppress(OSError):
                 self._end.send(" ".join(str(word) for word in words).encode())
+
+
+class _Counting(ServerHooks):
+    """Our server's hooks: each finished request counts towards ``--max-requests``."""
+
+    def __init__(self, member: InProcessServer) -> None:
+        self.member = member
+
+    def request_done(self) -> None:
+        self.member.count()
 
 
 class _Hooks(DrainHooks[GracefulTCPServer]):

@@ -18,6 +18,8 @@ import socketserver
 import stat
 from typing import Any
 
+from . import tls
+from .accesslog import open_access_log
 from .errors import StartupError
 from .httpserver import GracefulHTTPServer
 from .server import GracefulTCPServer, format_address
@@ -26,7 +28,9 @@ from .target import is_http_handler, is_wsgi_app
 from .tls import TLSSettingsError
 from .wsgi import GracefulWSGIServer
 
-__all__ = ["Address", "make_server", "remove_unix_socket"]
+__all__ = ["Address", "check_http_options", "make_listener", "make_server", "remove_unix_socket"]
+
+_NOT_HTTP = "--certfile and --access-log are for HTTP handlers and WSGI apps"
 
 
 def make_server(
@@ -49,7 +53,7 @@ def make_server(
         server_class = GracefulWSGIServer
     attributes = settings.server_attributes(http, wsgi)
     if not (http or wsgi) and (settings.certfile or settings.access_log):
-        raise StartupError("--certfile and --access-log are for HTTP handlers and WSGI apps")
+        raise StartupError(_NOT_HTTP)
     if inherited is not None:
         try:
             adopted = server_class.from_socket(inherited, handler_class)
@@ -90,6 +94,43 @@ def make_server(
     finally:
         if old_umask is not None:
             os.umask(old_umask)
+
+
+def make_listener(settings: Settings, inherited: socket.socket | None = None) -> GracefulTCPServer:
+    """A bound, listening server that only holds the listener (a supervisor's: it never
+    accepts); StartupError if impossible.
+
+    It serves no target, so it takes none of the HTTP options (TLS, access log,
+    proxies): ``check_http_options`` checks those, for the workers that will.
+    """
+    binding = settings.but(certfile=None, keyfile=None, ca_certs=None, access_log=None)
+    return make_server(socketserver.BaseRequestHandler, binding, inherited)
+
+
+def check_http_options(settings: Settings, loaded: Any = None) -> None:
+    """Fail fast, with the error a worker would give, on HTTP options it could not use.
+
+    For a supervisor, which serves nothing itself: a certificate that does not
+    load, an access log that cannot be opened, and (``loaded``: the target,
+    imported with ``--preload``) TLS or an access log for a TCP handler.
+    StartupError (exit code 3) for the first problem.
+    """
+    if settings.certfile is None and settings.access_log is None:
+        return
+    if loaded is not None and not (is_wsgi_app(loaded) or is_http_handler(loaded)):
+        raise StartupError(_NOT_HTTP)
+    try:
+        if settings.certfile is not None:
+            tls.build_context(
+                settings.certfile, settings.keyfile, settings.ca_certs, settings.cert_reqs
+            )
+        writer = open_access_log(settings.access_log, settings.access_log_format)
+    except TLSSettingsError as exc:
+        raise StartupError(str(exc)) from None
+    except OSError as exc:
+        raise StartupError(f"--access-log {settings.access_log}: {exc.strerror or exc}") from None
+    if writer is not None:
+        writer.close()
 
 
 def _setup_production(server: GracefulTCPServer) -> None:

@@ -83,12 +83,14 @@ class Stop:
         self.deadline = now + machine.config.grace
         self.next_progress = now + PROGRESS_INTERVAL
         shared = machine.config.shared_listener
+        active = sum(m.active for m in members.values())
+        workers = sum(1 for m in members.values() if not m.inprocess)
         log.info(
             "%s: draining %d connections (grace %gs); new connections %s; %d workers",
-            self.why, sum(m.active for m in members.values()),
-            machine.config.grace,
-            "wait in systemd's queue for the next start" if shared else "are refused",
-            sum(1 for m in members.values() if not m.inprocess),
+            self.why, active, machine.config.grace,
+            "wait in systemd's queue for the next start" if shared else "are refused", workers,
+            extra={"event": "drain_start", "signal": self.why, "connections": active,
+                   "grace": machine.config.grace, "workers": workers},
         )  # fmt: skip
         if not shared:
             machine.effects.filter_listener()
@@ -130,7 +132,11 @@ class Stop:
         machine = self.machine
         if machine.phase is Phase.LAME_DUCK:
             self.close_listener(now)
-        log.warning("%s: cutting every connection now", signal_name(signum))
+        log.warning(
+            "%s: cutting every connection now", signal_name(signum),
+            extra={"event": "cutting", "signal": signal_name(signum),
+                   "connections": sum(m.active for m in machine.members.values())},
+        )  # fmt: skip
         if not self.sweep_sent and self.sweeper in machine.members:
             self._sweep()  # no waiting for the others: everything ends now
         for member in machine.members.values():
@@ -157,8 +163,9 @@ class Stop:
             self.next_progress = now + PROGRESS_INTERVAL
             active = sum(m.active for m in machine.members.values())
             log.info(
-                "draining: %d connections remaining in %d workers", active, len(machine.members)
-            )
+                "draining: %d connections remaining in %d workers", active, len(machine.members),
+                extra={"event": "drain_progress", "connections": active},
+            )  # fmt: skip
             machine.effects.notify(f"STATUS=draining: {active} connections remaining")
         self.check_stopped(now)
 

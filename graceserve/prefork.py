@@ -4,7 +4,8 @@ Why this module exists: the supervisor never serves, so it has no need to
 import the target (unless ``--preload`` asks it to fail fast): it only binds
 the listener (or adopts systemd's), exactly where and how a single process
 would, and passes it to its workers.  The server object made for binding only
-holds the socket; it never accepts.
+holds the socket; it never accepts, and takes none of the HTTP options (they
+are the workers'; they are checked here so that a bad one fails at once).
 
 Threading contract: the main thread only.
 """
@@ -13,13 +14,12 @@ from __future__ import annotations
 
 import logging
 import socket
-import socketserver
 from typing import Any
 
 from . import runstatus
 from .banner import log_banner
 from .control import ServerStatus
-from .listener import make_server, remove_unix_socket
+from .listener import check_http_options, make_listener, remove_unix_socket
 from .pidfile import PidFile
 from .settings import Settings
 from .signals import SignalRelay
@@ -42,10 +42,12 @@ def run_supervised(
     """Bind (or adopt ``inherited``), run the workers until a stop; the exit code.
 
     ``handler`` is the loaded target with ``--preload``, else its name (a
-    string), and then the listener is bound with a placeholder handler.
+    string).  Either way the listener is bound by a server that serves nothing
+    (``make_listener``): the HTTP options (TLS, access log) are the workers', and
+    are only checked here, so that a bad one fails the start at once (exit 3).
     """
-    bind_with = handler if not isinstance(handler, str) else socketserver.BaseRequestHandler
-    holder = make_server(bind_with, settings, inherited)
+    check_http_options(settings, None if isinstance(handler, str) else handler)
+    holder = make_listener(settings, inherited)
     holder.block_on_close = False  # it never served: nothing to drain
     try:
         listener = holder.socket.dup()

@@ -66,7 +66,7 @@ from .stopping import run_drain
 from .supervisor import Supervisor
 from .systemd import Notifier, inherited_listener
 from .target import load_target
-from .worker import count_requests, run_worker
+from .worker import run_worker
 from .workerproc import LIMIT_VARIABLE, STANDBY_VARIABLE, WORKER_VARIABLE
 from .wsgi import WSGIApplication
 
@@ -227,19 +227,32 @@ class _Controller:
 
     def run(self, grace: float) -> int:
         server = self.server
+        member = self._member()  # before serve_forever: its hooks count every request
         accept_thread = threading.Thread(
             target=server.serve_forever, name="graceserve-accept", daemon=True
         )
         accept_thread.start()
         try:
             self._report_ready(grace)
-            return self._supervise()
+            return self._supervise(member)
         finally:
             server.shutdown()
             accept_thread.join(timeout=5.0)
             server.server_close()
 
-    def _supervise(self) -> int:
+    def _member(self) -> InProcessServer:
+        """Our server as the supervisor's member; with ``--max-requests`` it counts our
+        server's requests through the server's hooks (``graceserve.serverhooks``)."""
+        settings = self.settings
+        limit = settings.max_requests
+        if limit:
+            limit += random.randint(0, settings.max_requests_jitter)
+        member = InProcessServer(self.server, self.shared_listener, limit or None)
+        if limit:
+            self.server.install_hooks(member.hooks())
+        return member
+
+    def _supervise(self, member: InProcessServer) -> int:
         """The supervisor's loop, our server its one member, until the stop; the exit code.
 
         In one-process mode a worker process has no watchdog (``--worker-timeout``
@@ -247,12 +260,6 @@ class _Controller:
         stuck serving loop, so neither does it once a worker took over).
         """
         settings = self.settings
-        limit = settings.max_requests
-        if limit:
-            limit += random.randint(0, settings.max_requests_jitter)
-        member = InProcessServer(self.server, self.shared_listener, limit or None)
-        if limit:
-            count_requests(self.server, member.count)
         supervisor = Supervisor(
             settings.but(workers=1, worker_timeout=None), self.server.socket.dup(), self.relay,
             self.notifier, self.shared_listener, self.status, inbox=self.inbox,

@@ -68,6 +68,9 @@ class GracefulTCPServer(AcceptingServer):
                                         wait for zero, cut the rest, return by
                                         the deadline
     - from_socket(sock, handler)        serve an already bound socket
+    - install_hooks(hooks)              a runner's heartbeat and request
+                                        counting (graceserve.serverhooks),
+                                        before serve_forever
     - start_drain(), wait_drained(deadline), force_close(), finish_drain()
                                         the drain's steps (graceserve.stopping
                                         runs them for drain() and the runner)
@@ -234,6 +237,15 @@ class GracefulTCPServer(AcceptingServer):
     def make_connection(self, request: socket.socket, client_address: _Address) -> Connection:
         """The registry record for a new connection.  May be overridden."""
         return Connection(request, client_address, self._registry)
+
+    def finish_request(self, request: Any, client_address: _Address) -> None:
+        """Serve the connection with the handler class; then, for a TCP server, where a
+        connection is one request, ``hooks.request_done()``.  May be overridden (the
+        HTTP servers count each request instead)."""
+        try:
+            super().finish_request(request, client_address)
+        finally:
+            self.hooks.request_done()
 
     def process_request_thread(self, request: Any, client_address: _Address) -> None:
         """Serve one connection in its own thread; always unregisters it."""

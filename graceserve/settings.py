@@ -133,6 +133,7 @@ class Settings:
                 limit_request_fields=self.limit_request_fields,
                 limit_request_field_size=self.limit_request_field_size,
                 max_body_size=self.max_body_size,
+                multiprocess=self.workers > 1,  # PEP 3333: another process runs the app too
             )
         return attributes
 

@@ -16,11 +16,14 @@ sweep of what the kernel queued, ``shutdown``.
 It reports readiness (before it accepts: a worker that never said READY never
 served, so the supervisor may kill it without breaking a connection), then every
 second its counters and the age of its serving loop's last turn
-(``--worker-timeout`` reads it), and at the end its drain report.  It counts its
-own requests: the one that reaches its ``--max-requests`` says ``RECYCLE`` at
-once, and it serves on until the supervisor, once a replacement is ready, tells
-it to stop accepting.  If the channel reaches its end (the supervisor died), it drains
-by itself.  USR1 dumps its stacks; SIGABRT (``--worker-timeout``) dumps them
+(``--worker-timeout`` reads it), and at the end its drain report.  Both the turn
+and each finished request reach it through hooks its server calls
+(``graceserve.serverhooks``), next to the server's own work: the reaper and
+graceserve's request cycle run in a worker exactly as in one process.  The
+request that reaches its ``--max-requests`` says ``RECYCLE`` at once, and it
+serves on until the supervisor, once a replacement is ready, tells it to stop
+accepting.  If the channel reaches its end (the supervisor died), it drains by
+itself.  USR1 dumps its stacks; SIGABRT (``--worker-timeout``) dumps them
 through ``faulthandler`` before the process dies.
 
 Threading contract: ``run_worker`` on the main thread; a reader thread turns
@@ -31,16 +34,13 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
-import http.server
 import itertools
 import logging
 import os
 import signal
 import socket
-import socketserver
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from .drain import DrainReport
@@ -49,13 +49,14 @@ from .httpserver import GracefulHTTPServer
 from .listener import make_server
 from .readiness import listen_url, ready_line
 from .server import GracefulTCPServer, format_address
+from .serverhooks import ServerHooks
 from .settings import Settings
 from .signals import STOP_SIGNALS, WORKER_SIGNALS, SignalRelay
 from .stopping import DrainHooks, run_drain
 from .target import load_target
 from .workerproc import CHANNEL_FD, LISTENER_FD
 
-__all__ = ["count_requests", "run_worker"]
+__all__ = ["run_worker"]
 
 log = logging.getLogger("graceserve")
 
@@ -193,19 +194,18 @@ class _Worker:
         self.limit = max_requests or 0
         self.loop_at = time.monotonic()
         self.forced_by = 0
-        count_requests(server, self._one_request)
-        beat = self._beat
-        setattr(server, "service_actions", beat)  # noqa: B010 (an instance's own hook)
+        server.install_hooks(_WorkerServerHooks(self))  # next to the reaper, not instead
         relay.add_listener(server.registry.condition)
         link.attach(server)
 
-    def _one_request(self) -> None:
+    def one_request(self) -> None:
         """A handler thread: one more request (``next`` on a count is atomic)."""
         served = self.served = next(self.requests) + 1
         if served == self.limit:
             self.link.send("RECYCLE", served)
 
-    def _beat(self) -> None:
+    def beat(self) -> None:
+        """The serving thread: its accept loop made a turn (``--worker-timeout`` reads it)."""
         self.loop_at = time.monotonic()
 
     def stats(self) -> None:
@@ -217,10 +217,13 @@ class _Worker:
         accept_thread = threading.Thread(
             target=server.serve_forever, args=(0.25,), name="graceserve-accept", daemon=True
         )
-        scheme = "http" if isinstance(server, GracefulHTTPServer) else "tcp"
+        scheme = server.url_scheme if isinstance(server, GracefulHTTPServer) else "tcp"
         where = listen_url(scheme, format_address(server.server_address))
         grace = self.link.grace
-        log.info("%s", ready_line(where, scheme, os.getpid(), grace))
+        log.info(
+            "%s", ready_line(where, scheme, os.getpid(), grace),
+            extra={"event": "ready", "url": where, "protocol": scheme, "grace": grace},
+        )  # fmt: skip
         self.link.send("READY", scheme)  # before it accepts (see the module docstring)
         accept_thread.start()
         try:
@@ -238,6 +241,9 @@ class _Worker:
         log.info(
             "worker stopped: %d served during the drain, %d cut, %.3fs, exit code %d",
             report.served_during_drain, report.forced, report.elapsed, code,
+            extra={"event": "worker_stopped", "served_during_drain": report.served_during_drain,
+                   "forced": report.forced, "elapsed": round(report.elapsed, 3),
+                   "exit_code": code, "clean": report.clean},
         )  # fmt: skip
         self.link.send(
             "REPORT", code, report.served_during_drain, report.forced, report.remaining,
@@ -263,6 +269,19 @@ class _Worker:
         return EXIT_OK if report.clean else EXIT_CUT
 
 
+class _WorkerServerHooks(ServerHooks):
+    """What the server tells the worker: the heartbeat and each finished request."""
+
+    def __init__(self, worker: _Worker) -> None:
+        self.worker = worker
+
+    def loop_turn(self) -> None:
+        self.worker.beat()
+
+    def request_done(self) -> None:
+        self.worker.one_request()
+
+
 class _WorkerHooks(DrainHooks[GracefulTCPServer]):
     progress_interval = STATS_INTERVAL
 
@@ -282,46 +301,3 @@ class _WorkerHooks(DrainHooks[GracefulTCPServer]):
 
     def progress(self, server: GracefulTCPServer, deadline: float | None) -> None:
         self.worker.stats()
-
-
-def count_requests(server: GracefulTCPServer, count: Callable[[], None]) -> None:
-    """Call ``count`` once per request served: WSGI calls, HTTP requests, TCP connections.
-
-    (To be replaced by a hook the server calls, once servers have hooks.)"""
-    get_app = getattr(server, "get_app", None)
-    set_app = getattr(server, "set_app", None)
-    if callable(get_app) and callable(set_app):
-        app = get_app()
-
-        def counted_app(environ: Any, start_response: Any) -> Any:
-            count()
-            return app(environ, start_response)
-
-        set_app(counted_app)
-        return
-    handler_class = server.RequestHandlerClass
-    if isinstance(handler_class, type) and issubclass(
-        handler_class, http.server.BaseHTTPRequestHandler
-    ):
-
-        def handle_one_request(handler: Any) -> None:
-            handler_class.handle_one_request(handler)
-            if handler.raw_requestline:
-                count()
-
-        server.RequestHandlerClass = type(
-            handler_class.__name__, (handler_class,), {"handle_one_request": handle_one_request}
-        )
-        return
-    finish_request = server.finish_request
-
-    def counted_finish(request: Any, client_address: Any) -> None:
-        count()
-        finish_request(request, client_address)
-
-    setattr(server, "finish_request", counted_finish)  # noqa: B010
-
-
-def is_handler_class(value: object) -> bool:
-    """Whether ``value`` is a request handler class (not a WSGI app)."""
-    return isinstance(value, type) and issubclass(value, socketserver.BaseRequestHandler)

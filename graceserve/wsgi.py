@@ -53,6 +53,9 @@ class GracefulWSGIServer(GracefulHTTPServer):
     - discard_limit = 65536           unread body bytes discarded to keep a connection;
                                       more than that and the connection is closed
     - server_software                 the ``Server`` header and SERVER_SOFTWARE
+    - multiprocess = False            ``wsgi.multiprocess``: True when other processes
+                                      serve the same app at the same time (the runner
+                                      sets it for ``--workers N``, N > 1)
 
     Threading contract: as GracefulHTTPServer; the application is called from
     one thread per connection, concurrently (``wsgi.multithread`` is True).
@@ -65,6 +68,7 @@ class GracefulWSGIServer(GracefulHTTPServer):
     max_body_size: int | None = DEFAULTS.max_body_size
     discard_limit = DISCARD_LIMIT
     server_software = f"graceserve/{__version__}"
+    multiprocess = False
 
     def __init__(
         self,

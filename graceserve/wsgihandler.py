@@ -319,6 +319,7 @@ class WSGIConnection:
                 request_line.target, request_line.version,
                 response.status[:3] if response.status else "-", response.sent,
             )  # fmt: skip
+        self.server.hooks.request_done()  # graceserve.serverhooks: --max-requests counts it
         if not keep or self.closing:
             return False
         if body is not None and not body.complete:
@@ -435,7 +436,7 @@ def make_base_environ(server: GracefulWSGIServer) -> dict[str, Any]:
         "wsgi.url_scheme": "http",
         "wsgi.errors": sys.stderr,
         "wsgi.multithread": True,
-        "wsgi.multiprocess": False,
+        "wsgi.multiprocess": server.multiprocess,
         "wsgi.run_once": False,
         "wsgi.input_terminated": True,
         "wsgi.file_wrapper": FileWrapper,

@@ -363,6 +363,7 @@ def test_every_server_setting_reaches_the_server_by_name(kind: str) -> None:
         limit_request_fields=5,
         limit_request_field_size=200,
         max_body_size=1000,
+        workers=2,
     )
     server = make_server(target, settings)
     try:
@@ -384,6 +385,7 @@ def test_every_server_setting_reaches_the_server_by_name(kind: str) -> None:
                 limit_request_fields=5,
                 limit_request_field_size=200,
                 max_body_size=1000,
+                multiprocess=True,  # --workers 2: another process serves the app too
             )
         assert attributes == expected
         for name, value in attributes.items():
@@ -391,6 +393,7 @@ def test_every_server_setting_reaches_the_server_by_name(kind: str) -> None:
         if isinstance(server, GracefulWSGIServer):  # and they are in force, not just stored
             assert server.limits == Limits(request_line=100, fields=5, field_size=200, body=1000)
             assert server.base_environ["SCRIPT_NAME"] == "/app"
+            assert server.base_environ["wsgi.multiprocess"] is True
     finally:
         server.server_close()
 

@@ -30,11 +30,8 @@ from testsupport import contract
 from testsupport.contract import Held, IdleProbes
 from testsupport.matrix import (
     BODY_LIMIT_IGNORED,
-    CRLF_REFUSED,
     LONG_FIELD_LINE,
     LONG_REQUEST_LINE,
-    MULTIPROCESS_FALSE,
-    REAPER_OFF,
     REASON_PHRASE,
     TRUNCATED_BODY,
     Lab,
@@ -129,7 +126,7 @@ def test_a_smuggling_shape_gets_a_400_status_line_and_never_reaches_the_app(lab:
     assert reached == [], reached
 
 
-@rows(CRLF_REFUSED)
+@rows()
 def test_an_empty_line_before_a_request_is_skipped(lab: Lab) -> None:
     """RFC 9112 2.2: a server SHOULD ignore at least one empty line before a request-line."""
     answered, _ = send(shared(lab), b"\r\n" + request_bytes("GET", "/", close=True))
@@ -179,7 +176,6 @@ def test_an_error_status_line_has_the_standard_reason_phrase(lab: Lab) -> None:
 
 
 @rows(
-    MULTIPROCESS_FALSE,
     only=lambda combo: combo.wsgi,
     why_not="wsgi.multiprocess: a WSGI row",
 )
@@ -215,21 +211,21 @@ def idle(lab: Lab) -> IdleProbes:
     return outcome
 
 
-@rows(REAPER_OFF)
+@rows()
 def test_idle_timeout_closes_an_idle_keepalive_connection(lab: Lab) -> None:
     probe = idle(lab).idle
     assert probe.ended == EOF, probe
     assert probe.seconds > contract.IDLE_TIMEOUT / 2, probe  # not at once: after the timeout
 
 
-@rows(REAPER_OFF)
+@rows()
 def test_idle_timeout_closes_a_stalled_request_head(lab: Lab) -> None:
     probe = idle(lab).head
     closed = probe.ended == EOF or (isinstance(probe.ended, Reply) and probe.ended.status == 408)
     assert closed, probe
 
 
-@rows(REAPER_OFF, TRUNCATED_BODY)
+@rows(TRUNCATED_BODY)
 def test_idle_timeout_closes_a_stalled_body_without_answering_it(lab: Lab) -> None:
     """The app never answers a body it did not get whole (a 408, or just the close)."""
     probe = idle(lab).body

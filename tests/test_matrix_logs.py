@@ -17,9 +17,6 @@ import pytest
 from testsupport import contract
 from testsupport.contract import AccessLog, JsonLogs
 from testsupport.matrix import (
-    ACCESS_LOG_EMPTY,
-    JSON_EVENTS_LOST,
-    WORKERS_REFUSE_HTTP_OPTIONS,
     WSGI_ERRORS_LOOSE,
     Lab,
     rows,
@@ -50,7 +47,7 @@ def access(lab: Lab, fmt: str) -> AccessLog:
     return outcome
 
 
-@rows(WORKERS_REFUSE_HTTP_OPTIONS, ACCESS_LOG_EMPTY)
+@rows()
 def test_access_log_combined_writes_one_line_per_response(lab: Lab) -> None:
     lines = access(lab, "combined").lines
     matches = [COMBINED.match(line) for line in lines]
@@ -63,7 +60,7 @@ def test_access_log_combined_writes_one_line_per_response(lab: Lab) -> None:
     assert echo["bytes"] == "5", lines
 
 
-@rows(WORKERS_REFUSE_HTTP_OPTIONS, ACCESS_LOG_EMPTY)
+@rows()
 def test_access_log_json_writes_one_object_per_response(lab: Lab) -> None:
     lines = access(lab, "json").lines
     records = [json.loads(line) for line in lines]
@@ -93,7 +90,7 @@ def test_log_format_json_makes_every_stderr_line_one_json_object(lab: Lab) -> No
     assert outcome.loose == [], outcome.loose[:20]
 
 
-@rows(JSON_EVENTS_LOST)
+@rows()
 def test_log_format_json_lines_carry_their_documented_events(lab: Lab) -> None:
     """Every readiness line is ``ready`` (with its url), the drain's start
     ``drain_start``, the last line ``stopped`` (with the exit code)."""

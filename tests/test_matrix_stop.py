@@ -17,7 +17,7 @@ import pytest
 
 from testsupport import contract
 from testsupport.contract import Cut, LameDuck, LoadRun, TermDrain
-from testsupport.matrix import IDLE_KEPT_AT_DRAIN, Lab, rows
+from testsupport.matrix import Lab, rows
 from testsupport.rawhttp import EOF, RESET, Reply
 
 pytestmark = [pytest.mark.matrix, pytest.mark.timeout(300)]
@@ -74,7 +74,7 @@ def test_a_streamed_response_sees_stopping_and_ends_itself(lab: Lab) -> None:
     assert streamed.body.endswith(b"bye\n"), streamed.body[-60:]
 
 
-@rows(IDLE_KEPT_AT_DRAIN)
+@rows()
 def test_an_idle_keepalive_connection_gets_a_fin_at_the_drain(lab: Lab) -> None:
     """Closed while a request is still in flight (not at the exit), politely: EOF, no reset."""
     assert term(lab).idle_end == EOF
@@ -96,7 +96,7 @@ def test_new_connections_are_refused_once_the_drain_starts(lab: Lab) -> None:
     assert term(lab).refused
 
 
-@rows(IDLE_KEPT_AT_DRAIN)
+@rows()
 def test_term_exits_0_when_everything_finished(lab: Lab) -> None:
     outcome = term(lab)
     assert outcome.exit_code == 0, outcome.log

@@ -15,12 +15,7 @@ import pytest
 
 from testsupport import contract
 from testsupport.contract import IdleProbes, LoadRun, TermDrain, TlsServed
-from testsupport.matrix import (
-    REAPER_OFF,
-    WORKERS_REFUSE_HTTP_OPTIONS,
-    Lab,
-    rows,
-)
+from testsupport.matrix import Lab, rows
 from testsupport.rawhttp import EOF, Reply
 
 pytestmark = [pytest.mark.matrix, pytest.mark.timeout(300)]
@@ -53,13 +48,13 @@ def idle(lab: Lab) -> IdleProbes:
     return outcome
 
 
-@rows(WORKERS_REFUSE_HTTP_OPTIONS)
+@rows()
 def test_https_serves_the_configured_certificate(lab: Lab) -> None:
     outcome = served(lab)
     assert (outcome.status, outcome.common_name) == (200, "graceserve-matrix")
 
 
-@rows(WORKERS_REFUSE_HTTP_OPTIONS)
+@rows()
 def test_plain_http_on_the_tls_port_gets_a_clear_400_then_a_close(lab: Lab) -> None:
     outcome = served(lab)
     assert isinstance(outcome.plain, Reply), outcome.plain
@@ -71,7 +66,7 @@ def test_plain_http_on_the_tls_port_gets_a_clear_400_then_a_close(lab: Lab) -> N
 # -- the drain over TLS ------------------------------------------------------------------
 
 
-@rows(WORKERS_REFUSE_HTTP_OPTIONS)
+@rows()
 def test_over_tls_a_request_in_flight_at_term_completes_with_connection_close(lab: Lab) -> None:
     outcome = term(lab)
     assert isinstance(outcome.in_flight, Reply), outcome.in_flight
@@ -79,13 +74,13 @@ def test_over_tls_a_request_in_flight_at_term_completes_with_connection_close(la
     assert outcome.in_flight_end == EOF
 
 
-@rows(WORKERS_REFUSE_HTTP_OPTIONS)
+@rows()
 def test_over_tls_an_idle_keepalive_connection_is_closed_at_the_drain(lab: Lab) -> None:
     """close_notify, then a FIN: the client reads a clean end, never a reset."""
     assert term(lab).idle_end == EOF
 
 
-@rows(WORKERS_REFUSE_HTTP_OPTIONS)
+@rows()
 def test_over_tls_a_request_racing_the_drain_is_answered(lab: Lab) -> None:
     outcome = term(lab)
     assert isinstance(outcome.race, Reply), outcome.race
@@ -93,19 +88,19 @@ def test_over_tls_a_request_racing_the_drain_is_answered(lab: Lab) -> None:
     assert outcome.race_end == EOF
 
 
-@rows(WORKERS_REFUSE_HTTP_OPTIONS)
+@rows()
 def test_over_tls_a_streamed_response_sees_stopping_and_ends_itself(lab: Lab) -> None:
     stream = term(lab).stream
     assert isinstance(stream, Reply), stream
     assert stream.body.endswith(b"bye\n"), stream.body[-60:]
 
 
-@rows(WORKERS_REFUSE_HTTP_OPTIONS)
+@rows()
 def test_over_tls_new_connections_are_refused_once_the_drain_starts(lab: Lab) -> None:
     assert term(lab).refused
 
 
-@rows(WORKERS_REFUSE_HTTP_OPTIONS)
+@rows()
 def test_over_tls_term_exits_0_when_everything_finished(lab: Lab) -> None:
     outcome = term(lab)
     assert outcome.exit_code == 0, outcome.log
@@ -114,14 +109,14 @@ def test_over_tls_term_exits_0_when_everything_finished(lab: Lab) -> None:
 # -- the idle timeout over TLS ------------------------------------------------------------
 
 
-@rows(WORKERS_REFUSE_HTTP_OPTIONS, REAPER_OFF)
+@rows()
 def test_over_tls_idle_timeout_closes_an_idle_keepalive_connection(lab: Lab) -> None:
     probe = idle(lab).idle
     assert probe.ended == EOF, probe
     assert probe.seconds > contract.IDLE_TIMEOUT / 2, probe
 
 
-@rows(WORKERS_REFUSE_HTTP_OPTIONS, REAPER_OFF)
+@rows()
 def test_over_tls_idle_timeout_closes_a_client_that_never_starts_the_handshake(lab: Lab) -> None:
     """The handshake is timed like a request head that is still arriving."""
     probe = idle(lab).silent
@@ -129,7 +124,7 @@ def test_over_tls_idle_timeout_closes_a_client_that_never_starts_the_handshake(l
     assert probe.ended == EOF, probe
 
 
-@rows(WORKERS_REFUSE_HTTP_OPTIONS, REAPER_OFF)
+@rows()
 def test_over_tls_idle_timeout_closes_a_stalled_request_head(lab: Lab) -> None:
     probe = idle(lab).head
     closed = probe.ended == EOF or (isinstance(probe.ended, Reply) and probe.ended.status == 408)
@@ -140,7 +135,7 @@ def test_over_tls_idle_timeout_closes_a_stalled_request_head(lab: Lab) -> None:
 
 
 @pytest.mark.load
-@rows(WORKERS_REFUSE_HTTP_OPTIONS)
+@rows()
 def test_over_tls_term_under_keepalive_load_breaks_no_request(lab: Lab) -> None:
     outcome = lab.outcome("tls load term")
     assert isinstance(outcome, LoadRun)

@@ -159,6 +159,41 @@ def test_preload_fails_before_any_worker_starts(start_server: StartServer, tmp_p
     assert worker_pids(server) == []
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "error"),
+    [
+        ("--access-log", "missing-dir/access.log", "cannot start: --access-log missing-dir/"),
+        ("--certfile", "missing.pem", "cannot start: --certfile missing.pem"),
+    ],
+)
+def test_an_http_option_that_cannot_work_fails_before_any_worker_starts(
+    start_server: StartServer, app_dir: Path, option: str, value: str, error: str
+) -> None:
+    """The supervisor serves nothing, but checks the workers' HTTP options: exit 3 at once,
+    with the option's own error (it used to refuse every --access-log and --certfile)."""
+    server = start_server(
+        ["app:Handler", "--bind", "127.0.0.1:0", "--workers", "2", option, value], cwd=app_dir
+    )
+    assert server.wait_exit(30) == 3, server.output
+    assert error in server.output, server.output
+    assert worker_pids(server) == []
+
+
+def test_a_preloaded_tcp_handler_with_an_access_log_is_refused_before_any_worker_starts(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    write_app(
+        tmp_path, "import socketserver\nclass Echo(socketserver.StreamRequestHandler): pass\n"
+    )
+    server = start_server(
+        ["app:Echo", "--bind", "127.0.0.1:0", "--workers", "2", "--preload", "--access-log", "-"],
+        cwd=tmp_path,
+    )
+    assert server.wait_exit(30) == 3, server.output
+    assert "--certfile and --access-log are for HTTP handlers and WSGI apps" in server.output
+    assert worker_pids(server) == []
+
+
 def test_ttin_adds_and_ttou_removes_a_worker_that_drains(
     start_server: StartServer, app_dir: Path
 ) -> None:

@@ -263,53 +263,6 @@ def _handler(combo: Combo) -> bool:
     return combo.handler
 
 
-def _supervised_handler(combo: Combo) -> bool:
-    return combo.handler and combo.supervised
-
-
-IN_A_WORKER = (
-    "in a worker, worker._count_requests subclasses the handler with a handle_one_request "
-    "that calls the user class's, i.e. the stdlib's, so graceserve's per-request cycle "
-    "never runs"
-)
-
-
-REAPER_OFF = Finding(
-    "the idle-timeout reaper is off under a supervisor (--workers 2, and every mode after "
-    "a HUP): a worker replaces service_actions, where the reaper runs",
-    lambda combo: combo.supervised,
-)
-IDLE_KEPT_AT_DRAIN = Finding(
-    "under a supervisor the handler path never closes an idle plain-HTTP keep-alive connection "
-    "at the drain (the WSGI path does, and so does TLS): a TERM waits out the whole grace, "
-    f"cuts it and exits 4 ({IN_A_WORKER})",
-    _supervised_handler,
-)
-ACCESS_LOG_EMPTY = Finding(
-    "under a supervisor a handler target writes no access log lines at all "
-    f"(also with --preload; a WSGI app does) ({IN_A_WORKER})",
-    _supervised_handler,
-)
-JSON_EVENTS_LOST = Finding(
-    "under a supervisor --log-format json loses the documented events: the workers' "
-    'readiness lines and the supervisor\'s drain and \'stopped\' lines say "event": "log"',
-    lambda combo: combo.supervised,
-)
-WORKERS_REFUSE_HTTP_OPTIONS = Finding(
-    "--workers 2 with --access-log or --certfile exits 3 unless --preload (the supervisor "
-    "builds a server without knowing the target's kind), for both kinds of target",
-    lambda combo: combo.workers > 1,
-)
-MULTIPROCESS_FALSE = Finding(
-    "wsgi.multiprocess is hard-coded False, also under --workers 2 (PEP 3333 wants True)",
-    lambda combo: combo.wsgi and combo.workers > 1,
-)
-CRLF_REFUSED = Finding(
-    "under a supervisor the handler path answers an empty line before a request with 400 "
-    "(one process and the WSGI path skip it, as RFC 9112 2.2 asks) "
-    f"({IN_A_WORKER})",
-    _supervised_handler,
-)
 LONG_REQUEST_LINE = Finding(
     "the handler path takes request lines up to 65,536 bytes "
     "(the WSGI path: 8,190, as --limit-request-line documents, then 414)",
@@ -331,7 +284,7 @@ BODY_LIMIT_IGNORED = Finding(
 TRUNCATED_BODY = Finding(
     "the handler path hands a body cut short by the idle timeout to the handler as if it were "
     "complete (200 for 3 of 10 bytes; the WSGI path closes without an answer)",
-    lambda combo: combo.handler and not combo.supervised,  # supervised: the reaper is off
+    _handler,
 )
 WSGI_ERRORS_LOOSE = Finding(
     "--log-format json leaves a WSGI app's wsgi.errors output (a Flask-style exception log) "

@@ -1,0 +1,48 @@
+"""Hooks a server calls for whoever runs it: a heartbeat, and request counting.
+
+Why this module exists: whoever runs a server may need to know two things of
+it: that its accept loop still turns (a worker's ``--worker-timeout`` reads the
+age of the last turn) and how many requests it finished (``--max-requests``).
+Workers used to learn them by replacing the server's ``service_actions`` and by
+subclassing its handler class; that switched off the reaper (the idle timeout)
+and graceserve's own request cycle in exactly the modes production uses (a
+worker, every generation after a reload).  Instead a server holds one
+``ServerHooks`` and calls it at fixed points, next to its own work, never
+instead of it:
+
+- ``loop_turn()``: after each turn of the accept loop (``serve_forever``),
+  once ``service_actions`` (where the reaper runs) has returned;
+- ``request_done()``: once per finished request: an HTTP request answered by
+  a handler, a WSGI application's response sent, a TCP connection served.
+
+Install them with ``server.install_hooks(hooks)`` before ``serve_forever``.
+The defaults do nothing.
+
+Threading contract: ``loop_turn`` is called from the thread running
+``serve_forever``; ``request_done`` from handler threads, concurrently, on the
+path of every request: an implementation must be thread-safe and cheap.
+"""
+
+from __future__ import annotations
+
+__all__ = ["NO_HOOKS", "ServerHooks"]
+
+
+class ServerHooks:
+    """What a server calls for its runner; subclass and override what you need.
+
+    Methods that may be overridden:
+
+    - loop_turn()      the accept loop made a turn (the serving thread)
+    - request_done()   one request was finished (a handler thread; thread-safe)
+    """
+
+    def loop_turn(self) -> None:
+        """The accept loop finished a turn, ``service_actions`` included."""
+
+    def request_done(self) -> None:
+        """One request was finished (an HTTP request, a WSGI call, a TCP connection)."""
+
+
+NO_HOOKS = ServerHooks()
+"""Hooks that do nothing: what a server calls until others are installed."""

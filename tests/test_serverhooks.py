@@ -1,0 +1,158 @@
+"""Server hooks (``graceserve.serverhooks``): a runner's heartbeat and request counting.
+
+A worker (and one process with ``--max-requests``) used to learn of turns and
+requests by replacing the server's ``service_actions`` and subclassing its
+handler class, which switched off the reaper and graceserve's own request cycle.
+These tests hold the rule that replaced it: the server calls its hooks next to
+its own work, never instead of it.  Real sockets on 127.0.0.1, every read
+bounded; the servers drain at the end of each test.
+"""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import socketserver
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import pytest
+
+from graceserve import GracefulHTTPServer, GracefulTCPServer, GracefulWSGIServer
+from graceserve.serverhooks import ServerHooks
+from testsupport.rawhttp import EOF, Connection, request_bytes
+from testsupport.serve import MODES, serve
+
+TIMEOUT = 10.0  # seconds: every socket and every wait
+IDLE = 0.5  # seconds: the idle timeout of the HTTP servers here
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Recorder(ServerHooks):
+    """Counts what the server reports; the test waits on the counts."""
+
+    def __init__(self) -> None:
+        self.changed = threading.Condition()
+        self.turns = 0
+        self.requests = 0
+
+    def loop_turn(self) -> None:
+        with self.changed:
+            self.turns += 1
+            self.changed.notify_all()
+
+    def request_done(self) -> None:
+        with self.changed:
+            self.requests += 1
+            self.changed.notify_all()
+
+    def wait(self, turns: int = 0, requests: int = 0) -> None:
+        with self.changed:
+            done = self.changed.wait_for(
+                lambda: self.turns >= turns and self.requests >= requests, TIMEOUT
+            )
+        assert done, (self.turns, self.requests)
+
+
+class Hello(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class QuickReapHTTP(GracefulHTTPServer):
+    idle_timeout = IDLE
+
+
+class QuickReapWSGI(GracefulWSGIServer):
+    idle_timeout = IDLE
+
+
+def hello_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    body = repr(environ["wsgi.multiprocess"]).encode()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+
+
+class Echo(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(self.rfile.readline())
+
+
+def serving(server: GracefulTCPServer, hooks: Recorder) -> Iterator[GracefulTCPServer]:
+    server.install_hooks(hooks)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.drain(2.0)
+        server.shutdown()
+        thread.join(TIMEOUT)
+        server.server_close()
+
+
+def address(server: GracefulTCPServer) -> tuple[str, int]:
+    host, port = server.server_address[:2]
+    return str(host), int(port)
+
+
+@pytest.mark.parametrize("server_class", [QuickReapHTTP, QuickReapWSGI], ids=["handler", "wsgi"])
+def test_requests_are_counted_and_the_reaper_still_closes_an_idle_connection(
+    server_class: type[GracefulHTTPServer],
+) -> None:
+    hooks = Recorder()
+    target: Any = hello_app if server_class is QuickReapWSGI else Hello
+    for server in serving(server_class(("127.0.0.1", 0), target), hooks):
+        with Connection(address(server), timeout=TIMEOUT) as conn:
+            for _ in range(2):
+                conn.request("GET", "/")
+                assert conn.read_reply().status == 200
+            hooks.wait(turns=1, requests=2)
+            assert conn.ending() == EOF  # the idle timeout, with the hooks installed
+        assert hooks.requests == 2
+
+
+def test_a_tcp_server_counts_each_connection_as_one_request() -> None:
+    hooks = Recorder()
+    for server in serving(GracefulTCPServer(("127.0.0.1", 0), Echo), hooks):
+        for line in (b"one\n", b"two\n"):
+            with socket.create_connection(address(server), timeout=TIMEOUT) as sock:
+                sock.sendall(line)
+                assert sock.recv(16) == line
+        hooks.wait(requests=2)
+
+
+def test_wsgi_multiprocess_is_false_for_a_library_server() -> None:
+    for server in serving(GracefulWSGIServer(("127.0.0.1", 0), hello_app), Recorder()):
+        with Connection(address(server), timeout=TIMEOUT) as conn:
+            conn.request("GET", "/", close=True)
+            assert conn.read_reply().body == b"False"
+
+
+def test_hooks_cannot_be_installed_once_the_server_serves() -> None:
+    hooks = Recorder()
+    for server in serving(GracefulTCPServer(("127.0.0.1", 0), Echo), hooks):
+        hooks.wait(turns=1)
+        with pytest.raises(RuntimeError, match="before serve_forever"):
+            server.install_hooks(ServerHooks())
+
+
+def test_one_process_with_max_requests_still_runs_graceserve_s_request_cycle() -> None:
+    """``--max-requests`` counts through the hooks: the handler path stays graceserve's
+    (an empty line before a request is skipped, the access log is written)."""
+    one = next(mode for mode in MODES if not mode.supervised)
+    args = ["--max-requests", "1000", "--access-log", "-"]
+    with serve("handler", one, args=args) as served, served.connect() as conn:
+        conn.send(b"\r\n" + request_bytes("GET", "/counted", close=True))
+        assert conn.read_reply().status == 200
+        served.wait_line(r'"GET /counted HTTP/1.1" 200 ')
