@@ -20,7 +20,6 @@ from testsupport.matrix import (
     ACCESS_LOG_EMPTY,
     JSON_EVENTS_LOST,
     WORKERS_REFUSE_HTTP_OPTIONS,
-    WSGI_ERRORS_LOOSE,
     Lab,
     rows,
 )
@@ -87,7 +86,7 @@ def json_logs(lab: Lab) -> JsonLogs:
     return outcome
 
 
-@rows(WSGI_ERRORS_LOOSE)
+@rows()
 def test_log_format_json_makes_every_stderr_line_one_json_object(lab: Lab) -> None:
     outcome = json_logs(lab)
     assert outcome.loose == [], outcome.loose[:20]
@@ -109,7 +108,7 @@ def test_log_format_json_lines_carry_their_documented_events(lab: Lab) -> None:
     assert objects[-1].get("exit_code") == 0, objects[-1]
 
 
-@rows(WSGI_ERRORS_LOOSE)
+@rows()
 def test_log_format_json_wraps_what_the_app_logs(lab: Lab) -> None:
     """A handler's ``log_message``/``log_error``; a WSGI app's exception log on
     ``wsgi.errors``, traceback included, inside one object."""

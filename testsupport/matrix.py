@@ -259,10 +259,6 @@ def lab_fixture_body(request: pytest.FixtureRequest, tls: TlsFiles | None) -> It
 # -- what main breaks today (issue 19), each named once -----------------------------------
 
 
-def _handler(combo: Combo) -> bool:
-    return combo.handler
-
-
 def _supervised_handler(combo: Combo) -> bool:
     return combo.handler and combo.supervised
 
@@ -309,32 +305,4 @@ CRLF_REFUSED = Finding(
     "(one process and the WSGI path skip it, as RFC 9112 2.2 asks) "
     f"({IN_A_WORKER})",
     _supervised_handler,
-)
-LONG_REQUEST_LINE = Finding(
-    "the handler path takes request lines up to 65,536 bytes "
-    "(the WSGI path: 8,190, as --limit-request-line documents, then 414)",
-    _handler,
-)
-LONG_FIELD_LINE = Finding(
-    "the handler path takes header field lines up to 65,536 bytes "
-    "(the WSGI path: 8,190, as --limit-request-field-size documents, then 431)",
-    _handler,
-)
-REASON_PHRASE = Finding(
-    "the handler path puts its error message in the reason phrase "
-    "('431 more than 100 header fields'; the WSGI path: '431 Request Header Fields Too Large')",
-    _handler,
-)
-BODY_LIMIT_IGNORED = Finding(
-    "--max-body-size is ignored for a handler target (200, not 413)", _handler
-)
-TRUNCATED_BODY = Finding(
-    "the handler path hands a body cut short by the idle timeout to the handler as if it were "
-    "complete (200 for 3 of 10 bytes; the WSGI path closes without an answer)",
-    lambda combo: combo.handler and not combo.supervised,  # supervised: the reaper is off
-)
-WSGI_ERRORS_LOOSE = Finding(
-    "--log-format json leaves a WSGI app's wsgi.errors output (a Flask-style exception log) "
-    "as loose text lines",
-    lambda combo: combo.wsgi,
 )
