@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .server import Connection
+from .server import OPEN, Connection
 
 if TYPE_CHECKING:
     from .drain import DrainController
@@ -58,6 +59,7 @@ class HTTPConnection(Connection):
     """
 
     __slots__ = (
+        "_cuts",
         "body_received",
         "body_serial",
         "body_waited",
@@ -94,6 +96,13 @@ class HTTPConnection(Connection):
         self.request = request
         self.address = address
         self._registry = registry
+        self._cuts: Mapping[socket.socket, int] = {} if registry is None else registry.cuts
+
+    @property
+    def cut(self) -> int:
+        """OPEN, CLOSING or FORCED, as the registry recorded it (read with its lock held
+        for a stable answer)."""
+        return self._cuts.get(self.request, OPEN)
 
     # -- the transitions (the connection's own thread) ------------------------------------
 
@@ -101,7 +110,7 @@ class HTTPConnection(Connection):
         """Waiting for the next request (the reaper may close us); what was done to us."""
         self.since = now
         self.state = IDLE
-        return self.cut
+        return self._cuts.get(self.request, OPEN)
 
     def to_head(self, lock: Any, now: float) -> int:
         """A request line arrived: reading its head; what was done to us meanwhile.
@@ -110,7 +119,7 @@ class HTTPConnection(Connection):
         close an idle connection.  Learns the gap since the last response.
         """
         with lock:
-            cut = self.cut
+            cut = self._cuts.get(self.request, OPEN)
             gap = now - self.since
             self.since = now
             self.state = HEAD
@@ -127,7 +136,7 @@ class HTTPConnection(Connection):
     def to_busy(self) -> int:
         """Serving: neither idle nor reading (never timed); what was done to us."""
         self.state = BUSY
-        return self.cut
+        return self._cuts.get(self.request, OPEN)
 
     def new_body(self) -> None:
         """A request body begins: its clock starts at zero (the serial goes last: the

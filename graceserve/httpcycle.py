@@ -27,7 +27,9 @@ one cycle, in the order a request lives it:
 A dispatcher (``Dispatcher``) fills in the steps that differ: how the head
 is parsed and refused (a stdlib handler's ``parse_request`` and
 ``send_error``, which a user may override), how the application is called,
-what the access record says.  ``serve_one`` is the only request loop body.
+what the access record says.  ``serve_one`` is the only request loop body;
+a ``BaseHTTPRequestHandler`` is a dispatcher by its own names
+(``raw_requestline``, ``parse_request``, ``close_connection``).
 
 Threading contract: a ``RequestCycle`` is used by its connection's thread
 only; the connection's state changes go through ``HTTPConnection``.
@@ -58,20 +60,25 @@ _now = time.monotonic
 
 
 class Dispatcher(Protocol):
-    """What a request cycle asks of the code that serves the request."""
+    """What a request cycle asks of the code that serves the request (the stdlib's names,
+    so that a ``BaseHTTPRequestHandler`` is one as it stands)."""
 
-    def parse_head(self, raw: bytes) -> bool:
-        """Read the head after request line ``raw`` (``RequestCycle.read_head``) and open
+    raw_requestline: bytes
+    """The request line, set by the cycle before ``parse_request``."""
+    close_connection: bool
+    """True once the response ended the connection's keep-alive."""
+
+    def parse_request(self) -> bool:
+        """Read the head after ``raw_requestline`` (``RequestCycle.read_head``) and open
         its body; True to dispatch it.  False: refused (answered) or dropped."""
 
     def dispatch(self) -> None:
         """Call the application and send its response."""
 
-    def keep_alive(self) -> bool:
-        """Whether the response let the connection carry another request."""
-
     def request_finished(self) -> None:
-        """The request was answered: write its access record (``RequestCycle.log_access``)."""
+        """The request was answered: put its body reader away, write its access record
+        (``RequestCycle.log_access``).  Called only when there is a body, an access log or
+        a long head to give back."""
 
 
 class RequestCycle:
@@ -113,10 +120,14 @@ class RequestCycle:
         raw = self.request_line()
         if raw is None:
             return False
+        dispatcher.raw_requestline = raw
         try:
-            if dispatcher.parse_head(raw):
-                if not self.dispatching():
-                    return False  # the head was cut by force half-way: never act on it
+            if dispatcher.parse_request():
+                cut = self.conn.to_busy()
+                if cut:
+                    if cut == FORCED:
+                        return False  # the head was cut by force half-way: never act on it
+                    self.closing = True  # a close (the linger ran out): answered, with close
                 dispatcher.dispatch()
             else:
                 self.conn.to_busy()
@@ -124,11 +135,16 @@ class RequestCycle:
             log.debug("%s: %s; closed without an answer", self.conn.address, exc)
             self.closing = True
             return False
-        keep = self.end_body(dispatcher.keep_alive() and not self.closing)
-        dispatcher.request_finished()
+        keep = not (dispatcher.close_connection or self.closing)
         meter = self.meter
-        if meter is not None and meter.charged:  # a long head: give its memory back
-            meter.release()
+        long_head = meter is not None and meter.charged
+        if self.body is not None:
+            keep = self.end_body(keep)
+            dispatcher.request_finished()
+        elif long_head or self.server.access_logger is not None:
+            dispatcher.request_finished()
+        if long_head:  # give its memory back
+            meter.release()  # type: ignore[union-attr]
         # The request is done (answered, recorded): the one place, for both dispatchers.
         return keep
 
@@ -163,13 +179,10 @@ class RequestCycle:
             self.closing = True
         return raw
 
-    def parse_line(self, raw: bytes) -> RequestLine:
-        """The request line; raises ``RequestError`` (414, 400, 505) or IncompleteHeadError."""
-        return httpparse.parse_request_line(raw, self.limits)
-
     def read_head(self, line: RequestLine) -> tuple[list[tuple[str, str]], Framing]:
-        """The field lines after ``line`` and the body's framing, under the limits and the
-        head budget; raises ``RequestError`` or IncompleteHeadError (never dispatch)."""
+        """The field lines after request line ``line`` (``httpparse.parse_request_line``
+        under ``limits``) and the body's framing, under the limits and the head budget;
+        raises ``RequestError`` or IncompleteHeadError (never dispatch)."""
         fields = httpparse.read_fields(self.rfile.readline, self.limits, on_line=self.on_line)
         return fields, httpparse.framing(line, fields, self.limits)
 
@@ -185,16 +198,6 @@ class RequestCycle:
         body = Body(source, framing, self.limits, before)  # type: ignore[arg-type]
         self.body = body
         return body
-
-    def dispatching(self) -> bool:
-        """The head is in: busy.  False if the drain cut it by force meanwhile; a close
-        (the linger ran out) is answered, with ``Connection: close``."""
-        cut = self.conn.to_busy()
-        if cut == FORCED:
-            return False
-        if cut:
-            self.closing = True
-        return True
 
     def ending(self) -> bool:
         """Whether the response being sent must end the connection (``Connection: close``):

@@ -51,6 +51,7 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
     _graceserve_interim = False
     _graceserve_keep_alive = False  # HTTP/1.0 keep-alive was asked for and granted
     _graceserve_cycle: RequestCycle
+    raw_requestline: bytes  # the stdlib's, set by the cycle before ``parse_request``
 
     def setup(self) -> None:
         """Set up the streams and this connection's request cycle."""
@@ -79,12 +80,6 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
 
     # -- the cycle's dispatcher -----------------------------------------------------------
 
-    def parse_head(self, raw: bytes) -> bool:
-        """Parse the request (``parse_request``, which a handler may override)."""
-        self._graceserve_forwarded = None
-        self.raw_requestline = raw
-        return self.parse_request()
-
     def dispatch(self) -> None:
         """Call ``do_<METHOD>``; 501 without one."""
         method = getattr(self, "do_" + self.command, None)
@@ -93,10 +88,6 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
         else:
             method()
             self.wfile.flush()
-
-    def keep_alive(self) -> bool:
-        """Whether the response left the connection open (``close_connection``)."""
-        return not self.close_connection
 
     def request_finished(self) -> None:
         """Put ``rfile`` back, write the access record, drop a long head's fields."""
@@ -123,11 +114,12 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
         self.request_version = self.default_request_version
         self.close_connection = True
         self._graceserve_keep_alive = False
+        self._graceserve_forwarded = None
         raw = self.raw_requestline
         self.requestline = str(raw, "iso-8859-1").rstrip("\r\n")
         cycle = self._graceserve_cycle
         try:
-            line = cycle.parse_line(raw)
+            line = httpparse.parse_request_line(raw, cycle.limits)
             if line.version == "HTTP/0.9":
                 return self._versionless(line)
             self.command, self.path, self.request_version = line.method, line.target, line.version

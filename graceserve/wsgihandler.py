@@ -30,7 +30,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import unquote_to_bytes
 
-from . import proxy
+from . import httpparse, proxy
 from .accesslog import bare_record
 from .httpcycle import RequestCycle
 from .httpparse import Framing, IncompleteHeadError, RequestError, RequestLine
@@ -135,7 +135,8 @@ class WSGIConnection:
         self.proxied = server.trust.trusts(self.peer)  # believe its X-Forwarded-* fields
         self.connection_environ = environ
         self._request: tuple[RequestLine, list[tuple[str, str]], Framing] | None = None
-        self._keep = False
+        self.raw_requestline = b""
+        self.close_connection = True
         self._record: AccessRecordArgs | None = None
 
     @property
@@ -160,14 +161,15 @@ class WSGIConnection:
 
     # -- the cycle's dispatcher ---------------------------------------------
 
-    def parse_head(self, raw: bytes) -> bool:
-        """Parse the head after ``raw``; answer a bad one (and close).  True to dispatch."""
+    def parse_request(self) -> bool:
+        """Parse the head after ``raw_requestline``; answer a bad one (and close).  True to
+        dispatch."""
         cycle = self.cycle
         self._request = None
-        self._keep = False
+        self.close_connection = True
         self._record = None
         try:
-            request_line = cycle.parse_line(raw)
+            request_line = httpparse.parse_request_line(self.raw_requestline, cycle.limits)
             if request_line.version == "HTTP/0.9":  # no header block follows: answer now
                 cycle.conn.to_busy()
                 self.send_error(505, "HTTP/0.9 is not supported", version="HTTP/1.0")
@@ -187,14 +189,10 @@ class WSGIConnection:
     def dispatch(self) -> None:
         """Call the application and send its response."""
         assert self._request is not None
-        self._keep = self.handle_request(*self._request)
-
-    def keep_alive(self) -> bool:
-        """Whether the response let the connection carry another request."""
-        return self._keep
+        self.close_connection = not self.handle_request(*self._request)
 
     def request_finished(self) -> None:
-        """The access record (or, without an access log, the debug line)."""
+        """Write the access record of the answered request (when the access log is on)."""
         record = self._record
         if record is not None:
             self.cycle.log_access(*record)
