@@ -143,8 +143,8 @@ class RequestCycle:
             dispatcher.request_finished()
         elif long_head or self.server.access_logger is not None:
             dispatcher.request_finished()
-        if long_head:  # give its memory back
-            meter.release()  # type: ignore[union-attr]
+        if long_head and meter is not None:  # give its memory back
+            meter.release()
         # The request is done (answered, recorded): the one place, for both dispatchers.
         return keep
 
@@ -154,8 +154,9 @@ class RequestCycle:
         """Wait (idle) for the next request line; None to end the connection quietly.
 
         None when the drain closed the connection meanwhile, at EOF, or at EOF
-        inside the line.  A line over the limit is returned (``read_head``
-        answers it 414).  A handler's own ``timeout`` raises TimeoutError.
+        inside the line.  A line over the limit is returned (the dispatcher's
+        ``httpparse.parse_request_line`` answers it 414).  A handler's own
+        ``timeout`` raises TimeoutError.
         """
         conn = self.conn
         if conn.to_idle(_now()):

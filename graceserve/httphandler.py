@@ -27,6 +27,7 @@ from . import httpparse
 from .httpaccess import CountingWriter, ProxyAndAccessLog
 from .httpconn import BODY, BUSY, HEAD, IDLE, HTTPConnection
 from .httpcycle import RequestCycle
+from .server import FORCED
 
 if TYPE_CHECKING:
     from .httpserver import GracefulHTTPServer
@@ -128,6 +129,8 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
             fields, framing = cycle.read_head(line)
             self.headers = httpparse.to_message(fields)
         except httpparse.RequestError as exc:
+            if cycle.conn.to_busy() == FORCED:
+                return False  # the drain cut it by force: never answered (as WSGI)
             if self.request_version == "HTTP/0.9":
                 self.request_version = "HTTP/1.0"
             self.send_error(exc.status, None, exc.message)
