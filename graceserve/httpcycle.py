@@ -51,12 +51,40 @@ from .server import FORCED
 from .tls import raw_socket
 
 if TYPE_CHECKING:
-    from .httpserver import GracefulHTTPServer
+    import socket
 
-__all__ = ["Dispatcher", "RequestCycle"]
+    from .accesslog import AccessLog
+    from .drain import DrainController
+    from .server import Connection
+
+__all__ = ["CycleServer", "Dispatcher", "RequestCycle"]
 
 log = logging.getLogger("graceserve")
 _now = time.monotonic
+
+
+class CycleServer(Protocol):
+    """What a request cycle reads of its server (``GracefulHTTPServer`` has it all)."""
+
+    @property
+    def registry(self) -> DrainController[socket.socket, Connection]:
+        """The connections, their cuts and the lock."""
+
+    @property
+    def limits(self) -> httpparse.Limits:
+        """The head and body limits."""
+
+    @property
+    def discard_limit(self) -> int:
+        """Unread body bytes discarded to keep a connection."""
+
+    @property
+    def access_logger(self) -> AccessLog | None:
+        """The access log, if on."""
+
+    @property
+    def listener_closed(self) -> bool:
+        """True once the drain closed the listener."""
 
 
 class Dispatcher(Protocol):
@@ -97,7 +125,7 @@ class RequestCycle:
         "started",
     )
 
-    def __init__(self, server: GracefulHTTPServer, request: Any, client_address: Any, rfile: Any):
+    def __init__(self, server: CycleServer, request: Any, client_address: Any, rfile: Any):
         self.server = server
         self.rfile: BinaryIO = rfile
         registry = server.registry
