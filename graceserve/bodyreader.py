@@ -1,17 +1,18 @@
-"""The request body as a drain-aware handler reads it: bounded, and timed for the reaper.
+"""Where a request body is read from: the connection's file, timed for the reaper.
 
-Why this module exists: two holes share one cause.  A handler that leaves a
-body unread lets its bytes be parsed as the next request (request smuggling),
-and a client that stops sending half-way through a body holds the handler's
-thread for ever, because nothing times a blocked body read.  So a request
-with a body gets ``rfile`` replaced by a ``RequestBody``: reads stop at the
-body's end, each blocking read marks the connection as reading a body
-(``HTTPConnection.state`` BODY, ``since`` moved on every chunk, so progress
-resets the reaper's timer) and adds the seconds it waited and the bytes it
-got to the body's clock (``body_waited``, ``body_received``: the reaper's
-minimum rate, ``graceserve.slowclients``), and after the response the rest of
-the body is discarded (bounded) or the connection is closed.  A request
-without a body never gets one: the per-request path stays the stdlib's.
+Why this module exists: a client that stops sending half-way through a body
+holds the application's thread for ever unless something times a blocked
+body read.  So the one body reader (``httpbody.Body``, which frames the body:
+Content-Length or chunked) reads from a ``TimedSource``: each read marks the
+connection as reading a body (``HTTPConnection.to_body``, so progress moves
+the reaper's clock) and adds the seconds it waited and the bytes it got to
+the body's clock (``body_waited``, ``body_received``: the reaper's minimum
+rate, ``graceserve.slowclients``).  A stalled body is then cut by the idle
+timeout (and at the drain, after the linger) and the reader meets EOF.  A
+request without a body never gets one: the per-request path stays lean.
+
+It frames nothing itself: a stdlib handler given a chunked body reads this
+source directly and de-chunks it itself (the connection is then not reused).
 
 Not thread-safe: used by the connection's own thread only (the reaper only
 reads the connection's ``state`` and ``since``).
@@ -23,87 +24,50 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from .httpparse import IncompleteBodyError
+from .httpconn import HTTPConnection
 
-__all__ = ["DISCARD_LIMIT", "RequestBody"]
+__all__ = ["DISCARD_LIMIT", "TimedSource"]
 
 DISCARD_LIMIT = 64 * 1024  # bytes of unread body discarded after a response; beyond: close
-_BUSY, _BODY = 0, 3  # HTTPConnection.state values (see httphandler)
 _CHUNK = 65536
 _now = time.monotonic
 
 
-class RequestBody:
-    """``rfile`` bounded to ``length`` bytes of body (None: passed through to EOF, unbounded).
+class TimedSource:
+    """``rfile`` whose every read is timed on ``conn`` as a body read (unbounded).
 
-    A Content-Length body ends at its length: reading on returns ``b""``, and
-    EOF before the end raises ``IncompleteBodyError`` (a ConnectionError).
-    An unbounded one (chunked, which a stdlib handler de-chunks itself) reads
-    like the raw stream.  Attributes not defined here (``fileno``, ``peek``,
-    ``closed``, ...) are the raw stream's.
+    Attributes not defined here (``fileno``, ``peek``, ``closed``, ...) are
+    the raw stream's.
     """
 
-    __slots__ = ("_conn", "_remaining", "rfile")
+    __slots__ = ("_conn", "rfile")
 
-    def __init__(self, rfile: Any, conn: Any, length: int | None) -> None:
+    def __init__(self, rfile: Any, conn: HTTPConnection) -> None:
         self.rfile = rfile
         self._conn = conn
-        self._remaining = length
-        conn.body_waited = 0.0  # a new body's clock: the serial goes last, the reaper keys on it
-        conn.body_received = 0
-        conn.body_serial += 1
-
-    @property
-    def left_over(self) -> int:
-        """Bytes of the body not read yet (a huge number when unbounded)."""
-        return 1 << 62 if self._remaining is None else self._remaining
-
-    @property
-    def complete(self) -> bool:
-        """Whether the whole body has been read."""
-        return self._remaining == 0
-
-    def _wanted(self, size: int | None) -> int:
-        remaining = self._remaining
-        if size is None or size < 0:
-            return (1 << 62) if remaining is None else remaining
-        return size if remaining is None else min(size, remaining)
-
-    def _took(self, data: bytes, wanted: int) -> bytes:
-        if self._remaining is not None:
-            if not data and wanted:
-                raise IncompleteBodyError(f"EOF with {self._remaining} bytes of the body unsent")
-            self._remaining -= len(data)
-        return data
+        conn.new_body()
 
     def read1(self, size: int | None = -1) -> bytes:
-        """At most ``size`` bytes, with at most one read from the socket."""
-        wanted = self._wanted(size)
-        if not wanted:
-            return b""
+        """At most ``size`` bytes (a chunk for None or a negative size), one socket read at most."""
+        if size is None or size < 0 or size > _CHUNK:
+            size = _CHUNK
         conn = self._conn
-        conn.since = began = _now()
-        conn.state = _BODY
+        began = _now()
+        conn.to_body(began)
+        data: bytes = b""
         try:
             read1 = getattr(self.rfile, "read1", None)
-            data = read1(min(wanted, _CHUNK)) if read1 else self.rfile.read(min(wanted, _CHUNK))
+            data = read1(size) if read1 else self.rfile.read(size)
         finally:
-            conn.state = _BUSY  # before the clock moves: the reaper never counts a wait twice
-            conn.body_waited += _now() - began
-        conn.body_received += len(data)
-        return self._took(data, wanted)
+            conn.body_read(began, len(data))
+        return data
 
     def read(self, size: int | None = -1) -> bytes:
-        """Up to ``size`` bytes (the rest of the body for None or a negative size)."""
-        wanted = self._wanted(size)
+        """Up to ``size`` bytes, fewer only at EOF (to EOF for None or a negative size)."""
         chunks: list[bytes] = []
+        wanted = (1 << 62) if size is None or size < 0 else size
         while wanted:
-            try:
-                chunk = self.read1(wanted)
-            except IncompleteBodyError:
-                if chunks:  # what arrived before the EOF is returned first
-                    break
-                raise
+            chunk = self.read1(min(wanted, _CHUNK))
             if not chunk:
                 break
             chunks.append(chunk)
@@ -118,20 +82,16 @@ class RequestBody:
         return len(data)
 
     def readline(self, size: int | None = -1) -> bytes:
-        """One line (through LF), at most ``size`` bytes, never past the body's end."""
-        wanted = self._wanted(size)
-        if not wanted:
-            return b""
+        """One line (through LF), at most ``size`` bytes."""
         conn = self._conn
-        conn.since = began = _now()
-        conn.state = _BODY
+        began = _now()
+        conn.to_body(began)
+        data: bytes = b""
         try:
-            data = self.rfile.readline(wanted if wanted < (1 << 62) else -1)
+            data = self.rfile.readline(-1 if size is None else size)
         finally:
-            conn.state = _BUSY
-            conn.body_waited += _now() - began
-        conn.body_received += len(data)
-        return self._took(data, wanted)
+            conn.body_read(began, len(data))
+        return data
 
     def readlines(self, hint: int | None = -1) -> list[bytes]:
         """The remaining lines (stopping once ``hint`` bytes have been read)."""
@@ -147,21 +107,6 @@ class RequestBody:
     def __iter__(self) -> Iterator[bytes]:
         while line := self.readline():
             yield line
-
-    def discard(self, limit: int) -> bool:
-        """Read and drop the rest of the body, up to ``limit`` bytes; True if it ended.
-
-        False when more than ``limit`` is left, the body is unbounded, or the
-        client went away: then the connection must not carry another request.
-        """
-        if self._remaining is None or self._remaining > limit:
-            return False
-        try:
-            while self._remaining:
-                self.read1(self._remaining)
-        except (OSError, ValueError):
-            return False
-        return True
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.rfile, name)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -159,6 +159,13 @@ class DrainController(Generic[K, V]):
     def cut_state(self, key: K) -> int:
         """OPEN, CLOSING or FORCED: what was done to ``key``.  Call with the lock held."""
         return self._cut.get(key, OPEN)
+
+    @property
+    def cuts(self) -> Mapping[K, int]:
+        """The cuts recorded, by key (read-only; a live view).  ``cuts.get(key, OPEN)`` is
+        ``cut_state(key)`` for a caller on a per-request path (one call less); read it with
+        the lock held for a stable answer."""
+        return self._cut
 
     # -- the drain ----------------------------------------------------------
 

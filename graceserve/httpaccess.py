@@ -4,8 +4,8 @@ Why this module exists: a handler target gets the same access line as a WSGI
 app and the same view of a trusted proxy (``forwarded_client``,
 ``forwarded_proto``, ``forwarded_host``; ``client_address`` stays the
 socket's), without growing the request loop.  ``DrainAwareRequestHandler``
-records the status (``send_response_only``), the start of the request and
-the end of the head; this mixin turns them into an ``AccessRecord``.
+records the status (``send_response_only``) and the end of the head; this
+mixin hands them to the request cycle's access record.
 
 Threading contract: a handler instance is used by its connection's thread only.
 """
@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import http.server
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 from . import proxy
-from .accesslog import AccessRecord
 from .logformat import json_lines
 
 if TYPE_CHECKING:
+    from .httpcycle import RequestCycle
     from .httpserver import GracefulHTTPServer
 
 __all__ = ["CountingWriter", "ProxyAndAccessLog"]
 
-_now = time.monotonic
 log = logging.getLogger("graceserve")
 
 
@@ -54,8 +52,8 @@ class ProxyAndAccessLog:
         client_address: Any
         wfile: Any
         request_version: str
+        _graceserve_cycle: RequestCycle
     _graceserve_status: int | None = None  # the status sent, for the access log
-    _graceserve_started = 0.0  # when the request line arrived
     _graceserve_head_bytes = 0  # bytes written up to the end of the head (access log)
     _graceserve_forwarded: proxy.Forwarded | None = None
 
@@ -104,26 +102,18 @@ class ProxyAndAccessLog:
 
     def _log_access(self) -> None:
         status, self._graceserve_status = self._graceserve_status, None
-        logger = self.server.access_logger
-        if logger is None or status is None:
+        if status is None:
             return
-        target = getattr(self, "path", None) or "-"
-        path, _, query = target.partition("?")
         headers = getattr(self, "headers", None)
         wfile = self.wfile
         sent = wfile.count - self._graceserve_head_bytes if isinstance(wfile, CountingWriter) else 0
-        logger.write(
-            AccessRecord(
-                time=time.time(),
-                client=self.forwarded_client,
-                method=getattr(self, "command", None) or "-",
-                path=path,
-                query=query,
-                protocol=self.request_version,
-                status=status,
-                bytes=max(sent, 0),
-                duration=_now() - self._graceserve_started,
-                user_agent=(headers.get("User-Agent") if headers is not None else None) or "",
-                referer=(headers.get("Referer") if headers is not None else None) or "",
-            )
+        self._graceserve_cycle.log_access(
+            client=self.forwarded_client,
+            method=getattr(self, "command", None) or "-",
+            target=getattr(self, "path", None) or "-",
+            version=self.request_version,
+            status=status,
+            sent=max(sent, 0),
+            user_agent=(headers.get("User-Agent") if headers is not None else None) or "",
+            referer=(headers.get("Referer") if headers is not None else None) or "",
         )

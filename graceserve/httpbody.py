@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable, Iterator
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from graceserve.httpparse import (
     TCHAR,
@@ -197,6 +197,23 @@ class Body:
                 return
             yield line
 
+    def read1(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes (at most one step of ``_READ_STEP`` for None or negative)."""
+        return self.read(_READ_STEP if size is None or size < 0 else min(size, _READ_STEP))
+
+    def readinto(self, buffer: Any) -> int:
+        """Read into ``buffer``; the number of bytes read (0 at the body's end)."""
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def __getattr__(self, name: str) -> Any:
+        # What a stdlib handler may ask of ``rfile`` beyond reading (``fileno``, ``closed``).
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._rfile, name)
+
     @property
     def error(self) -> Exception | None:
         """What made reading fail (a RequestError for a malformed or oversized
@@ -209,6 +226,20 @@ class Body:
         if self._error is not None:
             return False
         return self._done if self._chunked else self._left <= 0
+
+    def ends_connection(self, limit: int) -> bool:
+        """Whether what is left of the body will end the connection (the unread-body rule).
+
+        Decided before the response head goes out, so it can say ``close``:
+        True for a body that failed, one the client was never told to send
+        (``Expect: 100-continue``), or one that may be more than ``limit``
+        (chunked, or a longer ``Content-Length``), when not read to its end.
+        """
+        if self.complete:
+            return False
+        if self._error is not None or (self._hook is not None and self._expect):
+            return True
+        return self._chunked or self._left > limit
 
     def discard(self, limit: int) -> bool:
         """Read and drop what is left, up to ``limit`` bytes; True if the end was reached.

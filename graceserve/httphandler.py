@@ -1,152 +1,48 @@
-"""The drain-aware request loop slotted under a user's ``BaseHTTPRequestHandler``.
+"""The stdlib dispatcher of the request cycle, slotted under a user's ``BaseHTTPRequestHandler``.
 
-Why this module exists: a polite HTTP drain needs to know, for each
-connection, whether it is idle between requests, half-way through a request
-head or body, or running a handler; and it must never dispatch a request the
-drain cut short.  The stdlib's request loop knows none of that and reads heads
-through ``email.parser``, which is slow and lenient where leniency is a
-request-smuggling hole.  So the handler owns the head reader (strict, via
-``graceserve.httpparse``) and records its state on its ``HTTPConnection``,
-where the server's reaper (``GracefulHTTPServer``) reads it.
+Why this module exists: a user's handler must stay a plain
+``BaseHTTPRequestHandler`` subclass (its ``do_GET``, ``parse_request``,
+``send_error``, ``end_headers`` overrides win), yet get graceserve's request
+cycle (``graceserve.httpcycle``: the drain-aware states, the strict head
+reader, the limits, the one body reader, the linger's ``Connection: close``,
+the unread-body rule, the access record).  So ``handle_one_request`` is one
+turn of the cycle, and this class is its dispatcher: ``parse_request`` reads
+the head through the cycle, ``do_<METHOD>`` answers, ``end_headers`` says
+``Connection: close`` when the cycle says the connection ends.
 
 The per-request price, on a keep-alive request without a body: one
 uncontended lock round-trip (idle -> reading the head, atomic with the
 reaper's decision to close an idle connection), two clock reads, plain
 attribute writes for the other transitions, and no extra system call: the
-handler blocks in ``rfile.readline`` exactly like the stdlib.  A request with
-a body gets a bounded body reader (``RequestBody``) that times the body for
-the reaper and discards what the handler left unread.
+handler blocks in ``rfile.readline`` exactly like the stdlib.
 """
 
 from __future__ import annotations
 
 import functools
 import http.server
-import socket
-import time
 from typing import TYPE_CHECKING, Any
 
 from . import httpparse
-from .bodyreader import DISCARD_LIMIT, RequestBody
 from .httpaccess import CountingWriter, ProxyAndAccessLog
-from .server import FORCED, Connection
-from .tls import raw_socket
+from .httpconn import BODY, BUSY, HEAD, IDLE, HTTPConnection
+from .httpcycle import RequestCycle
+from .server import FORCED
 
 if TYPE_CHECKING:
-    from .headbudget import HeadMeter
     from .httpserver import GracefulHTTPServer
 
 __all__ = ["BODY", "BUSY", "HEAD", "IDLE", "DrainAwareRequestHandler", "HTTPConnection"]
 
-# What a connection's handler thread is doing (HTTPConnection.state).
-BUSY = 0  # running the handler, or between steps: never timed by the reaper
-IDLE = 1  # waiting for the next request line (a keep-alive client's think time)
-HEAD = 2  # the request line arrived; reading the header block
-BODY = 3  # blocked reading the request body (``since`` moves with each chunk)
-
-RHYTHM_DECAY = 0.75  # per request: how fast a long gap is forgotten
-_now = time.monotonic
-
-
-class HTTPConnection(Connection):
-    """A live HTTP connection as the registry knows it.
-
-    Threading contract: ``state``, ``since`` and ``rhythm`` are written by the
-    connection's own thread, mostly without the registry lock (a write of one
-    attribute is atomic), and read by the reaper.  The one transition the
-    reaper must never miss, IDLE -> HEAD, is made under the registry lock
-    together with the read of ``cut``: so a connection the reaper closes while
-    idle either never reads its request, or knows it raced the close.  The
-    reaper re-checks ``(state, since)`` under the lock before it cuts, so a
-    connection that moved on meanwhile is left alone.
-
-    The request body's clock (``body_*``) is written by the body reader
-    (``graceserve.bodyreader``) in the connection's thread; ``head`` is set
-    by the server before the thread starts; ``watch_writes`` by the thread
-    once its TLS handshake is done; ``rate_mark`` and ``write_mark`` are the
-    reaper's own notes, written by the reaper only.
-    """
-
-    __slots__ = (
-        "body_received",
-        "body_serial",
-        "body_waited",
-        "head",
-        "rate_mark",
-        "rhythm",
-        "since",
-        "state",
-        "used",
-        "watch_writes",
-        "write_mark",
-    )
-
-    def __init__(self, request: socket.socket, address: Any, *args: Any) -> None:
-        # BUSY until its handler reaches the request loop: a handler that replaces the
-        # loop (its own handle()) never records a state, and is then never reaped.
-        self.state = BUSY
-        self.since = _now()  # when ``state`` was entered (BODY: last progress)
-        self.rhythm = 0.0  # recent gaps between a response and the next request (decaying max)
-        self.used = False  # a request arrived on it: idle from then on, it is kept alive
-        self.head: HeadMeter | None = None  # charges long heads to the server's head budget
-        self.body_serial = 0  # which request body the two counters below are about
-        self.body_waited = 0.0  # seconds spent blocked waiting for it (reads finished)
-        self.body_received = 0  # bytes of it read
-        self.rate_mark: tuple[int, float, int] | None = None  # (serial, waited, received)
-        self.watch_writes = False  # no kernel bound on its writes (TLS): the reaper watches
-        self.write_mark: tuple[int, int, float] | None = None  # (unsent, acked, since)
-        super().__init__(request, address, *args)  # its flags map onto ``state`` (below)
-
-    def note_gap(self, gap: float) -> None:
-        """Record the gap between a response and the next request (the rhythm the linger learns)."""
-        decayed = self.rhythm * RHYTHM_DECAY
-        self.rhythm = gap if gap > decayed else decayed
-        self.used = True
-
-    # The generic Connection's flags, for code written against them (reads and
-    # writes map onto ``state``; same atomicity: one attribute per write).
-    @property
-    def idle(self) -> bool:
-        """Waiting for the next request."""
-        return self.state == IDLE
-
-    @idle.setter
-    def idle(self, value: bool) -> None:
-        if value:
-            self.state = IDLE
-        elif self.state == IDLE:
-            self.state = BUSY
-
-    @property
-    def reading(self) -> bool:
-        """Half-way through a request head or body."""
-        return self.state in (HEAD, BODY)
-
-    @reading.setter
-    def reading(self, value: bool) -> None:
-        if value:
-            self.state = HEAD
-        elif self.state in (HEAD, BODY):
-            self.state = BUSY
-
-    @property
-    def idle_since(self) -> float:
-        """When the current state began."""
-        return self.since
-
-    @idle_since.setter
-    def idle_since(self, value: float) -> None:
-        self.since = value
-
 
 class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHandler):
-    """The drain-aware request loop, slotted under a user's handler class.
+    """The request cycle's stdlib dispatcher, slotted under a user's handler class.
 
     Not meant to be subclassed directly (a user's plain handler gets it from
     ``GracefulHTTPServer``), though doing so is harmless.  Runs in the
     connection's own thread.  User overrides of ``parse_request``,
-    ``send_header``, ``end_headers`` etc. win, and their ``super()`` calls
-    reach these.
+    ``send_error``, ``send_header``, ``end_headers`` etc. win, and their
+    ``super()`` calls reach these.
     """
 
     server: GracefulHTTPServer
@@ -154,40 +50,28 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
     # unparsable request with a bare body.  A handler's own default wins (MRO).
     default_request_version = "HTTP/1.0"
     _graceserve_interim = False
-    _graceserve_closing = False  # this response ends the connection (a raced or cut request)
     _graceserve_keep_alive = False  # HTTP/1.0 keep-alive was asked for and granted
-    _graceserve_body: RequestBody | None = None
-    _graceserve_conn: HTTPConnection
-    _graceserve_lock: Any
-    _graceserve_limits: httpparse.Limits
-    _graceserve_meter: HeadMeter | None = None  # the head budget's meter for this connection
-    _graceserve_on_line: Any = None  # its HeadMeter.line
+    _graceserve_cycle: RequestCycle
+    raw_requestline: bytes  # the stdlib's, set by the cycle before ``parse_request``
 
     def setup(self) -> None:
-        """Set up the streams and find this connection's registry record."""
+        """Set up the streams and this connection's request cycle."""
         super().setup()
         server = self.server
-        conn = server.registry.get(raw_socket(self.request))
-        if not isinstance(conn, HTTPConnection):  # not registered: nobody will reap it
-            conn = HTTPConnection(self.request, self.client_address)
-        self._graceserve_conn = conn
-        self._graceserve_lock = server.registry.lock
-        self._graceserve_limits = server.request_limits
-        if conn.head is not None:
-            self._graceserve_meter = conn.head
-            self._graceserve_on_line = conn.head.line
         if server.access_logger is not None:
             self.wfile = CountingWriter(self.wfile)
+        self._graceserve_cycle = RequestCycle(server, self.request, self.client_address, self.rfile)
 
     def handle_one_request(self) -> None:
-        """Read, parse and dispatch one request; never dispatch one cut short.
+        """One turn of the request cycle: read, parse and dispatch one request.
 
         As the stdlib's, a read or write that times out (a handler's own
         ``timeout``) ends the connection with one log line; so does a response
         the client stopped reading for ``idle_timeout`` (the server's write bound).
         """
         try:
-            self._handle_one_request()
+            if not self._graceserve_cycle.serve_one(self):
+                self.close_connection = True
         except TimeoutError as exc:
             self.log_error("Request timed out: %r", exc)
             self.close_connection = True
@@ -195,96 +79,61 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
             self.log_error("Response write stalled: the client stopped reading; closing")
             self.close_connection = True
 
-    def _handle_one_request(self) -> None:
-        conn = self._graceserve_conn
-        conn.since = _now()
-        conn.state = IDLE
-        if conn.cut:
-            self.close_connection = True
-            return
-        limit = self._graceserve_limits.request_line + 3  # CRLF, and one byte to tell "too long"
-        raw = self.rfile.readline(limit)
-        if raw == b"\r\n" or raw == b"\n":  # RFC 9112 2.2: one empty line before a request is ok
-            raw = self.rfile.readline(limit)
-        now = _now()
-        with self._graceserve_lock:
-            cut = conn.cut
-            gap = now - conn.since
-            conn.state = HEAD
-            conn.since = now
-        conn.note_gap(gap)
-        self._graceserve_started = now
-        self._graceserve_forwarded = None
-        if cut == FORCED or not raw or (raw[-1:] != b"\n" and len(raw) < limit):
-            self.close_connection = True  # cut, EOF, or EOF in the request line: ignore
-            return
-        if cut:  # a request raced the close of an idle connection: answer it, with close
-            self._graceserve_closing = True
-        self.raw_requestline = raw
-        if not self.parse_request():
-            conn.state = BUSY
-            if self._graceserve_body is not None:
-                self._end_body()
-            if self.server.access_logger is not None:
-                self._log_access()
-            return
-        conn.state = BUSY
-        if conn.cut:
-            # Cut while the head arrived: a forced cut is not acted on; a close
-            # (the linger ran out) is answered, with Connection: close.
-            if conn.cut == FORCED:
-                self.close_connection = True
-                return
-            self._graceserve_closing = True
+    # -- the cycle's dispatcher -----------------------------------------------------------
+
+    def dispatch(self) -> None:
+        """Call ``do_<METHOD>``; 501 without one."""
         method = getattr(self, "do_" + self.command, None)
         if method is None:
-            self.send_error(501, f"Unsupported method ({self.command!r})")
+            self.send_error(501, None, f"Unsupported method ({self.command!r})")
         else:
             method()
             self.wfile.flush()
-        if self._graceserve_body is not None:
-            self._end_body()
+
+    def request_finished(self) -> None:
+        """Put ``rfile`` back, write the access record, drop a long head's fields."""
+        cycle = self._graceserve_cycle
+        self.rfile = cycle.rfile  # type: ignore[assignment]
         if self.server.access_logger is not None:
             self._log_access()
-        self.server.hooks.request_done()  # graceserve.serverhooks: --max-requests counts it
-        meter = self._graceserve_meter
-        if meter is not None and meter.charged:  # a long head: give its memory back
-            meter.release()
+        meter = cycle.meter
+        if meter is not None and meter.charged:  # a long head: its memory is given back
             self.headers = httpparse.to_message([])
 
     def parse_request(self) -> bool:
-        """Parse the request line and read the head, strictly (``graceserve.httpparse``).
+        """Parse the request line and read the head, strictly (``graceserve.httpcycle``).
 
         Sets what the stdlib's sets (``command``, ``path``, ``request_version``,
         ``requestline``, ``headers``, ``close_connection``) and answers
         ``Expect: 100-continue`` the same way.  On a malformed head it sends
-        the error (a real status line, ``Connection: close``) and returns
-        False; on a head cut short by EOF it sends nothing and returns False.
-        A request with a body gets ``rfile`` bounded to that body.
+        the error (a real status line with the standard reason phrase, the
+        detail in the body, ``Connection: close``) and returns False; on a
+        head cut short by EOF it sends nothing and returns False.  A request
+        with a body gets ``rfile`` bounded to that body.
         """
         self.command = None  # type: ignore[assignment]
         self.request_version = self.default_request_version
         self.close_connection = True
         self._graceserve_keep_alive = False
+        self._graceserve_forwarded = None
         raw = self.raw_requestline
         self.requestline = str(raw, "iso-8859-1").rstrip("\r\n")
-        limits = self._graceserve_limits
+        cycle = self._graceserve_cycle
         try:
-            line = httpparse.parse_request_line(raw, limits)
+            line = httpparse.parse_request_line(raw, cycle.limits)
             if line.version == "HTTP/0.9":
                 return self._versionless(line)
             self.command, self.path, self.request_version = line.method, line.target, line.version
             if self.path.startswith("//"):  # as the stdlib (gh-87389): no open redirects
                 self.path = "/" + self.path.lstrip("/")
-            fields = httpparse.read_fields(
-                self.rfile.readline, limits, on_line=self._graceserve_on_line
-            )
+            fields, framing = cycle.read_head(line)
             self.headers = httpparse.to_message(fields)
-            framing = httpparse.framing(line, fields, limits)
         except httpparse.RequestError as exc:
+            if cycle.conn.to_busy() == FORCED:
+                return False  # the drain cut it by force: never answered (as WSGI)
             if self.request_version == "HTTP/0.9":
                 self.request_version = "HTTP/1.0"
-            self.send_error(exc.status, exc.message)
+            self.send_error(exc.status, None, exc.message)
             return False
         except httpparse.IncompleteHeadError:
             return False  # EOF, or the drain's cut, inside the head: never dispatch it
@@ -292,7 +141,9 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
             self.close_connection = False
             self._graceserve_keep_alive = line.version == "HTTP/1.0"
         if framing.has_body:
-            self._start_body(framing)
+            # Handlers written for the stdlib de-chunk a chunked body themselves: they
+            # get its bytes as sent (timed), and the connection ends after it.
+            self.rfile = cycle.open_body(framing, raw=framing.chunked)
         expect = framing.expect_continue and self.protocol_version >= "HTTP/1.1"
         if expect and not self.handle_expect_100():
             self.close_connection = True  # the client may or may not send the body
@@ -312,47 +163,14 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
         if stdlib_default:
             self.request_version = "HTTP/1.0"
         if line.method != "GET":  # the stdlib's first answer, whatever the version
-            self.send_error(400, f"Bad HTTP/0.9 request type ({line.method!r})")
+            self.send_error(400, None, f"Bad HTTP/0.9 request type ({line.method!r})")
             return False
         if stdlib_default:
-            self.send_error(505, "HTTP/0.9 is not supported")
+            self.send_error(505, None, "HTTP/0.9 is not supported")
             return False
         self.command, self.path = line.method, line.target
         self.headers = httpparse.to_message([])
         return True
-
-    def _start_body(self, framing: httpparse.Framing) -> None:
-        """Bound ``rfile`` to the body; a chunked one is passed through, and ends the connection.
-
-        Handlers written for the stdlib de-chunk a chunked body themselves, so
-        they get its bytes as sent; since where it ends is then theirs to
-        know, the connection is not reused after it.
-        """
-        chunked = framing.chunked
-        body = RequestBody(
-            self.rfile, self._graceserve_conn, None if chunked else framing.content_length
-        )
-        self._graceserve_body = body
-        self.rfile = body  # type: ignore[assignment]
-        if chunked:
-            self._graceserve_closing = True
-
-    def _end_body(self) -> None:
-        """After the response: put ``rfile`` back, discard what is left of the body or close."""
-        body = self._graceserve_body
-        assert body is not None
-        self._graceserve_body = None
-        self.rfile = body.rfile
-        if not self.close_connection and not body.discard(DISCARD_LIMIT):
-            self.close_connection = True
-
-    @property
-    def _graceserve_ending(self) -> bool:
-        """Whether this response must end the connection (drain, a cut, an unread body)."""
-        if self._graceserve_closing or self.server.listener_closed:
-            return True
-        body = self._graceserve_body
-        return body is not None and body.left_over > DISCARD_LIMIT
 
     def send_response_only(self, code: int, message: str | None = None) -> None:
         """Start a response; an interim one (1xx, as for ``Expect``) is left alone."""
@@ -372,7 +190,7 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
         """
         if self._graceserve_interim:
             self._graceserve_interim = False
-        elif self._graceserve_ending:
+        elif self._graceserve_cycle.ending():
             self._say_connection("close")
             self.close_connection = True
         elif self._graceserve_keep_alive and not self.close_connection:

@@ -49,17 +49,11 @@ from typing import Any
 
 from . import httpparse, slowclients, tls
 from .accesslog import AccessLog, open_access_log
+from .bodyreader import DISCARD_LIMIT
 from .connection import format_address
 from .headbudget import DEFAULT_ALLOWANCE, DEFAULT_BUDGET, HeadBudget
-from .httphandler import (
-    BODY,
-    BUSY,
-    HEAD,
-    IDLE,
-    DrainAwareRequestHandler,
-    HTTPConnection,
-    make_drain_aware,
-)
+from .httpconn import BODY, BUSY, HEAD, IDLE, HTTPConnection
+from .httphandler import DrainAwareRequestHandler, make_drain_aware
 from .proxy import Trust, parse_allow_ips
 from .server import Connection, GracefulTCPServer
 from .settings import DEFAULTS
@@ -78,7 +72,8 @@ __all__ = [
 
 RHYTHM_FACTOR = 3.0  # a connection's linger: this many times its recent gaps (then bounded)
 
-# The stdlib's own head limits (http.client._MAXLINE, _MAXHEADERS): drop-in.
+# The stdlib's own head limits (http.client._MAXLINE, _MAXHEADERS), for a subclass
+# that wants them back (``request_limits = STDLIB_LIMITS``).
 STDLIB_LIMITS = httpparse.Limits(request_line=65536, fields=100, field_size=65536)
 
 
@@ -108,7 +103,13 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
                                 rhythm), and what an unfinished request is given
                                 to make progress; a runner sets it to a fraction
                                 of the grace
-    - request_limits            head size limits (the stdlib's by default)
+    - limit_request_line = 8190       bytes in the request line (414 beyond)
+    - limit_request_fields = 100      header fields (431 beyond)
+    - limit_request_field_size = 8190 bytes in one header field line (431 beyond)
+    - max_body_size = None            bytes of request body (413 beyond); None: no limit
+    - request_limits = None     an ``httpparse.Limits`` that replaces the four above
+    - discard_limit = 65536     unread body bytes discarded to keep a connection;
+                                more than that and the connection is closed
     - tcp_nodelay = True        no Nagle stall between header and body writes
 
     Production settings (``graceserve.settings.Settings`` fields of the same
@@ -131,7 +132,12 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
     head_allowance: int = DEFAULT_ALLOWANCE
     drain_linger = 0.2
     drain_linger_max = DEFAULTS.drain_linger_max
-    request_limits = STDLIB_LIMITS
+    limit_request_line = DEFAULTS.limit_request_line
+    limit_request_fields = DEFAULTS.limit_request_fields
+    limit_request_field_size = DEFAULTS.limit_request_field_size
+    max_body_size: int | None = DEFAULTS.max_body_size
+    request_limits: httpparse.Limits | None = None
+    discard_limit = DISCARD_LIMIT
     tcp_nodelay = True
     certfile: str | None = DEFAULTS.certfile
     keyfile: str | None = DEFAULTS.keyfile
@@ -153,15 +159,31 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
         self._heads: HeadBudget | None = None  # made at the first connection (settings first)
         self._reclaimed = 0  # idle keep-alive connections closed to make room at the cap
         self._reclaim_logged_at: float | None = None
+        self.limits = httpparse.Limits()
         super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
-        """Bind; on a Unix socket, without http.server's host:port bookkeeping."""
+        """Bind (on a Unix socket, without http.server's host:port bookkeeping); then
+        compute ``limits``."""
         if self.address_family != socket.AF_UNIX:
             super().server_bind()
-            return
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = "localhost", 0
+        else:
+            socketserver.TCPServer.server_bind(self)
+            self.server_name, self.server_port = "localhost", 0
+        self.setup_limits()
+
+    def setup_limits(self) -> None:
+        """(Re)compute ``limits`` from ``request_limits`` or the ``limit_*`` settings.
+
+        Called when the server binds and by ``setup_production``; call again
+        after changing them.
+        """
+        self.limits = self.request_limits or httpparse.Limits(
+            request_line=self.limit_request_line,
+            fields=self.limit_request_fields,
+            field_size=self.limit_request_field_size,
+            body=self.max_body_size,
+        )
 
     def get_request(self) -> tuple[socket.socket, Any]:
         """Accept a connection, with ``TCP_NODELAY`` and the write bound set."""
@@ -209,6 +231,7 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
         """
         if self._production_ready:
             return
+        self.setup_limits()
         if self.certfile is not None:
             self.ssl_context = tls.build_context(
                 self.certfile, self.keyfile, self.ca_certs, self.cert_reqs
@@ -234,8 +257,7 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
                 self.serve_connection(request, client_address)
                 return
             if isinstance(conn, HTTPConnection):  # the reaper times the handshake as a head
-                conn.since = time.monotonic()
-                conn.state = HEAD
+                conn.to_handshake(time.monotonic())
             timeout = self.tls_handshake_timeout
             with tls.secured(context, request, client_address, timeout) as stream:
                 if stream is None:

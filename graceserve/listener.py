@@ -52,6 +52,13 @@ def make_server(
     if wsgi:  # the app takes the handler class's place
         server_class = GracefulWSGIServer
     attributes = settings.server_attributes(http, wsgi)
+    if http:  # one request cycle, one set of head and body limits for both kinds
+        attributes.update(
+            limit_request_line=settings.limit_request_line,
+            limit_request_fields=settings.limit_request_fields,
+            limit_request_field_size=settings.limit_request_field_size,
+            max_body_size=settings.max_body_size,
+        )
     if not (http or wsgi) and (settings.certfile or settings.access_log):
         raise StartupError(_NOT_HTTP)
     if inherited is not None:

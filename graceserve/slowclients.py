@@ -40,7 +40,7 @@ import fcntl
 import socket
 import struct
 
-from .httphandler import BODY, BUSY, HTTPConnection
+from .httpconn import BODY, BUSY, HTTPConnection
 
 __all__ = [
     "SIOCOUTQ",

@@ -20,8 +20,6 @@ import socketserver
 from typing import Any
 
 from ._version import __version__
-from .bodyreader import DISCARD_LIMIT
-from .httpparse import Limits
 from .httpserver import GracefulHTTPServer
 from .settings import DEFAULTS
 from .wsgihandler import WSGIConnection, make_base_environ
@@ -46,12 +44,6 @@ class GracefulWSGIServer(GracefulHTTPServer):
     Class variables (in addition to GracefulHTTPServer's):
 
     - root_path = ''                  SCRIPT_NAME; stripped from paths that start with it
-    - limit_request_line = 8190       bytes in the request line (414 beyond)
-    - limit_request_fields = 100      header fields (431 beyond)
-    - limit_request_field_size = 8190 bytes in one header field line (431 beyond)
-    - max_body_size = None            bytes of request body (413 beyond); None: no limit
-    - discard_limit = 65536           unread body bytes discarded to keep a connection;
-                                      more than that and the connection is closed
     - server_software                 the ``Server`` header and SERVER_SOFTWARE
     - multiprocess = False            ``wsgi.multiprocess``: True when other processes
                                       serve the same app at the same time (the runner
@@ -62,11 +54,6 @@ class GracefulWSGIServer(GracefulHTTPServer):
     """
 
     root_path = DEFAULTS.root_path
-    limit_request_line = DEFAULTS.limit_request_line
-    limit_request_fields = DEFAULTS.limit_request_fields
-    limit_request_field_size = DEFAULTS.limit_request_field_size
-    max_body_size: int | None = DEFAULTS.max_body_size
-    discard_limit = DISCARD_LIMIT
     server_software = f"graceserve/{__version__}"
     multiprocess = False
 
@@ -77,7 +64,6 @@ class GracefulWSGIServer(GracefulHTTPServer):
         bind_and_activate: bool = True,
     ) -> None:
         self.application: WSGIApplication = app
-        self.limits = Limits()
         self.base_environ: dict[str, Any] = {}
         super().__init__(server_address, _NoHandler, bind_and_activate)
 
@@ -97,12 +83,7 @@ class GracefulWSGIServer(GracefulHTTPServer):
         if root and not root.startswith("/"):
             root = "/" + root
         self.root_path = root
-        self.limits = Limits(
-            request_line=self.limit_request_line,
-            fields=self.limit_request_fields,
-            field_size=self.limit_request_field_size,
-            body=self.max_body_size,
-        )
+        self.setup_limits()
         self.base_environ = make_base_environ(self)
 
     def set_app(self, application: WSGIApplication) -> None:

@@ -1,4 +1,4 @@
-"""One WSGI connection: the request loop, the environ, start_response and response framing.
+"""The request cycle's WSGI dispatcher: the environ, the app call, the access record.
 
 Why this module exists: ``BaseHTTPRequestHandler`` parses every head through
 ``email.parser`` (its largest per-request cost, and lenient where leniency is
@@ -7,14 +7,14 @@ connection needs neither: the head is read with ``graceserve.httpparse``,
 the environ dict is built directly from its fields, and the response head
 goes out in one ``sendall`` together with the first body chunk.
 
-The drain hooks are those of ``DrainAwareRequestHandler``: between requests
-the thread blocks in ``rfile.readline`` with the ``Connection`` record marked
-idle (the reaper may cut it); while a head arrives it is marked reading;
-a head cut short (EOF, or our own cut) is never dispatched; once the
-listener has closed every response says ``Connection: close``.
+The cycle itself (states for the reaper, the race guard, limits, the body
+reader, ``Connection: close`` once the listener has closed, the unread-body
+rule) is the one a stdlib handler gets too: ``graceserve.httpcycle``; this
+module fills in the WSGI steps (``Dispatcher``).  The response is
+``graceserve.wsgiresponse``.
 
 Threading contract: a ``WSGIConnection`` is used by its connection's thread
-only; it touches the shared ``Connection`` record under the registry lock.
+only.
 """
 
 from __future__ import annotations
@@ -31,16 +31,15 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import unquote_to_bytes
 
 from . import httpparse, proxy
-from .accesslog import AccessRecord, bare_record
-from .bodyreader import RequestBody
-from .httphandler import HTTPConnection
-from .httpparse import Body, Framing, IncompleteHeadError, RequestError, RequestLine
-from .server import FORCED, OPEN, format_address
-from .tls import raw_socket
+from .accesslog import bare_record
+from .httpcycle import RequestCycle
+from .httpparse import Framing, IncompleteHeadError, RequestError, RequestLine
+from .logformat import json_lines
+from .server import FORCED, format_address
+from .wsgierrors import ErrorStream
 from .wsgiresponse import FileWrapper, Response
 
 if TYPE_CHECKING:
-    from .headbudget import HeadMeter
     from .wsgi import GracefulWSGIServer
 
 __all__ = ["WSGIConnection", "http_date"]
@@ -56,6 +55,7 @@ _RFILE_BUFFER = 16384
 _SPECIAL = {"CONTENT_TYPE": "CONTENT_TYPE", "CONTENT_LENGTH": "CONTENT_LENGTH"}
 _environ_keys: dict[str, str | None] = {}  # header name as sent -> environ key (None: dropped)
 _MAX_CACHED_KEYS = 4096
+AccessRecordArgs = tuple[str, str, str, str, int, int, str, str]
 
 
 def _environ_key(name: str) -> str | None:
@@ -108,7 +108,7 @@ _EMPTY_INPUT = _EmptyInput()
 
 
 class WSGIConnection:
-    """Serves the requests of one connection, in order, until it must end.
+    """The request cycle's WSGI dispatcher: serves one connection's requests, in order.
 
     Created and run by ``GracefulWSGIServer.finish_request`` in the
     connection's own thread.
@@ -121,14 +121,7 @@ class WSGIConnection:
         self.request = request
         self.client_address = client_address
         self.rfile: BinaryIO = request.makefile("rb", _RFILE_BUFFER)  # type: ignore[assignment]
-        registry = server.registry
-        self.conn = registry.get(raw_socket(request))
-        self.lock = registry.lock
-        meter: HeadMeter | None = getattr(self.conn, "head", None)
-        self.meter = meter  # this connection's meter on the head budget
-        self.on_line: Callable[[bytes], object] | None = None if meter is None else meter.line
-        self.closing = False  # this connection ends after the current response
-        self.started = 0.0  # when the current request line arrived
+        self.cycle = RequestCycle(server, request, client_address, self.rfile)
         environ = dict(server.base_environ)
         environ["wsgi.url_scheme"] = server.url_scheme
         if isinstance(client_address, tuple) and client_address != ("unix", 0):
@@ -136,106 +129,73 @@ class WSGIConnection:
             environ["REMOTE_PORT"] = str(client_address[1])
         else:
             environ["REMOTE_ADDR"] = environ["REMOTE_PORT"] = ""
+        if json_lines():  # --log-format json: what the app writes becomes JSON records
+            environ["wsgi.errors"] = ErrorStream()
         self.peer = environ["REMOTE_ADDR"] or "unix"
         self.proxied = server.trust.trusts(self.peer)  # believe its X-Forwarded-* fields
         self.connection_environ = environ
+        self._request: tuple[RequestLine, list[tuple[str, str]], Framing] | None = None
+        self.raw_requestline = b""
+        self.close_connection = True
+        self._record: AccessRecordArgs | None = None
+
+    @property
+    def closing(self) -> bool:
+        """This connection ends after the current response (the cycle's)."""
+        return self.cycle.closing
+
+    @closing.setter
+    def closing(self, value: bool) -> None:
+        self.cycle.closing = value
 
     # -- the loop -----------------------------------------------------------
 
     def run(self) -> None:
         """Serve requests until the client leaves, asks to close, or the drain ends us."""
         try:
-            while self.serve_one():
+            serve_one = self.cycle.serve_one
+            while serve_one(self):
                 pass
         finally:
             self.rfile.close()
 
-    # State changes, as the reaper sees them (``Connection`` fields).  Only the
-    # move out of idle takes the registry lock, together with the read of
-    # ``cut``: a connection the reaper closes while idle either never reads its
-    # request, or knows it raced the close.  The other moves are single
-    # attribute writes (atomic), ordered so the reaper never sees a state with
-    # a stale timestamp: one lock round-trip per request.
+    # -- the cycle's dispatcher ---------------------------------------------
 
-    def _to_idle(self) -> int:
-        """Waiting for the next request (the reaper may close us); what was done to us."""
-        conn = self.conn
-        if conn is None:
-            return OPEN
-        conn.reading = False
-        conn.idle_since = time.monotonic()
-        conn.idle = True
-        return conn.cut
-
-    def _to_reading(self) -> int:
-        """A request (head or body) is arriving; what was done to us meanwhile."""
-        conn = self.conn
-        if conn is None:
-            return OPEN
-        now = time.monotonic()
-        with self.lock:
-            gap = now - conn.idle_since
-            conn.idle_since = now
-            conn.reading = True
-            conn.idle = False
-            cut = conn.cut
-        if isinstance(conn, HTTPConnection):
-            conn.note_gap(gap)  # the drain's linger learns this connection's rhythm
-        return cut
-
-    def _to_busy(self) -> int:
-        """Serving a request: neither idle nor reading; what was done to us."""
-        conn = self.conn
-        if conn is None:
-            return OPEN
-        conn.reading = False
-        conn.idle = False
-        return conn.cut
-
-    def serve_one(self) -> bool:
-        """Read and answer one request; True if the connection may carry another."""
-        if self._to_idle() != OPEN:
-            return False
-        limits = self.server.limits
+    def parse_request(self) -> bool:
+        """Parse the head after ``raw_requestline``; answer a bad one (and close).  True to
+        dispatch."""
+        cycle = self.cycle
+        self._request = None
+        self.close_connection = True
+        self._record = None
         try:
-            line = self.rfile.readline(limits.request_line + 3)
-            if line in (b"\r\n", b"\n"):  # RFC 9112 2.2: one empty line before a request is ok
-                line = self.rfile.readline(limits.request_line + 3)
-        except OSError:
-            line = b""
-        self.started = time.monotonic()
-        state = self._to_reading()
-        if state == FORCED or not line:
-            return False
-        if state != OPEN:  # a request raced the close of an idle connection: answer, then close
-            self.closing = True
-        if not line.endswith(b"\n") and len(line) <= limits.request_line + 1:
-            return False  # EOF inside the request line: incomplete, never dispatched
-        try:
-            request_line = httpparse.parse_request_line(line, limits)
+            request_line = httpparse.parse_request_line(self.raw_requestline, cycle.limits)
             if request_line.version == "HTTP/0.9":  # no header block follows: answer now
-                self._to_busy()
+                cycle.conn.to_busy()
                 self.send_error(505, "HTTP/0.9 is not supported", version="HTTP/1.0")
                 return False
-            fields = httpparse.read_fields(self.rfile.readline, limits, on_line=self.on_line)
-            framing = httpparse.framing(request_line, fields, limits)
-        except IncompleteHeadError:
-            return False
-        except OSError:
+            fields, framing = cycle.read_head(request_line)
+        except (IncompleteHeadError, OSError):
             return False
         except RequestError as exc:
-            if self._to_busy() != FORCED:
+            if cycle.conn.to_busy() != FORCED:
                 self.send_error(exc.status, exc.message)
             return False
-        if self._to_busy() == FORCED:
-            return False  # the head was cut half-way: never act on it
         if not framing.keep_alive:
-            self.closing = True
-        keep = self.handle_request(request_line, fields, framing)
-        meter = self.meter
-        if meter is not None and meter.charged:  # a long head: its request is done
-            meter.release()
-        return keep
+            cycle.closing = True
+        self._request = (request_line, fields, framing)
+        return True
+
+    def dispatch(self) -> None:
+        """Call the application and send its response."""
+        assert self._request is not None
+        self.close_connection = not self.handle_request(*self._request)
+
+    def request_finished(self) -> None:
+        """Write the access record of the answered request (when the access log is on)."""
+        record = self._record
+        if record is not None:
+            self.cycle.log_access(*record)
 
     # -- one request --------------------------------------------------------
 
@@ -286,72 +246,33 @@ class WSGIConnection:
         """Call the application for one request and send its response; True to keep going."""
         environ = self.make_environ(request_line, fields, framing)
         response = Response(self, request_line, framing)
-        body: Body | None = None
         if framing.has_body:
             before = response.send_continue if framing.expect_continue else None
-            body = Body(self.body_source(), framing, self.server.limits, before)
-            environ["wsgi.input"] = response.body = body
+            environ["wsgi.input"] = response.body = self.cycle.open_body(framing, before)
         else:
             environ["wsgi.input"] = _EMPTY_INPUT
         client = environ["REMOTE_ADDR"] or "-"  # as we set it, whatever the app does to environ
         keep = response.run(self.server.application, environ, response.start)
-        access = self.server.access_logger
-        if access is not None:
-            path, _, query = request_line.target.partition("?")
-            access.write(
-                AccessRecord(
-                    time=time.time(),
-                    client=client,
-                    method=request_line.method,
-                    path=path,
-                    query=query,
-                    protocol=request_line.version,
-                    status=int(response.status[:3]) if response.status else 0,
-                    bytes=response.sent,
-                    duration=time.monotonic() - self.started,
-                    user_agent=environ.get("HTTP_USER_AGENT", ""),
-                    referer=environ.get("HTTP_REFERER", ""),
-                )
-            )
+        status = int(response.status[:3]) if response.status else 0
+        if self.server.access_logger is not None:
+            self._record = (
+                client, request_line.method, request_line.target, request_line.version,
+                status, response.sent, environ.get("HTTP_USER_AGENT", ""),
+                environ.get("HTTP_REFERER", ""),
+            )  # fmt: skip
         elif log.isEnabledFor(logging.DEBUG):  # no access log: --log-level debug has one
             log.debug(
                 '%s "%s %s %s" %s %d', self.client_text(), request_line.method,
                 request_line.target, request_line.version,
                 response.status[:3] if response.status else "-", response.sent,
             )  # fmt: skip
-        self.server.hooks.request_done()  # graceserve.serverhooks: --max-requests counts it
-        if not keep or self.closing:
-            return False
-        if body is not None and not body.complete:
-            if framing.expect_continue and not response.continue_sent:
-                return False  # the client may never send a body we did not ask for
-            if not body.discard(self.server.discard_limit):
-                return False
-        return True
-
-    def body_source(self) -> BinaryIO:
-        """What a request body is read from: ``rfile``, timed for the reaper.
-
-        Each blocking read marks the connection as reading a body, and its
-        progress moves the reaper's clock: a client that stops sending half-way
-        is cut by the idle timeout (and at the drain, after the linger) instead
-        of holding the application's thread for ever.
-        """
-        conn = self.conn
-        if not isinstance(conn, HTTPConnection):
-            return self.rfile
-        return RequestBody(self.rfile, conn, None)  # type: ignore[return-value]
+        return keep
 
     # -- output -------------------------------------------------------------
 
     def ending(self) -> bool:
         """Whether the current response must end the connection (``Connection: close``)."""
-        if self.closing:
-            return True
-        if self.server.listener_closed:
-            self.closing = True
-            return True
-        return False
+        return self.cycle.ending()
 
     def send_error(self, status: int, message: str, version: str = "HTTP/1.1") -> None:
         """Answer a request we will not dispatch (malformed, over a limit), and close."""
@@ -373,7 +294,7 @@ class WSGIConnection:
         with contextlib.suppress(OSError):
             self.request.sendall(head + body)
         if self.server.access_logger is not None:
-            taken = time.monotonic() - self.started
+            taken = time.monotonic() - self.cycle.started
             self.server.access_logger.write(bare_record(self.peer, status, len(body), taken))
 
     def date(self) -> str:

@@ -340,7 +340,7 @@ class Response:
             lines.append(f"Date: {connection.date()}\r\n")
         if not self.has_server:
             lines.append(f"Server: {connection.server.server_software}\r\n")
-        if connection.ending() or self._unread_body_ends():
+        if connection.ending():  # the drain, a raced request, an unread body (the cycle)
             lines.append("Connection: close\r\n\r\n")
         elif self.version == "HTTP/1.0":
             lines.append("Connection: keep-alive\r\n\r\n")
@@ -352,26 +352,6 @@ class Response:
             raise ValueError("status and header values must be latin-1 (PEP 3333)") from None
         self.headers_sent = True  # from here on the status can no longer change
         return head
-
-    def _unread_body_ends(self) -> bool:
-        """Whether the request body the app has not read will end the connection.
-
-        Decided when the head goes out, so the response can say ``close``: a
-        body the client was never told to send (``Expect: 100-continue``), or
-        one that may be more than ``discard_limit`` (chunked, or longer).
-        """
-        body = self.body
-        if body is None or body.complete:
-            return False
-        framing = self.framing
-        if framing.expect_continue and not self.continue_sent:
-            ends = True
-        else:
-            limit = self.connection.server.discard_limit
-            ends = framing.chunked or (framing.content_length or 0) > limit
-        if ends:
-            self.connection.closing = True
-        return ends
 
     def _frame(self, data: bytes) -> bytes:
         """One chunk of body as it goes on the wire; counts it against Content-Length."""

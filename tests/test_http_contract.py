@@ -35,7 +35,7 @@ from test_httpserver import (
 
 from graceserve import GracefulHTTPServer, httpserver
 from graceserve.httpserver import BODY, HEAD, IDLE, HTTPConnection
-from graceserve.server import Connection
+from graceserve.server import OPEN, Connection
 from testsupport.process import ServerProcess
 from testsupport.waiting import wait_until
 
@@ -537,21 +537,24 @@ def test_expect_100_refused_by_the_handler_closes_the_connection(harness: Harnes
     assert client.read_to_eof() == b""  # at once: no wait for a body that may never come
 
 
-def test_connection_flags_written_the_generic_way_map_onto_the_state() -> None:
-    """Code written against ``Connection``'s flags (idle, reading, idle_since) drives
-    the same reaper states."""
+def test_an_http_connection_has_one_state_and_its_flags_only_read_it() -> None:
+    """One connection state with one writer: its transitions.  The generic
+    ``Connection`` flags (idle, reading, idle_since) are views of it, never a second
+    way to write it."""
     left, right = socket.socketpair()
     try:
         conn = httpserver.HTTPConnection(left, ("test", 0))
         assert conn.state == httpserver.BUSY
-        conn.idle_since = 12.5
-        conn.idle = True
-        assert (conn.state, conn.since, conn.idle, conn.reading) == (IDLE, 12.5, True, False)
-        conn.reading = True
-        conn.idle = False
-        assert (conn.state, conn.idle, conn.reading) == (HEAD, False, True)
-        conn.reading = False
-        assert conn.state == httpserver.BUSY
+        assert conn.to_idle(12.5) == OPEN
+        assert (conn.state, conn.since, conn.idle, conn.reading, conn.idle_since) == (
+            IDLE, 12.5, True, False, 12.5,
+        )  # fmt: skip
+        assert conn.to_head(threading.Lock(), 13.0) == OPEN
+        assert (conn.state, conn.idle, conn.reading, conn.rhythm) == (HEAD, False, True, 0.5)
+        assert conn.to_busy() == OPEN
+        assert (conn.state, conn.idle, conn.reading) == (httpserver.BUSY, False, False)
+        with pytest.raises(AttributeError):
+            conn.idle = True  # type: ignore[misc]
     finally:
         left.close()
         right.close()

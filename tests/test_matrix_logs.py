@@ -17,7 +17,6 @@ import pytest
 from testsupport import contract
 from testsupport.contract import AccessLog, JsonLogs
 from testsupport.matrix import (
-    WSGI_ERRORS_LOOSE,
     Lab,
     rows,
 )
@@ -84,7 +83,7 @@ def json_logs(lab: Lab) -> JsonLogs:
     return outcome
 
 
-@rows(WSGI_ERRORS_LOOSE)
+@rows()
 def test_log_format_json_makes_every_stderr_line_one_json_object(lab: Lab) -> None:
     outcome = json_logs(lab)
     assert outcome.loose == [], outcome.loose[:20]
@@ -106,7 +105,7 @@ def test_log_format_json_lines_carry_their_documented_events(lab: Lab) -> None:
     assert objects[-1].get("exit_code") == 0, objects[-1]
 
 
-@rows(WSGI_ERRORS_LOOSE)
+@rows()
 def test_log_format_json_wraps_what_the_app_logs(lab: Lab) -> None:
     """A handler's ``log_message``/``log_error``; a WSGI app's exception log on
     ``wsgi.errors``, traceback included, inside one object."""

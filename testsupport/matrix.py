@@ -13,9 +13,9 @@ that raised re-raises in every row that reads it.
 ``rows`` parametrises a row over the combinations with session scope, so
 pytest runs every row of one combination, from every module, together (one
 lab alive at a time); and it marks the combinations a known finding breaks
-today ``xfail(strict=True)``: the suite is green now and turns red (XPASS)
-when the fix lands, forcing the marker's removal.  The findings are named
-once, at the end of this module.
+``xfail(strict=True)``: the suite stays green while a finding is open and
+turns red (XPASS) when its fix lands, forcing the marker's removal.  Issue
+19's thirteen findings are fixed: no combination is marked today.
 
 Test-only: imports pytest (bench/ never imports this module).
 Threading: a Lab runs its scenarios in threads; ``serve`` may be called from
@@ -254,40 +254,3 @@ def lab_fixture_body(request: pytest.FixtureRequest, tls: TlsFiles | None) -> It
                 + ", ".join(f"{name} {seconds:.1f}s" for name, seconds in slowest)
                 + "\n"
             )
-
-
-# -- what main breaks today (issue 19), each named once -----------------------------------
-
-
-def _handler(combo: Combo) -> bool:
-    return combo.handler
-
-
-LONG_REQUEST_LINE = Finding(
-    "the handler path takes request lines up to 65,536 bytes "
-    "(the WSGI path: 8,190, as --limit-request-line documents, then 414)",
-    _handler,
-)
-LONG_FIELD_LINE = Finding(
-    "the handler path takes header field lines up to 65,536 bytes "
-    "(the WSGI path: 8,190, as --limit-request-field-size documents, then 431)",
-    _handler,
-)
-REASON_PHRASE = Finding(
-    "the handler path puts its error message in the reason phrase "
-    "('431 more than 100 header fields'; the WSGI path: '431 Request Header Fields Too Large')",
-    _handler,
-)
-BODY_LIMIT_IGNORED = Finding(
-    "--max-body-size is ignored for a handler target (200, not 413)", _handler
-)
-TRUNCATED_BODY = Finding(
-    "the handler path hands a body cut short by the idle timeout to the handler as if it were "
-    "complete (200 for 3 of 10 bytes; the WSGI path closes without an answer)",
-    _handler,
-)
-WSGI_ERRORS_LOOSE = Finding(
-    "--log-format json leaves a WSGI app's wsgi.errors output (a Flask-style exception log) "
-    "as loose text lines",
-    lambda combo: combo.wsgi,
-)
