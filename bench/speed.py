@@ -110,6 +110,10 @@ class Peer:
                 *f"--host {bu.HOST} --port {port}".split(),
                 "--workers",
                 str(n),
+                # granian holds at most --backpressure (default: --backlog / workers)
+                # connections: the counterpart of graceserve's --max-connections.
+                "--backlog",
+                str(max_conns),
                 target,
             ]
         if self.family == "uwsgi":
