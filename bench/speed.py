@@ -22,7 +22,8 @@ Rows (``--rows``, comma-separated):
   speed_django.py (a JSON view, the default middleware); all servers of a row
   run for the whole row, the order rotated each round; medians.
 - ``c1000``: hello at ``-c1000 --timeout 2s``: req/s, wrk timeouts (requests
-  that waited past 2 s), p99.
+  answered after more than 2 s), p99, and the connections still waiting to be
+  accepted half-way (wrk never counts their unanswered requests).
 - ``idle``: 10,000 idle keep-alive connections (each has had one request
   answered) on the one-process servers: the server's RSS and threads, how long
   a new client waits for its answer meanwhile, then SIGTERM: how many of the
@@ -217,20 +218,26 @@ MODES = {
 # -- throughput rows ----------------------------------------------------------------------
 
 
-def wrk(port: int, connections: int, duration: float) -> bu.WrkResult:
-    """``wrk -t2 -cN -dDs --latency --timeout 2s`` keep-alive on ``GET /``."""
-    cmd = [
-        "wrk",
-        "-t2",
-        f"-c{connections}",
-        f"-d{max(1, round(duration))}s",
-        "--latency",
-        "--timeout",
-        "2s",
-        f"http://{bu.HOST}:{port}/",
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, check=False)
-    return bu.parse_wrk(done.stdout + done.stderr)
+def wrk(port: int, connections: int, duration: float) -> tuple[bu.WrkResult, int]:
+    """``wrk -t2 -cN -dDs --latency --timeout 2s`` keep-alive on ``GET /``, and how many
+    connections waited in the listener's accept queue half-way through the run."""
+    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
+           "--timeout", "2s", f"http://{bu.HOST}:{port}/"]  # fmt: skip
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as load:
+        try:
+            out, _ = load.communicate(timeout=max(1, round(duration)) / 2)
+        except subprocess.TimeoutExpired:  # half-way: the run goes on
+            queued = unaccepted(port)
+            out, _ = load.communicate(timeout=duration + 60)
+        else:
+            queued = 0
+    return bu.parse_wrk(out), queued
+
+
+def unaccepted(port: int) -> int:
+    """Connections to ``port`` that no server thread has accepted yet (all its listeners)."""
+    rows = procfs.tcp_sockets(state=procfs.LISTEN)
+    return sum(r.unread for r in rows if r.local_port == port and r.local_host == bu.HOST)
 
 
 def start(peer: Peer, py: str, app: str, max_conns: int = 1100) -> bu.Server:
@@ -243,7 +250,7 @@ def tput_row(row: str, peers: Sequence[Peer], py: str, cfg: Config) -> dict[str,
     """One throughput row: every peer started, rounds rotated; per peer its runs and medians."""
     app, conns = ("hello", 1000) if row == "c1000" else (row, 50)
     duration = cfg.c1000_duration if row == "c1000" else cfg.duration
-    runs: dict[str, list[bu.WrkResult]] = {p.name: [] for p in peers}
+    runs: dict[str, list[tuple[bu.WrkResult, int]]] = {p.name: [] for p in peers}
     servers: list[bu.Server] = []
     errors: dict[str, str] = {}
     try:
@@ -258,8 +265,8 @@ def tput_row(row: str, peers: Sequence[Peer], py: str, cfg: Config) -> dict[str,
         for r in range(cfg.rounds):
             shift = r % max(1, len(servers))
             for srv in servers[shift:] + servers[:shift]:
-                res = wrk(srv.port, conns, duration)
-                runs[srv.name].append(res)
+                res, queued = wrk(srv.port, conns, duration)
+                runs[srv.name].append((res, queued))
                 p99 = res.latency.get("99%", float("nan"))
                 bu.say(
                     f"  {row} round {r + 1}/{cfg.rounds} {srv.name}: {res.rps:,.0f} req/s, "
@@ -271,7 +278,7 @@ def tput_row(row: str, peers: Sequence[Peer], py: str, cfg: Config) -> dict[str,
             srv.close()
     out: dict[str, Any] = {}
     for peer in peers:
-        got = runs[peer.name]
+        got = [res for res, _ in runs[peer.name]]
         if not got:
             out[peer.name] = {"error": errors.get(peer.name, "did not run")}
             continue
@@ -282,6 +289,7 @@ def tput_row(row: str, peers: Sequence[Peer], py: str, cfg: Config) -> dict[str,
             "timeouts": [x.timeout for x in got],
             "errors": [x.connect + x.read + x.write + x.non2xx for x in got],
             "rounds": [x.rps for x in got],
+            "unaccepted": [queued for _, queued in runs[peer.name]],
         }
     return out
 
@@ -546,7 +554,8 @@ def tput_tables(results: dict[str, dict[str, Any]], peers: Sequence[Peer]) -> st
                 line.append("did not start")
             elif row == "c1000":
                 line.append(
-                    f"{kilo(rps(cell))}, {sum(cell['timeouts'])} t/o, p99 {cell['p99_ms']:.0f} ms"
+                    f"{kilo(rps(cell))}, {sum(cell['timeouts'])} t/o, p99 {cell['p99_ms']:.0f} ms, "
+                    f"{max(cell['unaccepted'])} unaccepted"
                 )
             else:
                 line.append(kilo(rps(cell)))
@@ -587,8 +596,12 @@ def report(
         parts.append(tput_tables(tput, peers))
         parts.append(
             "hello, flask, django: `-c50`. c1000: hello at `-c1000 --timeout 2s`; t/o = "
-            "wrk timeouts (requests unanswered after 2 s) summed over the rounds, p99 "
-            "the median of the rounds'."
+            "wrk timeouts (requests answered after more than 2 s) summed over the rounds, "
+            "p99 the median of the rounds' (wrk counts answered requests only); "
+            "unaccepted: connections waiting in the listener's accept queue half-way "
+            "through a run (the most of the rounds): their requests are neither answered "
+            "nor counted by wrk (uWSGI serves as many keep-alive connections at once "
+            "as it has threads)."
         )
     if "idle" in results:
         parts += [

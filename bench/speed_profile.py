@@ -11,15 +11,18 @@ One server process (``python -m graceserve speed_hello:app``), three runs of
 ``wrk -t2 -cN`` keep-alive on it, each observed one way, so that one
 observer's cost does not tint the others' figures:
 
-1. wrk alone: req/s, the baseline every "per request" below divides by.
-2. ``perf stat -p`` on the server: every syscall by name, context switches,
-   CPU time; per request.
-3. ``py-spy record --gil --nonblocking``: stacks of the thread holding the GIL
-   only, sampled at ``--rate`` Hz.  The share of ticks with a GIL holder says
-   how busy the GIL is; each function's samples, turned into microseconds per
-   request (inclusive: anywhere on the stack; self: the innermost frame), say
-   where the Python time goes.  A C call (``recv_into``, ``sendall``) shows as
-   the Python line that made it.
+1. wrk alone: req/s, the baseline, and the server's user and system CPU per
+   request (/proc).
+2. ``perf stat -p`` on the server: all syscalls, futex, recvfrom, sendto and
+   accept4, context switches, CPU time; per request.  A handful of events only:
+   perf keeps a counter per event per thread, and more of them slow the server.
+3. ``py-spy record --gil --nonblocking`` (pausing 50 threads per sample would
+   change what is measured): stacks of the thread holding the GIL only,
+   sampled at ``--rate`` Hz.  Each function's share of the samples (inclusive:
+   anywhere on the stack; self: the innermost frame), also as microseconds of
+   run 1's user CPU per request, says where the Python time goes.  A C call
+   (``recv_into``, ``sendall``) shows as the Python line that made it, and
+   includes taking the GIL back after it.
 
 Loopback only; every run bounded; only the server started here is signalled.
 """
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import re
 import shutil
 import subprocess
@@ -61,7 +65,12 @@ def wrk_in_background(port: int, seconds: int, conns: int) -> tuple[threading.Th
 def perf_stat(pid: int, port: int, seconds: int, conns: int) -> tuple[float, dict[str, float]]:
     """Requests served and perf's counts for the server over one wrk run."""
     load, out = wrk_in_background(port, seconds, conns)
-    events = ["-e", "syscalls:sys_enter_*", "-e", "task-clock,context-switches"]
+    # Few events: perf keeps a counter per event per server thread (50 here), swapped at
+    # every context switch; all ~330 syscall tracepoints slowed the server tenfold.
+    traced = ["raw_syscalls:sys_enter"] + [
+        f"syscalls:sys_enter_{name}" for name in ("futex", "recvfrom", "sendto", "accept4")
+    ]
+    events = ["-e", ",".join([*traced, "task-clock", "context-switches"])]
     cmd = ["perf", "stat", "-x,", *events, "-p", str(pid), "--", "sleep", str(seconds - 1)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=False)
     load.join()
@@ -69,7 +78,8 @@ def perf_stat(pid: int, port: int, seconds: int, conns: int) -> tuple[float, dic
     for line in done.stderr.splitlines():
         parts = line.split(",")
         if len(parts) > 3 and parts[0].replace(".", "", 1).isdigit():
-            counts[parts[2].removeprefix("syscalls:sys_enter_")] = float(parts[0])
+            name = parts[2].removeprefix("syscalls:sys_enter_")
+            counts["all syscalls" if name == "raw_syscalls:sys_enter" else name] = float(parts[0])
     rps = bu.parse_wrk(out[0] if out else "").rps
     return rps * (seconds - 1), counts
 
@@ -127,11 +137,18 @@ def spy(
     return rps * (seconds - 1), stacks
 
 
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of ``pid`` so far (all its threads; /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=10, help="each wrk run (>= 3)")
     parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
+    parser.add_argument("--rate", type=int, default=500, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=25, help="functions listed")
     args = parser.parse_args()
     if args.seconds < 3:
@@ -154,6 +171,7 @@ def main() -> None:
     srv = bu.Server("graceserve", cmd).start(port=port)
     try:
         pid = srv.proc.pid
+        cpu0 = cpu_times(pid)
         base = bu.parse_wrk(
             subprocess.run(
                 [
@@ -169,15 +187,21 @@ def main() -> None:
                 check=False,
             ).stdout
         )
-        print(f"\n1. wrk alone: {base.rps:,.0f} req/s, {1e6 / base.rps:.1f} us per request")
+        user, system = (t - t0 for t, t0 in zip(cpu_times(pid), cpu0, strict=True))
+        user_us = 1e6 * user / max(1, base.requests)
+        print(
+            f"\n1. wrk alone: {base.rps:,.0f} req/s, {1e6 / base.rps:.1f} us per request "
+            f"(wall); server CPU per request {user_us:.1f} us user + "
+            f"{1e6 * system / max(1, base.requests):.1f} us system (/proc)"
+        )
         if bu.perf_available():
             served, counts = perf_stat(pid, port, args.seconds, args.connections)
             cpu_ms = counts.pop("task-clock", float("nan"))
             switches = counts.pop("context-switches", float("nan"))
             print(
-                f"\n2. perf stat -p: {served:,.0f} requests; per request: CPU "
+                f"\n2. perf stat -p (slows the server): {served:,.0f} requests; per request: CPU "
                 f"{cpu_ms * 1e3 / served:.1f} us (all threads), {switches / served:.2f} context "
-                f"switches, {sum(counts.values()) / served:.2f} syscalls:"
+                f"switches, {counts.get('all syscalls', 0) / served:.2f} syscalls:"
             )
             busy = sorted(
                 ((n, name) for name, n in counts.items() if n / served >= 0.005), reverse=True
@@ -193,11 +217,11 @@ def main() -> None:
         served, stacks = spy(tool, pid, port, args.seconds, args.connections, args.rate)
         total = sum(n for _, n in stacks)
         ticks = args.rate * (args.seconds - 1)
-        us = 1e6 / args.rate / served  # microseconds per request for one sample
+        us = user_us / max(1, total)  # a sample's share of the user CPU of one request
         print(
-            f"\n3. py-spy --gil: {served:,.0f} requests, {total:,} samples with a GIL holder "
-            f"of {ticks:,} ticks (GIL busy {100 * total / ticks:.0f}%); "
-            f"{total * us:.1f} us of GIL-held Python per request"
+            f"\n3. py-spy --gil --nonblocking: {served:,.0f} requests, {total:,} samples with a "
+            f"GIL holder in {ticks:,} ticks; us/request = the share of the samples times the "
+            f"user CPU per request of run 1 ({user_us:.1f} us)"
         )
         inclusive: collections.Counter[str] = collections.Counter()
         own: collections.Counter[str] = collections.Counter()
