@@ -23,7 +23,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from test_httpserver import (
+
+from graceserve import GracefulHTTPServer, httpserver
+from graceserve.httpserver import BODY, HEAD, IDLE, HTTPConnection
+from graceserve.server import OPEN, Connection
+from testsupport.httpharness import (
     DRAIN_TIMEOUT,
     Drainer,
     Harness,
@@ -32,10 +36,6 @@ from test_httpserver import (
     idle_for,
     make_handler,
 )
-
-from graceserve import GracefulHTTPServer, httpserver
-from graceserve.httpserver import BODY, HEAD, IDLE, HTTPConnection
-from graceserve.server import OPEN, Connection
 from testsupport.process import ServerProcess
 from testsupport.waiting import wait_until
 

@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 
 import pytest
-from test_httpserver import RawClient
 
+from testsupport.httpharness import RawClient
 from testsupport.keepalive import (
     LOAD_DEADLINE,
     LOAD_THREADS,

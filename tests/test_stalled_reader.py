@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_httpserver import Harness, address_of
 
 from graceserve import GracefulHTTPServer
 from testsupport.front import KINDS, connect
 from testsupport.front import serving as serving_kind
+from testsupport.httpharness import Harness, address_of
 from testsupport.tlsapp import Pki, make_pki
 from testsupport.waiting import wait_until
 from testsupport.wsgiapps import serving
