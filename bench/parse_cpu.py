@@ -44,8 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from graceserve.httpframing import framing  # noqa: E402
 from graceserve.httpparse import (  # noqa: E402
-    framing,
     parse_request_line,
     read_fields,
     to_message,

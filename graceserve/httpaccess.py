@@ -8,22 +8,41 @@ records the status (``send_response_only``) and the end of the head; this
 mixin hands them to the request cycle's access record.
 
 Threading contract: a handler instance is used by its connection's thread only.
+The mixin sees its server as ``AccessServer``, the part of ``GracefulHTTPServer``
+it reads, so that the server's module can import this one and not the reverse.
 """
 
 from __future__ import annotations
 
 import http.server
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import proxy
+from .accesslog import AccessLog
 from .logformat import json_lines
 
 if TYPE_CHECKING:
     from .httpcycle import RequestCycle
-    from .httpserver import GracefulHTTPServer
 
-__all__ = ["CountingWriter", "ProxyAndAccessLog"]
+__all__ = ["AccessServer", "CountingWriter", "ProxyAndAccessLog"]
+
+
+class AccessServer(Protocol):
+    """What the mixin reads of its server (``GracefulHTTPServer`` has it all)."""
+
+    @property
+    def trust(self) -> proxy.Trust:
+        """Which peers' forwarded fields are believed."""
+
+    @property
+    def url_scheme(self) -> str:
+        """``http`` or ``https``: what this server's own connections are."""
+
+    @property
+    def access_logger(self) -> AccessLog | None:
+        """The access log, if on."""
+
 
 log = logging.getLogger("graceserve")
 
@@ -48,7 +67,7 @@ class ProxyAndAccessLog:
     """Mixed into ``DrainAwareRequestHandler`` (above ``BaseHTTPRequestHandler``)."""
 
     if TYPE_CHECKING:  # BaseHTTPRequestHandler's, as this mixin uses them
-        server: GracefulHTTPServer
+        server: Any  # an AccessServer; the handler class names the type (a BaseServer too)
         client_address: Any
         wfile: Any
         request_version: str
@@ -58,12 +77,17 @@ class ProxyAndAccessLog:
     _graceserve_forwarded: proxy.Forwarded | None = None
 
     @property
+    def _server(self) -> AccessServer:
+        server: AccessServer = self.server
+        return server
+
+    @property
     def forwarded(self) -> proxy.Forwarded:
         """What a trusted proxy forwarded for this request (``graceserve.proxy``)."""
         found = self._graceserve_forwarded
         if found is None:
             found = proxy.forwarded_from_message(
-                str(self.client_address[0]), getattr(self, "headers", None), self.server.trust
+                str(self.client_address[0]), getattr(self, "headers", None), self._server.trust
             )
             self._graceserve_forwarded = found
         return found
@@ -77,7 +101,7 @@ class ProxyAndAccessLog:
     @property
     def forwarded_proto(self) -> str:
         """``http`` or ``https``: a trusted proxy's word, else this connection's."""
-        return self.forwarded.proto or self.server.url_scheme
+        return self.forwarded.proto or self._server.url_scheme
 
     @property
     def forwarded_host(self) -> str | None:
@@ -87,7 +111,7 @@ class ProxyAndAccessLog:
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         """The stdlib's request line on stderr, unless the access log is on (it has one)."""
-        if self.server.access_logger is None:
+        if self._server.access_logger is None:
             http.server.BaseHTTPRequestHandler.log_request(self, code, size)  # type: ignore[arg-type]
 
     def log_message(self, format: str, *args: Any) -> None:

@@ -46,6 +46,7 @@ from .accesslog import AccessRecord
 from .bodyreader import TimedSource
 from .httpbody import Body
 from .httpconn import HTTPConnection
+from .httpframing import framing
 from .httpparse import Framing, IncompleteBodyError, RequestLine
 from .server import FORCED
 from .serverhooks import ServerHooks
@@ -219,7 +220,7 @@ class RequestCycle:
         under ``limits``) and the body's framing, under the limits and the head budget;
         raises ``RequestError`` or IncompleteHeadError (never dispatch)."""
         fields = httpparse.read_fields(self.rfile.readline, self.limits, on_line=self.on_line)
-        return fields, httpparse.framing(line, fields, self.limits)
+        return fields, framing(line, fields, self.limits)
 
     def open_body(self, framing: Framing, before: Any = None, raw: bool = False) -> Any:
         """The request's body reader: ``httpbody.Body`` (``before`` runs before its first

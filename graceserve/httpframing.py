@@ -9,8 +9,7 @@ list form, a coding we cannot undo.  It also decides persistence, checks
 as strictly as ``Host``: ``graceserve.httphost``), and refuses a second copy
 of a field that must be single because the two copies could be read
 differently by a front end and the app (``Content-Type``,
-``Authorization``).  Pure: no I/O.  Re-exported by ``httpparse``
-(``from graceserve.httpparse import framing``).
+``Authorization``).  Pure: no I/O.
 """
 
 from __future__ import annotations

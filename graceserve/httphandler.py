@@ -24,13 +24,19 @@ import http.server
 from typing import TYPE_CHECKING, Any
 
 from . import httpparse
-from .httpaccess import CountingWriter, ProxyAndAccessLog
+from .httpaccess import AccessServer, CountingWriter, ProxyAndAccessLog
 from .httpconn import BODY, BUSY, HEAD, IDLE, HTTPConnection
-from .httpcycle import RequestCycle
+from .httpcycle import CycleServer, RequestCycle
 from .server import FORCED
 
 if TYPE_CHECKING:
-    from .httpserver import GracefulHTTPServer
+    import socketserver
+
+    class HandlerServer(socketserver.BaseServer, CycleServer, AccessServer):
+        """The server as the handler sees it: a ``BaseServer`` (the stdlib's handler
+        asks that) with what the request cycle and the access mixin read of it;
+        ``GracefulHTTPServer`` is one.  A type only, never made."""
+
 
 __all__ = ["BODY", "BUSY", "HEAD", "IDLE", "DrainAwareRequestHandler", "HTTPConnection"]
 
@@ -45,7 +51,7 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
     ``super()`` calls reach these.
     """
 
-    server: GracefulHTTPServer
+    server: HandlerServer
     # Error responses get a status line: the stdlib's "HTTP/0.9" default answers an
     # unparsable request with a bare body.  A handler's own default wins (MRO).
     default_request_version = "HTTP/1.0"

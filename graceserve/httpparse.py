@@ -21,33 +21,25 @@ line); its bytes are checked at once with ``bytes.translate`` and counts,
 it is decoded once and split by one precompiled regex whose ``findall``
 yields the ``(name, value)`` pairs.  A bad block is diagnosed slowly, only
 once it has failed.  ``to_message`` fills an ``HTTPMessage``'s header list
-directly.  ``framing`` lives in ``httpframing`` and ``Body`` in ``httpbody``
-(both re-exported here).
+directly.  The framing rules live in ``httpframing`` and the body reader in
+``httpbody``; both build on this module, never the reverse.
 """
 
 from __future__ import annotations
 
 import http.client
-import importlib
 import io
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from graceserve.httpbody import Body
-    from graceserve.httpframing import framing
 
 __all__ = [
-    "Body",
     "Framing",
     "IncompleteBodyError",
     "IncompleteHeadError",
     "Limits",
     "RequestError",
     "RequestLine",
-    "framing",
     "parse_request_line",
     "read_fields",
     "read_request_line",
@@ -368,17 +360,3 @@ def to_message(fields: list[tuple[str, str]]) -> http.client.HTTPMessage:
     state["_headers"] = list(fields)
     state["_payload"] = ""
     return message
-
-
-_ELSEWHERE = {"Body": "graceserve.httpbody", "framing": "graceserve.httpframing"}
-
-
-def __getattr__(name: str) -> Any:
-    # Body and framing live in modules that import this one: resolve them on
-    # first use (then cache them here), so any of the three can be imported first.
-    module = _ELSEWHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value

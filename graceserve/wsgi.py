@@ -22,12 +22,9 @@ from typing import Any
 from ._version import __version__
 from .httpserver import GracefulHTTPServer
 from .settings import DEFAULTS
-from .wsgihandler import WSGIConnection, make_base_environ
+from .wsgihandler import WSGIApplication, WSGIConnection, make_base_environ
 
 __all__ = ["GracefulWSGIServer", "WSGIApplication", "make_server"]
-
-WSGIApplication = Any
-"""A PEP 3333 application: ``app(environ, start_response) -> iterable of bytes``."""
 
 
 class _NoHandler(socketserver.BaseRequestHandler):

@@ -27,20 +27,62 @@ import time
 from collections.abc import Callable, Iterator
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import unquote_to_bytes
 
 from . import httpparse, proxy
 from .accesslog import bare_record
-from .httpcycle import RequestCycle
+from .httpcycle import CycleServer, RequestCycle
 from .httpparse import Framing, IncompleteHeadError, RequestError, RequestLine
 from .logformat import json_lines
 from .server import FORCED, format_address
 from .wsgierrors import ErrorStream
 from .wsgiresponse import FileWrapper, Response
 
-if TYPE_CHECKING:
-    from .wsgi import GracefulWSGIServer
+WSGIApplication = Any
+"""A PEP 3333 application: ``app(environ, start_response) -> iterable of bytes``."""
+
+
+class EnvironServer(Protocol):
+    """What the environ is made of (``GracefulWSGIServer`` has it all)."""
+
+    @property
+    def server_name(self) -> str: ...
+
+    @property
+    def server_port(self) -> int: ...
+
+    @property
+    def root_path(self) -> str:
+        """SCRIPT_NAME."""
+
+    @property
+    def server_software(self) -> str: ...
+
+    @property
+    def multiprocess(self) -> bool:
+        """``wsgi.multiprocess``."""
+
+    @property
+    def stopping(self) -> bool:
+        """True once the drain began (``environ["graceserve.stopping"]()``)."""
+
+
+class ConnectionServer(CycleServer, EnvironServer, Protocol):
+    """What a WSGI connection reads of its server (``GracefulWSGIServer`` has it all)."""
+
+    @property
+    def application(self) -> WSGIApplication: ...
+
+    @property
+    def base_environ(self) -> dict[str, Any]: ...
+
+    @property
+    def url_scheme(self) -> str: ...
+
+    @property
+    def trust(self) -> proxy.Trust: ...
+
 
 __all__ = ["WSGIConnection", "http_date"]
 
@@ -115,7 +157,7 @@ class WSGIConnection:
     """
 
     def __init__(
-        self, server: GracefulWSGIServer, request: socket.socket, client_address: Any
+        self, server: ConnectionServer, request: socket.socket, client_address: Any
     ) -> None:
         self.server = server
         self.request = request
@@ -344,7 +386,7 @@ def _split_absolute(target: str) -> tuple[str | None, str]:
     return rest[:slash], rest[slash:]
 
 
-def make_base_environ(server: GracefulWSGIServer) -> dict[str, Any]:
+def make_base_environ(server: EnvironServer) -> dict[str, Any]:
     """The environ keys that are the same for every request of a server."""
     stopping: Callable[[], bool] = lambda: server.stopping  # noqa: E731
     return {

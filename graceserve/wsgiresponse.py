@@ -29,16 +29,56 @@ import contextlib
 import logging
 import os
 import re
+import socket
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .connection import format_address
-from .httpparse import TCHAR, Body, Framing, IncompleteBodyError, RequestError, RequestLine
+from .httpbody import Body
+from .httpparse import TCHAR, Framing, IncompleteBodyError, RequestError, RequestLine
 
-if TYPE_CHECKING:
-    from .wsgihandler import WSGIConnection
+
+class ResponseServer(Protocol):
+    """What a response reads of the server."""
+
+    @property
+    def server_software(self) -> str: ...
+
+
+class ResponseConnection(Protocol):
+    """What a response asks of its connection (``wsgihandler.WSGIConnection`` has it all).
+    Used from the connection's own thread only."""
+
+    closing: bool
+    """Set: the connection ends after this response."""
+
+    @property
+    def server(self) -> ResponseServer: ...
+
+    @property
+    def request(self) -> socket.socket:
+        """The connection's socket."""
+
+    @property
+    def client_address(self) -> Any: ...
+
+    def client_text(self) -> str:
+        """The client's address, for log lines."""
+
+    def date(self) -> str:
+        """The ``Date`` header value."""
+
+    def ending(self) -> bool:
+        """Whether the connection ends after this response (the drain, a race, a body)."""
+
+    def send_error(self, status: int, message: str, version: str = "HTTP/1.1") -> None:
+        """Answer with an error of our own and end the connection."""
+
+    def log_app_error(self, environ: dict[str, Any], what: str) -> None:
+        """Log the exception being handled, once, with its traceback."""
+
 
 __all__ = ["FileWrapper", "Response"]
 
@@ -95,7 +135,7 @@ class FileWrapper:
 class Response:
     """The state of one response; ``start`` is the app's ``start_response``."""
 
-    def __init__(self, connection: WSGIConnection, request_line: RequestLine, framing: Framing):
+    def __init__(self, connection: ResponseConnection, request_line: RequestLine, framing: Framing):
         self.connection = connection
         self.version = request_line.version
         self.head_only = request_line.method == "HEAD"

@@ -39,13 +39,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from graceserve.httpbody import _NOT_IN_TRAILER as NOT_IN_TRAILER
+from graceserve.httpbody import Body
+from graceserve.httpframing import framing
 from graceserve.httpparse import (
-    Body,
     IncompleteBodyError,
     IncompleteHeadError,
     Limits,
     RequestError,
-    framing,
     read_fields,
     read_request_line,
 )

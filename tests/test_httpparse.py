@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import io
-import subprocess
 import sys
 from typing import Any
 
@@ -17,15 +16,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from graceserve.httpbody import Body
+from graceserve.httpframing import framing
 from graceserve.httpparse import (
-    Body,
     Framing,
     IncompleteBodyError,
     IncompleteHeadError,
     Limits,
     RequestError,
     RequestLine,
-    framing,
     parse_request_line,
     read_fields,
     read_request_line,
@@ -1196,24 +1195,6 @@ def test_arbitrary_field_blocks_read_the_same_every_way(data: bytes, small: bool
 def test_discard_never_raises(data: bytes, chunk: bool, limit: int) -> None:
     body = Body(buffered(data), Framing(None if chunk else len(data) // 2, chunk, True, False))
     assert body.discard(limit) in (True, False)
-
-
-@pytest.mark.parametrize(
-    "statement",
-    [
-        "import graceserve.httpframing",
-        "import graceserve.httpbody",
-        "from graceserve.httpparse import Body, framing",
-        "from graceserve.httpparse import *",
-    ],
-)
-def test_each_module_can_be_imported_first(statement: str) -> None:
-    check = f"{statement}; from graceserve.httpparse import Body, framing; print(Body, framing)"
-    done = subprocess.run(
-        [sys.executable, "-c", check], capture_output=True, text=True, timeout=30, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert "httpbody.Body" in done.stdout
 
 
 class _Stalls(io.RawIOBase):

@@ -220,6 +220,7 @@ def test_idle_timeout_closes_a_stalled_request_head(lab: Lab) -> None:
     assert closed, probe
 
 
+@rows()
 def test_idle_timeout_closes_a_stalled_body_without_answering_it(lab: Lab) -> None:
     """The app never answers a body it did not get whole (a 408, or just the close)."""
     probe = idle(lab).body

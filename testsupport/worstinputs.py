@@ -23,14 +23,14 @@ from dataclasses import dataclass
 
 from graceserve import proxy
 from graceserve.accesslog import AccessRecord, format_combined, format_json
+from graceserve.httpbody import Body
+from graceserve.httpframing import framing
 from graceserve.httpparse import (
-    Body,
     Framing,
     IncompleteBodyError,
     IncompleteHeadError,
     Limits,
     RequestError,
-    framing,
     parse_request_line,
     read_fields,
 )
