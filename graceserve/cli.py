@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from .config import parse_args
 from .errors import EXIT_INTERNAL, EXIT_OK, StartupError
-from .launch import apply_launch, check_config
+from .launch import apply_launch
 from .logformat import configure_logging
 from .runner import run as run_settings
 
@@ -43,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = parse_args(args)
         if config.check_config:
+            from .checkconfig import check_config  # loads TLS and the target's module
+
             print(f"graceserve: {check_config(config)}", flush=True)
             return EXIT_OK
     except StartupError as exc:

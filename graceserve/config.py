@@ -16,14 +16,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ._version import __version__
-from .configfile import read_config_file
+from .configfile import file_settings, listed, read_config_file
 from .cpuquota import auto_workers
 from .errors import UsageError
+from .launch import check_chdir, env_pairs, launch_dir
 from .proxy import parse_allow_ips
 from .settings import DEFAULTS, Settings
-from .workerproc import WORKER_VARIABLE
 
-__all__ = ["LAUNCH_VARIABLE", "Config", "format_bind", "parse_args", "parse_bind"]
+__all__ = ["Config", "format_bind", "parse_args", "parse_bind"]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -415,10 +415,6 @@ _THREADS = (
     "drop it (--max-connections bounds the connections, -w/--workers adds processes)"
 )
 
-LAUNCH_VARIABLE = "GRACESERVE_LAUNCH_DIR"
-"""Set by ``graceserve.cli`` before ``--chdir``: the directory relative paths are
-relative to, for the worker processes (they start in the ``--chdir`` directory)."""
-
 
 def _field(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
@@ -430,12 +426,14 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> 
     args = build_parser().parse_args(list(argv))
     if args.threads is not None:
         raise UsageError(_THREADS)
-    base = _launch_dir(environ)
+    base = launch_dir(environ)
     config_path = args.config or environ.get("GRACESERVE_CONFIG") or None
     filed: dict[str, tuple[str, Any]] = {}
     if config_path is not None:
         config_path = os.path.join(base, config_path)
-        filed = file_settings(read_config_file(config_path), config_path)
+        known = {_field(flag) for flag, *_ in _OPTIONS}
+        raw = read_config_file(config_path)
+        filed = file_settings(raw, config_path, known, {"threads": _THREADS})
     values: dict[str, Any] = {}
     for flag, env, convert, _default, _text in _OPTIONS:
         name = _field(flag)
@@ -462,12 +460,12 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> 
     for name in _PATHS:
         if isinstance(values.get(name), str) and values[name] != "-":
             values[name] = os.path.normpath(os.path.join(base, values[name]))
-    _check_chdir(values.get("chdir"))
-    env_pairs = _env_pairs([*_listed(filed.get("env")), *(args.env or [])])
+    check_chdir(values.get("chdir"))
+    pairs = env_pairs([*listed(filed.get("env")), *(args.env or [])])
     target = args.target or environ.get("GRACESERVE_TARGET") or filed.get("target", ("", None))[1]
     settings = Settings(
         target=target or None, config=config_path, check_config=bool(args.check_config),
-        env=env_pairs, **values,
+        env=pairs, **values,
     )  # fmt: skip
     _check_tls(settings)
     return _check_workers(settings, given=values)
@@ -477,13 +475,6 @@ _KEEP_ALIVE_ZERO = (
     "gunicorn turns keep-alive off with 0; graceserve always keeps connections alive and "
     "ends them itself at a stop (--idle-timeout 0: never close an idle one)"
 )
-
-
-def _launch_dir(environ: Mapping[str, str]) -> str:
-    """Where relative paths start: where graceserve was started (a worker is told)."""
-    if WORKER_VARIABLE in environ and environ.get(LAUNCH_VARIABLE):
-        return environ[LAUNCH_VARIABLE]
-    return os.getcwd()
 
 
 def _lookup(
@@ -505,10 +496,10 @@ def _lookup(
     if name in filed:
         source, value = filed[name]
         if name == "bind":
-            listed = _listed(filed[name])
-            if len(listed) > 1:
-                raise UsageError(_several_binds(source, [text for _, text in listed]))
-            return listed[0]
+            binds = listed(filed[name])
+            if len(binds) > 1:
+                raise UsageError(_several_binds(source, [text for _, text in binds]))
+            return binds[0]
         return (source, value)
     platform = _PLATFORM.get(name)
     if platform is not None and environ.get(platform[0], "").strip():
@@ -535,82 +526,6 @@ def _several_binds(source: str, texts: list[str]) -> str:
         f"{source} given {len(texts)} times ({', '.join(texts)}): graceserve listens on one "
         "address per process; give one (run one graceserve per address)"
     )
-
-
-def _listed(found: tuple[str, Any] | None) -> list[tuple[str, str]]:
-    """A config file's ``bind``/``env``, one string or a list of them, as (source, text)."""
-    if found is None:
-        return []
-    source, value = found
-    items = value if isinstance(value, list) else [value]
-    return [(source, item) for item in items]
-
-
-def _env_pairs(given: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
-    pairs: dict[str, str] = {}
-    for source, text in given:
-        key, equals, value = text.partition("=")
-        if not equals or not key or "\0" in text or not key.isprintable() or " " in key:
-            raise UsageError(f"{source} {text!r} is not NAME=VALUE")
-        if key.startswith("GRACESERVE_"):
-            raise UsageError(
-                f"{source} {key}: graceserve's own settings are flags or variables of "
-                "graceserve's environment, not --env (which is the app's)"
-            )
-        pairs[key] = value
-    return tuple(pairs.items())
-
-
-def _check_chdir(path: str | None) -> None:
-    if path is not None and not os.path.isdir(path):
-        raise UsageError(f"--chdir {path}: no such directory")
-
-
-# A config file's names that are not a flag's own, and gunicorn's names for ours.
-_FILE_ALIASES = {"timeout": "worker_timeout", "keep_alive": "idle_timeout"}
-_GUNICORN_NAMES = {
-    "loglevel": "log_level", "accesslog": "access_log", "access_log_format": "access_log_format",
-    "graceful_timeout": "grace", "keepalive": "keep_alive", "preload_app": "preload",
-    "raw_env": "env", "worker_connections": "max_connections", "pythonpath": None,
-    "errorlog": None, "worker_class": None, "daemon": None, "proc_name": None,
-    "wsgi_app": "target",
-}  # fmt: skip
-
-
-def file_settings(found: Mapping[str, Any], path: str) -> dict[str, tuple[str, Any]]:
-    """A config file's ``{name: value}`` as ``{field: (source, text)}``; UsageError for a
-    name that is no setting, or a value of the wrong kind."""
-    known = {_field(flag) for flag, *_ in _OPTIONS}
-    settings: dict[str, tuple[str, Any]] = {}
-    for name, value in found.items():
-        field = _FILE_ALIASES.get(name, name)
-        source = f"{path}: {name}"
-        if name == "threads":
-            raise UsageError(f"{path}: {_THREADS.replace('--threads', 'threads', 1)}")
-        if field not in known and field not in ("env", "target"):
-            hint = _GUNICORN_NAMES.get(name)
-            said = f" (graceserve's name: {hint})" if hint else ""
-            raise UsageError(f"{source}: not a graceserve setting{said}")
-        if value is None:
-            continue
-        if field in ("bind", "env") and isinstance(value, (list, tuple)):
-            if not all(isinstance(item, str) for item in value) or not value:
-                raise UsageError(f"{source}: expected a string or a list of strings")
-            settings[field] = (source, list(value))
-            continue
-        settings[field] = (source, _text(source, field, value))
-    return settings
-
-
-def _text(source: str, field: str, value: Any) -> str:
-    """A config file's value as the text a flag would give."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if field == "umask" and isinstance(value, int):
-        return format(value, "o")  # umask = 0o007 in Python, not the digits 7
-    if isinstance(value, (int, float, str)):
-        return str(value)
-    raise UsageError(f"{source}: {value!r:.40} is not a string or a number")
 
 
 def _check_workers(settings: Settings, given: Mapping[str, Any]) -> Settings:

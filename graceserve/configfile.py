@@ -4,9 +4,10 @@ Why this module exists: gunicorn users keep their settings in a
 ``gunicorn.conf.py`` whose module-level names are the settings, and TOML is
 the standard library's own configuration format since Python 3.11
 (``tomllib``).  This module only reads a file into ``{name: value}``, with
-each way it can be wrong turned into one line (``UsageError``, exit 2); what
-the names mean and how the values are checked is ``graceserve.config``'s, the
-same code that checks flags and environment variables.
+each way it can be wrong turned into one line (``UsageError``, exit 2), and turns the values into
+the text a flag would give (``file_settings``): how they are checked is
+``graceserve.config``'s, the same code that checks flags and environment
+variables.
 
 A Python file is executed as gunicorn executes its own: code runs, and every
 module-level name that does not start with ``_``, is not a module and is not a
@@ -23,11 +24,12 @@ import importlib
 import sys
 import traceback
 import types
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from .errors import UsageError
 
-__all__ = ["GUNICORN_HOOKS", "read_config_file"]
+__all__ = ["GUNICORN_HOOKS", "file_settings", "listed", "read_config_file"]
 
 GUNICORN_HOOKS = frozenset(
     {
@@ -108,3 +110,63 @@ def _read_python(path: str, data: bytes) -> dict[str, Any]:
             continue  # a helper, or an imported function or class
         settings[name] = value
     return settings
+
+
+# A config file's names that are not a flag's own, and gunicorn's names for ours.
+_FILE_ALIASES = {"timeout": "worker_timeout", "keep_alive": "idle_timeout"}
+_GUNICORN_NAMES = {
+    "loglevel": "log_level", "accesslog": "access_log", "access_log_format": "access_log_format",
+    "graceful_timeout": "grace", "keepalive": "keep_alive", "preload_app": "preload",
+    "raw_env": "env", "worker_connections": "max_connections", "pythonpath": None,
+    "errorlog": None, "worker_class": None, "daemon": None, "proc_name": None,
+    "wsgi_app": "target",
+}  # fmt: skip
+
+
+def file_settings(
+    found: Mapping[str, Any], path: str, known: Collection[str], refused: Mapping[str, str]
+) -> dict[str, tuple[str, Any]]:
+    """A config file's ``{name: value}`` as ``{field: (source, text)}`` (``bind`` and
+    ``env`` may hold a list): the text a flag would give, for the command line's checks.
+
+    ``known``: the settings' names; ``refused``: names refused with their flag's
+    message.  UsageError for a name that is no setting, or a value of the wrong kind."""
+    settings: dict[str, tuple[str, Any]] = {}
+    for name, value in found.items():
+        field = _FILE_ALIASES.get(name, name)
+        source = f"{path}: {name}"
+        if name in refused:
+            raise UsageError(f"{path}: {refused[name].replace('--' + name, name, 1)}")
+        if field not in known and field not in ("env", "target"):
+            hint = _GUNICORN_NAMES.get(name)
+            said = f" (graceserve's name: {hint})" if hint else ""
+            raise UsageError(f"{source}: not a graceserve setting{said}")
+        if value is None:
+            continue
+        if field in ("bind", "env") and isinstance(value, (list, tuple)):
+            if not all(isinstance(item, str) for item in value) or not value:
+                raise UsageError(f"{source}: expected a string or a list of strings")
+            settings[field] = (source, list(value))
+            continue
+        settings[field] = (source, _text(source, field, value))
+    return settings
+
+
+def _text(source: str, field: str, value: Any) -> str:
+    """A config file's value as the text a flag would give."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if field == "umask" and isinstance(value, int):
+        return format(value, "o")  # umask = 0o007 in Python, not the digits 7
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    raise UsageError(f"{source}: {value!r:.40} is not a string or a number")
+
+
+def listed(found: tuple[str, Any] | None) -> list[tuple[str, str]]:
+    """A config file's ``bind``/``env``, one string or a list of them, as (source, text)."""
+    if found is None:
+        return []
+    source, value = found
+    items = value if isinstance(value, list) else [value]
+    return [(source, item) for item in items]

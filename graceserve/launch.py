@@ -1,14 +1,12 @@
-"""What happens to the process before the target is imported: ``--env``, ``--chdir``,
-and ``--check-config``'s dry run.
+"""What happens to the process before the target is imported: ``--env`` and ``--chdir``.
 
 Why this module exists: gunicorn users set the app's environment and working
-directory on the command line (``--env``, ``--chdir``) and check a deployment
-with ``--check-config`` before they start it.  Both must happen before the
+directory on the command line (``--env``, ``--chdir``).  Both must happen before the
 target is imported (the app reads its environment at import; ``--chdir`` puts
 the directory on ``sys.path``), and once per process: worker processes inherit
 the environment and the directory, and apply the same settings again, which
-changes nothing (``graceserve.config`` resolves their relative paths against
-``GRACESERVE_LAUNCH_DIR``, the directory the first process started in).
+changes nothing (their relative paths are resolved against ``LAUNCH_VARIABLE``,
+the directory the first process started in: ``launch_dir``).
 
 Threading: call from the main thread, before any other thread starts
 (``os.chdir`` and ``os.environ`` are process-wide).
@@ -17,13 +15,18 @@ Threading: call from the main thread, before any other thread starts
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
-from .config import LAUNCH_VARIABLE, format_bind
 from .errors import StartupError, UsageError
 from .settings import Settings
 from .workerproc import WORKER_VARIABLE
 
-__all__ = ["apply_launch", "check_config"]
+__all__ = ["LAUNCH_VARIABLE", "apply_launch", "check_chdir", "env_pairs", "launch_dir"]
+
+
+LAUNCH_VARIABLE = "GRACESERVE_LAUNCH_DIR"
+"""Set by ``apply_launch`` before ``--chdir``: the directory relative paths are
+relative to, for the worker processes (they start in the ``--chdir`` directory)."""
 
 
 def apply_launch(settings: Settings) -> None:
@@ -43,28 +46,30 @@ def apply_launch(settings: Settings) -> None:
         raise StartupError(f"--chdir {settings.chdir}: {exc.strerror or exc}") from None
 
 
-def check_config(settings: Settings) -> str:
-    """``--check-config``: what a start would check before it binds; a one-line summary.
+def launch_dir(environ: Mapping[str, str]) -> str:
+    """Where relative paths start: where graceserve was started (a worker is told)."""
+    if WORKER_VARIABLE in environ and environ.get(LAUNCH_VARIABLE):
+        return environ[LAUNCH_VARIABLE]
+    return os.getcwd()
 
-    Applies ``--env`` and ``--chdir``, imports the target (the demo app without
-    one) and loads the TLS files.  UsageError (exit 2, one line) for anything wrong.
-    """
-    from .target import load_target
-    from .tls import TLSSettingsError, build_context
 
-    try:
-        apply_launch(settings)
-        if settings.target is not None:
-            load_target(settings.target)
-        if settings.certfile is not None:
-            build_context(
-                settings.certfile, settings.keyfile, settings.ca_certs, settings.cert_reqs
+def env_pairs(given: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """``(source, NAME=VALUE)`` texts as (name, value) pairs, the last of a name winning."""
+    pairs: dict[str, str] = {}
+    for source, text in given:
+        key, equals, value = text.partition("=")
+        if not equals or not key or "\0" in text or not key.isprintable() or " " in key:
+            raise UsageError(f"{source} {text!r} is not NAME=VALUE")
+        if key.startswith("GRACESERVE_"):
+            raise UsageError(
+                f"{source} {key}: graceserve's own settings are flags or variables of "
+                "graceserve's environment, not --env (which is the app's)"
             )
-    except StartupError as exc:
-        raise UsageError(str(exc)) from None
-    except TLSSettingsError as exc:
-        raise UsageError(str(exc)) from None
-    target = settings.target or "the demo app"
-    workers = f"{settings.workers} worker" + ("s" if settings.workers != 1 else "")
-    source = f", settings from {settings.config}" if settings.config else ""
-    return f"configuration OK: {target} on {format_bind(settings.bind)}, {workers}{source}"
+        pairs[key] = value
+    return tuple(pairs.items())
+
+
+def check_chdir(path: str | None) -> None:
+    """UsageError unless ``path`` (absolute) is None or a directory."""
+    if path is not None and not os.path.isdir(path):
+        raise UsageError(f"--chdir {path}: no such directory")
