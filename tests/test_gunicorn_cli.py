@@ -12,6 +12,7 @@ which binds nothing.
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -214,6 +215,25 @@ def test_flags_and_variables_win_over_the_config_file(
     address = server.wait_ready()
     assert "1 worker " in server.output
     assert get(address, "/")[2].decode() == f"flag {app_dir}"
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_reload_reads_the_config_file_again(
+    start_server: StartServer, app_dir: Path, workers: str
+) -> None:
+    """HUP starts new worker processes with the same command line: they read the file
+    again (as gunicorn's HUP does), so an edited app setting reaches the new code."""
+    conf = app_dir / "conf.py"
+    conf.write_text('env = ["GREETING=before"]\n')
+    server = start_server(
+        ["-c", "conf.py", "hello:app", "-b", "127.0.0.1:0", "-w", workers], cwd=app_dir
+    )
+    address = server.wait_ready(timeout=30)
+    assert get(address, "/")[2].decode() == f"before {app_dir}"
+    conf.write_text('env = ["GREETING=after"]\n')
+    server.send(signal.SIGHUP)
+    server.wait_for_line(r"HUP: generation 2 is ready", timeout=30)
+    assert get(address, "/")[2].decode() == f"after {app_dir}"
 
 
 def test_a_toml_config_file(app_dir: Path) -> None:
