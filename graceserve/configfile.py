@@ -113,13 +113,21 @@ def _read_python(path: str, data: bytes) -> dict[str, Any]:
 
 
 # A config file's names that are not a flag's own, and gunicorn's names for ours.
-_FILE_ALIASES = {"timeout": "worker_timeout", "keep_alive": "idle_timeout"}
-_GUNICORN_NAMES = {
-    "loglevel": "log_level", "accesslog": "access_log", "access_log_format": "access_log_format",
-    "graceful_timeout": "grace", "keepalive": "keep_alive", "preload_app": "preload",
-    "raw_env": "env", "worker_connections": "max_connections", "pythonpath": None,
-    "errorlog": None, "worker_class": None, "daemon": None, "proc_name": None,
+_FILE_ALIASES = {
+    # the flags' other names: -t/--timeout, --keep-alive, --graceful-timeout, -p/--pid
+    "timeout": "worker_timeout",
+    "keep_alive": "idle_timeout",
+    "graceful_timeout": "grace",
+    "pid": "pidfile",
+    # gunicorn.conf.py's own names, where they mean the same as ours
+    "keepalive": "idle_timeout",
+    "preload_app": "preload",
+    "raw_env": "env",
+    "loglevel": "log_level",
     "wsgi_app": "target",
+}
+_GUNICORN_NAMES = {  # gunicorn's names for what is not quite the same here
+    "accesslog": "access_log, where - is stderr", "worker_connections": "max_connections",
 }  # fmt: skip
 
 
@@ -139,7 +147,7 @@ def file_settings(
             raise UsageError(f"{path}: {refused[name].replace('--' + name, name, 1)}")
         if field not in known and field not in ("env", "target"):
             hint = _GUNICORN_NAMES.get(name)
-            said = f" (graceserve's name: {hint})" if hint else ""
+            said = f" (graceserve's: {hint})" if hint else ""
             raise UsageError(f"{source}: not a graceserve setting{said}")
         if value is None:
             continue

@@ -604,14 +604,29 @@ def test_a_python_config_file_names_its_settings_as_the_flags(tmp_path: Any) -> 
     assert parse_args(["-c", str(conf), "other:app"], environ={}).target == "other:app"
 
 
+def test_gunicorn_conf_py_names_that_mean_the_same_are_read(tmp_path: Any) -> None:
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text(
+        "wsgi_app = 'app:app'\nkeepalive = 5\ngraceful_timeout = 6\npreload_app = True\n"
+        "raw_env = ['A=1']\nloglevel = 'warning'\npid = 'a.pid'\nworkers = 2\ntimeout = 7\n"
+    )
+    config = parse_args(["-c", str(conf)], environ={})
+    assert (config.target, config.idle_timeout, config.grace) == ("app:app", 5.0, 6.0)
+    assert (config.preload, config.env, config.log_level) == (True, (("A", "1"),), "warning")
+    assert (config.pidfile, config.workers, config.worker_timeout) == (
+        os.path.join(os.getcwd(), "a.pid"),
+        2,
+        7.0,
+    )
+
+
 @pytest.mark.parametrize(
     ("source", "words"),
     [
-        (
-            "accesslog = '-'\n",
-            "accesslog: not a graceserve setting (graceserve's name: access_log)",
-        ),
-        ("graceful_timeout = 5\n", "(graceserve's name: grace)"),
+        ("accesslog = '-'\n", "accesslog: not a graceserve setting (graceserve's: access_log,"),
+        ("worker_connections = 5\n", "(graceserve's: max_connections)"),
+        ("keepalive = 0\n", "keepalive 0: gunicorn turns keep-alive off"),
+        ("loglevel = 'critical'\n", "loglevel: 'critical' is not one of"),
         ("worker_class = 'gevent'\n", "worker_class: not a graceserve setting"),
         ("def on_starting(server):\n    pass\n", "on_starting is a gunicorn server hook"),
         ("workers = [2]\n", "workers: [2] is not a string or a number"),

@@ -253,7 +253,7 @@ def test_a_toml_config_file(app_dir: Path) -> None:
     ("source", "words"),
     [
         ("workers = 'many'\n", ["workers", "'many' is not a whole number"]),
-        ("loglevel = 'debug'\n", ["loglevel", "not a graceserve setting", "log_level"]),
+        ("accesslog = '-'\n", ["accesslog", "not a graceserve setting", "access_log"]),
         ("def post_fork(server, worker):\n    pass\n", ["post_fork", "gunicorn server hook"]),
         ("x = 1\nraise RuntimeError('no db')\n", ["line 2", "RuntimeError: no db"]),
         ("bind = \n", ["line 1"]),
