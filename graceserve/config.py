@@ -1,8 +1,14 @@
-"""The command line and its environment variables, parsed into Settings.
+"""The command line, its environment variables and the config file, parsed into Settings.
 
-Why this module exists: every flag has an environment variable (flag wins),
-and every value is checked here, once, so that bad input ends with one clear
-line and exit code 2 before anything is opened, bound or locked.  The
+Why this module exists: every flag has an environment variable, and may be
+written in a ``--config`` file (``graceserve.configfile``); the first of flag,
+``GRACESERVE_*`` variable, config file, ``$PORT``/``$WEB_CONCURRENCY`` (as
+gunicorn, Heroku and Cloud Run mean them) that says something wins.  Every
+value, wherever it came from, is checked here by the same converter, once, so
+that bad input ends with one clear line naming where it came from and exit
+code 2 before anything is opened, bound or locked.  gunicorn's short flags and
+names (``-b``, ``-w``, ``-t``/``--timeout``, ``--keep-alive``, ...) are aliases
+of the flag that means the same; abbreviated long flags are not accepted.  The
 defaults are not written here: they are ``graceserve.settings.DEFAULTS``.
 """
 
