@@ -19,7 +19,8 @@ import threading
 from collections.abc import Sequence
 
 from .config import parse_args
-from .errors import EXIT_INTERNAL, StartupError
+from .errors import EXIT_INTERNAL, EXIT_OK, StartupError
+from .launch import apply_launch
 from .logformat import configure_logging
 from .runner import run as run_settings
 
@@ -41,11 +42,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ctl_main(args[1:])
     try:
         config = parse_args(args)
+        if config.check_config:
+            from .checkconfig import check_config  # loads TLS and the target's module
+
+            print(f"graceserve: {check_config(config)}", flush=True)
+            return EXIT_OK
     except StartupError as exc:
         _say(f"graceserve: error: {exc}")
         return exc.exit_code
     configure_logging(config.log_level, config.log_format)
     try:
+        apply_launch(config)  # --env, --chdir: before the target is imported
         if config.target is None:
             from .demo import DemoHandler  # only when served: ctl must run when it is broken
 

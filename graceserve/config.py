@@ -1,8 +1,14 @@
-"""The command line and its environment variables, parsed into Settings.
+"""The command line, its environment variables and the config file, parsed into Settings.
 
-Why this module exists: every flag has an environment variable (flag wins),
-and every value is checked here, once, so that bad input ends with one clear
-line and exit code 2 before anything is opened, bound or locked.  The
+Why this module exists: every flag has an environment variable, and may be
+written in a ``--config`` file (``graceserve.configfile``); the first of flag,
+``GRACESERVE_*`` variable, config file, ``$PORT``/``$WEB_CONCURRENCY`` (as
+gunicorn, Heroku and Cloud Run mean them) that says something wins.  Every
+value, wherever it came from, is checked here by the same converter, once, so
+that bad input ends with one clear line naming where it came from and exit
+code 2 before anything is opened, bound or locked.  gunicorn's short flags and
+names (``-b``, ``-w``, ``-t``/``--timeout``, ``--keep-alive``, ...) are aliases
+of the flag that means the same; abbreviated long flags are not accepted.  The
 defaults are not written here: they are ``graceserve.settings.DEFAULTS``.
 """
 
@@ -16,16 +22,18 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ._version import __version__
+from .configfile import file_settings, listed, read_config_file
 from .cpuquota import auto_workers
 from .errors import UsageError
+from .launch import check_chdir, env_pairs, launch_dir
 from .proxy import parse_allow_ips
 from .settings import DEFAULTS, Settings
 
-__all__ = ["Config", "parse_args", "parse_bind"]
+__all__ = ["Config", "format_bind", "parse_args", "parse_bind"]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
-_BIND = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.%\w]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d{1,5})$")
+_BIND = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.%\w]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})$")
 
 EPILOG = """\
 signals:
@@ -72,7 +80,8 @@ Config = Settings
 
 
 def parse_bind(text: str) -> tuple[str, int] | str:
-    """``HOST:PORT`` or ``[V6]:PORT`` into (host, port), ``unix:PATH`` into PATH."""
+    """``HOST:PORT`` or ``[V6]:PORT`` into (host, port), ``:PORT`` into ("0.0.0.0", port)
+    (every IPv4 interface, as gunicorn), ``unix:PATH`` into PATH."""
     if text.startswith("unix:"):
         path = text[len("unix:") :]
         if not path or "\0" in path:
@@ -80,11 +89,19 @@ def parse_bind(text: str) -> tuple[str, int] | str:
         return os.path.abspath(path)
     match = _BIND.match(text.strip())
     if match is None:
-        raise UsageError(f"--bind {text!r} is not HOST:PORT (or [IPV6]:PORT)")
+        raise UsageError(f"--bind {text!r} is not HOST:PORT (or [IPV6]:PORT, :PORT)")
     port = int(match["port"])
     if port > 65535:
         raise UsageError(f"--bind {text!r}: port {port} is out of range 0-65535")
-    return (match["v6"] or match["host"], port)
+    return (match["v6"] or match["host"] or "0.0.0.0", port)
+
+
+def format_bind(address: tuple[str, int] | str) -> str:
+    """An address as ``--bind`` takes it (``[::1]:8000``, ``unix:/run/app.sock``)."""
+    if isinstance(address, str):
+        return f"unix:{address}"
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _duration(text: str) -> float:
@@ -184,6 +201,18 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return convert
 
 
+def _octal(text: str) -> int:
+    """Digits are octal, as the ``umask`` command's (``007``); ``0o7`` and ``0x7`` as Python."""
+    stripped = text.strip()
+    try:
+        value = int(stripped, 0 if stripped[1:2].isalpha() else 8)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an octal mask such as 007") from None
+    if not 0 <= value <= 0o777:
+        raise ValueError(f"{text!r} is not an octal mask from 000 to 777")
+    return value
+
+
 def _allow_ips(text: str) -> str:
     parse_allow_ips(text)  # ValueError for an entry that is not an address or network
     return ",".join(entry.strip() for entry in text.split(",") if entry.strip())
@@ -200,7 +229,14 @@ def _level(text: str) -> str:
 # optional (--pidfile, --idle-timeout).
 _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
     ("--bind", "GRACESERVE_BIND", parse_bind, DEFAULTS.bind,
-     "HOST:PORT, [IPV6]:PORT or unix:PATH to listen on; port 0 picks a free one"),
+     "HOST:PORT, [IPV6]:PORT, :PORT (every IPv4 interface) or unix:PATH to listen on; port "
+     "0 picks a free one; once (one listener per process); unset and $PORT set (Heroku, "
+     "Cloud Run): 0.0.0.0:$PORT"),
+    ("--umask", "GRACESERVE_UMASK", _octal, DEFAULTS.umask,
+     "octal mask for a unix: socket's mode: 007 lets the socket's group (nginx's user) "
+     "connect"),
+    ("--chdir", "GRACESERVE_CHDIR", str, DEFAULTS.chdir,
+     "change to this directory before importing the target (it goes on sys.path)"),
     ("--grace", "GRACESERVE_GRACE", _duration, DEFAULTS.grace,
      "seconds in-flight connections get to finish before they are cut"),
     ("--pidfile", "GRACESERVE_PIDFILE", str, DEFAULTS.pidfile,
@@ -209,7 +245,8 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
      "at this many live connections new clients wait in the kernel backlog"),
     ("--idle-timeout", "GRACESERVE_IDLE_TIMEOUT", _duration, DEFAULTS.idle_timeout,
      "close HTTP connections idle (or sending a request head) this long (TCP targets: "
-     "the default timeout of wait_for_input); 0 disables"),
+     "the default timeout of wait_for_input); 0 disables; --keep-alive is gunicorn's name "
+     "(there 0 turns keep-alive off: refused)"),
     ("--min-body-rate", "GRACESERVE_MIN_BODY_RATE", _natural, DEFAULTS.min_body_rate,
      "HTTP: bytes/s a request body must average over each --idle-timeout spent waiting "
      "for it; slower ones are closed; 0 disables"),
@@ -220,12 +257,12 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
     ("--workers", "GRACESERVE_WORKERS", _workers, DEFAULTS.workers,
      "serving processes, or auto (one per CPU this process may use: its affinity, capped by "
      "its cgroup's CPU quota, rounded up); more than 1: "
-     "a supervisor process runs them"),
+     "a supervisor process runs them; unset: $WEB_CONCURRENCY if set"),
     ("--preload", "GRACESERVE_PRELOAD", _boolean, DEFAULTS.preload,
      "import the target in the supervisor before starting workers (fail fast)"),
     ("--worker-timeout", "GRACESERVE_WORKER_TIMEOUT", _duration, DEFAULTS.worker_timeout,
-     "kill and replace a worker whose serving loop made no progress this long; 0 disables "
-     "(needs --workers 2 or more)"),
+     "kill and replace a worker whose serving loop made no progress this long (gunicorn's "
+     "--timeout); 0 disables (needs --workers 2 or more)"),
     ("--max-requests", "GRACESERVE_MAX_REQUESTS", _natural, DEFAULTS.max_requests,
      "replace a worker gracefully after it served this many requests (one process: a "
      "worker process takes over its serving); 0 disables"),
@@ -281,13 +318,44 @@ _METAVARS = {
     "--certfile": "PATH", "--keyfile": "PATH", "--ca-certs": "PATH",
     "--cert-reqs": "{none,optional,required}", "--access-log": "PATH|-",
     "--access-log-format": "{combined,json}", "--log-format": "{text,json}",
-    "--forwarded-allow-ips": "LIST",
+    "--forwarded-allow-ips": "LIST", "--umask": "MASK", "--chdir": "DIR",
 }  # fmt: skip
+
+# gunicorn's names and short flags, written before ours (the last is the reference's anchor).
+_ALIASES = {
+    "--bind": ("-b",), "--workers": ("-w",), "--worker-timeout": ("-t", "--timeout"),
+    "--umask": ("-m",), "--pidfile": ("-p", "--pid"),
+}  # fmt: skip
+_AFTER = {"--idle-timeout": ("--keep-alive",), "--grace": ("--graceful-timeout",)}  # gunicorn's
+
+# Defaults as --help writes them, where the value itself reads badly.
+_SHOWN: dict[str, Any] = {"--umask": f"{DEFAULTS.umask:03o}"}
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:
         raise UsageError(message)
+
+
+class _Typed(argparse.Action):
+    """Store ``(the flag as typed, its text)``: errors name what the user wrote."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+        values: Any, option_string: str | None = None,
+    ) -> None:  # fmt: skip
+        setattr(namespace, self.dest, (option_string or self.dest, values))
+
+
+class _Repeated(argparse.Action):
+    """Append ``(the flag as typed, its text)``: --bind and --env may be given again."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+        values: Any, option_string: str | None = None,
+    ) -> None:  # fmt: skip
+        given = list(getattr(namespace, self.dest) or [])
+        setattr(namespace, self.dest, [*given, (option_string or self.dest, values)])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,22 +365,43 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a socketserver/http.server handler or a WSGI app, and stop gracefully.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # --work must not quietly mean --workers (or, later, something else)
     )
     parser.add_argument(
         "target", nargs="?", metavar="TARGET",
         help="module:Handler, module:app (WSGI) or module:factory() to serve "
         "[GRACESERVE_TARGET]; default: the demo app",
     )  # fmt: skip
+    parser.add_argument(
+        "-c", "--config", metavar="FILE",
+        help="read settings from FILE: Python (module-level names as the flags, - written "
+        "as _, as gunicorn.conf.py) or .toml (Python 3.11+); flags and GRACESERVE_* "
+        "variables win over it [GRACESERVE_CONFIG]",
+    )  # fmt: skip
+    parser.add_argument(
+        "--check-config", action="store_true",
+        help="check every setting and import the target, then exit: 0, or 2 with one line",
+    )  # fmt: skip
     for flag, env, convert, default, text in _OPTIONS:
+        flags = (*_ALIASES.get(flag, ()), flag, *_AFTER.get(flag, ()))
         if convert is _boolean:
-            parser.add_argument(flag, action="store_true", default=None, help=f"{text} [{env}]")
+            parser.add_argument(*flags, action="store_true", default=None, help=f"{text} [{env}]")
             continue
-        shown = default[0] + ":" + str(default[1]) if isinstance(default, tuple) else default
+        shown = _SHOWN.get(flag, default)
+        if isinstance(shown, tuple):
+            shown = shown[0] + ":" + str(shown[1])
         parser.add_argument(
-            flag, metavar=_METAVARS[flag],
+            *flags, metavar=_METAVARS[flag], dest=_field(flag),
+            action=_Repeated if flag == "--bind" else _Typed,
             help=f"{text} [{env}]" + (f" (default: {shown})" if shown is not None else ""),
         )  # fmt: skip
-    parser.add_argument("--version", action="version", version=f"graceserve {__version__}")
+    parser.add_argument(
+        "-e", "--env", metavar="NAME=VALUE", action=_Repeated, dest="env",
+        help="set this environment variable for the app before it is imported; repeatable "
+        "(graceserve's own settings are not read from it)",
+    )  # fmt: skip
+    parser.add_argument("--threads", action=_Typed, help=argparse.SUPPRESS)
+    parser.add_argument("-v", "--version", action="version", version=f"graceserve {__version__}")
     return parser
 
 
@@ -320,39 +409,129 @@ def build_parser() -> argparse.ArgumentParser:
 _OPTIONAL = frozenset(
     {
         "pidfile", "idle_timeout", "certfile", "keyfile", "ca_certs", "access_log",
-        "worker_timeout", "max_requests", "min_body_rate",
+        "worker_timeout", "max_requests", "min_body_rate", "chdir",
     }
 )  # fmt: skip
 
+# Paths: relative ones are relative to the directory graceserve was started in.
+_PATHS = ("pidfile", "certfile", "keyfile", "ca_certs", "access_log", "chdir")
+
+_THREADS = (
+    "--threads: graceserve runs one thread per connection, there is no pool to size; "
+    "drop it (--max-connections bounds the connections, -w/--workers adds processes)"
+)
+
+
+def _field(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
 
 def parse_args(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> Settings:
-    """Flags, then environment variables, then defaults; UsageError on bad input."""
+    """Flags, then ``GRACESERVE_*`` variables, then the ``--config`` file, then
+    ``$PORT`` and ``$WEB_CONCURRENCY``, then defaults; UsageError on bad input."""
     args = build_parser().parse_args(list(argv))
+    if args.threads is not None:
+        raise UsageError(_THREADS)
+    base = launch_dir(environ)
+    config_path = args.config or environ.get("GRACESERVE_CONFIG") or None
+    filed: dict[str, tuple[str, Any]] = {}
+    if config_path is not None:
+        config_path = os.path.join(base, config_path)
+        known = {_field(flag) for flag, *_ in _OPTIONS}
+        raw = read_config_file(config_path)
+        filed = file_settings(raw, config_path, known, {"threads": _THREADS})
     values: dict[str, Any] = {}
     for flag, env, convert, _default, _text in _OPTIONS:
-        name = flag.lstrip("-").replace("-", "_")
-        given = getattr(args, name)
-        source = flag
+        name = _field(flag)
+        found = _lookup(name, getattr(args, name), env, environ, filed)
+        if found is None:
+            continue  # the default, from Settings
+        source, given = found
         if given is True:  # a flag without a value (--preload)
             values[name] = True
             continue
-        if given is None and env in environ:
-            given, source = environ[env], env
-        if given is None:
-            continue  # the default, from Settings
+        if name == "bind" and given.startswith("unix:") and given[len("unix:") :]:
+            given = "unix:" + os.path.join(base, given[len("unix:") :])  # not the cwd's
         try:
             value = convert(given)
         except UsageError as exc:
             raise UsageError(str(exc).replace("--bind", source, 1)) from None
         except ValueError as exc:
             raise UsageError(f"{source}: {exc}") from None
+        if name == "idle_timeout" and value == 0 and "keep" in source:
+            raise UsageError(f"{source} 0: {_KEEP_ALIVE_ZERO}")
         values[name] = value if value or name not in _OPTIONAL else None
         if name == "preload":
             values[name] = bool(value)
-    target = args.target or environ.get("GRACESERVE_TARGET") or None
-    settings = Settings(target=target, **values)
+    for name in _PATHS:
+        if isinstance(values.get(name), str) and values[name] != "-":
+            values[name] = os.path.normpath(os.path.join(base, values[name]))
+    check_chdir(values.get("chdir"))
+    pairs = env_pairs([*listed(filed.get("env")), *(args.env or [])])
+    target = args.target or environ.get("GRACESERVE_TARGET") or filed.get("target", ("", None))[1]
+    settings = Settings(
+        target=target or None, config=config_path, check_config=bool(args.check_config),
+        env=pairs, **values,
+    )  # fmt: skip
     _check_tls(settings)
     return _check_workers(settings, given=values)
+
+
+_KEEP_ALIVE_ZERO = (
+    "gunicorn turns keep-alive off with 0; graceserve always keeps connections alive and "
+    "ends them itself at a stop (--idle-timeout 0: never close an idle one)"
+)
+
+
+def _lookup(
+    name: str, flagged: Any, env: str, environ: Mapping[str, str],
+    filed: Mapping[str, tuple[str, Any]],
+) -> tuple[str, Any] | None:  # fmt: skip
+    """(source, text) of the first place that sets ``name``, in precedence order."""
+    if flagged is True:
+        return (name, True)
+    if isinstance(flagged, list):  # --bind, repeatable in the parser
+        if len(flagged) > 1:
+            raise UsageError(_several_binds(flagged[0][0], [text for _, text in flagged]))
+        flagged = flagged[0]
+    if flagged is not None:
+        source, text = flagged
+        return (source, text)
+    if env in environ:
+        return (env, environ[env])
+    if name in filed:
+        source, value = filed[name]
+        if name == "bind":
+            binds = listed(filed[name])
+            if len(binds) > 1:
+                raise UsageError(_several_binds(source, [text for _, text in binds]))
+            return binds[0]
+        return (source, value)
+    platform = _PLATFORM.get(name)
+    if platform is not None and environ.get(platform[0], "").strip():
+        variable, make = platform
+        return (variable, make(environ[variable].strip()))
+    return None
+
+
+def _port(text: str) -> str:
+    if not text.isdigit() or int(text) > 65535:
+        raise UsageError(f"PORT={text!r} (the port the platform gives) is not a port 0-65535")
+    return f"0.0.0.0:{text}"
+
+
+# Variables other servers (gunicorn, Heroku, Cloud Run) honour, below the config file.
+_PLATFORM: dict[str, tuple[str, Callable[[str], str]]] = {
+    "bind": ("PORT", _port),
+    "workers": ("WEB_CONCURRENCY", str),
+}
+
+
+def _several_binds(source: str, texts: list[str]) -> str:
+    return (
+        f"{source} given {len(texts)} times ({', '.join(texts)}): graceserve listens on one "
+        "address per process; give one (run one graceserve per address)"
+    )
 
 
 def _check_workers(settings: Settings, given: Mapping[str, Any]) -> Settings:
@@ -363,7 +542,8 @@ def _check_workers(settings: Settings, given: Mapping[str, Any]) -> Settings:
     one; ``graceserve.runner``)."""
     if settings.workers == 1 and given.get("worker_timeout"):
         raise UsageError(
-            "--worker-timeout needs --workers 2 or more: one process cannot kill and "
+            "--worker-timeout needs --workers 2 or more (also as -t/--timeout): one "
+            "process cannot kill and "
             "replace its own stuck serving loop"
         )
     return settings

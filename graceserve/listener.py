@@ -3,9 +3,9 @@
 Why this module exists: binding is where most start-up failures happen
 (address in use, permission denied, a name that does not resolve, a stale
 Unix socket file), and each must become one clear line and exit code 3 with
-nothing left behind.  A Unix socket file is created with mode 0600, replaced
-only if nothing answers on it (a stale file from a killed run), and removed at
-exit only if it is still ours.
+nothing left behind.  A Unix socket file is created under ``--umask`` (mode
+0600 by default), replaced only if nothing answers on it (a stale file from a
+killed run), and removed at exit only if it is still ours.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def make_server(
     else:
         family, sockaddr = _resolve(address)
     server_class = type(server_class.__name__, (server_class,), {"address_family": family})
-    old_umask = os.umask(0o177) if family == socket.AF_UNIX else None
+    old_umask = os.umask(settings.umask) if family == socket.AF_UNIX else None
     server: GracefulTCPServer | None = None
     try:
         server = server_class(sockaddr, handler_class, bind_and_activate=False)

@@ -94,6 +94,20 @@ class Settings:
     max_requests_jitter: int = 0
     """Add a random 0..J to each worker's ``max_requests`` (they do not all recycle at once)."""
 
+    umask: int = 0o177
+    """The umask a ``unix:`` socket is created under: 0o177 gives mode 0600 (only our
+    user may connect), 0o007 gives 0770 (our group too: an nginx in it)."""
+    chdir: str | None = None
+    """An absolute directory to change to before the target is imported; None: stay.
+    The command line applies it (``graceserve.launch``); ``serve()`` does not."""
+    env: tuple[tuple[str, str], ...] = ()
+    """(name, value) pairs put into ``os.environ`` before the target is imported (by
+    the command line, as ``chdir``)."""
+    config: str | None = None
+    """The configuration file the settings were read from (absolute), or None."""
+    check_config: bool = False
+    """Check the settings and import the target, then exit (``--check-config``)."""
+
     @property
     def drain_linger_max(self) -> float:
         """HTTP: the longest an idle or unfinished connection may linger at drain.

@@ -11,6 +11,7 @@ import inspect
 import ipaddress
 import os
 import socketserver
+import sys
 from typing import Any
 
 import pytest
@@ -47,6 +48,7 @@ NO_DATABASE = settings(database=None, deadline=None, max_examples=200)
         ("[::ffff:127.0.0.1]:1", ("::ffff:127.0.0.1", 1)),
         ("  127.0.0.1:8000  ", ("127.0.0.1", 8000)),
         ("127.0.0.1:0080", ("127.0.0.1", 80)),
+        (":8000", ("0.0.0.0", 8000)),  # gunicorn's form: every IPv4 interface
     ],
 )
 def test_parse_bind_accepts(text: str, expected: tuple[str, int]) -> None:
@@ -59,7 +61,6 @@ def test_parse_bind_accepts(text: str, expected: tuple[str, int]) -> None:
         "",
         "127.0.0.1",
         "127.0.0.1:",
-        ":8000",
         "::1:8000",  # IPv6 needs brackets
         "[::1]",
         "[::1]8000",
@@ -244,7 +245,7 @@ def test_target_argument_and_environment() -> None:
 
 
 def test_unrelated_environment_is_ignored() -> None:
-    environ = {"GRACESERVE": "x", "GRACESERVE_UNKNOWN": "x", "PORT": "1", "BIND": "nonsense"}
+    environ = {"GRACESERVE": "x", "GRACESERVE_UNKNOWN": "x", "PORT": "", "BIND": "nonsense"}
     assert parse_args([], environ=environ) == parse_args([], environ={})
 
 
@@ -460,3 +461,213 @@ def test_worker_timeout_needs_workers_and_start_timeout_must_be_positive() -> No
     for bad in ("0", "-1", "soon"):
         with pytest.raises(UsageError, match="--start-timeout"):
             parse_args(["--start-timeout", bad], {})
+
+
+# -- gunicorn's names, the platform's variables, the config file (issue 21) ----------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "field", "expected"),
+    [
+        (["-b", "[::1]:9000"], "bind", ("::1", 9000)),
+        (["-b", ":9000"], "bind", ("0.0.0.0", 9000)),
+        (["-w", "3"], "workers", 3),
+        (["-w", "3", "-t", "12"], "worker_timeout", 12.0),
+        (["-w", "3", "--timeout", "0"], "worker_timeout", None),
+        (["--keep-alive", "4"], "idle_timeout", 4.0),
+        (["--graceful-timeout", "3"], "grace", 3.0),
+        (["-p", "/run/a.pid"], "pidfile", "/run/a.pid"),
+        (["--pid", "/run/a.pid"], "pidfile", "/run/a.pid"),
+        (["-m", "007"], "umask", 0o007),
+        (["--umask", "0o027"], "umask", 0o027),
+        (["-e", "A=1", "--env", "B=x=y", "-e", "A=2"], "env", (("A", "2"), ("B", "x=y"))),
+    ],
+)
+def test_gunicorn_flags_set_the_same_setting(argv: list[str], field: str, expected: Any) -> None:
+    assert getattr(parse_args(argv, environ={}), field) == expected
+
+
+def test_abbreviated_long_flags_are_refused() -> None:
+    for argv in (["--work", "2"], ["--grac", "1"], ["--keep", "1"]):
+        with pytest.raises(UsageError, match="unrecognized arguments"):
+            parse_args(argv, environ={})
+
+
+def test_port_and_web_concurrency_yield_to_flags_variables_and_the_file(tmp_path: Any) -> None:
+    platform = {"PORT": "9001", "WEB_CONCURRENCY": "3"}
+    config = parse_args([], environ=platform)
+    assert (config.bind, config.workers) == (("0.0.0.0", 9001), 3)
+    flags = parse_args(["-b", "127.0.0.1:1", "-w", "2"], environ=platform)
+    assert (flags.bind, flags.workers) == (("127.0.0.1", 1), 2)
+    variables = {**platform, "GRACESERVE_BIND": "127.0.0.1:2", "GRACESERVE_WORKERS": "4"}
+    assert (parse_args([], environ=variables).bind, parse_args([], environ=variables).workers) == (
+        ("127.0.0.1", 2),
+        4,
+    )
+    conf = tmp_path / "conf.py"
+    conf.write_text("bind = '127.0.0.1:3'\nworkers = 5\n")
+    filed = parse_args(["-c", str(conf)], environ=platform)
+    assert (filed.bind, filed.workers) == (("127.0.0.1", 3), 5)
+    for bad in ({"PORT": "http"}, {"PORT": "70000"}, {"WEB_CONCURRENCY": "0"}):
+        with pytest.raises(UsageError, match=next(iter(bad))):
+            parse_args([], environ=bad)
+    assert parse_args([], environ={"PORT": " ", "WEB_CONCURRENCY": ""}) == parse_args([], {})
+
+
+def test_precedence_flag_variable_file_default(tmp_path: Any) -> None:
+    conf = tmp_path / "conf.py"
+    conf.write_text("grace = 3\nmax_connections = 70\nlog_level = 'debug'\n")
+    environ = {"GRACESERVE_CONFIG": str(conf), "GRACESERVE_GRACE": "4"}
+    config = parse_args(["--max-connections", "80"], environ=environ)
+    assert (config.max_connections, config.grace, config.log_level) == (80, 4.0, "debug")
+    assert config.idle_timeout == DEFAULTS.idle_timeout
+    assert config.config == str(conf)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-b", "127.0.0.1:1", "-b", "127.0.0.1:2"],
+        ["--bind", "127.0.0.1:1", "--bind=unix:/tmp/x.sock"],
+    ],
+)
+def test_a_second_bind_is_a_usage_error(argv: list[str]) -> None:
+    with pytest.raises(UsageError, match="2 times") as caught:
+        parse_args(argv, environ={})
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--threads", "2"], "one thread per connection"),
+        (["--keep-alive", "0"], "--keep-alive 0: gunicorn turns keep-alive off"),
+        (["-e", "NOEQUALS"], "is not NAME=VALUE"),
+        (["-e", "=x"], "is not NAME=VALUE"),
+        (["--env", "GRACESERVE_GRACE=1"], "not --env"),
+        (["--umask", "8"], "octal"),
+        (["--umask", "1000"], "000 to 777"),
+        (["--chdir", "/nonexistent/graceserve"], "no such directory"),
+        (["-c", "/nonexistent/graceserve.conf.py"], "No such file"),
+    ],
+)
+def test_gunicorn_forms_refused_in_one_line(argv: list[str], words: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        parse_args(argv, environ={})
+    assert words in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_relative_paths_are_relative_to_where_graceserve_started(tmp_path: Any) -> None:
+    (tmp_path / "site").mkdir()
+    (tmp_path / "conf.py").write_text("pidfile = 'run/a.pid'\n")
+    argv = ["-c", "conf.py", "--chdir", "site", "-b", "unix:s.sock", "--access-log", "-"]
+    here = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        config = parse_args(argv, environ={})
+    finally:
+        os.chdir(here)
+    assert config.chdir == str(tmp_path / "site")
+    assert config.pidfile == str(tmp_path / "run" / "a.pid")
+    assert config.bind == str(tmp_path / "s.sock")
+    assert config.access_log == "-"
+    # A worker process starts in --chdir's directory; it is told where its supervisor started.
+    worker = {"GRACESERVE_WORKER": "1", "GRACESERVE_LAUNCH_DIR": str(tmp_path)}
+    os.chdir(tmp_path / "site")
+    try:
+        assert parse_args(argv, environ=worker) == config
+    finally:
+        os.chdir(here)
+
+
+def test_a_python_config_file_names_its_settings_as_the_flags(tmp_path: Any) -> None:
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text(
+        "import multiprocessing\n"
+        "from os import path\n"
+        "_private = 1\n"
+        "bind = ['[::1]:0']\n"
+        "workers = 2\n"
+        "timeout = 9\n"
+        "keep_alive = 5\n"
+        "preload = True\n"
+        "umask = 0o007\n"
+        "max_requests = 0\n"
+        "pidfile = None\n"
+        "env = 'A=1'\n"
+        "target = 'app:app'\n"
+        "def helper():\n    return multiprocessing.cpu_count()\n"
+    )
+    config = parse_args(["-c", str(conf)], environ={})
+    assert config.bind == ("::1", 0)
+    assert (config.workers, config.worker_timeout, config.idle_timeout) == (2, 9.0, 5.0)
+    assert (config.preload, config.umask, config.max_requests) == (True, 0o007, None)
+    assert (config.pidfile, config.env, config.target) == (None, (("A", "1"),), "app:app")
+    assert parse_args(["-c", str(conf), "other:app"], environ={}).target == "other:app"
+
+
+def test_gunicorn_conf_py_names_that_mean_the_same_are_read(tmp_path: Any) -> None:
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text(
+        "wsgi_app = 'app:app'\nkeepalive = 5\ngraceful_timeout = 6\npreload_app = True\n"
+        "raw_env = ['A=1']\nloglevel = 'warning'\npid = 'a.pid'\nworkers = 2\ntimeout = 7\n"
+    )
+    config = parse_args(["-c", str(conf)], environ={})
+    assert (config.target, config.idle_timeout, config.grace) == ("app:app", 5.0, 6.0)
+    assert (config.preload, config.env, config.log_level) == (True, (("A", "1"),), "warning")
+    assert (config.pidfile, config.workers, config.worker_timeout) == (
+        os.path.join(os.getcwd(), "a.pid"),
+        2,
+        7.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "words"),
+    [
+        ("accesslog = '-'\n", "accesslog: not a graceserve setting (graceserve's: access_log,"),
+        ("worker_connections = 5\n", "(graceserve's: max_connections)"),
+        ("keepalive = 0\n", "keepalive 0: gunicorn turns keep-alive off"),
+        ("loglevel = 'critical'\n", "loglevel: 'critical' is not one of"),
+        ("worker_class = 'gevent'\n", "worker_class: not a graceserve setting"),
+        ("def on_starting(server):\n    pass\n", "on_starting is a gunicorn server hook"),
+        ("workers = [2]\n", "workers: [2] is not a string or a number"),
+        ("env = [1]\n", "env: expected a string or a list of strings"),
+        ("keep_alive = 0\n", "keep_alive 0: gunicorn turns keep-alive off"),
+        ("import sys\nsys.exit(3)\n", "line 2: SystemExit: 3"),
+        ("1/0\n", "line 1: ZeroDivisionError: division by zero"),
+        ("bind = (\n", "line 1"),
+        ("workers = 0\n", "workers: '0' must be 1 or more"),
+    ],
+)
+def test_a_bad_python_config_file_is_one_line(tmp_path: Any, source: str, words: str) -> None:
+    conf = tmp_path / "conf.py"
+    conf.write_text(source)
+    with pytest.raises(UsageError) as caught:
+        parse_args(["--config", str(conf)], environ={})
+    message = str(caught.value)
+    assert str(conf) in message
+    assert words in message
+    assert "\n" not in message
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="tomllib is 3.11+ (3.10: see below)")
+def test_a_toml_config_file(tmp_path: Any) -> None:
+    conf = tmp_path / "graceserve.toml"
+    conf.write_text('bind = "127.0.0.1:0"\nworkers = 2\nkeep-alive = 3\nenv = ["A=1"]\n')
+    config = parse_args(["-c", str(conf)], environ={})
+    assert (config.bind, config.workers, config.idle_timeout) == (("127.0.0.1", 0), 2, 3.0)
+    assert config.env == (("A", "1"),)
+    for bad, words in (("[graceserve]\nworkers = 2\n", "is a table"), ("workers = \n", "TOML")):
+        conf.write_text(bad)
+        with pytest.raises(UsageError, match=words):
+            parse_args(["-c", str(conf)], environ={})
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 11), reason="3.10 only")
+def test_a_toml_config_file_on_3_10_is_one_line(tmp_path: Any) -> None:
+    conf = tmp_path / "graceserve.toml"
+    conf.write_text("workers = 2\n")
+    with pytest.raises(UsageError, match="TOML needs Python 3"):
+        parse_args(["-c", str(conf)], environ={})

@@ -34,12 +34,16 @@ StartServer = Callable[..., ServerProcess]
 
 # -- --help ------------------------------------------------------------------------------
 
-PLACEHOLDERS = {"ADDRESS", "SECONDS", "PATH", "N", "N|auto", "BYTES", "LIST", "PATH|-"}
+PLACEHOLDERS = {
+    "ADDRESS", "SECONDS", "PATH", "N", "N|auto", "BYTES", "LIST", "PATH|-",
+    "DIR", "FILE", "MASK", "NAME=VALUE",
+}  # fmt: skip
 
 
 def test_help_placeholders_name_the_kind_of_value() -> None:
     text = build_parser().format_help()
-    options = re.findall(r"^  (--[\w-]+)(?: (\S+))?", text, re.MULTILINE)
+    # "  --grace SECONDS, --graceful-timeout SECONDS": the placeholder before the comma
+    options = re.findall(r"^  (--[\w-]+)(?: (\{[^}\s]*\}|[^\s,]+))?", text, re.MULTILINE)
     assert len(options) > 20, text
     for flag, metavar in options:
         if not metavar or flag in ("--help", "--version", "--preload"):

@@ -74,6 +74,7 @@ NOT_RUN = NotRun(
         "haproxy": "examples/haproxy.cfg, run by tests/test_load_balancers.py",
         "yaml": "examples/kubernetes.yaml, checked by tests/test_examples.py",
         "ini": "the systemd units, run by tests/test_systemd_unit.py",
+        "toml": "a configuration file; tests/test_gunicorn_cli.py reads one",
     },
 )
 
@@ -235,8 +236,10 @@ def test_site_builds_strictly_with_every_page(built_site: Path) -> None:
 def test_built_settings_page_lists_every_flag(built_site: Path) -> None:
     html = (built_site / "settings" / "index.html").read_text()
     assert MARKER not in html  # the hook ran
+    codes = " ".join(re.findall(r"<code>([^<]*)</code>", html))  # "-b, --bind ADDRESS"
+    shown = set(re.findall(r"(?<![\w-])(-{1,2}[A-Za-z][\w-]*)", codes))
     for flag in option_flags(graceserve_help()) - {"-h", "--help"}:
-        assert f">{flag}" in html, f"the built settings page lacks {flag}"
+        assert flag in shown, f"the built settings page lacks {flag}"
 
 
 # -- the generated settings reference --------------------------------------------------
@@ -246,9 +249,12 @@ def test_settings_reference_lists_every_flag_and_variable_help_shows() -> None:
     help_text = graceserve_help()
     reference = settings_reference()
     flags = option_flags(help_text) - {"-h", "--help"}
-    assert usage_flags(help_text) - {"-h"} == flags  # the two ways of reading --help agree
+    labels = re.findall(r"^### `(-[^`]*)`", reference, re.MULTILINE)  # "-b, --bind ADDRESS"
+    # The two ways of reading --help agree: usage names each option by its first flag.
+    assert usage_flags(help_text) - {"-h"} == {label.split()[0].rstrip(",") for label in labels}
     assert len(flags) >= 25, flags
-    missing = {flag for flag in flags if f"### `{flag}" not in reference}
+    headed = {flag for label in labels for flag in re.findall(r"-{1,2}[A-Za-z][\w-]*", label)}
+    missing = flags - headed
     assert not missing, f"flags --help shows that the reference lacks: {sorted(missing)}"
     variables = set(re.findall(r"\[(GRACESERVE_[A-Z0-9_]+)\]", " ".join(help_text.split())))
     assert len(variables) >= 25, variables
@@ -343,7 +349,7 @@ def test_migrating_tables_agree_with_graceserve_flags() -> None:
     real = option_flags(graceserve_help())
     today, planned = migrating_tables()
     assert len(today) >= 50, len(today)
-    assert len(planned) >= 10, len(planned)
+    assert len(planned) >= 3, len(planned)  # gunicorn's names landed: today's table
     for gunicorn, ours, _notes in today:
         named = code_flags(ours)
         assert named <= real, f"today's table names flags graceserve lacks: {named - real}"

@@ -194,7 +194,8 @@ def server_argv(command: str) -> list[str] | None:
     """The graceserve arguments if ``command`` starts a server, else None.
 
     ``python -m graceserve ARGS`` or ``graceserve ARGS`` (shell comments dropped),
-    except ``ctl``, ``--help`` and ``--version``, which end by themselves.
+    except ``ctl``, ``--help``, ``--version`` and ``--check-config``, which end by
+    themselves.
     (``server_command`` also takes environment assignments before it.)
     """
     try:
@@ -207,7 +208,7 @@ def server_argv(command: str) -> list[str] | None:
         args = words[1:]
     else:
         return None
-    if args[:1] == ["ctl"] or {"--help", "-h", "--version"} & set(args):
+    if args[:1] == ["ctl"] or {"--help", "-h", "--version", "--check-config"} & set(args):
         return None
     if any(w in ("|", "&&", ";", "&", ">", "2>") for w in args):
         return None
@@ -223,7 +224,7 @@ def with_bind(args: list[str], bind: str) -> tuple[list[str], str]:
         if skip:
             skip = False
             continue
-        if arg == "--bind" and index + 1 < len(args):
+        if arg in ("--bind", "-b") and index + 1 < len(args):
             asked, skip = args[index + 1], True
             continue
         if arg.startswith("--bind="):

@@ -49,7 +49,11 @@ def _build_parser() -> argparse.ArgumentParser:
 def _actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     # argparse has no public way to list its actions; ``_actions`` has been the
     # same since Python 2.7 (sphinx-argparse and argcomplete read it too).
-    return [action for action in parser._actions if not isinstance(action, argparse._HelpAction)]
+    return [
+        action
+        for action in parser._actions
+        if not isinstance(action, argparse._HelpAction) and action.help != argparse.SUPPRESS
+    ]
 
 
 def _groups(parser: argparse.ArgumentParser) -> list[tuple[str, list[argparse.Action]]]:
@@ -70,7 +74,11 @@ def _groups(parser: argparse.ArgumentParser) -> list[tuple[str, list[argparse.Ac
 
 
 def _anchor(action: argparse.Action) -> str:
-    name = (action.option_strings or [str(action.metavar or action.dest)])[-1]
+    """The long flag named like the setting (``--idle-timeout``, not its alias
+    ``--keep-alive``), else the last flag (``-b, --bind``: bind)."""
+    own = "--" + action.dest.replace("_", "-")
+    name = own if own in action.option_strings else None
+    name = name or (action.option_strings or [str(action.metavar or action.dest)])[-1]
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
