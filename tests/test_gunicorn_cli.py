@@ -22,9 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess
 
-from testsupport.process import child_env
+from testsupport.process import ServerProcess, child_env
 from testsupport.rawhttp import EOF, Connection, get
 
 StartServer = Callable[..., ServerProcess]
