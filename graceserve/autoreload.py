@@ -26,10 +26,11 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-__all__ = ["MAX_FILES", "Watcher", "scan"]
+__all__ = ["MAX_FILES", "Watcher", "scan", "watch_working_directory"]
 
 log = logging.getLogger("graceserve")
 
@@ -78,8 +79,26 @@ def _changes(before: dict[Path, Stamp], after: dict[Path, Stamp]) -> list[Path]:
     return sorted(changed + [path for path in before if path not in after])
 
 
+HANDLER_POLL = 0.1  # seconds between two looks for the HUP handler at start-up
+
+
 def _send_hup(changed: list[Path]) -> None:
+    """Send this process a HUP once it handles one: before the runner installed its
+    handler, a HUP would end the process (its default action)."""
+    while signal.getsignal(signal.SIGHUP) in (signal.SIG_DFL, None):
+        time.sleep(HANDLER_POLL)  # start-up: the runner installs it before serving
     os.kill(os.getpid(), signal.SIGHUP)
+
+
+def watch_working_directory() -> Watcher:
+    """Start ``--reload``'s watcher over the working directory (after ``--chdir``)."""
+    watcher = Watcher([Path.cwd()])
+    watcher.start()
+    log.info(
+        "--reload: watching %d Python files under %s", watcher.watched, Path.cwd(),
+        extra={"event": "autoreload_watching", "files": watcher.watched},
+    )  # fmt: skip
+    return watcher
 
 
 class Watcher(threading.Thread):

@@ -18,11 +18,13 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from .autoreload import watch_working_directory
 from .config import parse_args
 from .errors import EXIT_INTERNAL, EXIT_OK, StartupError
 from .launch import apply_launch
 from .logformat import configure_logging
 from .runner import run as run_settings
+from .workerproc import WORKER_VARIABLE
 
 __all__ = ["main"]
 
@@ -53,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(config.log_level, config.log_format)
     try:
         apply_launch(config)  # --env, --chdir: before the target is imported
+        if config.reload and WORKER_VARIABLE not in os.environ:  # the main process only
+            watch_working_directory()
         if config.target is None:
             from .demo import DemoHandler  # only when served: ctl must run when it is broken
 

@@ -260,6 +260,9 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
      "a supervisor process runs them; unset: $WEB_CONCURRENCY if set"),
     ("--preload", "GRACESERVE_PRELOAD", _boolean, DEFAULTS.preload,
      "import the target in the supervisor before starting workers (fail fast)"),
+    ("--reload", "GRACESERVE_RELOAD", _boolean, DEFAULTS.reload,
+     "development: reload gracefully (as HUP) when a Python file under the working "
+     "directory changes; code that fails to import leaves the old code serving"),
     ("--worker-timeout", "GRACESERVE_WORKER_TIMEOUT", _duration, DEFAULTS.worker_timeout,
      "kill and replace a worker whose serving loop made no progress this long (gunicorn's "
      "--timeout); 0 disables (needs --workers 2 or more)"),
@@ -461,7 +464,7 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> 
         if name == "idle_timeout" and value == 0 and "keep" in source:
             raise UsageError(f"{source} 0: {_KEEP_ALIVE_ZERO}")
         values[name] = value if value or name not in _OPTIONAL else None
-        if name == "preload":
+        if name in ("preload", "reload"):
             values[name] = bool(value)
     for name in _PATHS:
         if isinstance(values.get(name), str) and values[name] != "-":

@@ -107,6 +107,9 @@ class Settings:
     """The configuration file the settings were read from (absolute), or None."""
     check_config: bool = False
     """Check the settings and import the target, then exit (``--check-config``)."""
+    reload: bool = False
+    """Development: reload gracefully, as a HUP does, when a Python file under the
+    working directory changes (``graceserve.autoreload``; the command line only)."""
 
     @property
     def drain_linger_max(self) -> float:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,9 @@ from pathlib import Path
 import pytest
 
 from graceserve.autoreload import Watcher, scan
+from testsupport.process import ServerProcess
+from testsupport.waiting import wait_until
+from testsupport.workers import get
 
 WAIT = 10.0  # seconds a change may take to be seen on a loaded machine
 
@@ -116,3 +121,87 @@ def test_a_save_in_several_steps_is_one_reload(tree: Path) -> None:
     finally:
         watcher.stop()
         watcher.join(WAIT)
+
+
+# -- the command line: --reload end to end ------------------------------------------------
+
+APP = """\
+from http.server import BaseHTTPRequestHandler
+
+
+class App(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body = b"{version}"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format, *args):
+        pass
+"""
+
+
+class Requests(threading.Thread):
+    """Fresh-connection GETs until stopped: every answer's body, and every failure."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        super().__init__(name="test-reload-requests", daemon=True)
+        self.address = address
+        self.bodies: list[str] = []
+        self.failures: list[str] = []
+        self.done = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        for _ in range(100_000):  # bounded; stopped long before
+            if self.done.is_set():
+                return
+            try:
+                status, body = get(self.address)
+            except OSError as exc:
+                self.failures.append(repr(exc))
+                continue
+            if status != 200:
+                self.failures.append(f"{status} {body}")
+            self.bodies.append(body)
+
+    def latest(self) -> str:
+        return self.bodies[-1] if self.bodies else ""
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(WAIT)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_code_change_reloads_without_a_failed_request(tmp_path: Path, workers: str) -> None:
+    touch(tmp_path / "app.py", APP.format(version="v1"), 1_000_000_000)
+    server = ServerProcess(
+        ["--reload", "--workers", workers, "--bind", "127.0.0.1:0", "app:App"], cwd=tmp_path
+    )
+    try:
+        address = server.wait_ready()
+        server.wait_for_line(r"--reload: watching \d+ Python files")
+        requests = Requests(address)
+        try:
+            wait_until(lambda: requests.latest() == "v1", WAIT, "v1 to answer")
+            touch(tmp_path / "app.py", APP.format(version="v2"), 2_000_000_000)
+            server.wait_for_line(r"--reload: .*app\.py changed; reloading")
+            wait_until(lambda: requests.latest() == "v2", 60, "v2 to answer")
+            touch(tmp_path / "app.py", "this is not Python\n", 3_000_000_000)
+            server.wait_for_line(r"reload failed", timeout=60)
+            count = len(requests.bodies)
+            wait_until(lambda: len(requests.bodies) > count + 5, WAIT, "more answers")
+            assert requests.latest() == "v2"  # the old code keeps serving
+            touch(tmp_path / "app.py", APP.format(version="v3"), 4_000_000_000)
+            wait_until(lambda: requests.latest() == "v3", 60, "v3 to answer")
+        finally:
+            requests.stop()
+        assert requests.failures == []
+        server.send(signal.SIGTERM)
+        assert server.wait_exit() == 0
+    finally:
+        server.stop()
