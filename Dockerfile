@@ -14,8 +14,11 @@
 #   CMD ["myapp:Handler"]
 #
 # TARGET is imported with the working directory (/app) on sys.path. The inherited
-# HEALTHCHECK asks GET /healthz; an app without that route (or a plain TCP server)
-# should say `HEALTHCHECK NONE` or its own check.
+# HEALTHCHECK asks GET /healthz, which graceserve answers itself for any HTTP app
+# (GRACESERVE_HEALTH_PATH below: 200, then 503 from the moment a stop begins), so a
+# Flask or Django app needs no route for it. A plain TCP server (a BaseRequestHandler)
+# has no HTTP: give it `ENV GRACESERVE_HEALTH_PATH=` and `HEALTHCHECK NONE` (or its
+# own check).
 #
 # Another base image with Python >= 3.10 works too, e.g. the Debian-built stand-in that
 # .ci/container-setup makes where no registry is reachable (tests/test_container.py):
@@ -48,7 +51,8 @@ USER 10001:10001
 # decides what is cut and logs it. Raise both together (docker stop -t, Kubernetes'
 # terminationGracePeriodSeconds) for longer requests.
 ENV GRACESERVE_BIND=0.0.0.0:8000 \
-    GRACESERVE_GRACE=8
+    GRACESERVE_GRACE=8 \
+    GRACESERVE_HEALTH_PATH=/healthz
 EXPOSE 8000
 
 # graceserve drains on TERM. The exec form below makes Python PID 1 directly (no shell

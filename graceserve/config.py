@@ -182,6 +182,17 @@ def _root_path(text: str) -> str:
     return path
 
 
+def _health_path(text: str) -> str | None:
+    path = text.strip()
+    if not path:
+        return None
+    if not path.startswith("/") or len(path) > 1024:
+        raise ValueError(f"{text!r} must be a path that starts with / (at most 1024 bytes)")
+    if any(c in path for c in "?#%") or not path.isascii() or not path.isprintable() or " " in path:
+        raise ValueError(f"{text!r} is not a plain URL path")
+    return path
+
+
 def _body_size(text: str) -> int | None:
     try:
         value = int(text)
@@ -252,6 +263,9 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
      "for it; slower ones are closed; 0 disables"),
     ("--drain-delay", "GRACESERVE_DRAIN_DELAY", _duration, DEFAULTS.drain_delay,
      "lame-duck seconds after the stop signal: keep serving, /healthz answers 503"),
+    ("--health-path", "GRACESERVE_HEALTH_PATH", _health_path, DEFAULTS.health_path,
+     "HTTP: answer GET/HEAD of this path (/healthz) for any app: 200, then 503 from the "
+     "moment a stop begins (the lame duck included); not in the access log"),
     ("--log-level", "GRACESERVE_LOG_LEVEL", _level, DEFAULTS.log_level,
      "the least severe of graceserve's own lines to show"),
     ("--workers", "GRACESERVE_WORKERS", _workers, DEFAULTS.workers,
@@ -322,6 +336,7 @@ _METAVARS = {
     "--cert-reqs": "{none,optional,required}", "--access-log": "PATH|-",
     "--access-log-format": "{combined,json}", "--log-format": "{text,json}",
     "--forwarded-allow-ips": "LIST", "--umask": "MASK", "--chdir": "DIR",
+    "--health-path": "PATH",
 }  # fmt: skip
 
 # gunicorn's names and short flags, written before ours (the last is the reference's anchor).
@@ -412,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
 _OPTIONAL = frozenset(
     {
         "pidfile", "idle_timeout", "certfile", "keyfile", "ca_certs", "access_log",
-        "worker_timeout", "max_requests", "min_body_rate", "chdir",
+        "worker_timeout", "max_requests", "min_body_rate", "chdir", "health_path",
     }
 )  # fmt: skip
 

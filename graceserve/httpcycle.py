@@ -89,6 +89,14 @@ class CycleServer(Protocol):
         """True once the drain closed the listener."""
 
     @property
+    def health_path(self) -> str | None:
+        """The path answered by graceserve itself (``--health-path``), or None."""
+
+    @property
+    def stopping(self) -> bool:
+        """True from the moment a stop begins (the lame duck included)."""
+
+    @property
     def hooks(self) -> ServerHooks:
         """What a worker or the runner asked to hear of (each finished request)."""
 
@@ -122,17 +130,22 @@ class RequestCycle:
         "body",
         "closing",
         "conn",
+        "framing",
+        "health",
         "limits",
+        "line",
         "lock",
         "meter",
         "on_line",
         "rfile",
         "server",
+        "sock",
         "started",
     )
 
     def __init__(self, server: CycleServer, request: Any, client_address: Any, rfile: Any):
         self.server = server
+        self.sock = request  # what the connection speaks through (a TLS socket over TLS)
         self.rfile: BinaryIO = rfile
         registry = server.registry
         conn = registry.get(raw_socket(request))
@@ -146,6 +159,9 @@ class RequestCycle:
         self.closing = False  # this connection ends after the current response
         self.started = 0.0  # when the current request line arrived
         self.body: Body | TimedSource | None = None
+        self.health = server.health_path
+        self.line: RequestLine | None = None  # the current request's, once its head is read
+        self.framing: Framing | None = None  # and its body's framing
 
     # -- the loop body --------------------------------------------------------------------
 
@@ -155,6 +171,8 @@ class RequestCycle:
         if raw is None:
             return False
         dispatcher.raw_requestline = raw
+        self.line = self.framing = None
+        answered_here = False
         try:
             if dispatcher.parse_request():
                 cut = self.conn.to_busy()
@@ -162,7 +180,11 @@ class RequestCycle:
                     if cut == FORCED:
                         return False  # the head was cut by force half-way: never act on it
                     self.closing = True  # a close (the linger ran out): answered, with close
-                dispatcher.dispatch()
+                if self.health is not None and self.is_health_check():
+                    self.answer_health(dispatcher)
+                    answered_here = True
+                else:
+                    dispatcher.dispatch()
             else:
                 self.conn.to_busy()
         except IncompleteBodyError as exc:  # EOF or the reaper's cut inside the body
@@ -175,7 +197,7 @@ class RequestCycle:
         if self.body is not None:
             keep = self.end_body(keep)
             dispatcher.request_finished()
-        elif long_head or self.server.access_logger is not None:
+        elif long_head or (self.server.access_logger is not None and not answered_here):
             dispatcher.request_finished()
         if long_head and meter is not None:  # give its memory back
             meter.release()
@@ -220,7 +242,9 @@ class RequestCycle:
         under ``limits``) and the body's framing, under the limits and the head budget;
         raises ``RequestError`` or IncompleteHeadError (never dispatch)."""
         fields = httpparse.read_fields(self.rfile.readline, self.limits, on_line=self.on_line)
-        return fields, framing(line, fields, self.limits)
+        self.line = line
+        self.framing = found = framing(line, fields, self.limits)
+        return fields, found
 
     def open_body(self, framing: Framing, before: Any = None, raw: bool = False) -> Any:
         """The request's body reader: ``httpbody.Body`` (``before`` runs before its first
@@ -234,6 +258,34 @@ class RequestCycle:
         body = Body(source, framing, self.limits, before)  # type: ignore[arg-type]
         self.body = body
         return body
+
+    def is_health_check(self) -> bool:
+        """Whether the current request is a GET or HEAD of ``--health-path`` without a body."""
+        line, found = self.line, self.framing
+        if line is None or found is None or line.method not in ("GET", "HEAD"):
+            return False
+        if found.chunked or found.content_length:
+            return False
+        return line.target.partition("?")[0] == self.health
+
+    def answer_health(self, dispatcher: Dispatcher) -> None:
+        """Answer ``--health-path`` here, for any app: 200 ``ok`` while serving, 503
+        ``stopping`` from the moment a stop begins.  Not in the access log."""
+        if self.server.stopping:
+            status, text = b"503 Service Unavailable", b"stopping\n"
+        else:
+            status, text = b"200 OK", b"ok\n"
+        close = dispatcher.close_connection or self.ending()
+        head = (
+            b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Cache-Control: no-store\r\nContent-Length: " + str(len(text)).encode() + b"\r\n"
+            + (b"Connection: close\r\n" if close else b"") + b"\r\n"
+        )  # fmt: skip
+        line = self.line
+        head_only = line is not None and line.method == "HEAD"
+        self.sock.sendall(head if head_only else head + text)
+        if close:
+            self.closing = True
 
     def ending(self) -> bool:
         """Whether the response being sent must end the connection (``Connection: close``):

@@ -111,6 +111,11 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
     - discard_limit = 65536     unread body bytes discarded to keep a connection;
                                 more than that and the connection is closed
     - tcp_nodelay = True        no Nagle stall between header and body writes
+    - health_path = None        a path (``/healthz``) that graceserve answers itself,
+                                for any target: GET/HEAD get 200 ``ok``, then 503
+                                ``stopping`` from the moment a stop begins (the
+                                lame duck of ``--drain-delay`` included); not in the
+                                access log; None: every path is the app's
 
     Production settings (``graceserve.settings.Settings`` fields of the same
     names, read by ``setup_production`` when the server starts):
@@ -139,6 +144,7 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
     request_limits: httpparse.Limits | None = None
     discard_limit = DISCARD_LIMIT
     tcp_nodelay = True
+    health_path: str | None = DEFAULTS.health_path
     certfile: str | None = DEFAULTS.certfile
     keyfile: str | None = DEFAULTS.keyfile
     ca_certs: str | None = DEFAULTS.ca_certs

@@ -30,7 +30,7 @@ from .wsgi import GracefulWSGIServer
 
 __all__ = ["Address", "check_http_options", "make_listener", "make_server", "remove_unix_socket"]
 
-_NOT_HTTP = "--certfile and --access-log are for HTTP handlers and WSGI apps"
+_NOT_HTTP = "--certfile, --access-log and --health-path are for HTTP handlers and WSGI apps"
 
 
 def make_server(
@@ -59,7 +59,7 @@ def make_server(
             limit_request_field_size=settings.limit_request_field_size,
             max_body_size=settings.max_body_size,
         )
-    if not (http or wsgi) and (settings.certfile or settings.access_log):
+    if not (http or wsgi) and (settings.certfile or settings.access_log or settings.health_path):
         raise StartupError(_NOT_HTTP)
     if inherited is not None:
         try:
@@ -122,7 +122,7 @@ def check_http_options(settings: Settings, loaded: Any = None) -> None:
     imported with ``--preload``) TLS or an access log for a TCP handler.
     StartupError (exit code 3) for the first problem.
     """
-    if settings.certfile is None and settings.access_log is None:
+    if settings.certfile is None and settings.access_log is None and settings.health_path is None:
         return
     if loaded is not None and not (is_wsgi_app(loaded) or is_http_handler(loaded)):
         raise StartupError(_NOT_HTTP)

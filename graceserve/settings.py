@@ -107,6 +107,9 @@ class Settings:
     """The configuration file the settings were read from (absolute), or None."""
     check_config: bool = False
     """Check the settings and import the target, then exit (``--check-config``)."""
+    health_path: str | None = None
+    """HTTP: a path graceserve answers itself for any app (``/healthz``): 200, then 503
+    from the moment a stop begins; None: every path is the app's."""
     reload: bool = False
     """Development: reload gracefully, as a HUP does, when a Python file under the
     working directory changes (``graceserve.autoreload``; the command line only)."""
@@ -134,6 +137,7 @@ class Settings:
         if http or wsgi:
             attributes["drain_linger_max"] = self.drain_linger_max
             attributes["min_body_rate"] = self.min_body_rate
+            attributes["health_path"] = self.health_path
             attributes.update(
                 certfile=self.certfile,
                 keyfile=self.keyfile,

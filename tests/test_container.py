@@ -25,7 +25,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,8 +119,8 @@ def run_container(image: str) -> Iterator[Callable[..., str]]:
     """Start containers of the test image; force-remove exactly those at teardown."""
     started: list[str] = []
 
-    def run(*options: str) -> str:
-        container_id = podman_ok("run", "-d", *options, image).strip()
+    def run(*options: str, command: Sequence[str] = ()) -> str:
+        container_id = podman_ok("run", "-d", *options, image, *command).strip()
         started.append(container_id)
         return container_id
 
@@ -316,6 +316,33 @@ HEALTHZ_STATUS = (
     "except e.HTTPError as error:\n"
     "    print(error.code)\n"
 )
+
+
+PLAIN_APP = """\
+def app(environ, start_response):
+    found = environ["PATH_INFO"] == "/"
+    start_response("200 OK" if found else "404 Not Found", [("Content-Type", "text/plain")])
+    return [b"hello" if found else b"not here"]
+"""
+
+
+def test_an_app_without_a_health_route_is_healthy_in_the_shipped_image(
+    run_container: Callable[..., str], tmp_path: Path
+) -> None:
+    # A WSGI app with no /healthz route (as every Flask or Django app) built FROM the
+    # image: the image's GRACESERVE_HEALTH_PATH=/healthz has graceserve answer it.
+    tmp_path.chmod(0o755)
+    (tmp_path / "plainapp.py").write_text(PLAIN_APP)
+    (tmp_path / "plainapp.py").chmod(0o644)
+    container_id = run_container(
+        "--network", "none", "-v", f"{tmp_path}:/plain:ro", "-w", "/plain",
+        command=["plainapp:app"],
+    )  # fmt: skip
+    wait_listening(container_id)
+    check = podman("healthcheck", "run", container_id)
+    assert check.returncode == 0, f"healthcheck failed: {check.stdout}{check.stderr}"
+    status = podman_ok("exec", container_id, "python3", "-c", HEALTHZ_STATUS).strip()
+    assert status == "200", logs(container_id)
 
 
 def test_healthcheck_fails_while_draining(run_container: Callable[..., str]) -> None:

@@ -190,7 +190,7 @@ def test_a_preloaded_tcp_handler_with_an_access_log_is_refused_before_any_worker
         cwd=tmp_path,
     )
     assert server.wait_exit(30) == 3, server.output
-    assert "--certfile and --access-log are for HTTP handlers and WSGI apps" in server.output
+    assert "--certfile, --access-log and --health-path are for HTTP handlers and WSGI apps" in server.output
     assert worker_pids(server) == []
 
 
