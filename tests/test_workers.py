@@ -162,20 +162,21 @@ def test_preload_fails_before_any_worker_starts(start_server: StartServer, tmp_p
 @pytest.mark.parametrize(
     ("option", "value", "error"),
     [
-        ("--access-log", "missing-dir/access.log", "cannot start: --access-log missing-dir/"),
-        ("--certfile", "missing.pem", "cannot start: --certfile missing.pem"),
+        ("--access-log", "missing-dir/access.log", "cannot start: --access-log {dir}/missing-dir/"),
+        ("--certfile", "missing.pem", "cannot start: --certfile {dir}/missing.pem"),
     ],
 )
 def test_an_http_option_that_cannot_work_fails_before_any_worker_starts(
     start_server: StartServer, app_dir: Path, option: str, value: str, error: str
 ) -> None:
     """The supervisor serves nothing, but checks the workers' HTTP options: exit 3 at once,
-    with the option's own error (it used to refuse every --access-log and --certfile)."""
+    with the option's own error (it used to refuse every --access-log and --certfile),
+    naming the path as resolved from where graceserve was started."""
     server = start_server(
         ["app:Handler", "--bind", "127.0.0.1:0", "--workers", "2", option, value], cwd=app_dir
     )
     assert server.wait_exit(30) == 3, server.output
-    assert error in server.output, server.output
+    assert error.format(dir=app_dir) in server.output, server.output
     assert worker_pids(server) == []
 
 
@@ -190,7 +191,10 @@ def test_a_preloaded_tcp_handler_with_an_access_log_is_refused_before_any_worker
         cwd=tmp_path,
     )
     assert server.wait_exit(30) == 3, server.output
-    assert "--certfile, --access-log and --health-path are for HTTP handlers and WSGI apps" in server.output
+    assert (
+        "--certfile, --access-log and --health-path are for HTTP handlers and WSGI apps"
+        in server.output
+    )
     assert worker_pids(server) == []
 
 
