@@ -359,6 +359,7 @@ def test_every_server_setting_reaches_the_server_by_name(kind: str) -> None:
         idle_timeout=3.5,
         grace=2.0,
         min_body_rate=250,
+        health_path="/livez",
         root_path="/app",
         limit_request_line=100,
         limit_request_fields=5,
@@ -374,6 +375,7 @@ def test_every_server_setting_reaches_the_server_by_name(kind: str) -> None:
         if kind != "tcp":
             expected["drain_linger_max"] = 0.5  # a quarter of the grace
             expected["min_body_rate"] = 250
+            expected["health_path"] = "/livez"
             expected.update(
                 certfile=None, keyfile=None, ca_certs=None, cert_reqs="none",
                 access_log=None, access_log_format="combined",
