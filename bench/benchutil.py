@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:  # graceserve and testsupport, for ``python bench/
     sys.path.insert(0, str(ROOT))
 
 import testsupport as support  # noqa: E402
-from graceserve.readiness import parse_ready  # noqa: E402
+from graceserve.process.readiness import parse_ready  # noqa: E402
 from testsupport import procfs  # noqa: E402
 
 HOST = "127.0.0.1"

@@ -26,7 +26,7 @@ Compared, rounds interleaved (order rotated), medians reported:
 The difference between the two servers with the same handler is graceserve's
 per-request price or saving: the connection's state changes (one registry
 lock round-trip, two clock reads), the Connection-header hook, and the strict
-head reader (``graceserve.httpparse``) in place of the stdlib's
+head reader (``graceserve.http.parse``) in place of the stdlib's
 ``email.parser``, which is where graceserve comes out cheaper.
 """
 

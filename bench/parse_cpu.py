@@ -1,4 +1,4 @@
-"""CPU per request head: the stdlib's ``http.client.parse_headers`` vs ``graceserve.httpparse``.
+"""CPU per request head: the stdlib's ``http.client.parse_headers`` vs ``graceserve.http.parse``.
 
 Run from the repository root (stdlib only, nothing to install):
 
@@ -44,8 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from graceserve.httpframing import framing  # noqa: E402
-from graceserve.httpparse import (  # noqa: E402
+from graceserve.http.framing import framing  # noqa: E402
+from graceserve.http.parse import (  # noqa: E402
     parse_request_line,
     read_fields,
     to_message,

@@ -16,9 +16,10 @@ environment), ``target``, ``runner`` (serve()), ``cli``, ``demo`` (the
 built-in app), ``errors`` (exit codes).
 """
 
-from ._version import __version__
-from .drain import DrainController, DrainReport
-from .errors import (
+from graceserve._version import __version__
+from graceserve.core.drain import DrainController, DrainReport
+from graceserve.core.server import GracefulTCPServer
+from graceserve.errors import (
     EXIT_CANNOT_START,
     EXIT_CUT,
     EXIT_INTERNAL,
@@ -27,10 +28,9 @@ from .errors import (
     StartupError,
     UsageError,
 )
-from .httpserver import DrainAwareRequestHandler, GracefulHTTPServer
-from .runner import serve
-from .server import GracefulTCPServer
-from .wsgi import GracefulWSGIServer, make_server
+from graceserve.http.server import DrainAwareRequestHandler, GracefulHTTPServer
+from graceserve.process.runner import serve
+from graceserve.wsgi.server import GracefulWSGIServer, make_server
 
 __all__ = [
     "EXIT_CANNOT_START",

@@ -1,5 +1,5 @@
 """``python -m graceserve``: the same program as the ``graceserve`` console script."""
 
-from .cli import run
+from graceserve.cli import run
 
 run()

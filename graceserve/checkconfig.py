@@ -12,12 +12,12 @@ Threading: call from the main thread (``--chdir`` is process-wide).
 
 from __future__ import annotations
 
-from .config import format_bind
-from .errors import StartupError, UsageError
-from .launch import apply_launch
-from .settings import Settings
-from .target import load_target
-from .tls import TLSSettingsError, build_context
+from graceserve.config import format_bind
+from graceserve.errors import StartupError, UsageError
+from graceserve.http.tls import TLSSettingsError, build_context
+from graceserve.process.launch import apply_launch
+from graceserve.process.target import load_target
+from graceserve.settings import Settings
 
 __all__ = ["check_config"]
 

@@ -18,13 +18,13 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from .autoreload import watch_working_directory
-from .config import parse_args
-from .errors import EXIT_INTERNAL, EXIT_OK, StartupError
-from .launch import apply_launch
-from .logformat import configure_logging
-from .runner import run as run_settings
-from .workerproc import WORKER_VARIABLE
+from graceserve.config import parse_args
+from graceserve.errors import EXIT_INTERNAL, EXIT_OK, StartupError
+from graceserve.logformat import configure_logging
+from graceserve.process.autoreload import watch_working_directory
+from graceserve.process.launch import apply_launch
+from graceserve.process.runner import run as run_settings
+from graceserve.process.workerproc import WORKER_VARIABLE
 
 __all__ = ["main"]
 
@@ -39,13 +39,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = sys.argv[1:] if argv is None else list(argv)
     if args[:1] == ["ctl"]:
-        from .ctl import main as ctl_main
+        from graceserve.process.ctl import main as ctl_main
 
         return ctl_main(args[1:])
     try:
         config = parse_args(args)
         if config.check_config:
-            from .checkconfig import check_config  # loads TLS and the target's module
+            from graceserve.checkconfig import check_config  # loads TLS and the target's module
 
             print(f"graceserve: {check_config(config)}", flush=True)
             return EXIT_OK
@@ -58,7 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.reload and WORKER_VARIABLE not in os.environ:  # the main process only
             watch_working_directory()
         if config.target is None:
-            from .demo import DemoHandler  # only when served: ctl must run when it is broken
+            from graceserve.demo import (
+                DemoHandler,  # only when served: ctl must run when it is broken
+            )
 
             return run_settings(DemoHandler, config, ignore_signals_after=True)
         return run_settings(config.target, config, ignore_signals_after=True)

@@ -21,13 +21,13 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ._version import __version__
-from .configfile import file_settings, listed, read_config_file
-from .cpuquota import auto_workers
-from .errors import UsageError
-from .launch import check_chdir, env_pairs, launch_dir
-from .proxy import parse_allow_ips
-from .settings import DEFAULTS, Settings
+from graceserve._version import __version__
+from graceserve.configfile import file_settings, listed, read_config_file
+from graceserve.errors import UsageError
+from graceserve.http.proxy import parse_allow_ips
+from graceserve.process.cpuquota import auto_workers
+from graceserve.process.launch import check_chdir, env_pairs, launch_dir
+from graceserve.settings import DEFAULTS, Settings
 
 __all__ = ["Config", "format_bind", "parse_args", "parse_bind"]
 
@@ -557,7 +557,7 @@ def _check_workers(settings: Settings, given: Mapping[str, Any]) -> Settings:
     serving loop (its interpreter is the one that is stuck).  So ``--worker-timeout``
     asked for with one worker is refused; its default is not used there (also not
     once a reload made a worker process take over the serving: one process stays
-    one; ``graceserve.runner``)."""
+    one; ``graceserve.process.runner``)."""
     if settings.workers == 1 and given.get("worker_timeout"):
         raise UsageError(
             "--worker-timeout needs --workers 2 or more (also as -t/--timeout): one "

@@ -27,7 +27,7 @@ import types
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from .errors import UsageError
+from graceserve.errors import UsageError
 
 __all__ = ["GUNICORN_HOOKS", "file_settings", "listed", "read_config_file"]
 

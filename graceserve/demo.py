@@ -17,7 +17,7 @@ import select
 import time
 import urllib.parse
 
-from ._version import __version__
+from graceserve._version import __version__
 
 __all__ = ["DemoHandler"]
 

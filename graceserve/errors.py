@@ -40,7 +40,7 @@ class StartupError(Exception):
 
     ``app_error``: the app's own exception behind it (its import or factory call
     raised), with its traceback cut to the app's frames
-    (``graceserve.apptrace``); the command line logs that traceback under the
+    (``graceserve.process.apptrace``); the command line logs that traceback under the
     one-line reason.  None for everything else (a flag, a port, a pidfile).
     """
 

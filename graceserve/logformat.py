@@ -5,7 +5,7 @@ one JSON object per line with stable keys, not prose to parse.  Every
 graceserve log call may pass ``extra={"event": "...", ...}``; in JSON those
 become keys next to ``time``, ``level``, ``pid``, ``logger``, ``event`` (``log``
 when the call named none) and ``message`` (the text line's message, exactly:
-the readiness line stays parseable by ``graceserve.readiness.parse_ready``).
+the readiness line stays parseable by ``graceserve.process.readiness.parse_ready``).
 A traceback is the string value of ``traceback``, never loose lines.  Times
 carry their zone: ``time`` is UTC (``...Z``) in JSON, as in the JSON access
 log; a text line starts with the local time and its offset (ISO 8601).  With

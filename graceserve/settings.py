@@ -99,7 +99,7 @@ class Settings:
     user may connect), 0o007 gives 0770 (our group too: an nginx in it)."""
     chdir: str | None = None
     """An absolute directory to change to before the target is imported; None: stay.
-    The command line applies it (``graceserve.launch``); ``serve()`` does not."""
+    The command line applies it (``graceserve.process.launch``); ``serve()`` does not."""
     env: tuple[tuple[str, str], ...] = ()
     """(name, value) pairs put into ``os.environ`` before the target is imported (by
     the command line, as ``chdir``)."""
@@ -112,7 +112,7 @@ class Settings:
     from the moment a stop begins; None: every path is the app's."""
     reload: bool = False
     """Development: reload gracefully, as a HUP does, when a Python file under the
-    working directory changes (``graceserve.autoreload``; the command line only)."""
+    working directory changes (``graceserve.process.autoreload``; the command line only)."""
 
     @property
     def drain_linger_max(self) -> float:

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from graceserve.accesslog import AccessLog, AccessRecord, format_combined, format_json
+from graceserve.http.accesslog import AccessLog, AccessRecord, format_combined, format_json
 from graceserve.logformat import JSONFormatter
-from graceserve.readiness import parse_ready
+from graceserve.process.readiness import parse_ready
 from testsupport.accesslog import COMBINED
 from testsupport.process import ServerProcess
 from testsupport.tlsapp import APP

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from graceserve.autoreload import Watcher, scan
+from graceserve.process.autoreload import Watcher, scan
 from testsupport.process import ServerProcess
 from testsupport.waiting import wait_until
 from testsupport.workers import get

@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 
 from graceserve import __version__
-from graceserve.pidfile import PidFile
-from graceserve.readiness import READY_PATTERN
+from graceserve.process.pidfile import PidFile
+from graceserve.process.readiness import READY_PATTERN
 from testsupport.process import ServerProcess, child_env
 from testsupport.procfs import listening_ports
 from testsupport.rawhttp import get, read_response

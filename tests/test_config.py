@@ -20,13 +20,13 @@ from hypothesis import strategies as st
 
 from graceserve import GracefulHTTPServer, GracefulTCPServer, __version__, serve
 from graceserve.config import Config, build_parser, parse_args, parse_bind
-from graceserve.cpuquota import auto_workers
 from graceserve.demo import DemoHandler
 from graceserve.errors import EXIT_USAGE, StartupError, UsageError
-from graceserve.httpparse import Limits
-from graceserve.listener import make_server
+from graceserve.http.parse import Limits
+from graceserve.process.cpuquota import auto_workers
+from graceserve.process.listener import make_server
 from graceserve.settings import DEFAULTS, apply_settings
-from graceserve.wsgi import GracefulWSGIServer
+from graceserve.wsgi.server import GracefulWSGIServer
 
 NO_DATABASE = settings(database=None, deadline=None, max_examples=200)
 

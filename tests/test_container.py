@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from graceserve.readiness import parse_ready
+from graceserve.process.readiness import parse_ready
 from testsupport.procfs import ESTABLISHED, LISTEN, tcp_sockets
 from testsupport.workers import Load
 

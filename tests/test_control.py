@@ -1,4 +1,4 @@
-"""graceserve.control in one process: the socket file, the protocol, the wait, the close."""
+"""graceserve.process.control in one process: the socket file, the protocol, the wait, the close."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from graceserve.control import (
+from graceserve.process.control import (
     ControlServer,
     ServerStatus,
     control_path,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from graceserve.config import parse_args
-from graceserve.cpuquota import auto_workers, available_cpus, cgroup_cpu_quota
+from graceserve.process.cpuquota import auto_workers, available_cpus, cgroup_cpu_quota
 from testsupport.process import REPO
 
 V2_MOUNT = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"

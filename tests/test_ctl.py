@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from graceserve.control import control_path
+from graceserve.process.control import control_path
 from testsupport.ctl import ctl, status_of
 from testsupport.process import ServerProcess
 from testsupport.stops import in_flight, read_until_closed

@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 
 from graceserve import __version__
-from graceserve.banner import count_of
 from graceserve.config import build_parser
 from graceserve.logformat import iso_time
-from graceserve.readiness import READY_PATTERN, parse_ready
+from graceserve.process.banner import count_of
+from graceserve.process.readiness import READY_PATTERN, parse_ready
 from testsupport.process import ServerProcess
 
 StartServer = Callable[..., ServerProcess]

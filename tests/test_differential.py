@@ -38,10 +38,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from graceserve.httpbody import _NOT_IN_TRAILER as NOT_IN_TRAILER
-from graceserve.httpbody import Body
-from graceserve.httpframing import framing
-from graceserve.httpparse import (
+from graceserve.http.body import _NOT_IN_TRAILER as NOT_IN_TRAILER
+from graceserve.http.body import Body
+from graceserve.http.framing import framing
+from graceserve.http.parse import (
     IncompleteBodyError,
     IncompleteHeadError,
     Limits,

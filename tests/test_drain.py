@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from graceserve.drain import DrainController, DrainReport
+from graceserve.core.drain import DrainController, DrainReport
 from testsupport.waiting import Call
 
 JOIN_TIMEOUT = 5.0  # seconds a waiter may take to return once it should have

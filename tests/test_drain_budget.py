@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from graceserve import GracefulHTTPServer, GracefulTCPServer
-from graceserve.server import CLOSING, FORCED, OPEN
+from graceserve.core.server import CLOSING, FORCED, OPEN
 from testsupport.tcpharness import (
     TIMEOUT,
     GatedHandler,

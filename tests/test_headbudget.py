@@ -1,4 +1,4 @@
-"""The memory request heads in progress may hold, server-wide (``graceserve.headbudget``).
+"""The memory request heads in progress may hold, server-wide (``graceserve.http.headbudget``).
 
 Why these exist: 300 clients each sending a maximal head and stalling before its
 blank line took a handler target from 25 MiB to 1.9 GiB (and a WSGI app to 284
@@ -25,8 +25,9 @@ from typing import Any, ClassVar
 
 import pytest
 
-from graceserve import GracefulHTTPServer, httpparse
-from graceserve.headbudget import HeadBudget
+from graceserve import GracefulHTTPServer
+from graceserve.http import parse as httpparse
+from graceserve.http.headbudget import HeadBudget
 from testsupport.front import KINDS, Echo, connect, read_response, read_to_end, serving
 from testsupport.tlsapp import Pki, make_pki
 from testsupport.waiting import wait_until

@@ -24,9 +24,10 @@ from typing import Any
 
 import pytest
 
-from graceserve import GracefulHTTPServer, httpserver
-from graceserve.httpserver import BODY, HEAD, IDLE, HTTPConnection
-from graceserve.server import OPEN, Connection
+from graceserve import GracefulHTTPServer
+from graceserve.core.server import OPEN, Connection
+from graceserve.http import server as httpserver
+from graceserve.http.server import BODY, HEAD, IDLE, HTTPConnection
 from testsupport.httpharness import (
     DRAIN_TIMEOUT,
     Drainer,

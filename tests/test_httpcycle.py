@@ -1,4 +1,4 @@
-"""The one request cycle (``graceserve.httpcycle``): each decision once, held on both paths.
+"""The one request cycle (``graceserve.http.cycle``): each decision once, held on both paths.
 
 The handler path and the WSGI path used to run two copies of the request loop
 and had drifted apart.  Each test here states one decision of the cycle and
@@ -7,7 +7,7 @@ this process (``front_support.serving``): an empty line before a request, the
 head limits and their statuses, the reason phrase of an error, the body
 limit, a body cut short, the unread-body rule, ``Connection: close`` once
 the listener is closed.  ``wsgi.errors`` under ``--log-format json`` is the
-WSGI dispatcher's own (``graceserve.wsgierrors``).
+WSGI dispatcher's own (``graceserve.wsgi.errors``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from graceserve import GracefulHTTPServer
-from graceserve.wsgierrors import ErrorStream
+from graceserve.wsgi.errors import ErrorStream
 from testsupport.front import KINDS, Echo, address_of, echo_app, serving
 from testsupport.rawhttp import EOF, Connection, Reply, request_bytes
 from testsupport.waiting import wait_until

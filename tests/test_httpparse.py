@@ -1,4 +1,4 @@
-"""graceserve.httpparse and httpbody: every rule, limit and body behaviour, without sockets.
+"""graceserve.http.parse and httpbody: every rule, limit and body behaviour, without sockets.
 
 Heads and bodies are read from ``io.BytesIO`` / ``io.BufferedReader``, as the
 server reads them from a socket's buffered file.
@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from graceserve.httpbody import Body
-from graceserve.httpframing import framing
-from graceserve.httpparse import (
+from graceserve.http.body import Body
+from graceserve.http.framing import framing
+from graceserve.http.parse import (
     Framing,
     IncompleteBodyError,
     IncompleteHeadError,

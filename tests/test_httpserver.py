@@ -31,7 +31,7 @@ import pytest
 
 from graceserve import GracefulHTTPServer
 from graceserve.demo import DemoHandler
-from graceserve.httpserver import DrainAwareRequestHandler
+from graceserve.http.server import DrainAwareRequestHandler
 from testsupport.httpharness import (
     DRAIN_TIMEOUT,
     GATE_TIMEOUT,

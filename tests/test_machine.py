@@ -1,4 +1,4 @@
-"""The supervisor's state machine (``graceserve.machine``) without processes.
+"""The supervisor's state machine (``graceserve.process.machine``) without processes.
 
 Fake workers and a fake clock (``testsupport.machine_world``): first the findings of issue 20 as
 exact scenarios, then a model-based walk (hypothesis, derandomized: the same
@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from graceserve.machine import Exit, Phase, Step
-from graceserve.machineparts import HAND_OVER_TIMEOUT, KILL_MARGIN
+from graceserve.process.machine import Exit, Phase, Step
+from graceserve.process.machineparts import HAND_OVER_TIMEOUT, KILL_MARGIN
 from testsupport.machine_world import INPROCESS, World
 
 HUP, TTIN, TTOU, TERM = signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGTERM

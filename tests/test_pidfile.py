@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from graceserve.errors import EXIT_CANNOT_START, StartupError
-from graceserve.pidfile import PidFile
+from graceserve.process.pidfile import PidFile
 from testsupport.process import ServerProcess
 
 StartServer = Callable[..., ServerProcess]

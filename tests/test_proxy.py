@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from graceserve.proxy import MAX_HOPS, Forwarded, forwarded, parse_allow_ips
+from graceserve.http.proxy import MAX_HOPS, Forwarded, forwarded, parse_allow_ips
 from testsupport.process import ServerProcess
 from testsupport.tlsapp import APP
 

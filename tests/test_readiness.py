@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from graceserve.readiness import READY_PATTERN, Ready, listen_url, parse_ready, ready_line
+from graceserve.process.readiness import READY_PATTERN, Ready, listen_url, parse_ready, ready_line
 
 
 @pytest.mark.parametrize(

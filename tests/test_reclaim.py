@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from graceserve import GracefulHTTPServer
-from graceserve.httpserver import IDLE, HTTPConnection
+from graceserve.http.server import IDLE, HTTPConnection
 from testsupport.front import (
     KINDS,
     Echo,

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from graceserve import runner, supervisor
-from graceserve.signals import SignalRelay
+from graceserve.process import runner, supervisor
+from graceserve.process.signals import SignalRelay
 from testsupport.waiting import Call, wait_until
 
 TIMEOUT = 10.0

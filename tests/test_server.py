@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from graceserve import DrainController, DrainReport, GracefulTCPServer
-from graceserve import accepting as accepting_module
+from graceserve.core import accepting as accepting_module
 from testsupport.tcpharness import (
     HOST,
     MAX_LINE,

@@ -1,4 +1,4 @@
-"""Server hooks (``graceserve.serverhooks``): a runner's heartbeat and request counting.
+"""Server hooks (``graceserve.core.serverhooks``): a runner's heartbeat and request counting.
 
 A worker (and one process with ``--max-requests``) used to learn of turns and
 requests by replacing the server's ``service_actions`` and subclassing its
@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from graceserve import GracefulHTTPServer, GracefulTCPServer, GracefulWSGIServer
-from graceserve.serverhooks import ServerHooks
+from graceserve.core.serverhooks import ServerHooks
 from testsupport.rawhttp import EOF, Connection, request_bytes
 from testsupport.serve import MODES, serve
 

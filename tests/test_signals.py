@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from graceserve.signals import SignalRelay
+from graceserve.process.signals import SignalRelay
 from testsupport.waiting import wait_until
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)

@@ -4,7 +4,7 @@ Why these exist: the idle timeout counts from a connection's last progress, so a
 body trickled one byte at a time reset it for ever and held a thread per client
 (any number of clients: a slow POST attack).  The reaper now asks a body for
 ``min_body_rate`` bytes per second over each ``idle_timeout`` of waiting for it
-(``graceserve.slowclients``); the app's own time between reads does not count,
+(``graceserve.http.slowclients``); the app's own time between reads does not count,
 and a slow but steady upload is served.  A request head already has a
 whole-head deadline (``idle_timeout`` from its request line; trickling does not
 move it): checked here for WSGI apps and TLS too, where it was not before.
@@ -30,8 +30,8 @@ from typing import Any, cast
 import pytest
 
 from graceserve import GracefulHTTPServer
-from graceserve.httpserver import BODY, HTTPConnection
-from graceserve.slowclients import acked_bytes, body_too_slow, unsent_bytes, write_stalled
+from graceserve.http.server import BODY, HTTPConnection
+from graceserve.http.slowclients import acked_bytes, body_too_slow, unsent_bytes, write_stalled
 from testsupport.front import (
     KINDS,
     Echo,

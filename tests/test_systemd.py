@@ -1,6 +1,6 @@
 """systemd's protocols: socket activation (LISTEN_FDS) and readiness notification (sd_notify).
 
-Unit tests of ``graceserve.systemd`` first, then end to end: a test that plays
+Unit tests of ``graceserve.process.systemd`` first, then end to end: a test that plays
 systemd binds the listening socket itself and passes it as fd 3, or binds a Unix
 datagram socket and names it in ``NOTIFY_SOCKET``.  The fake supervisor asks for
 the sender's credentials (``SO_PASSCRED``), so every message it gets says which
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from graceserve.systemd import LISTEN_FDS_START, Notifier, inherited_listener
+from graceserve.process.systemd import LISTEN_FDS_START, Notifier, inherited_listener
 from testsupport.process import REPO, ServerProcess
 from testsupport.restarts import (
     APP,
@@ -300,7 +300,7 @@ def test_inherited_listener_without_a_usable_count_is_none(count: str) -> None:
 
 CHILD = """
 import json, logging, os, sys
-from graceserve.systemd import inherited_listener
+from graceserve.process.systemd import inherited_listener
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 environ = {"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": sys.argv[1], "LISTEN_FDNAMES": "a:b"}
 sock = inherited_listener(environ)

@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 
-from graceserve.readiness import parse_ready
+from graceserve.process.readiness import parse_ready
 from testsupport.procfs import ESTABLISHED, LISTEN, tcp_sockets
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from graceserve.readiness import listen_url, ready_line
+from graceserve.process.readiness import listen_url, ready_line
 from testsupport import ChildProcess, child_env
 from testsupport.procfs import (
     LISTEN,

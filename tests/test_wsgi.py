@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from graceserve.wsgi import GracefulWSGIServer, make_server
+from graceserve.wsgi.server import GracefulWSGIServer, make_server
 from testsupport.wsgiapps import Address, Client, get, hello_app, serving
 
 Environ = dict[str, Any]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from graceserve.readiness import READY_PATTERN as READY
+from graceserve.process.readiness import READY_PATTERN as READY
 from testsupport import keepalive
 from testsupport.process import REPO, ServerProcess
 from testsupport.wsgiapps import Client, get

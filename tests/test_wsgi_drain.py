@@ -19,7 +19,7 @@ from wsgiref.validate import validator
 
 import pytest
 
-from graceserve.httpserver import BODY
+from graceserve.http.server import BODY
 from testsupport.waiting import Call, wait_until
 from testsupport.wsgiapps import Address, Client, get, hello_app, serving
 
@@ -241,7 +241,7 @@ def test_body_stalled_at_the_drain_is_closed_after_the_linger_and_said(
 def test_unix_socket_serves_with_empty_remote_addr(tmp_path: Path) -> None:
     import socket
 
-    from graceserve.wsgi import GracefulWSGIServer
+    from graceserve.wsgi.server import GracefulWSGIServer
 
     def app(environ: Environ, start_response: Any) -> list[bytes]:
         body = f"[{environ['REMOTE_ADDR']}]".encode()

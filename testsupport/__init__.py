@@ -4,7 +4,7 @@ Why this package exists: both start servers and must never leave one behind,
 both wait for the readiness line, both read the kernel's socket tables and
 speak raw HTTP.  Written once, here: ``process`` (processes in their own
 session, stderr line by line, the readiness line read with
-``graceserve.readiness``), ``procfs`` (``/proc/net/tcp``, ``/proc/PID``),
+``graceserve.process.readiness``), ``procfs`` (``/proc/net/tcp``, ``/proc/PID``),
 ``rawhttp`` (requests and responses on a plain or TLS socket, exactly framed),
 ``waiting`` (poll with a deadline), ``load`` (keep-alive clients that classify
 what broke), ``pki`` (a test CA made with openssl).  Exit codes are not here:

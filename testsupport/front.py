@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from graceserve import GracefulHTTPServer
-from graceserve.wsgi import GracefulWSGIServer
+from graceserve.wsgi.server import GracefulWSGIServer
 
 IO_TIMEOUT = 10.0
 KINDS = ("handler", "wsgi")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from graceserve import GracefulHTTPServer
-from graceserve.drain import DrainReport
+from graceserve.core.drain import DrainReport
 
 from .waiting import wait_until
 

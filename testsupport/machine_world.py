@@ -1,4 +1,4 @@
-"""A fake world for ``graceserve.machine``: workers that are records, a clock that is a number.
+"""A fake world for ``graceserve.process.machine``: records for workers, a number for a clock.
 
 The machine acts through ``Effects``; ``World`` performs them on fake workers and
 remembers what a real one would know: the code version on disk when it started
@@ -17,8 +17,8 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass, field
 
-from graceserve.machine import Config, Exit, Machine, Phase
-from graceserve.status import ServerStatus
+from graceserve.process.machine import Config, Exit, Machine, Phase
+from graceserve.process.status import ServerStatus
 
 INPROCESS = 1  # the key of this process's own server in one-process worlds
 

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from graceserve.readiness import READY_PATTERN, Ready, parse_ready
+from graceserve.process.readiness import READY_PATTERN, Ready, parse_ready
 
 __all__ = ["REPO", "ChildProcess", "ServerProcess", "SupportError", "child_env", "fail"]
 

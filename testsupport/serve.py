@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from graceserve.readiness import READY_PATTERN
+from graceserve.process.readiness import READY_PATTERN
 
 from .process import ServerProcess, child_env, fail
 from .procfs import LISTEN, tcp_sockets

@@ -21,11 +21,11 @@ import io
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from graceserve import proxy
-from graceserve.accesslog import AccessRecord, format_combined, format_json
-from graceserve.httpbody import Body
-from graceserve.httpframing import framing
-from graceserve.httpparse import (
+from graceserve.http import proxy
+from graceserve.http.accesslog import AccessRecord, format_combined, format_json
+from graceserve.http.body import Body
+from graceserve.http.framing import framing
+from graceserve.http.parse import (
     Framing,
     IncompleteBodyError,
     IncompleteHeadError,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from wsgiref.validate import validator
 
-from graceserve.wsgi import GracefulWSGIServer
+from graceserve.wsgi.server import GracefulWSGIServer
 
 TIMEOUT = 10.0
 

@@ -1,0 +1,378 @@
+"""The accept loop, and taking the listener out of service without resetting anyone.
+
+Why this module exists: the two ends of a listener's life are where the stdlib
+loses clients.  ``serve_forever`` polls for shutdown every 0.5 s; here the loop
+sleeps in a selector woken through a socketpair, backs off when out of file
+descriptors, and leaves clients in the kernel backlog when the connection cap
+is reached, unless idle connections can make room for them: at the cap the
+loop still watches the listener, and when a client is queued it asks the
+server to close some idle ones (``reclaim_idle``; an HTTP server closes idle
+keep-alive connections politely, oldest first), so a new client never waits
+behind connections that do nothing.  At the drain the listener must stop
+completing handshakes *before* the queue is emptied, or the handshakes that
+complete between the last accept and ``close()`` are reset: a drop-all classic
+BPF filter on the listening socket does that (new SYNs are dropped, the
+clients retry and are refused once the listener is closed), then the queue is
+swept until EAGAIN, then the listener is shut for every process holding a
+copy, then closed.
+
+Threading contract: ``serve_forever`` runs in one thread; ``shutdown`` and
+``close_listener`` may be called from any other thread (the drain).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import platform
+import select
+import selectors
+import socket
+import socketserver
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from graceserve.core.connection import Connection, drain_socket
+from graceserve.core.drain import DrainController
+from graceserve.core.serverhooks import NO_HOOKS, ServerHooks
+
+__all__ = ["AcceptingServer", "attach_drop_all_filter"]
+
+log = logging.getLogger("graceserve")
+
+_Address = Any
+_ACCEPT_LIMIT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)  # Linux
+_BPF_RET_K = 0x06  # BPF_RET | BPF_K: "return the constant k" (bytes of the packet to keep)
+_DROP_ALL = struct.pack("=HBBI", _BPF_RET_K, 0, 0, 0)  # one instruction: ret #0
+_TCP_INFO_LISTEN_QUEUE = struct.Struct("I")  # tcpi_unacked: the accept queue, on a listener
+_TCP_INFO_LISTEN_QUEUE_OFFSET = 24
+RECLAIM_INTERVAL = 0.1  # seconds between attempts to make room at the cap (each scans the registry)
+
+
+class AcceptingServer(socketserver.ThreadingTCPServer):
+    """The accept half of GracefulTCPServer: the loop and the listener's end.
+
+    Subclasses provide ``process_request`` (register, then start a thread) and
+    ``handle_error``; the registry (``self._registry``) is created here because
+    the connection cap reads it.  ``hooks`` (``graceserve.core.serverhooks``) are
+    called by the loop (``loop_turn``) and by subclasses (``request_done``);
+    ``install_hooks`` sets them.
+    """
+
+    request_queue_size = 1024
+    allow_reuse_address = True
+    max_connections: int | None = None
+    hooks: ServerHooks = NO_HOOKS
+
+    def __init__(
+        self,
+        server_address: _Address,
+        RequestHandlerClass: Callable[[Any, Any, Any], socketserver.BaseRequestHandler],  # noqa: N803
+        bind_and_activate: bool = True,
+    ) -> None:
+        # Our state first: a failed bind calls server_close() from the base __init__.
+        self._registry: DrainController[socket.socket, Connection] = DrainController()
+        self._wakeup_r, self._wakeup_w = socket.socketpair()
+        self._notice_r, self._notice_w = socket.socketpair()
+        for sock in (self._wakeup_r, self._wakeup_w, self._notice_r, self._notice_w):
+            sock.setblocking(False)
+        self._shutdown_request = False
+        self._serving_thread: int | None = None
+        self._is_shut_down = threading.Event()
+        self._is_shut_down.set()
+        self._accept_paused_until = 0.0
+        self._accept_failing = False
+        self._accept_capped = False
+        self._next_reclaim = 0.0  # at the cap: no reclaim_idle before this instant
+        super().__init__(server_address, RequestHandlerClass, bind_and_activate)
+
+    # -- the loop -----------------------------------------------------------
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Handle requests until shutdown() or the drain.
+
+        Unlike the stdlib this does not poll for shutdown: ``shutdown()`` wakes
+        the loop at once.  ``poll_interval`` only paces ``service_actions``.
+        Returns at once if the drain has already started.
+        """
+        with self._registry.lock:  # either the drain sees us serving, or we see it
+            if self._registry.draining:
+                return
+            # Non-blocking accepts: a listener shared with another process (a graceful
+            # restart) can be readable here and emptied there before we accept.
+            self.socket.setblocking(False)
+            self._is_shut_down.clear()
+            self._serving_thread = threading.get_ident()
+        try:
+            with selectors.DefaultSelector() as selector:
+                selector.register(self._wakeup_r, selectors.EVENT_READ)
+                listening = False
+                while not self._shutdown_request:
+                    paused = self._accept_paused()
+                    now = time.monotonic()
+                    # At the cap the listener is still watched, for clients to make room
+                    # for, but after each attempt not for RECLAIM_INTERVAL: a queued
+                    # client never makes the loop spin or scan the registry in a loop.
+                    reclaim = self._accept_capped and now >= self._next_reclaim
+                    watch = not paused or reclaim
+                    if listening and not watch:
+                        selector.unregister(self)
+                    elif not listening and watch:
+                        selector.register(self, selectors.EVENT_READ)
+                    listening = watch
+                    timeout = poll_interval
+                    if paused and not self._accept_capped:
+                        timeout = min(timeout, self._accept_paused_until - now)
+                    elif self._accept_capped and not reclaim:
+                        timeout = min(timeout, self._next_reclaim - now)
+                    ready = selector.select(max(timeout, 0))
+                    if self._shutdown_request:
+                        break
+                    for key, _ in ready:
+                        if key.fileobj is self._wakeup_r:
+                            drain_socket(self._wakeup_r)
+                        elif paused:  # at the cap, and a client is queued
+                            self._make_room()
+                        else:
+                            self._handle_request_noblock()
+                    self.service_actions()
+                    self.hooks.loop_turn()  # next to service_actions (the reaper), not instead
+        finally:
+            self._shutdown_request = False
+            self._serving_thread = None
+            self._is_shut_down.set()
+
+    def install_hooks(self, hooks: ServerHooks) -> None:
+        """Call ``hooks`` (a heartbeat, request counting) from now on.
+
+        Call before ``serve_forever`` starts (RuntimeError after): a runner's
+        hooks see every turn and every request, or none.
+        """
+        if self._serving_thread is not None:
+            raise RuntimeError("install_hooks() must be called before serve_forever()")
+        self.hooks = hooks
+
+    def shutdown(self) -> None:
+        """Stop the serve_forever loop and wait until it has stopped.
+
+        Returns at once when the loop is not running; from the serving thread
+        itself it only asks the loop to stop (the stdlib deadlocks there).
+        Connections being served are not touched: see ``drain``.
+        """
+        self._shutdown_request = True
+        self._wake()
+        if self._serving_thread is None or self._serving_thread == threading.get_ident():
+            return
+        self._is_shut_down.wait()
+
+    def _accept_paused(self) -> bool:
+        """Whether the accept loop should leave new clients in the kernel backlog."""
+        cap = self.max_connections
+        with self._registry.condition:  # a handler ending now sees the flag, or we see it end
+            self._accept_capped = cap is not None and self._registry.count >= cap
+        return self._accept_capped or time.monotonic() < self._accept_paused_until
+
+    def _make_room(self) -> None:
+        """At the cap with clients queued: ask ``reclaim_idle`` to close idle connections.
+
+        Each one it closes wakes the loop as it ends (a slot is free), and the
+        loop accepts.  Never raises.
+        """
+        if not self._accept_paused():  # a slot freed meanwhile: the loop accepts next
+            return
+        self._next_reclaim = time.monotonic() + RECLAIM_INTERVAL
+        queued = _accept_queue_length(self.socket) or 1
+        try:
+            self.reclaim_idle(queued)
+        except Exception:
+            log.exception("reclaim_idle() raised")
+
+    def reclaim_idle(self, wanted: int) -> int:
+        """Close up to ``wanted`` idle connections to make room at ``max_connections``.
+
+        Called by the accept loop when it is at the cap and clients are
+        queued; returns how many it closed (their handlers end, which frees
+        their slots).  This server does not know which connections are idle:
+        it closes none.  May be overridden (the HTTP server does); must not
+        block.
+        """
+        return 0
+
+    def _wake(self) -> None:
+        # OSError: full (a wake-up is already pending) or closed.
+        with contextlib.suppress(OSError):
+            self._wakeup_w.send(b"\0")
+
+    def _handle_request_noblock(self) -> None:
+        """Accept one connection and hand it over.  Never raises for a client's sake."""
+        try:
+            request, client_address = self.get_request()
+        except OSError as exc:
+            self._accept_failed(exc)
+            return
+        self._accept_recovered()
+        self._handle_accepted(request, client_address)
+
+    def _handle_accepted(self, request: socket.socket, client_address: _Address) -> None:
+        try:
+            accepted = self.verify_request(request, client_address)
+        except Exception:
+            self._report_error(request, client_address)
+            self._safe_shutdown_request(request)
+            return
+        if not accepted:
+            self._safe_shutdown_request(request)
+            return
+        try:
+            self.process_request(request, client_address)
+        except Exception:
+            self._report_error(request, client_address)
+            self._safe_shutdown_request(request)
+        except BaseException:
+            self._safe_shutdown_request(request)
+            raise
+
+    def _accept_failed(self, exc: OSError) -> None:
+        """accept() failed: back off on resource exhaustion instead of spinning."""
+        if exc.errno not in _ACCEPT_LIMIT_ERRNOS:
+            return  # the client went away before we accepted it: nothing to do
+        self._accept_paused_until = time.monotonic() + 0.1
+        if not self._accept_failing:
+            self._accept_failing = True
+            log.error("accept() failed (%s); pausing accepts until resources free up", exc)
+
+    def _accept_recovered(self) -> None:
+        if self._accept_failing:
+            self._accept_failing = False
+            log.warning("accepting connections again")
+
+    def _report_error(self, request: Any, client_address: _Address) -> None:
+        try:
+            self.handle_error(request, client_address)
+        except Exception:
+            log.exception("handle_error() raised while reporting another exception")
+
+    def _safe_shutdown_request(self, request: Any) -> None:
+        try:
+            self.shutdown_request(request)
+        except Exception:
+            log.exception("shutdown_request() raised")
+            self._registry.discard(request)
+
+    # -- the listener's end -------------------------------------------------
+
+    def close_listener(self, shared: bool = False) -> tuple[list[tuple[Any, _Address]], int]:
+        """Take the listener out of service; the connections swept from its queue, and
+        how many queued clients could not be accepted (reset by the close).
+
+        Call after the accept loop has stopped.  With ``shared`` (another
+        process serves on, or will serve on, the same listening socket: the
+        worker a reload started, or systemd, which keeps an activated
+        socket to start the service again) only our copy is closed: no filter,
+        no sweep, no ``shutdown``, since all of those act on the socket every
+        holder shares.
+        """
+        listener = self.socket
+        if shared:
+            listener.close()
+            return [], 0
+        filtered = attach_drop_all_filter(listener)
+        swept, lost = self._sweep_backlog(until_empty=filtered)
+        if lost:
+            log.error(
+                "%d queued clients will be reset: out of file descriptors to accept them", lost
+            )
+        # Out of service for every process holding a copy (a handler that forked).
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        return swept, lost
+
+    def _sweep_backlog(self, until_empty: bool) -> tuple[list[tuple[Any, _Address]], int]:
+        """Accept, without blocking, what the kernel already queued; and count what is left.
+
+        ``until_empty``: no new handshake can complete (the filter is on), so
+        sweep until EAGAIN.  Otherwise today's bound: the accept queue's length
+        at this moment (``TCP_INFO``), or a few milliseconds where the kernel
+        does not say, since under a storm of new connects the queue never empties.
+        """
+        try:
+            self.socket.setblocking(False)
+        except OSError:  # the listener is already closed
+            return [], 0
+        queued = None if until_empty else _accept_queue_length(self.socket)
+        limit = queued if queued is not None else 4 * max(self.request_queue_size, 1024)
+        give_up = time.monotonic() + 0.005
+        swept: list[tuple[Any, _Address]] = []
+        lost = 0
+        while len(swept) < limit and (
+            until_empty or queued is not None or time.monotonic() < give_up
+        ):
+            try:
+                request, client_address = self.get_request()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if exc.errno == errno.ECONNABORTED:
+                    continue
+                if exc.errno in _ACCEPT_LIMIT_ERRNOS:
+                    lost = _queued_left(self.socket)
+                break
+            request.setblocking(True)
+            swept.append((request, client_address))
+        return swept, lost
+
+
+def attach_drop_all_filter(listener: socket.socket) -> bool:
+    """Make ``listener`` drop every packet it receives; True if the filter is on (Linux).
+
+    A listening socket with this filter completes no new handshake (their
+    SYNs and final ACKs are dropped; clients retry and are refused once the
+    listener is closed), while the connections already queued stay acceptable.
+    The ``sock_fprog`` points at the instruction with the address of a bytes
+    object's buffer (CPython's layout; elsewhere, no filter).
+    """
+    if sys.platform != "linux" or platform.python_implementation() != "CPython":
+        return False
+    if listener.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    program = _DROP_ALL
+    address = id(program) + sys.getsizeof(b"") - 1  # PyBytesObject.ob_sval
+    fprog = struct.pack("@HP", 1, address)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+    except OSError as exc:
+        log.debug("cannot filter the listener (%s); closing it unfiltered", exc)
+        return False
+    return True
+
+
+def _accept_queue_length(listener: socket.socket) -> int | None:
+    """How many completed connections wait to be accepted (Linux), or None."""
+    if listener.family not in (socket.AF_INET, socket.AF_INET6) or not hasattr(socket, "TCP_INFO"):
+        return None
+    try:
+        info = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        return int(_TCP_INFO_LISTEN_QUEUE.unpack_from(info, _TCP_INFO_LISTEN_QUEUE_OFFSET)[0])
+    except (OSError, struct.error):
+        return None
+
+
+def _queued_left(listener: socket.socket) -> int:
+    """Clients still queued on ``listener``; at least 1 if it is readable and the kernel
+    does not say how many."""
+    queued = _accept_queue_length(listener)
+    if queued is not None:
+        return queued
+    try:
+        readable, _, _ = select.select([listener], [], [], 0)
+    except (OSError, ValueError):
+        return 0
+    return 1 if readable else 0

@@ -1,0 +1,108 @@
+"""GracefulWSGIServer: any WSGI application (Flask, Django, ...) with graceserve's drain.
+
+Why this module exists: the Python web apps people deploy are WSGI apps, and
+the servers they run them on break connections at every stop.  This server
+is a ``GracefulHTTPServer`` (so it inherits the backlog sweep, the reaper,
+the linger and the race guard) whose connections are served by graceserve's
+own request loop (``wsgihandler``) instead of ``BaseHTTPRequestHandler``.
+
+    server = make_server("127.0.0.1", 8000, app)      # like wsgiref.simple_server
+    server.serve_forever()                            # ... server.drain(8.0)
+
+The application gets ``environ["graceserve.stopping"]``: a zero-argument
+callable that turns True the moment a stop begins (lame duck or drain), so a
+streaming response can end itself politely before the grace runs out.
+"""
+
+from __future__ import annotations
+
+import socketserver
+from typing import Any
+
+from graceserve._version import __version__
+from graceserve.http.server import GracefulHTTPServer
+from graceserve.settings import DEFAULTS
+from graceserve.wsgi.handler import WSGIApplication, WSGIConnection, make_base_environ
+
+__all__ = ["GracefulWSGIServer", "WSGIApplication", "make_server"]
+
+
+class _NoHandler(socketserver.BaseRequestHandler):
+    """Placeholder RequestHandlerClass: connections are served by WSGIConnection."""
+
+
+class GracefulWSGIServer(GracefulHTTPServer):
+    """A ``GracefulHTTPServer`` that serves a WSGI application.
+
+    ``GracefulWSGIServer(server_address, app, bind_and_activate=True)``: the
+    application takes the place of the handler class.  ``set_app`` and
+    ``get_app`` work as on ``wsgiref.simple_server.WSGIServer``.
+
+    Class variables (in addition to GracefulHTTPServer's):
+
+    - root_path = ''                  SCRIPT_NAME; stripped from paths that start with it
+    - server_software                 the ``Server`` header and SERVER_SOFTWARE
+    - multiprocess = False            ``wsgi.multiprocess``: True when other processes
+                                      serve the same app at the same time (the runner
+                                      sets it for ``--workers N``, N > 1)
+
+    Threading contract: as GracefulHTTPServer; the application is called from
+    one thread per connection, concurrently (``wsgi.multithread`` is True).
+    """
+
+    root_path = DEFAULTS.root_path
+    server_software = f"graceserve/{__version__}"
+    multiprocess = False
+
+    def __init__(
+        self,
+        server_address: Any,
+        app: WSGIApplication = None,
+        bind_and_activate: bool = True,
+    ) -> None:
+        self.application: WSGIApplication = app
+        self.base_environ: dict[str, Any] = {}
+        super().__init__(server_address, _NoHandler, bind_and_activate)
+
+    def server_bind(self) -> None:
+        """Bind, then compute the environ keys shared by every request."""
+        super().server_bind()
+        self.setup_environ()
+
+    def setup_environ(self) -> None:
+        """(Re)compute ``limits`` and ``base_environ`` from the settings and the address.
+
+        Called when the server binds, or at the first request of a server made
+        ``from_socket``: settings given after construction (as the runner gives
+        them, before binding) take effect.  Call again after changing them.
+        """
+        root = self.root_path.rstrip("/")
+        if root and not root.startswith("/"):
+            root = "/" + root
+        self.root_path = root
+        self.setup_limits()
+        self.base_environ = make_base_environ(self)
+
+    def set_app(self, application: WSGIApplication) -> None:
+        """Set the WSGI application to serve (as wsgiref's WSGIServer)."""
+        self.application = application
+
+    def get_app(self) -> WSGIApplication:
+        """The WSGI application being served."""
+        return self.application
+
+    def serve_connection(self, request: Any, client_address: Any) -> None:
+        """Serve the connection's requests with graceserve's WSGI request loop."""
+        if not self.base_environ:
+            self.setup_environ()
+        WSGIConnection(self, request, client_address).run()
+
+
+def make_server(
+    host: str,
+    port: int,
+    app: WSGIApplication,
+    server_class: type[GracefulWSGIServer] = GracefulWSGIServer,
+) -> GracefulWSGIServer:
+    """A bound, listening GracefulWSGIServer for ``app``, as ``wsgiref``'s make_server."""
+    return server_class((host, port), app)
