@@ -82,6 +82,8 @@ def test_the_wheel_holds_the_package_typed_and_nothing_else(dist: tuple[Path, Pa
         entry_points = wheel.read(f"graceserve-{__version__}.dist-info/entry_points.txt").decode()
     assert "graceserve/py.typed" in names
     assert "graceserve/__main__.py" in names
+    for module in ("core/server.py", "http/cycle.py", "wsgi/server.py", "process/runner.py"):
+        assert f"graceserve/{module}" in names, module  # every subpackage is in the wheel
     assert f"graceserve-{__version__}.dist-info/licenses/LICENSE" in names
     top = {name.split("/")[0] for name in names}
     assert top == {"graceserve", f"graceserve-{__version__}.dist-info"}, top  # no tests, bench
