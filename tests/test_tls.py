@@ -248,10 +248,38 @@ def test_tls_and_production_settings_from_the_environment(tmp_path: Path) -> Non
     assert settings.server_attributes(http=True)["certfile"] == "/etc/tls/cert.pem"
 
 
+GATED_APP = """\
+import os
+import time
+from http.server import BaseHTTPRequestHandler
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        if self.path == "/gated":  # answers once the test creates the file "open"
+            give_up = time.monotonic() + 60
+            while not os.path.exists("open") and time.monotonic() < give_up:
+                time.sleep(0.01)
+            body = b"released\\n"
+        else:
+            body = b"ok\\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format, *args):
+        pass
+"""
+
+
 def test_sigterm_lets_an_https_request_in_flight_finish_and_closes_idle_ones(
-    start_server: StartServer, pki: Pki, server_cert: tuple[Path, Path]
+    start_server: StartServer, pki: Pki, server_cert: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    server = start_server(tls_args(server_cert))
+    (tmp_path / "gated.py").write_text(GATED_APP)
+    server = start_server(tls_args(server_cert, "gated:Handler"), cwd=tmp_path)
     address = server.wait_ready()
     # An idle keep-alive connection: one request answered, then nothing.
     idle = pki.client_context().wrap_socket(
@@ -259,10 +287,10 @@ def test_sigterm_lets_an_https_request_in_flight_finish_and_closes_idle_ones(
     )
     result: dict[str, object] = {}
 
-    def slow() -> None:
-        conn = http.client.HTTPSConnection(*address, context=pki.client_context(), timeout=10)
+    def in_flight() -> None:
+        conn = http.client.HTTPSConnection(*address, context=pki.client_context(), timeout=30)
         try:
-            conn.request("GET", "/slow?seconds=1")
+            conn.request("GET", "/gated")
             with conn.getresponse() as response:
                 result["status"] = response.status
                 result["connection"] = response.getheader("Connection")
@@ -270,23 +298,26 @@ def test_sigterm_lets_an_https_request_in_flight_finish_and_closes_idle_ones(
         finally:
             conn.close()
 
-    thread = threading.Thread(target=slow)
+    thread = threading.Thread(target=in_flight)
     try:
-        idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        idle.sendall(b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n")
         answer = b""
         while not answer.endswith(b"\r\n\r\nok\n"):
             chunk = idle.recv(4096)
             assert chunk, answer
             answer += chunk
         thread.start()
-        wait_until(lambda: established_to(address[1]) >= 2, what="the slow request connected")
+        wait_until(lambda: established_to(address[1]) >= 2, what="the gated request connected")
         server.send(signal.SIGTERM)
+        server.wait_for_line("TERM: draining")  # the drain began with the request in flight
         # The idle one gets a close_notify, then EOF: a clean TLS close (recv returns b"").
         assert idle.recv(4096) == b""
+        (tmp_path / "open").touch()  # now the request in flight may finish
     finally:
         idle.close()
-        thread.join(timeout=15)
-    assert result == {"status": 200, "connection": "close", "body": b"slept 1 s\n"}
+        (tmp_path / "open").touch()
+        thread.join(timeout=30)
+    assert result == {"status": 200, "connection": "close", "body": b"released\n"}
     assert server.wait_exit() == 0
 
 
