@@ -152,10 +152,11 @@ class GracefulTCPServer(AcceptingServer):
         """Put ``options`` in force; called once, by the constructor, before the bind.
 
         TypeError for options of another type, or with a field this server
-        class does not have (a user's subclass of the options).  Each field becomes the instance attribute of its name (what the server
-        reads).  Subclasses extend it to build what the options describe (the
-        HTTP server's TLS context, access log, limits); they raise on options
-        that cannot be used, before any socket exists.
+        class does not have (a user's subclass of the options).  Each field
+        becomes the instance attribute of its name (what the server reads).
+        Subclasses extend it to build what the options describe (the HTTP
+        server's TLS context, access log, limits); they raise on options that
+        cannot be used, before any socket exists.
         """
         if not isinstance(options, self.options_class):
             raise TypeError(
