@@ -10,6 +10,7 @@ import dataclasses
 import inspect
 import ipaddress
 import os
+import socket
 import socketserver
 import sys
 from typing import Any
@@ -459,6 +460,20 @@ def test_class_attributes_are_the_default_options_and_explicit_options_win() -> 
         assert server.options is given
         assert (server.idle_timeout, server.health_path) == (9.0, None)
         assert server.limits.fields == 3
+    finally:
+        server.server_close()
+
+
+def test_a_server_made_from_a_socket_has_its_options_in_force_before_any_request() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    options = WSGIOptions(root_path="app/", multiprocess=True, limit_request_fields=4)
+    app: Any = _hello_app  # the app takes the handler class's place
+    server = GracefulWSGIServer.from_socket(listener, app, options)
+    try:
+        assert server.options is options
+        assert server.limits.fields == 4
+        assert server.base_environ["SCRIPT_NAME"] == "/app"  # normalised, not at a first request
+        assert server.base_environ["wsgi.multiprocess"] is True
     finally:
         server.server_close()
 

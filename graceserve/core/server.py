@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from graceserve.core.accepting import AcceptingServer
 from graceserve.core.connection import (
@@ -56,6 +56,7 @@ __all__ = ["CLOSING", "FORCED", "OPEN", "Connection", "GracefulTCPServer", "form
 log = logging.getLogger("graceserve")
 
 _Address = Any  # socketserver's own address type: a tuple for TCP
+_Server = TypeVar("_Server", bound="GracefulTCPServer")
 _handler_thread = threading.local()
 _conn_ids = itertools.count(1)
 # The client left (TLS: it closed without close_notify, or mid-record): its business, not a bug.
@@ -173,11 +174,11 @@ class GracefulTCPServer(AcceptingServer):
 
     @classmethod
     def from_socket(
-        cls,
+        cls: type[_Server],
         sock: socket.socket,
         RequestHandlerClass: Callable[[Any, Any, Any], socketserver.BaseRequestHandler],  # noqa: N803
         options: TCPOptions | None = None,
-    ) -> GracefulTCPServer:
+    ) -> _Server:
         """A server on ``sock``, already bound (and perhaps listening): Go's ``Serve(listener)``.
 
         The server owns the socket from here on (the drain closes it).  It is
