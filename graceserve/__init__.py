@@ -11,13 +11,15 @@ listener's end), ``stopping`` (the drain sequence), ``server``
 and ``bodyreader``), ``wsgi`` (GracefulWSGIServer, make_server; with
 ``wsgihandler`` and ``wsgiresponse``), ``httpparse`` (the strict HTTP/1.1
 reader, with ``httpframing`` and ``httpbody``), ``settings`` (one frozen
-object, every default), ``signals``, ``pidfile``, ``config`` (flags and
-environment), ``target``, ``runner`` (serve()), ``cli``, ``demo`` (the
-built-in app), ``errors`` (exit codes).
+object, every default), ``TCPOptions``/``HTTPOptions``/``WSGIOptions``
+(what each server kind is told, once, in its constructor), ``signals``,
+``pidfile``, ``config`` (flags and environment), ``target``, ``runner``
+(serve()), ``cli``, ``demo`` (the built-in app), ``errors`` (exit codes).
 """
 
 from graceserve._version import __version__
 from graceserve.core.drain import DrainController, DrainReport
+from graceserve.core.options import TCPOptions
 from graceserve.core.server import GracefulTCPServer
 from graceserve.errors import (
     EXIT_CANNOT_START,
@@ -28,8 +30,10 @@ from graceserve.errors import (
     StartupError,
     UsageError,
 )
+from graceserve.http.options import HTTPOptions
 from graceserve.http.server import DrainAwareRequestHandler, GracefulHTTPServer
 from graceserve.process.runner import serve
+from graceserve.wsgi.options import WSGIOptions
 from graceserve.wsgi.server import GracefulWSGIServer, make_server
 
 __all__ = [
@@ -44,8 +48,11 @@ __all__ = [
     "GracefulHTTPServer",
     "GracefulTCPServer",
     "GracefulWSGIServer",
+    "HTTPOptions",
     "StartupError",
+    "TCPOptions",
     "UsageError",
+    "WSGIOptions",
     "__version__",
     "make_server",
     "serve",

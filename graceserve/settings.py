@@ -4,7 +4,9 @@ Why this module exists: each default is written once, here (the command line,
 ``serve()`` and the server classes read it from ``DEFAULTS``), and each setting
 reaches the server by name, never dropped on the way.  To add a setting (WSGI
 limits, workers, TLS): add a field here, a row to ``config._OPTIONS`` if it has a
-flag, and, if the server reads it, an entry in ``server_attributes``.
+flag, and, if a server reads it, a field in that server's options
+(``graceserve.core.options`` and its HTTP and WSGI subclasses) and a line in
+``graceserve.process.listener.server_options``.
 """
 
 from __future__ import annotations
@@ -127,45 +129,6 @@ class Settings:
         """A copy with ``changes``."""
         return replace(self, **changes)
 
-    def server_attributes(self, http: bool, wsgi: bool = False) -> dict[str, Any]:
-        """What the server is told, by attribute name (each must exist on the server)."""
-        timeout = "idle_timeout" if http or wsgi else "input_timeout"
-        attributes: dict[str, Any] = {
-            "max_connections": self.max_connections,
-            timeout: self.idle_timeout,
-        }
-        if http or wsgi:
-            attributes["drain_linger_max"] = self.drain_linger_max
-            attributes["min_body_rate"] = self.min_body_rate
-            attributes["health_path"] = self.health_path
-            attributes.update(
-                certfile=self.certfile,
-                keyfile=self.keyfile,
-                ca_certs=self.ca_certs,
-                cert_reqs=self.cert_reqs,
-                access_log=self.access_log,
-                access_log_format=self.access_log_format,
-                forwarded_allow_ips=self.forwarded_allow_ips,
-            )
-        if wsgi:
-            attributes.update(
-                root_path=self.root_path,
-                limit_request_line=self.limit_request_line,
-                limit_request_fields=self.limit_request_fields,
-                limit_request_field_size=self.limit_request_field_size,
-                max_body_size=self.max_body_size,
-                multiprocess=self.workers > 1,  # PEP 3333: another process runs the app too
-            )
-        return attributes
-
 
 DEFAULTS = Settings()
 """The defaults, written once."""
-
-
-def apply_settings(server: Any, attributes: dict[str, Any]) -> None:
-    """Set ``attributes`` on ``server``; TypeError for one it does not have (never dropped)."""
-    for name, value in attributes.items():
-        if not hasattr(server, name):
-            raise TypeError(f"{type(server).__name__} has no setting {name!r}")
-        setattr(server, name, value)

@@ -10,6 +10,7 @@ import dataclasses
 import inspect
 import ipaddress
 import os
+import socket
 import socketserver
 import sys
 from typing import Any
@@ -18,14 +19,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from graceserve import GracefulHTTPServer, GracefulTCPServer, __version__, serve
+from graceserve import (
+    GracefulHTTPServer,
+    GracefulTCPServer,
+    HTTPOptions,
+    TCPOptions,
+    WSGIOptions,
+    __version__,
+    serve,
+)
 from graceserve.config import Config, build_parser, parse_args, parse_bind
 from graceserve.demo import DemoHandler
 from graceserve.errors import EXIT_USAGE, StartupError, UsageError
 from graceserve.http.parse import Limits
 from graceserve.process.cpuquota import auto_workers
-from graceserve.process.listener import make_server
-from graceserve.settings import DEFAULTS, apply_settings
+from graceserve.process.listener import make_server, server_options
+from graceserve.settings import DEFAULTS, Settings
 from graceserve.wsgi.server import GracefulWSGIServer
 
 NO_DATABASE = settings(database=None, deadline=None, max_examples=200)
@@ -346,14 +355,8 @@ def _hello_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     return []
 
 
-@pytest.mark.parametrize("kind", ["http", "tcp", "wsgi"])
-def test_every_server_setting_reaches_the_server_by_name(kind: str) -> None:
-    target: Any = {
-        "http": DemoHandler,
-        "tcp": socketserver.StreamRequestHandler,
-        "wsgi": _hello_app,
-    }[kind]
-    settings = DEFAULTS.but(
+def _run_settings(kind: str) -> Settings:
+    return DEFAULTS.but(
         bind=("127.0.0.1", 0),
         max_connections=7,
         idle_timeout=3.5,
@@ -365,49 +368,112 @@ def test_every_server_setting_reaches_the_server_by_name(kind: str) -> None:
         limit_request_fields=5,
         limit_request_field_size=200,
         max_body_size=1000,
+        forwarded_allow_ips="10.0.0.0/8",
         workers=2,
     )
+
+
+@pytest.mark.parametrize("kind", ["http", "tcp", "wsgi"])
+def test_a_runs_settings_give_each_server_kind_its_options(kind: str) -> None:
+    server_class = {
+        "http": GracefulHTTPServer, "tcp": GracefulTCPServer, "wsgi": GracefulWSGIServer
+    }[kind]  # fmt: skip
+    options = server_options(_run_settings(kind), server_class)
+    if kind == "tcp":  # --idle-timeout is a TCP server's input timeout: one name, one meaning
+        assert options == TCPOptions(max_connections=7, input_timeout=3.5)
+        return
+    http = HTTPOptions(
+        max_connections=7,
+        idle_timeout=3.5,
+        min_body_rate=250,
+        drain_linger_max=0.5,  # a quarter of the grace
+        health_path="/livez",
+        limit_request_line=100,
+        limit_request_fields=5,
+        limit_request_field_size=200,
+        max_body_size=1000,
+        forwarded_allow_ips="10.0.0.0/8",
+    )
+    if kind == "http":
+        assert options == http
+    else:  # --workers 2: another process serves the app too (PEP 3333)
+        assert options == WSGIOptions(**vars(http), root_path="/app", multiprocess=True)
+
+
+@pytest.mark.parametrize("kind", ["http", "tcp", "wsgi"])
+def test_the_server_a_run_builds_has_its_options_in_force(kind: str) -> None:
+    target: Any = {
+        "http": DemoHandler,
+        "tcp": socketserver.StreamRequestHandler,
+        "wsgi": _hello_app,
+    }[kind]
+    settings = _run_settings(kind)
     server = make_server(target, settings)
     try:
-        attributes = settings.server_attributes(kind == "http", kind == "wsgi")
-        timeout = "input_timeout" if kind == "tcp" else "idle_timeout"  # one name, one meaning
-        expected: dict[str, Any] = {"max_connections": 7, timeout: 3.5}
-        if kind != "tcp":
-            expected["drain_linger_max"] = 0.5  # a quarter of the grace
-            expected["min_body_rate"] = 250
-            expected["health_path"] = "/livez"
-            expected.update(
-                certfile=None, keyfile=None, ca_certs=None, cert_reqs="none",
-                access_log=None, access_log_format="combined",
-                forwarded_allow_ips="127.0.0.1,::1",
-            )  # fmt: skip
-        if kind == "wsgi":
-            expected.update(
-                root_path="/app",
-                limit_request_line=100,
-                limit_request_fields=5,
-                limit_request_field_size=200,
-                max_body_size=1000,
-                multiprocess=True,  # --workers 2: another process serves the app too
-            )
-        assert attributes == expected
-        for name, value in attributes.items():
-            assert getattr(server, name) == value
-        if isinstance(server, GracefulWSGIServer):  # and they are in force, not just stored
-            assert server.limits == Limits(request_line=100, fields=5, field_size=200, body=1000)
+        assert server.options == server_options(settings, type(server))
+        assert server.max_connections == 7
+        if kind == "tcp":
+            assert server.input_timeout == 3.5
+            return
+        assert isinstance(server, GracefulHTTPServer)
+        assert (server.idle_timeout, server.min_body_rate, server.drain_linger_max) == (
+            3.5, 250, 0.5,
+        )  # fmt: skip
+        assert server.health_path == "/livez"
+        assert server.limits == Limits(request_line=100, fields=5, field_size=200, body=1000)
+        assert server.trust.trusts("10.1.2.3")
+        assert not server.trust.trusts("127.0.0.1")
+        assert (server.ssl_context, server.access_logger) == (None, None)
+        if isinstance(server, GracefulWSGIServer):
             assert server.base_environ["SCRIPT_NAME"] == "/app"
             assert server.base_environ["wsgi.multiprocess"] is True
     finally:
         server.server_close()
 
 
-def test_a_setting_the_server_does_not_have_is_an_error_not_dropped() -> None:
-    server = GracefulTCPServer(
-        ("127.0.0.1", 0), socketserver.BaseRequestHandler, bind_and_activate=False
-    )
+def test_options_a_server_does_not_read_are_an_error_not_dropped() -> None:
+    with pytest.raises(TypeError, match="no option 'idle_timeout'"):
+        GracefulTCPServer(
+            ("127.0.0.1", 0),
+            socketserver.BaseRequestHandler,
+            bind_and_activate=False,
+            options=HTTPOptions(idle_timeout=1.0),
+        )
+    with pytest.raises(TypeError, match="takes HTTPOptions, not TCPOptions"):
+        GracefulHTTPServer(("127.0.0.1", 0), DemoHandler, False, options=TCPOptions())
+
+
+def test_class_attributes_are_the_default_options_and_explicit_options_win() -> None:
+    class Quick(GracefulHTTPServer):
+        idle_timeout = 5.0
+        health_path: str | None = "/up"
+
+    server = Quick(("127.0.0.1", 0), DemoHandler, bind_and_activate=False)
     try:
-        with pytest.raises(TypeError, match="no setting 'idle_timeout'"):
-            apply_settings(server, {"idle_timeout": 1.0})
+        assert server.options == HTTPOptions(idle_timeout=5.0, health_path="/up")
+        assert (server.idle_timeout, server.health_path) == (5.0, "/up")
+    finally:
+        server.server_close()
+    given = HTTPOptions(idle_timeout=9.0, limit_request_fields=3)
+    server = Quick(("127.0.0.1", 0), DemoHandler, bind_and_activate=False, options=given)
+    try:
+        assert server.options is given
+        assert (server.idle_timeout, server.health_path) == (9.0, None)
+        assert server.limits.fields == 3
+    finally:
+        server.server_close()
+
+
+def test_a_server_made_from_a_socket_has_its_options_in_force_before_any_request() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    options = WSGIOptions(root_path="app/", multiprocess=True, limit_request_fields=4)
+    app: Any = _hello_app  # the app takes the handler class's place
+    server = GracefulWSGIServer.from_socket(listener, app, options)
+    try:
+        assert server.options is options
+        assert server.limits.fields == 4
+        assert server.base_environ["SCRIPT_NAME"] == "/app"  # normalised, not at a first request
+        assert server.base_environ["wsgi.multiprocess"] is True
     finally:
         server.server_close()
 

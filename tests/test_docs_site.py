@@ -321,6 +321,19 @@ def test_api_page_documents_every_public_name() -> None:
         assert getattr(graceserve, name) == int(value), name
 
 
+def test_api_page_has_one_table_row_per_option_of_each_server_kind() -> None:
+    section = page_text("api.md").split("## Options:")[1].split("\n## ")[0]
+    kinds = (graceserve.TCPOptions, graceserve.HTTPOptions, graceserve.WSGIOptions)
+    inherited: set[str] = set()
+    for kind in kinds:
+        table = section.split(f"`{kind.__name__}` (")[1].split("\n\n`")[0]
+        rows = re.findall(r"^\| (`\w+`(?:, `\w+`)*) \|", table, re.M)
+        named = {name for row in rows for name in re.findall(r"`(\w+)`", row)} - {"option"}
+        own = {f.name for f in dataclasses.fields(kind)} - inherited
+        assert named == own, (kind.__name__, named ^ own)
+        inherited |= own
+
+
 def test_benchmarks_page_has_one_generated_block_for_bench_speed() -> None:
     text = page_text("benchmarks.md")
     begin, end = "<!-- BEGIN GENERATED: bench/speed.py", "<!-- END GENERATED: bench/speed.py -->"

@@ -45,8 +45,8 @@ NOT_RUN_LINES = {
 }
 # Whole Python blocks (by a substring) that are not run here, and why.
 NOT_RUN_BLOCKS = {
-    'server.certfile, server.keyfile = "cert.pem", "key.pem"': "needs a certificate and its "
-    "key; tests/test_tls.py runs setup_production with generated ones",
+    'WSGIOptions(certfile="cert.pem", keyfile="key.pem")\n': "needs a certificate and its "
+    "key; tests/test_tls.py serves with generated ones",
 }
 # Fenced blocks in other languages are not commands.
 NOT_CODE = {

@@ -24,6 +24,9 @@ from pathlib import Path
 
 import pytest
 
+from graceserve import GracefulHTTPServer, HTTPOptions
+from graceserve.http.tls import TLSSettingsError
+from graceserve.process.listener import server_options
 from testsupport.process import ServerProcess
 from testsupport.procfs import ESTABLISHED, tcp_sockets
 from testsupport.tlsapp import APP, Pki, https_get, load_json, make_pki
@@ -245,7 +248,9 @@ def test_tls_and_production_settings_from_the_environment(tmp_path: Path) -> Non
     assert (settings.access_log, settings.access_log_format) == ("-", "json")
     assert settings.log_format == "json"
     assert settings.forwarded_allow_ips == "10.0.0.0/8,::1"
-    assert settings.server_attributes(http=True)["certfile"] == "/etc/tls/cert.pem"
+    options = server_options(settings, GracefulHTTPServer)
+    assert isinstance(options, HTTPOptions)
+    assert (options.certfile, options.access_log) == ("/etc/tls/cert.pem", "-")
 
 
 GATED_APP = """\
@@ -325,19 +330,19 @@ def established_to(port: int) -> int:
     return sum(1 for row in tcp_sockets(state=ESTABLISHED) if row.local_port == port)
 
 
-def test_the_library_serves_https_with_the_server_attributes(
+def test_the_library_serves_https_with_its_options(
     pki: Pki, server_cert: tuple[Path, Path]
 ) -> None:
-    from graceserve import make_server
+    from graceserve import WSGIOptions, make_server
 
     def app(environ: dict[str, object], start_response: Callable[..., object]) -> list[bytes]:
         body = str(environ["wsgi.url_scheme"]).encode()
         start_response("200 OK", [("Content-Length", str(len(body)))])
         return [body]
 
-    server = make_server("127.0.0.1", 0, app)
-    server.certfile, server.keyfile = str(server_cert[0]), str(server_cert[1])
-    server.setup_production()  # errors here, at start, not at the first connection
+    options = WSGIOptions(certfile=str(server_cert[0]), keyfile=str(server_cert[1]))
+    server = make_server("127.0.0.1", 0, app, options=options)
+    assert server.ssl_context is not None  # built with the server, not at the first connection
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -348,3 +353,14 @@ def test_the_library_serves_https_with_the_server_attributes(
         thread.join(timeout=5)
         server.server_close()
     assert report.clean
+
+
+def test_a_certificate_that_does_not_load_fails_the_constructor(tmp_path: Path) -> None:
+    import http.server
+
+    missing = str(tmp_path / "missing.pem")
+    with pytest.raises(TLSSettingsError, match=r"missing\.pem"):
+        GracefulHTTPServer(
+            ("127.0.0.1", 0), http.server.BaseHTTPRequestHandler,
+            options=HTTPOptions(certfile=missing),
+        )  # fmt: skip

@@ -23,6 +23,7 @@ Handler hooks that raise are logged, never allowed to kill the accept loop.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.server
 import itertools
 import logging
@@ -34,7 +35,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from graceserve.core.accepting import AcceptingServer
 from graceserve.core.connection import (
@@ -47,6 +48,7 @@ from graceserve.core.connection import (
 )
 from graceserve.core.connection import shutdown_quietly as _shutdown_quietly
 from graceserve.core.drain import DrainController, DrainReport
+from graceserve.core.options import TCPOptions
 from graceserve.core.stopping import run_drain
 
 __all__ = ["CLOSING", "FORCED", "OPEN", "Connection", "GracefulTCPServer", "format_address"]
@@ -54,6 +56,7 @@ __all__ = ["CLOSING", "FORCED", "OPEN", "Connection", "GracefulTCPServer", "form
 log = logging.getLogger("graceserve")
 
 _Address = Any  # socketserver's own address type: a tuple for TCP
+_Server = TypeVar("_Server", bound="GracefulTCPServer")
 _handler_thread = threading.local()
 _conn_ids = itertools.count(1)
 # The client left (TLS: it closed without close_notify, or mid-record): its business, not a bug.
@@ -74,7 +77,8 @@ class GracefulTCPServer(AcceptingServer):
     - drain(timeout) -> DrainReport     stop accepting, serve what is queued,
                                         wait for zero, cut the rest, return by
                                         the deadline
-    - from_socket(sock, handler)        serve an already bound socket
+    - from_socket(sock, handler, options=None)
+                                        serve an already bound socket
     - install_hooks(hooks)              a runner's heartbeat and request
                                         counting (graceserve.core.serverhooks),
                                         before serve_forever
@@ -90,6 +94,13 @@ class GracefulTCPServer(AcceptingServer):
     finish_request, handle_error, shutdown_request, close_request,
     service_actions; and ``service_drain`` (called while waiting for zero).
 
+    Options (``graceserve.core.options.TCPOptions``), applied once in the
+    constructor, before it binds: ``GracefulTCPServer(address, Handler,
+    options=TCPOptions(max_connections=100))``.  Without ``options=`` they are
+    read from the class attributes of the same names (a subclass's
+    ``max_connections = 100`` keeps working); an explicit ``options=`` wins.
+    ``self.options`` is the object in force.
+
     Class variables:
 
     - request_queue_size = 1024   listen backlog (stdlib: 5)
@@ -100,9 +111,10 @@ class GracefulTCPServer(AcceptingServer):
     - cut_allowance = 0.1         the last seconds of the grace (at most a tenth
                                   of it) in which cut handlers may end; the
                                   drain never runs past its grace
-    - input_timeout = None        default timeout of ``wait_for_input``
+    - input_timeout = None        default timeout of ``wait_for_input`` (an option)
     - max_connections = None      at this many live connections, stop accepting
-                                  (new clients wait in the kernel backlog)
+                                  (new clients wait in the kernel backlog) (an option)
+    - options_class = TCPOptions  the options type this server kind reads
 
     Threading contract: ``drain`` and ``shutdown`` may be called from any thread
     except a handler thread of this server; ``serve_forever`` from one thread.
@@ -113,35 +125,73 @@ class GracefulTCPServer(AcceptingServer):
     close_timeout: float | None = 5.0
     cut_allowance = 0.1
     input_timeout: float | None = None
+    options_class: type[TCPOptions] = TCPOptions
+    options: TCPOptions
 
     def __init__(
         self,
         server_address: _Address,
         RequestHandlerClass: Callable[[Any, Any, Any], socketserver.BaseRequestHandler],  # noqa: N803
         bind_and_activate: bool = True,
+        *,
+        options: TCPOptions | None = None,
     ) -> None:
         self._stopping = False
         self._listener_closed = False
         self._backlog_accepted = 0
         self._lost = 0
         self._draining_from = 0
+        self.apply_options(options if options is not None else self.default_options())
         super().__init__(server_address, RequestHandlerClass, bind_and_activate)
 
     @classmethod
+    def default_options(cls) -> TCPOptions:
+        """The options this class gives without ``options=``: its class attributes."""
+        return cls.options_class.from_class(cls)
+
+    def apply_options(self, options: TCPOptions) -> None:
+        """Put ``options`` in force; called once, by the constructor, before the bind.
+
+        TypeError for options of another type, or with a field this server
+        class does not have (a user's subclass of the options).  Each field
+        becomes the instance attribute of its name (what the server reads).
+        Subclasses extend it to build what the options describe (the HTTP
+        server's TLS context, access log, limits); they raise on options that
+        cannot be used, before any socket exists.
+        """
+        if not isinstance(options, self.options_class):
+            raise TypeError(
+                f"{type(self).__name__} takes {self.options_class.__name__}, "
+                f"not {type(options).__name__}"
+            )
+        fields = dataclasses.fields(options)
+        unknown = [field.name for field in fields if not hasattr(type(self), field.name)]
+        if unknown:  # an option the server would not read: an error, never dropped
+            raise TypeError(f"{type(self).__name__} has no option {unknown[0]!r}")
+        self.options = options
+        for field in fields:
+            setattr(self, field.name, getattr(options, field.name))
+
+    @classmethod
     def from_socket(
-        cls,
+        cls: type[_Server],
         sock: socket.socket,
         RequestHandlerClass: Callable[[Any, Any, Any], socketserver.BaseRequestHandler],  # noqa: N803
-    ) -> GracefulTCPServer:
+        options: TCPOptions | None = None,
+    ) -> _Server:
         """A server on ``sock``, already bound (and perhaps listening): Go's ``Serve(listener)``.
 
         The server owns the socket from here on (the drain closes it).  It is
         put in listening state with ``request_queue_size``; the server's
         ``address_family`` and ``server_address`` are the socket's.
+        ``options`` as for the constructor; ``server_bound`` runs as after a bind.
         """
         server = cls.__new__(cls)
         server.address_family = sock.family
-        cls.__init__(server, sock.getsockname(), RequestHandlerClass, bind_and_activate=False)
+        cls.__init__(
+            server, sock.getsockname(), RequestHandlerClass, bind_and_activate=False,
+            options=options,
+        )  # fmt: skip
         server.socket.close()
         server.socket = sock
         server.server_address = sock.getsockname()
@@ -149,8 +199,18 @@ class GracefulTCPServer(AcceptingServer):
             address = server.server_address
             server.server_name = "localhost"
             server.server_port = address[1] if isinstance(address, tuple) else 0
+        server.server_bound()
         sock.listen(server.request_queue_size)
         return server
+
+    def server_bind(self) -> None:
+        """Bind (as socketserver), then ``server_bound``."""
+        super().server_bind()
+        self.server_bound()
+
+    def server_bound(self) -> None:
+        """Called once the listening address is known (after ``server_bind``, or in
+        ``from_socket``); subclasses compute what depends on it.  Does nothing here."""
 
     # -- state for callers and handlers -------------------------------------
 

@@ -48,6 +48,7 @@ import time
 from typing import Any
 
 from graceserve.core.connection import format_address
+from graceserve.core.options import TCPOptions
 from graceserve.core.server import Connection, GracefulTCPServer
 from graceserve.http import parse as httpparse
 from graceserve.http import slowclients, tls
@@ -56,6 +57,7 @@ from graceserve.http.bodyreader import DISCARD_LIMIT
 from graceserve.http.connection import BODY, BUSY, HEAD, IDLE, HTTPConnection
 from graceserve.http.handler import DrainAwareRequestHandler, make_drain_aware
 from graceserve.http.headbudget import DEFAULT_ALLOWANCE, DEFAULT_BUDGET, HeadBudget
+from graceserve.http.options import HTTPOptions
 from graceserve.http.proxy import Trust, parse_allow_ips
 from graceserve.settings import DEFAULTS
 
@@ -84,13 +86,23 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
     Serves any ``BaseHTTPRequestHandler`` subclass unchanged (or a
     ``functools.partial`` of one, as ``http.server`` does for ``--directory``).
 
+    Options: ``graceserve.http.options.HTTPOptions``, applied once in the
+    constructor, before the bind: ``GracefulHTTPServer(address, Handler,
+    options=HTTPOptions(idle_timeout=5))``.  The TLS context is built, the access
+    log opened, the proxy trust parsed and ``limits`` computed there, so an
+    unusable option fails at construction (``tls.TLSSettingsError``, OSError,
+    ValueError), never at the first request.  Compatibility rule: without
+    ``options=``, each option is the class attribute of its name (``class
+    S(GracefulHTTPServer): idle_timeout = 5`` keeps working); an explicit
+    ``options=`` wins.  The options are marked (option) below.
+
     Class variables (in addition to GracefulTCPServer's):
 
-    - idle_timeout = 60.0       close a keep-alive connection idle this long, a
+    - idle_timeout = 60.0       (option) close a keep-alive connection idle this long, a
                                 request head still arriving after this long, a
                                 request body that made no progress for this long,
                                 or a response the client stopped reading this long
-    - min_body_rate = 500       bytes/s a request body must average over each
+    - min_body_rate = 500       (option) bytes/s a request body must average over each
                                 ``idle_timeout`` of waiting for it (None: no minimum)
     - head_budget = 32 MiB      bytes of field lines that request heads may hold
                                 beyond ``head_allowance`` each, in all, until their
@@ -100,34 +112,32 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
     - drain_linger = 0.2        at drain, the least an idle keep-alive connection
                                 is given to send one more request (answered with
                                 ``Connection: close``), from its last response
-    - drain_linger_max = 2.0    the most it is given (a connection with a slow
+    - drain_linger_max = 2.0    (option) the most it is given (a connection with a slow
                                 rhythm), and what an unfinished request is given
-                                to make progress; a runner sets it to a fraction
-                                of the grace
-    - limit_request_line = 8190       bytes in the request line (414 beyond)
-    - limit_request_fields = 100      header fields (431 beyond)
-    - limit_request_field_size = 8190 bytes in one header field line (431 beyond)
-    - max_body_size = None            bytes of request body (413 beyond); None: no limit
+                                to make progress; a runner gives a fraction of
+                                the grace
+    - limit_request_line = 8190       (option) bytes in the request line (414 beyond)
+    - limit_request_fields = 100      (option) header fields (431 beyond)
+    - limit_request_field_size = 8190 (option) bytes in one header field line (431 beyond)
+    - max_body_size = None            (option) bytes of request body (413 beyond);
+                                      None: no limit
     - request_limits = None     an ``httpparse.Limits`` that replaces the four above
     - discard_limit = 65536     unread body bytes discarded to keep a connection;
                                 more than that and the connection is closed
     - tcp_nodelay = True        no Nagle stall between header and body writes
-    - health_path = None        a path (``/healthz``) that graceserve answers itself,
+    - health_path = None        (option) a path (``/healthz``) that graceserve answers itself,
                                 for any target: GET/HEAD get 200 ``ok``, then 503
                                 ``stopping`` from the moment a stop begins (the
                                 lame duck of ``--drain-delay`` included); not in the
                                 access log; None: every path is the app's
 
-    Production settings (``graceserve.settings.Settings`` fields of the same
-    names, read by ``setup_production`` when the server starts):
-
-    - certfile, keyfile, ca_certs, cert_reqs   TLS (``graceserve.http.tls``); or set
-                                ``ssl_context`` yourself
+    - certfile, keyfile, ca_certs, cert_reqs   (options) TLS (``graceserve.http.tls``);
+                                or set ``ssl_context`` yourself
     - tls_handshake_timeout = 10.0   seconds a client gets to finish its handshake
-    - access_log, access_log_format  ``-`` or a path, combined or json
+    - access_log, access_log_format  (options) ``-`` or a path, combined or json
                                 (``graceserve.http.accesslog``); None: off
-    - forwarded_allow_ips       peers whose X-Forwarded-* / Forwarded headers are
-                                believed (``graceserve.http.proxy``)
+    - forwarded_allow_ips       (option) peers whose X-Forwarded-* / Forwarded
+                                headers are believed (``graceserve.http.proxy``)
 
     Threading contract: as GracefulTCPServer.
     """
@@ -157,33 +167,49 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
     access_logger: AccessLog | None = None
     forwarded_allow_ips: str = DEFAULTS.forwarded_allow_ips
     trust: Trust = parse_allow_ips(DEFAULTS.forwarded_allow_ips)
+    options_class: type[HTTPOptions] = HTTPOptions
+    options: HTTPOptions
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._production_ready = False
         self._handler_classes: dict[Any, Any] = {}
         self._handler_classes_lock = threading.Lock()
         self._next_reap = 0.0
         self._heads: HeadBudget | None = None  # made at the first connection (settings first)
         self._reclaimed = 0  # idle keep-alive connections closed to make room at the cap
         self._reclaim_logged_at: float | None = None
-        self.limits = httpparse.Limits()
         super().__init__(*args, **kwargs)
 
+    def apply_options(self, options: TCPOptions) -> None:
+        """Put ``options`` in force: the limits, the proxy trust, the TLS context, the
+        access log.  Once, from the constructor, before the bind.
+
+        Raises ``tls.TLSSettingsError`` (a certificate that does not load),
+        OSError (an access log that cannot be opened) or ValueError (a bad
+        ``forwarded_allow_ips``); the runner turns each into one line and exit
+        code 3.
+        """
+        super().apply_options(options)
+        self.setup_limits()
+        self.trust = parse_allow_ips(self.forwarded_allow_ips)
+        if self.certfile is not None:
+            self.ssl_context = tls.build_context(
+                self.certfile, self.keyfile, self.ca_certs, self.cert_reqs
+            )
+        self.access_logger = open_access_log(self.access_log, self.access_log_format)
+
     def server_bind(self) -> None:
-        """Bind (on a Unix socket, without http.server's host:port bookkeeping); then
-        compute ``limits``."""
+        """Bind (on a Unix socket, without http.server's host:port bookkeeping)."""
         if self.address_family != socket.AF_UNIX:
             super().server_bind()
         else:
             socketserver.TCPServer.server_bind(self)
             self.server_name, self.server_port = "localhost", 0
-        self.setup_limits()
+            self.server_bound()
 
     def setup_limits(self) -> None:
-        """(Re)compute ``limits`` from ``request_limits`` or the ``limit_*`` settings.
+        """(Re)compute ``limits`` from ``request_limits`` or the ``limit_*`` options.
 
-        Called when the server binds and by ``setup_production``; call again
-        after changing them.
+        Called by the constructor; call again after changing them.
         """
         self.limits = self.request_limits or httpparse.Limits(
             request_line=self.limit_request_line,
@@ -228,25 +254,6 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
         """The head budget (None before the first connection, or with ``head_budget`` None)."""
         return self._heads
 
-    def setup_production(self) -> None:
-        """Build the TLS context, open the access log, parse the trusted proxies.
-
-        From the attributes of the same names (set before: the runner gives
-        them from ``Settings``).  Raises ``tls.TLSSettingsError``, OSError (the
-        access log cannot be opened) or ValueError; the runner turns each into
-        one line and exit code 3.  Called again, it does nothing.
-        """
-        if self._production_ready:
-            return
-        self.setup_limits()
-        if self.certfile is not None:
-            self.ssl_context = tls.build_context(
-                self.certfile, self.keyfile, self.ca_certs, self.cert_reqs
-            )
-        self.trust = parse_allow_ips(self.forwarded_allow_ips)
-        self.access_logger = open_access_log(self.access_log, self.access_log_format)
-        self._production_ready = True
-
     @property
     def url_scheme(self) -> str:
         """``https`` when serving TLS, else ``http``."""
@@ -254,9 +261,6 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """Serve the connection (after its TLS handshake, when serving TLS)."""
-        if not self._production_ready:
-            with self._handler_classes_lock:
-                self.setup_production()
         conn = self.registry.get(request)
         try:
             context = self.ssl_context

@@ -6,11 +6,16 @@ Unix socket file), and each must become one clear line and exit code 3 with
 nothing left behind.  A Unix socket file is created under ``--umask`` (mode
 0600 by default), replaced only if nothing answers on it (a stale file from a
 killed run), and removed at exit only if it is still ours.
+
+It is also where a run's settings become a server's options
+(``server_options``): the server kinds own their options types, the settings
+leaf cannot import them, and this is the one place both are known.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import socket
@@ -18,19 +23,67 @@ import socketserver
 import stat
 from typing import Any
 
+from graceserve.core.options import TCPOptions
 from graceserve.core.server import GracefulTCPServer, format_address
 from graceserve.errors import StartupError
 from graceserve.http import tls
 from graceserve.http.accesslog import open_access_log
+from graceserve.http.options import HTTPOptions
 from graceserve.http.server import GracefulHTTPServer
 from graceserve.http.tls import TLSSettingsError
 from graceserve.process.target import is_http_handler, is_wsgi_app
-from graceserve.settings import Address, Settings, apply_settings
+from graceserve.settings import Address, Settings
+from graceserve.wsgi.options import WSGIOptions
 from graceserve.wsgi.server import GracefulWSGIServer
 
-__all__ = ["Address", "check_http_options", "make_listener", "make_server", "remove_unix_socket"]
+__all__ = [
+    "Address",
+    "check_http_options",
+    "make_listener",
+    "make_server",
+    "remove_unix_socket",
+    "server_options",
+]
 
 _NOT_HTTP = "--certfile, --access-log and --health-path are for HTTP handlers and WSGI apps"
+
+
+def server_options(settings: Settings, server_class: type[GracefulTCPServer]) -> TCPOptions:
+    """The options a run's ``settings`` give a server of ``server_class``'s kind.
+
+    TCPOptions for a TCP server (``--idle-timeout`` is its ``input_timeout``),
+    HTTPOptions for an HTTP one, WSGIOptions (``wsgi.multiprocess`` True with
+    ``--workers`` above 1, as PEP 3333 wants) for a WSGI one.
+    """
+    if not issubclass(server_class, GracefulHTTPServer):
+        return TCPOptions(
+            max_connections=settings.max_connections, input_timeout=settings.idle_timeout
+        )
+    http = HTTPOptions(
+        max_connections=settings.max_connections,
+        idle_timeout=settings.idle_timeout,
+        min_body_rate=settings.min_body_rate,
+        drain_linger_max=settings.drain_linger_max,
+        health_path=settings.health_path,
+        limit_request_line=settings.limit_request_line,
+        limit_request_fields=settings.limit_request_fields,
+        limit_request_field_size=settings.limit_request_field_size,
+        max_body_size=settings.max_body_size,
+        certfile=settings.certfile,
+        keyfile=settings.keyfile,
+        ca_certs=settings.ca_certs,
+        cert_reqs=settings.cert_reqs,
+        access_log=settings.access_log,
+        access_log_format=settings.access_log_format,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+    )
+    if not issubclass(server_class, GracefulWSGIServer):
+        return http
+    return WSGIOptions(
+        **{field.name: getattr(http, field.name) for field in dataclasses.fields(http)},
+        root_path=settings.root_path,
+        multiprocess=settings.workers > 1,  # another process runs the app too
+    )
 
 
 def make_server(
@@ -43,34 +96,28 @@ def make_server(
     ``handler_class`` may also be a WSGI application (served by GracefulWSGIServer).
 
     With ``inherited`` (socket activation, or a graceful restart), serve on
-    that listening socket and ignore ``settings.bind``.  The server gets every
-    setting it reads (``Settings.server_attributes``) before it binds.
+    that listening socket and ignore ``settings.bind``.  The server is built
+    with its options (``server_options``), which it puts in force before it
+    binds: an unusable certificate or access log is exit code 3 here.
     """
     wsgi = is_wsgi_app(handler_class)
     http = not wsgi and is_http_handler(handler_class)
     server_class: type[GracefulTCPServer] = GracefulHTTPServer if http else GracefulTCPServer
     if wsgi:  # the app takes the handler class's place
         server_class = GracefulWSGIServer
-    attributes = settings.server_attributes(http, wsgi)
-    if http:  # one request cycle, one set of head and body limits for both kinds
-        attributes.update(
-            limit_request_line=settings.limit_request_line,
-            limit_request_fields=settings.limit_request_fields,
-            limit_request_field_size=settings.limit_request_field_size,
-            max_body_size=settings.max_body_size,
-        )
     if not (http or wsgi) and (settings.certfile or settings.access_log or settings.health_path):
         raise StartupError(_NOT_HTTP)
+    options = server_options(settings, server_class)
     if inherited is not None:
         try:
-            adopted = server_class.from_socket(inherited, handler_class)
+            return server_class.from_socket(inherited, handler_class, options)
+        except TLSSettingsError as exc:
+            raise StartupError(str(exc)) from None
         except OSError as exc:
+            _raise_if_access_log(exc, settings)
             raise StartupError(
                 f"cannot serve on the inherited socket: {exc.strerror or exc}"
             ) from None
-        apply_settings(adopted, attributes)
-        _setup_production(adopted)
-        return adopted
     address = settings.bind
     family: int
     sockaddr: Any
@@ -80,27 +127,37 @@ def make_server(
     else:
         family, sockaddr = _resolve(address)
     server_class = type(server_class.__name__, (server_class,), {"address_family": family})
-    old_umask = os.umask(settings.umask) if family == socket.AF_UNIX else None
-    server: GracefulTCPServer | None = None
     try:
-        server = server_class(sockaddr, handler_class, bind_and_activate=False)
-        apply_settings(server, attributes)
-        _setup_production(server)
+        server = server_class(sockaddr, handler_class, bind_and_activate=False, options=options)
+    except TLSSettingsError as exc:
+        raise StartupError(str(exc)) from None
+    except OSError as exc:
+        _raise_if_access_log(exc, settings)
+        raise StartupError(
+            f"cannot listen on {format_address(sockaddr)}: {exc.strerror or exc}"
+        ) from None
+    old_umask = os.umask(settings.umask) if family == socket.AF_UNIX else None
+    try:
         server.server_bind()
         server.server_activate()
         return server
     except StartupError:
-        if server is not None:
-            server.server_close()
+        server.server_close()
         raise
     except OSError as exc:
-        if server is not None:
-            server.server_close()
+        server.server_close()
         where = format_address(sockaddr)
         raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from None
     finally:
         if old_umask is not None:
             os.umask(old_umask)
+
+
+def _raise_if_access_log(exc: OSError, settings: Settings) -> None:
+    """StartupError for an access log that cannot be opened (the OSError names its path)."""
+    path = settings.access_log
+    if path is not None and exc.filename in (path, os.path.abspath(path)):
+        raise StartupError(f"--access-log {settings.access_log}: {exc.strerror or exc}") from None
 
 
 def make_listener(settings: Settings, inherited: socket.socket | None = None) -> GracefulTCPServer:
@@ -138,18 +195,6 @@ def check_http_options(settings: Settings, loaded: Any = None) -> None:
         raise StartupError(f"--access-log {settings.access_log}: {exc.strerror or exc}") from None
     if writer is not None:
         writer.close()
-
-
-def _setup_production(server: GracefulTCPServer) -> None:
-    """TLS context, access log, proxy trust (HTTP servers); StartupError if unusable."""
-    if not isinstance(server, GracefulHTTPServer):
-        return
-    try:
-        server.setup_production()
-    except TLSSettingsError as exc:
-        raise StartupError(str(exc)) from None
-    except OSError as exc:
-        raise StartupError(f"--access-log {server.access_log}: {exc.strerror or exc}") from None
 
 
 def remove_unix_socket(server: GracefulTCPServer) -> None:

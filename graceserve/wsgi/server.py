@@ -20,9 +20,11 @@ import socketserver
 from typing import Any
 
 from graceserve._version import __version__
+from graceserve.core.options import TCPOptions
 from graceserve.http.server import GracefulHTTPServer
 from graceserve.settings import DEFAULTS
 from graceserve.wsgi.handler import WSGIApplication, WSGIConnection, make_base_environ
+from graceserve.wsgi.options import WSGIOptions
 
 __all__ = ["GracefulWSGIServer", "WSGIApplication", "make_server"]
 
@@ -34,17 +36,23 @@ class _NoHandler(socketserver.BaseRequestHandler):
 class GracefulWSGIServer(GracefulHTTPServer):
     """A ``GracefulHTTPServer`` that serves a WSGI application.
 
-    ``GracefulWSGIServer(server_address, app, bind_and_activate=True)``: the
-    application takes the place of the handler class.  ``set_app`` and
-    ``get_app`` work as on ``wsgiref.simple_server.WSGIServer``.
+    ``GracefulWSGIServer(server_address, app, bind_and_activate=True, *,
+    options=None)``: the application takes the place of the handler class.
+    ``set_app`` and ``get_app`` work as on ``wsgiref.simple_server.WSGIServer``.
+
+    Options: ``graceserve.wsgi.options.WSGIOptions`` (HTTPOptions and the two
+    below), applied once in the constructor, with GracefulHTTPServer's
+    compatibility rule: without ``options=``, the class attributes of the same
+    names; an explicit ``options=`` wins.
 
     Class variables (in addition to GracefulHTTPServer's):
 
-    - root_path = ''                  SCRIPT_NAME; stripped from paths that start with it
+    - root_path = ''                  (option) SCRIPT_NAME; stripped from paths that
+                                      start with it
     - server_software                 the ``Server`` header and SERVER_SOFTWARE
-    - multiprocess = False            ``wsgi.multiprocess``: True when other processes
-                                      serve the same app at the same time (the runner
-                                      sets it for ``--workers N``, N > 1)
+    - multiprocess = False            (option) ``wsgi.multiprocess``: True when other
+                                      processes serve the same app at the same time
+                                      (the runner gives it for ``--workers N``, N > 1)
 
     Threading contract: as GracefulHTTPServer; the application is called from
     one thread per connection, concurrently (``wsgi.multithread`` is True).
@@ -53,34 +61,40 @@ class GracefulWSGIServer(GracefulHTTPServer):
     root_path = DEFAULTS.root_path
     server_software = f"graceserve/{__version__}"
     multiprocess = False
+    options_class: type[WSGIOptions] = WSGIOptions
+    options: WSGIOptions
 
     def __init__(
         self,
         server_address: Any,
         app: WSGIApplication = None,
         bind_and_activate: bool = True,
+        *,
+        options: WSGIOptions | None = None,
     ) -> None:
         self.application: WSGIApplication = app
         self.base_environ: dict[str, Any] = {}
-        super().__init__(server_address, _NoHandler, bind_and_activate)
+        super().__init__(server_address, _NoHandler, bind_and_activate, options=options)
 
-    def server_bind(self) -> None:
-        """Bind, then compute the environ keys shared by every request."""
-        super().server_bind()
-        self.setup_environ()
-
-    def setup_environ(self) -> None:
-        """(Re)compute ``limits`` and ``base_environ`` from the settings and the address.
-
-        Called when the server binds, or at the first request of a server made
-        ``from_socket``: settings given after construction (as the runner gives
-        them, before binding) take effect.  Call again after changing them.
-        """
+    def apply_options(self, options: TCPOptions) -> None:
+        """Put ``options`` in force (as GracefulHTTPServer), ``root_path`` normalised."""
+        super().apply_options(options)
         root = self.root_path.rstrip("/")
         if root and not root.startswith("/"):
             root = "/" + root
         self.root_path = root
-        self.setup_limits()
+
+    def server_bound(self) -> None:
+        """Compute the environ keys shared by every request (they name the address)."""
+        super().server_bound()
+        self.setup_environ()
+
+    def setup_environ(self) -> None:
+        """(Re)compute ``base_environ`` from the options and the address.
+
+        Called once the server is bound (or made ``from_socket``); call again
+        after changing ``root_path`` or ``multiprocess``.
+        """
         self.base_environ = make_base_environ(self)
 
     def set_app(self, application: WSGIApplication) -> None:
@@ -93,8 +107,6 @@ class GracefulWSGIServer(GracefulHTTPServer):
 
     def serve_connection(self, request: Any, client_address: Any) -> None:
         """Serve the connection's requests with graceserve's WSGI request loop."""
-        if not self.base_environ:
-            self.setup_environ()
         WSGIConnection(self, request, client_address).run()
 
 
@@ -103,6 +115,11 @@ def make_server(
     port: int,
     app: WSGIApplication,
     server_class: type[GracefulWSGIServer] = GracefulWSGIServer,
+    *,
+    options: WSGIOptions | None = None,
 ) -> GracefulWSGIServer:
-    """A bound, listening GracefulWSGIServer for ``app``, as ``wsgiref``'s make_server."""
-    return server_class((host, port), app)
+    """A bound, listening GracefulWSGIServer for ``app``, as ``wsgiref``'s make_server.
+
+    ``options``: as for the constructor (None: the server class's attributes).
+    """
+    return server_class((host, port), app, options=options)

@@ -1,0 +1,25 @@
+"""WSGIOptions: what a GracefulWSGIServer is told (HTTPOptions and the WSGI fields).
+
+Why this module exists: the WSGI server's mount point and ``wsgi.multiprocess``
+are options like the HTTP ones, applied once in the constructor; the environ
+keys shared by every request are computed from them when the server binds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from graceserve.http.options import HTTPOptions
+from graceserve.settings import DEFAULTS
+
+__all__ = ["WSGIOptions"]
+
+
+@dataclass(frozen=True)
+class WSGIOptions(HTTPOptions):
+    """The options a GracefulWSGIServer reads.  Immutable; safe to share between threads."""
+
+    root_path: str = DEFAULTS.root_path
+    """SCRIPT_NAME: the path the app is mounted at ('' or /path)."""
+    multiprocess: bool = False
+    """``wsgi.multiprocess``: True when other processes serve the same app at once."""
