@@ -4,17 +4,16 @@ Why this package exists: the stdlib servers drop in-flight requests, reset
 queued connections, hang on idle keep-alive clients and leave stale pidfiles
 when asked to stop.  graceserve keeps their API and adds the drain.
 
-Modules, one concern each: ``drain`` (the registry and the wait for zero),
-``connection`` (the registry's record), ``accepting`` (the accept loop and the
-listener's end), ``stopping`` (the drain sequence), ``server``
-(GracefulTCPServer), ``httpserver`` (GracefulHTTPServer, with ``httphandler``
-and ``bodyreader``), ``wsgi`` (GracefulWSGIServer, make_server; with
-``wsgihandler`` and ``wsgiresponse``), ``httpparse`` (the strict HTTP/1.1
-reader, with ``httpframing`` and ``httpbody``), ``settings`` (one frozen
-object, every default), ``TCPOptions``/``HTTPOptions``/``WSGIOptions``
-(what each server kind is told, once, in its constructor), ``signals``,
-``pidfile``, ``config`` (flags and environment), ``target``, ``runner``
-(serve()), ``cli``, ``demo`` (the built-in app), ``errors`` (exit codes).
+Layers, each importing only from those before it (``tests/test_layering.py``):
+``core`` (the registry and its Condition, the accept loop, GracefulTCPServer,
+the drain sequence, server hooks, TCPOptions; no HTTP), ``http`` (the strict
+parser, the one request cycle, the stdlib handler's dispatcher,
+GracefulHTTPServer and HTTPOptions, TLS, proxy trust, the access log),
+``wsgi`` (GracefulWSGIServer, make_server, WSGIOptions), ``process`` (serve():
+signals, pidfile, the supervisor as a state machine, workers, the control
+socket and ctl, systemd, --reload); at the top, the command line (``cli``,
+``config``, ``configfile``, ``checkconfig``), ``settings`` (one frozen object,
+every default), ``errors`` (exit codes), ``logformat`` and ``demo``.
 """
 
 from graceserve._version import __version__

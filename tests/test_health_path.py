@@ -37,9 +37,10 @@ def ask(
     return response.status, response.read(), response
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 @pytest.mark.parametrize("kind", sorted(TARGETS))
-def test_the_path_is_answered_for_any_app_and_the_rest_is_the_apps(kind: str) -> None:
-    server, address = start(kind, "--health-path", PATH, "--access-log", "-")
+def test_the_path_is_answered_for_any_app_and_the_rest_is_the_apps(kind: str, workers: str) -> None:
+    server, address = start(kind, "--health-path", PATH, "--access-log", "-", "--workers", workers)
     try:
         conn = http.client.HTTPConnection(*address, timeout=TIMEOUT)
         status, body, response = ask(conn, "GET", PATH)

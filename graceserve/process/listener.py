@@ -167,7 +167,9 @@ def make_listener(settings: Settings, inherited: socket.socket | None = None) ->
     It serves no target, so it takes none of the HTTP options (TLS, access log,
     proxies): ``check_http_options`` checks those, for the workers that will.
     """
-    binding = settings.but(certfile=None, keyfile=None, ca_certs=None, access_log=None)
+    binding = settings.but(
+        certfile=None, keyfile=None, ca_certs=None, access_log=None, health_path=None
+    )
     return make_server(socketserver.BaseRequestHandler, binding, inherited)
 
 
