@@ -190,6 +190,9 @@ def test_a_code_change_reloads_without_a_failed_request(tmp_path: Path, workers:
             wait_until(lambda: requests.latest() == "v1", WAIT, "v1 to answer")
             touch(tmp_path / "app.py", APP.format(version="v2"), 2_000_000_000)
             server.wait_for_line(r"--reload: .*app\.py changed; reloading")
+            # The whole generation is ready before the next change (one v2 answer is not
+            # enough with two workers: the second may still be importing).
+            server.wait_for_line(r"HUP: generation 2 is ready", timeout=60)
             wait_until(lambda: requests.latest() == "v2", 60, "v2 to answer")
             touch(tmp_path / "app.py", "this is not Python\n", 3_000_000_000)
             server.wait_for_line(r"reload failed", timeout=60)
