@@ -10,7 +10,6 @@ is bounded.
 
 from __future__ import annotations
 
-import http.client
 import re
 import socket
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from .load import IO_TIMEOUT, LOAD_LIMIT, Client, Load
 from .process import ServerProcess
+from .restarts import get
 
 __all__ = [
     "APP",
@@ -81,16 +81,6 @@ def start_workers(
     if "--workers" in args and args[args.index("--workers") + 1] != "1":
         server.wait_for_line(r"supervisor pid \d+: \d+ workers ready")
     return server
-
-
-def get(address: tuple[str, int], path: str = "/") -> tuple[int, str]:
-    conn = http.client.HTTPConnection(*address, timeout=IO_TIMEOUT)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        conn.close()
 
 
 def served_by(body: str) -> int:
