@@ -249,10 +249,14 @@ class Request:
     @classmethod
     def start(cls, name: str, path: str) -> Request:
         files = f"/tmp/gs-{name}"
+        # When the transfer ended, by curl's own clock (time_total) from an instant taken
+        # just before curl runs: how late curl's process exits on a loaded machine does
+        # not move it (the exit's own time used to, by a millisecond, once).
         script = (
-            f"rm -f {files}.*; curl -v -sS --max-time 60 -o {files}.body -w '%{{http_code}}' "
+            f"rm -f {files}.*; started=$(date +%s.%N); "
+            f"curl -v -sS --max-time 60 -o {files}.body -w '%{{http_code}} %{{time_total}}' "
             f"'{BASE_URL}{path}' >{files}.code 2>{files}.err; "
-            f'echo "$? $(date +%s.%N)" >{files}.tmp; mv {files}.tmp {files}.rc'
+            f'echo "$? $started" >{files}.tmp; mv {files}.tmp {files}.rc'
         )
         podman_ok("exec", "-d", CONTAINER, "sh", "-c", script)
         return cls(name)
@@ -269,15 +273,17 @@ class Request:
         """Wait for curl to end and return what it got."""
         files = f"/tmp/gs-{self.name}"
         poll(f"curl {self.name} to finish", self.finished, timeout=timeout)
-        rc, ended = inside_ok("cat", f"{files}.rc").split()
+        rc, started = inside_ok("cat", f"{files}.rc").split()
         err = "".join(inside_ok("cat", f"{files}.err").splitlines(keepends=True)[-5:])
-        return Outcome(int(rc), inside_ok("cat", f"{files}.code").strip(), err, float(ended))
+        status, _, took = inside_ok("cat", f"{files}.code").strip().partition(" ")
+        return Outcome(int(rc), status, err, float(started) + float(took or 0))
 
 
 @dataclass
 class Outcome:
     """How a background curl ended: its exit code, the HTTP status ('000': none), the end
-    of its stderr, and when it ended (the container's clock, seconds since the epoch)."""
+    of its stderr, and when its transfer ended (the container's clock, seconds since the
+    epoch)."""
 
     rc: int
     status: str
