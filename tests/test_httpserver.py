@@ -134,6 +134,47 @@ def test_connection_that_never_sent_a_request_gets_a_clean_eof(harness: Harness)
     assert harness.rec.dispatched == []
 
 
+class LongBoundServer(GracefulHTTPServer):
+    """The shortest linger and a long bound: a connection given the bound is told apart
+    from one given the linger by seconds, not milliseconds, on a loaded machine."""
+
+    drain_linger = 0.1
+    drain_linger_max = 10.0
+
+
+def test_connection_whose_first_request_is_late_gets_the_whole_bound(harness: Harness) -> None:
+    """A client that connected and has not sent its first request yet (descheduled on
+    a loaded machine, or between its connect and its send) is about to send it: an
+    EOF on a fresh connection is an error no client retries.  So it gets the longest
+    linger, ``drain_linger_max``, like a newly handshaken TLS connection, not the
+    shortest (which closed it 0.1 s into the drain before).
+    """
+    server = harness.serve(server_class=LongBoundServer)
+    client = harness.client(server)
+    wait_until(lambda: server.active_connections == 1, 5.0, "the connection to be accepted")
+    wait_until(lambda: idle_for(server) > 0.0, 5.0, "the connection to wait for its request")
+
+    drainer = Drainer(server)
+    drainer.wait_listener_closed()
+    started = server.registry.started_at
+    assert started is not None
+    wait_until(
+        lambda: time.monotonic() - started > 5 * LongBoundServer.drain_linger,
+        5.0,
+        "the drain to have run for five times the shortest linger",
+    )
+    assert server.active_connections == 1  # not closed as a used idle one would be
+    client.get("/late")
+
+    response = client.read_response()
+    assert response.status == 200
+    assert response.header("Connection") == "close"
+    assert client.read_to_eof() == b""
+    report = drainer.result()
+    assert report.clean
+    assert report.idle_closed == 0  # served, not cut
+
+
 def test_in_flight_request_completes_with_connection_close(harness: Harness) -> None:
     server = harness.serve()
     client = harness.client(server)

@@ -274,10 +274,8 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
                 if stream is None:
                     return
                 if isinstance(conn, HTTPConnection):
-                    # The client's first request follows the handshake by a round trip
-                    # or more (much more on a loaded machine): until its rhythm is
-                    # learned, a drain gives it the longest linger, not the shortest.
-                    conn.rhythm = max(conn.rhythm, self.drain_linger_max / RHYTHM_FACTOR)
+                    # (Its first request, a round trip or more after the handshake, gets
+                    # the longest linger at a drain, as on every connection not yet used.)
                     conn.watch_writes = True  # SO_SNDTIMEO does not bound TLS writes
                 self.serve_connection(stream, client_address)
         finally:
@@ -338,9 +336,14 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
         Three times its recent gaps (at least ``drain_linger``) from its last
         response, but never past ``drain_linger_max`` from the drain's start
         (``started``): a connection with a slow rhythm gets the whole bound,
-        one idle for longer than its rhythm says gets a FIN at once.
+        one idle for longer than its rhythm says gets a FIN at once.  A
+        connection that has not sent its first request has no rhythm yet and
+        is about to send (an EOF on a fresh connection is an error no client
+        retries): it gets ``drain_linger_max`` from when it began to wait.
         """
         linger = RHYTHM_FACTOR * getattr(conn, "rhythm", 0.0)
+        if not getattr(conn, "used", True) and linger < self.drain_linger_max:
+            linger = self.drain_linger_max
         if linger < self.drain_linger:
             linger = self.drain_linger
         return min(since + linger, started + max(self.drain_linger_max, self.drain_linger))
