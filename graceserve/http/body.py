@@ -140,19 +140,15 @@ class Body:
         """Up to ``size`` bytes (all that is left for None or a negative size)."""
         if self._chunked:
             return self._read_chunked(-1 if size is None or size < 0 else size, False)
-        left = self._left
-        if left <= 0 or size == 0:
+        want = self._take(size)
+        if not want:
             return b""
-        if self._hook is not None:
-            self._start()
-        if size is None or size < 0 or size > left:
-            size = left
         try:
-            data = self._rfile.read(size) if size <= _READ_STEP else self._read_steps(size)
+            data = self._rfile.read(want) if want <= _READ_STEP else self._read_steps(want)
         except Exception as error:  # a timeout, a reset: where the body stands is unknown
             raise self._fail(error) from None
-        self._left = left - len(data)
-        if len(data) < size:
+        self._left -= len(data)
+        if len(data) < want:
             raise self._fail(IncompleteBodyError("EOF inside the request body"))
         return data
 
@@ -160,21 +156,29 @@ class Body:
         """One line (through LF), at most ``size`` bytes."""
         if self._chunked:
             return self._read_chunked(-1 if size is None or size < 0 else size, True)
+        want = self._take(size)
+        if not want:
+            return b""
+        try:
+            line = self._rfile.readline(want)
+        except Exception as error:
+            raise self._fail(error) from None
+        self._left -= len(line)
+        if len(line) < want and not line.endswith(b"\n"):
+            raise self._fail(IncompleteBodyError("EOF inside the request body"))
+        return line
+
+    def _take(self, size: int | None) -> int:
+        """How many bytes of a fixed-length body a read of ``size`` asks for now (0 when
+        nothing is left or nothing is asked); the body's first read starts it."""
         left = self._left
         if left <= 0 or size == 0:
-            return b""
+            return 0
         if self._hook is not None:
             self._start()
         if size is None or size < 0 or size > left:
-            size = left
-        try:
-            line = self._rfile.readline(size)
-        except Exception as error:
-            raise self._fail(error) from None
-        self._left = left - len(line)
-        if len(line) < size and not line.endswith(b"\n"):
-            raise self._fail(IncompleteBodyError("EOF inside the request body"))
-        return line
+            return left
+        return size
 
     def readlines(self, hint: int | None = -1) -> list[bytes]:
         """Lines until the end (or until ``hint`` bytes have been read)."""
