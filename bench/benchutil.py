@@ -375,3 +375,24 @@ def perf_events(data: str) -> list[tuple[float, str, str]]:
         what = "EOF" if ret == 0 else errno.errorcode.get(-ret, str(ret))
         events.append((float(m.group(1)), m.group(2), what))
     return events
+
+
+def loss_counts(
+    out: str, events: Sequence[tuple[float, str, str]], use_perf: bool
+) -> dict[str, object]:
+    """What a client under load saw of a signal, from wrk's output ``out``: requests, each
+    kind of error, the broken total, and refused connects.  With perf's ``events``
+    (``use_perf``), a write that failed with ECONNREFUSED is a refused connect, not a
+    broken request; without perf the refused count is wrk's connect errors "+?"."""
+    res = parse_wrk(out)
+    refused = sum(1 for _, _, what in events if what == "ECONNREFUSED")
+    bad_writes = max(res.write - refused, 0) if use_perf else res.write
+    return {
+        "requests": res.requests,
+        "read err": res.read,
+        "write err": bad_writes,
+        "timeouts": res.timeout,
+        "non-2xx": res.non2xx,
+        "broken": res.read + bad_writes + res.timeout + res.non2xx,
+        "refused": refused + res.connect if use_perf else f"{res.connect}+?",
+    }

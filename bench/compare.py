@@ -399,17 +399,8 @@ def wrk_run(spec: Spec, cfg: Config, use_perf: bool) -> dict[str, object]:
         finally:
             srv.close()
         events = bu.perf_events(data) if use_perf else []
-    res = bu.parse_wrk(out)
-    refused_writes = sum(1 for _, _, what in events if what == "ECONNREFUSED")
-    bad_writes = max(res.write - refused_writes, 0) if use_perf else res.write
     return {
-        "requests": res.requests,
-        "read err": res.read,
-        "write err": bad_writes,
-        "timeouts": res.timeout,
-        "non-2xx": res.non2xx,
-        "broken": res.read + bad_writes + res.timeout + res.non2xx,
-        "refused": refused_writes + res.connect if use_perf else f"{res.connect}+?",
+        **bu.loss_counts(out, events, use_perf),
         "exit": exit_text(code),
         "exit_s": exit_s,
     }

@@ -500,17 +500,8 @@ def hup_run(peer: Peer, py: str, cfg: Config, use_perf: bool) -> dict[str, objec
         finally:
             srv.close()
         events = bu.perf_events(data) if use_perf else []
-    res = bu.parse_wrk(out)
-    refused = sum(1 for _, _, what in events if what == "ECONNREFUSED")
-    bad_writes = max(res.write - refused, 0) if use_perf else res.write
     return {
-        "requests": res.requests,
-        "read err": res.read,
-        "write err": bad_writes,
-        "timeouts": res.timeout,
-        "non-2xx": res.non2xx,
-        "broken": res.read + bad_writes + res.timeout + res.non2xx,
-        "refused": refused + res.connect if use_perf else f"{res.connect}+?",
+        **bu.loss_counts(out, events, use_perf),
         "serving after": "yes" if alive else "no",
         "exit": compare.exit_text(code),
     }
