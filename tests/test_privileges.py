@@ -240,6 +240,51 @@ def test_workers_drop_and_the_supervisor_stays_root(workdir: Path) -> None:
 
 
 @needs_root
+@pytest.mark.parametrize("directory", ["owned", "sticky"])
+def test_one_process_removes_its_unix_socket_and_pidfile(workdir: Path, directory: str) -> None:
+    """As nobody at exit: in its own directory, and in a sticky one that anyone may write
+    (root's, as /tmp), where only a file's owner may remove it: hence the chown."""
+    place = workdir / "run"
+    if directory == "sticky":
+        place = workdir / "sticky"
+        place.mkdir()
+        place.chmod(0o1777)
+    pidfile, sock = place / "app.pid", place / "app.sock"
+    server = _start(workdir, "-b", f"unix:{sock}", "-u", "nobody", "-p", str(pidfile))
+    try:
+        server.wait_for_line(r"listening on unix:")
+        assert NOBODY is not None
+        assert (sock.stat().st_uid, sock.stat().st_gid) == NOBODY
+        assert (pidfile.stat().st_uid, pidfile.stat().st_gid) == NOBODY
+        status, body = unix_get(sock)
+        assert status == 200
+        assert _as_nobody(body)["pid"] == server.proc.pid
+        server.send(signal.SIGTERM)
+        assert server.wait_exit() == 0, server.output
+        assert sorted(place.iterdir()) == [], server.output
+    finally:
+        server.stop()
+
+
+@needs_root
+def test_a_pidfile_directory_the_user_cannot_write_is_refused_first(workdir: Path) -> None:
+    """Checked as the user before anything is made: one line, exit 3, nothing left."""
+    assert PYTHON is not None
+    pidfile = workdir / "app.pid"  # workdir: root's, 0755
+    result = subprocess.run(
+        [PYTHON, "-m", "graceserve", "app:app", "-b", "127.0.0.1:0", "-u", "nobody",
+         "-p", str(pidfile)],
+        cwd=workdir, env=child_env(), capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"cannot write {workdir}" in lines[0]
+    assert not pidfile.exists()
+    assert "imported" not in result.stderr
+
+
+@needs_root
 def test_check_config_imports_the_app_as_the_user(workdir: Path) -> None:
     assert PYTHON is not None
     result = subprocess.run(

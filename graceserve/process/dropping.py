@@ -26,12 +26,12 @@ from graceserve.core.server import GracefulTCPServer
 from graceserve.errors import StartupError
 from graceserve.process.listener import make_listener, make_server, remove_unix_socket
 from graceserve.process.pidfile import PidFile
-from graceserve.process.privileges import Identity, chown_for, drop
+from graceserve.process.privileges import Identity, chown_for, drop, may_write
 from graceserve.process.target import load_target
 from graceserve.settings import Settings
 from graceserve.wsgi.server import WSGIApplication
 
-__all__ = ["bind_then_drop"]
+__all__ = ["bind_then_drop", "check_pidfile_directory"]
 
 log = logging.getLogger("graceserve")
 
@@ -61,7 +61,8 @@ def bind_then_drop(
             ",".join(str(gid) for gid in os.getgroups()) or "none",
             extra={"event": "user", "uid": identity.uid, "gid": identity.gid},
         )  # fmt: skip
-        _check_writable(pidfile, holder if inherited is None else None, identity)
+        if inherited is None:
+            _warn_unix_directory(holder, identity)
         loaded = load_target(handler) if isinstance(handler, str) else handler
         return make_server(loaded, settings, holder.socket.dup())
     except BaseException:
@@ -72,23 +73,26 @@ def bind_then_drop(
         holder.server_close()
 
 
-def _check_writable(
-    pidfile: PidFile | None, holder: GracefulTCPServer | None, identity: Identity
-) -> None:
-    """Refuse a pidfile whose directory the user cannot write (its control socket is made
-    there, now; both are removed from there at exit); warn for a unix socket's."""
-    if pidfile is not None:
-        directory = os.path.dirname(pidfile.path)
-        if not os.access(directory, os.W_OK | os.X_OK):
-            raise StartupError(
-                f"--pidfile {pidfile.path}: {identity.describe()} cannot write {directory} "
-                "(the control socket goes next to the pidfile, and both are removed at exit); "
-                "use a directory it can write (systemd: RuntimeDirectory=)"
-            )
-    if holder is not None and holder.address_family == socket.AF_UNIX:
-        directory = os.path.dirname(str(holder.server_address))
-        if not os.access(directory, os.W_OK | os.X_OK):
-            log.warning(
-                "%s cannot write %s: the socket file will be left there at exit "
-                "(the next start replaces it)", identity.describe(), directory,
-            )  # fmt: skip
+def check_pidfile_directory(identity: Identity, pidfile: str) -> None:
+    """StartupError (exit 3) unless the user may write the pidfile's directory: the
+    control socket is made there after the switch, and both are removed from there."""
+    directory = os.path.dirname(os.path.abspath(pidfile))
+    if os.path.isdir(directory) and not may_write(identity, directory):
+        raise StartupError(
+            f"--pidfile {pidfile}: {identity.describe()} cannot write {directory} (with one "
+            "process the control socket is made next to the pidfile after the switch, and "
+            "both are removed at exit); use a directory it can write "
+            "(systemd: RuntimeDirectory=)"
+        )
+
+
+def _warn_unix_directory(holder: GracefulTCPServer, identity: Identity) -> None:
+    """A unix socket's file is removed at exit by the user: say so if it cannot be."""
+    if holder.address_family != socket.AF_UNIX:
+        return
+    directory = os.path.dirname(str(holder.server_address))
+    if not os.access(directory, os.W_OK | os.X_OK):
+        log.warning(
+            "%s cannot write %s: the socket file will be left there at exit "
+            "(the next start replaces it)", identity.describe(), directory,
+        )  # fmt: skip

@@ -40,6 +40,7 @@ __all__ = [
     "drop",
     "known_group",
     "known_user",
+    "may_write",
     "resolve",
 ]
 
@@ -149,6 +150,30 @@ def check_possible(identity: Identity) -> None:
 def _already(identity: Identity) -> bool:
     ids = (os.getuid(), os.geteuid(), os.getgid(), os.getegid())
     return ids == (identity.uid, identity.uid, identity.gid, identity.gid)
+
+
+def may_write(identity: Identity, directory: str) -> bool:
+    """Whether ``identity`` may create and remove files in ``directory``.
+
+    As root the question is asked as the user: the effective ids and groups are
+    switched for the one ``access`` call and back (``seteuid`` can be undone; the
+    real uid stays 0).  Main thread, before other threads that care about ids run.
+    """
+    want = os.W_OK | os.X_OK
+    if os.geteuid() != 0:
+        return os.access(directory, want)
+    groups = os.getgroups()
+    egid = os.getegid()
+    try:
+        listed = os.getgrouplist(identity.name, identity.gid) if identity.name else []
+        os.setgroups(sorted({identity.gid, *listed}))
+        os.setegid(identity.gid)
+        os.seteuid(identity.uid)
+        return os.access(directory, want, effective_ids=True)
+    finally:
+        os.seteuid(0)
+        os.setegid(egid)
+        os.setgroups(groups)
 
 
 def chown_for(identity: Identity, path: str | None = None, fd: int | None = None) -> None:

@@ -57,7 +57,7 @@ from graceserve.http.server import GracefulHTTPServer
 from graceserve.process import runstatus
 from graceserve.process.banner import log_banner
 from graceserve.process.control import ServerStatus
-from graceserve.process.dropping import bind_then_drop
+from graceserve.process.dropping import bind_then_drop, check_pidfile_directory
 from graceserve.process.inprocess import InProcessServer
 from graceserve.process.listener import Address, make_server, remove_unix_socket
 from graceserve.process.pidfile import PidFile
@@ -152,6 +152,8 @@ def run(
         identity = resolve(settings.user, settings.group)
         if identity is not None:
             check_possible(identity)  # before anything is opened: exit 3
+            if not supervised and settings.pidfile:
+                check_pidfile_directory(identity, settings.pidfile)
         handler_class: type[socketserver.BaseRequestHandler] | WSGIApplication | str = handler
         if isinstance(handler, str) and (settings.preload or not supervised) and not identity:
             handler_class = load_target(handler)  # --user: only once we are the user
