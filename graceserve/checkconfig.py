@@ -3,19 +3,26 @@
 Why this module exists: a deployment wants to know that its flags, variables,
 configuration file and app are right before it replaces the running server
 (gunicorn's ``--check-config``).  This runs the same checks a start runs, up
-to the bind: the settings (already parsed), ``--env`` and ``--chdir``, the
-target's import, the TLS files.  It binds nothing, takes no pidfile and starts
-no worker, so it can run next to the live server.
+to the bind: the settings (already parsed, ``--user``/``--group`` names
+included), ``--env`` and ``--chdir``, the target's import, the TLS files.  Run
+as root with ``--user``, it switches to that user before the import, as the
+server does (the app never runs as root, and a file the user cannot read fails
+here); run as anyone else it checks the names only and imports as itself.
+It binds nothing, takes no pidfile and starts no worker, so it can run next
+to the live server.
 
 Threading: call from the main thread (``--chdir`` is process-wide).
 """
 
 from __future__ import annotations
 
+import os
+
 from graceserve.config import format_bind
 from graceserve.errors import StartupError, UsageError
 from graceserve.http.tls import TLSSettingsError, build_context
 from graceserve.process.launch import apply_launch
+from graceserve.process.privileges import drop, resolve
 from graceserve.process.target import load_target
 from graceserve.settings import Settings
 
@@ -27,6 +34,9 @@ def check_config(settings: Settings) -> str:
     anything wrong, an import failure of the target included."""
     try:
         apply_launch(settings)
+        identity = resolve(settings.user, settings.group)
+        if identity is not None and os.geteuid() == 0:
+            drop(identity)
         if settings.target is not None:
             load_target(settings.target)
         if settings.certfile is not None:
@@ -38,4 +48,5 @@ def check_config(settings: Settings) -> str:
     target = settings.target or "the demo app"
     workers = f"{settings.workers} worker" + ("s" if settings.workers != 1 else "")
     source = f", settings from {settings.config}" if settings.config else ""
-    return f"configuration OK: {target} on {format_bind(settings.bind)}, {workers}{source}"
+    user = f", as user {settings.user}" if settings.user else ""
+    return f"configuration OK: {target} on {format_bind(settings.bind)}, {workers}{user}{source}"

@@ -27,6 +27,7 @@ from graceserve.errors import UsageError
 from graceserve.http.proxy import parse_allow_ips
 from graceserve.process.cpuquota import auto_workers
 from graceserve.process.launch import check_chdir, env_pairs, launch_dir
+from graceserve.process.privileges import known_group, known_user, resolve
 from graceserve.settings import DEFAULTS, Settings
 
 __all__ = ["Config", "format_bind", "parse_args", "parse_bind"]
@@ -224,6 +225,20 @@ def _octal(text: str) -> int:
     return value
 
 
+def _user(text: str) -> str:
+    name = text.strip()
+    if name and not name.isdigit() and not known_user(name):
+        raise ValueError(f"no such user {text!r}")
+    return name
+
+
+def _group(text: str) -> str:
+    name = text.strip()
+    if name and not name.isdigit() and not known_group(name):
+        raise ValueError(f"no such group {text!r}")
+    return name
+
+
 def _allow_ips(text: str) -> str:
     parse_allow_ips(text)  # ValueError for an entry that is not an address or network
     return ",".join(entry.strip() for entry in text.split(",") if entry.strip())
@@ -246,6 +261,12 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
     ("--umask", "GRACESERVE_UMASK", _octal, DEFAULTS.umask,
      "octal mask for a unix: socket's mode: 007 lets the socket's group (nginx's user) "
      "connect"),
+    ("--user", "GRACESERVE_USER", _user, DEFAULTS.user,
+     "run as this user (name or uid) once the listener is bound and the pidfile taken: "
+     "bind port 80 as root, serve as www-data; the app is imported only after the switch; "
+     "needs root (or to be that user already)"),
+    ("--group", "GRACESERVE_GROUP", _group, DEFAULTS.group,
+     "with --user: run with this group (name or gid) instead of the user's own"),
     ("--chdir", "GRACESERVE_CHDIR", str, DEFAULTS.chdir,
      "change to this directory before importing the target (it goes on sys.path)"),
     ("--grace", "GRACESERVE_GRACE", _duration, DEFAULTS.grace,
@@ -336,13 +357,13 @@ _METAVARS = {
     "--cert-reqs": "{none,optional,required}", "--access-log": "PATH|-",
     "--access-log-format": "{combined,json}", "--log-format": "{text,json}",
     "--forwarded-allow-ips": "LIST", "--umask": "MASK", "--chdir": "DIR",
-    "--health-path": "PATH",
+    "--health-path": "PATH", "--user": "USER", "--group": "GROUP",
 }  # fmt: skip
 
 # gunicorn's names and short flags, written before ours (the last is the reference's anchor).
 _ALIASES = {
     "--bind": ("-b",), "--workers": ("-w",), "--worker-timeout": ("-t", "--timeout"),
-    "--umask": ("-m",), "--pidfile": ("-p", "--pid"),
+    "--umask": ("-m",), "--pidfile": ("-p", "--pid"), "--user": ("-u",), "--group": ("-g",),
 }  # fmt: skip
 _AFTER = {"--idle-timeout": ("--keep-alive",), "--grace": ("--graceful-timeout",)}  # gunicorn's
 
@@ -428,6 +449,7 @@ _OPTIONAL = frozenset(
     {
         "pidfile", "idle_timeout", "certfile", "keyfile", "ca_certs", "access_log",
         "worker_timeout", "max_requests", "min_body_rate", "chdir", "health_path",
+        "user", "group",
     }
 )  # fmt: skip
 
@@ -492,6 +514,7 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> 
         env=pairs, **values,
     )  # fmt: skip
     _check_tls(settings)
+    _check_user(settings)
     return _check_workers(settings, given=values)
 
 
@@ -565,6 +588,18 @@ def _check_workers(settings: Settings, given: Mapping[str, Any]) -> Settings:
             "replace its own stuck serving loop"
         )
     return settings
+
+
+def _check_user(settings: Settings) -> None:
+    """--user and --group together (``resolve``'s UsageError); with workers, the
+    supervisor stays root, so it must not import the app (``--preload``)."""
+    if resolve(settings.user, settings.group) is None:
+        return
+    if settings.preload and settings.workers > 1:
+        raise UsageError(
+            "--preload with --user would import the app in the supervisor, which stays "
+            "root (it binds, and removes the pidfile and sockets at exit); drop --preload"
+        )
 
 
 def _check_tls(settings: Settings) -> None:

@@ -112,6 +112,12 @@ class Settings:
     health_path: str | None = None
     """HTTP: a path graceserve answers itself for any app (``/healthz``): 200, then 503
     from the moment a stop begins; None: every path is the app's."""
+    user: str | None = None
+    """Run as this user (a name or a numeric uid) once the listener is bound and the
+    pidfile taken (``graceserve.process.privileges``); None: as whoever started us."""
+    group: str | None = None
+    """With ``user``: run with this group (a name or a numeric gid) instead of the
+    user's own; None: the user's."""
     reload: bool = False
     """Development: reload gracefully, as a HUP does, when a Python file under the
     working directory changes (``graceserve.process.autoreload``; the command line only)."""

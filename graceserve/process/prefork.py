@@ -21,6 +21,7 @@ from graceserve.process.banner import log_banner
 from graceserve.process.control import ServerStatus
 from graceserve.process.listener import check_http_options, make_listener, remove_unix_socket
 from graceserve.process.pidfile import PidFile
+from graceserve.process.privileges import Identity, chown_for
 from graceserve.process.signals import SignalRelay
 from graceserve.process.supervisor import Supervisor
 from graceserve.process.systemd import Notifier
@@ -38,6 +39,7 @@ def run_supervised(
     notifier: Notifier,
     inherited: socket.socket | None,
     pidfile: PidFile | None = None,
+    identity: Identity | None = None,
 ) -> int:
     """Bind (or adopt ``inherited``), run the workers until a stop; the exit code.
 
@@ -45,11 +47,20 @@ def run_supervised(
     string).  Either way the listener is bound by a server that serves nothing
     (``make_listener``): the HTTP options (TLS, access log) are the workers', and
     are only checked here, so that a bad one fails the start at once (exit 3).
+
+    With ``identity`` (``--user``) this process stays root (it removes the
+    pidfile and the sockets at exit, and never runs app code: ``--preload`` is
+    refused then); a ``unix:`` socket is given to the user, and each worker
+    switches to it before it imports the target (``graceserve.process.worker``).
     """
     check_http_options(settings, None if isinstance(handler, str) else handler)
     holder = make_listener(settings, inherited)
     holder.block_on_close = False  # it never served: nothing to drain
     try:
+        if identity is not None:
+            if inherited is None and holder.address_family == socket.AF_UNIX:
+                chown_for(identity, path=str(holder.server_address))
+            log.info("workers run as %s; this supervisor stays root", identity.describe())
         listener = holder.socket.dup()
         log_banner(settings, holder, handler, supervisor=True)
         status = ServerStatus(

@@ -7,7 +7,9 @@ is the controller:
 1. install the signal handlers first, so that a signal during start-up is
    recorded and PID 1 does not ignore TERM;
 2. import the target, take the pidfile, bind (or adopt an inherited
-   listener), run ``serve_forever`` in a thread, report readiness;
+   listener), run ``serve_forever`` in a thread, report readiness; with
+   ``--user``, take the pidfile and bind first, then switch users, and only
+   then import the target (``graceserve.process.dropping``);
 3. run the supervisor's loop (``graceserve.process.supervisor``) with this process's
    server as its one member (``graceserve.process.inprocess``): the same state machine
    as with ``--workers N`` decides what each signal does.  A HUP (or
@@ -55,10 +57,12 @@ from graceserve.http.server import GracefulHTTPServer
 from graceserve.process import runstatus
 from graceserve.process.banner import log_banner
 from graceserve.process.control import ServerStatus
+from graceserve.process.dropping import bind_then_drop, check_pidfile_directory
 from graceserve.process.inprocess import InProcessServer
 from graceserve.process.listener import Address, make_server, remove_unix_socket
 from graceserve.process.pidfile import PidFile
 from graceserve.process.prefork import run_supervised
+from graceserve.process.privileges import check_possible, resolve
 from graceserve.process.readiness import listen_url, ready_line
 from graceserve.process.runnerhooks import RunnerHooks, name_of
 from graceserve.process.signals import SignalRelay
@@ -145,18 +149,28 @@ def run(
     notifier = Notifier.from_environment()
     try:
         supervised = settings.workers > 1
+        identity = resolve(settings.user, settings.group)
+        if identity is not None:
+            check_possible(identity)  # before anything is opened: exit 3
+            if not supervised and settings.pidfile:
+                check_pidfile_directory(identity, settings.pidfile)
         handler_class: type[socketserver.BaseRequestHandler] | WSGIApplication | str = handler
-        if isinstance(handler, str) and (settings.preload or not supervised):
-            handler_class = load_target(handler)
+        if isinstance(handler, str) and (settings.preload or not supervised) and not identity:
+            handler_class = load_target(handler)  # --user: only once we are the user
         pid = PidFile(settings.pidfile) if settings.pidfile else None
         if pid is not None:
             pid.acquire()
         try:
             inherited = inherited_listener()
             if supervised:
-                return run_supervised(handler_class, settings, relay, notifier, inherited, pid)
-            assert not isinstance(handler_class, str)
-            server = make_server(handler_class, settings, inherited)
+                return run_supervised(
+                    handler_class, settings, relay, notifier, inherited, pid, identity
+                )
+            if identity is not None:
+                server = bind_then_drop(handler, settings, identity, inherited, pid)
+            else:
+                assert not isinstance(handler_class, str)
+                server = make_server(handler_class, settings, inherited)
             # With socket activation systemd holds the listener (and a unix socket's
             # file) after us: never filter, shut or remove what is also systemd's.
             shared = inherited is not None

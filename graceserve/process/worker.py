@@ -13,6 +13,10 @@ copy of the listener, since other workers still accept from the queue; told
 takes the listener out of service for everyone: the drop-all filter, the
 sweep of what the kernel queued, ``shutdown``.
 
+With ``--user`` it switches users before it imports the target
+(``graceserve.process.privileges``: a worker of a root supervisor drops; one
+started by a single process that already dropped is the user already).
+
 It reports readiness (before it accepts: a worker that never said READY never
 served, so the supervisor may kill it without breaking a connection), then every
 second its counters and the age of its serving loop's last turn
@@ -50,6 +54,7 @@ from graceserve.core.stopping import DrainHooks, run_drain
 from graceserve.errors import EXIT_CUT, EXIT_OK, StartupError, exit_code_for_signal
 from graceserve.http.server import GracefulHTTPServer
 from graceserve.process.listener import make_server
+from graceserve.process.privileges import drop, resolve
 from graceserve.process.readiness import listen_url, ready_line
 from graceserve.process.signals import STOP_SIGNALS, WORKER_SIGNALS, SignalRelay
 from graceserve.process.target import load_target
@@ -87,6 +92,9 @@ def run_worker(
     link = _Link(channel, relay, settings.grace)
     try:
         try:
+            identity = resolve(settings.user, settings.group)
+            if identity is not None:
+                drop(identity)  # before the app is imported; nothing if we are the user
             handler_class = load_target(handler) if isinstance(handler, str) else handler
             server = make_server(handler_class, settings, listener)
         except StartupError as exc:
