@@ -4,9 +4,10 @@ Real processes, run as root here: the server binds a port below 1024 on
 127.0.0.1, the test reads the serving processes' ids from ``/proc/PID/status``
 and from the app itself (which also tries ``setuid(0)``), reloads with HUP,
 and stops with TERM (the pidfile and the unix socket must be gone).  The
-interpreter and this checkout must be readable by ``nobody``: a pyenv under
-``/root`` is not, so the system's ``python3`` serves (the standard library is
-all graceserve needs).
+interpreter must be one ``nobody`` may run: a pyenv under ``/root`` is not, so
+the system's ``python3`` serves (the standard library is all graceserve needs);
+graceserve itself is copied next to the app, since the checkout may be anywhere
+(CI clones into a directory only root may enter).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from testsupport.process import ChildProcess, child_env
+from testsupport.process import REPO, ChildProcess, child_env
 from testsupport.restarts import get, unix_get
 from testsupport.waiting import wait_until
 
@@ -88,7 +89,7 @@ def _python() -> str | None:
 PYTHON = _python() if os.geteuid() == 0 and NOBODY else None
 
 needs_root = pytest.mark.skipif(
-    PYTHON is None or not _reachable_by_all(str(Path(__file__).parent)),
+    PYTHON is None,
     reason="needs root, a nobody user and nogroup group, and an interpreter nobody may run",
 )
 
@@ -100,6 +101,11 @@ def workdir() -> Iterator[Path]:
     try:
         path.chmod(0o755)
         (path / "app.py").write_text(APP)
+        shutil.copytree(
+            REPO / "graceserve",
+            path / "lib" / "graceserve",
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
         run = path / "run"
         run.mkdir()
         assert NOBODY is not None
@@ -107,6 +113,13 @@ def workdir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _env(workdir: Path) -> dict[str, str]:
+    """The child's environment: graceserve from the copy in ``workdir``, not the checkout."""
+    env = child_env()
+    env["PYTHONPATH"] = str(workdir / "lib")
+    return env
 
 
 def _status_ids(pid: int) -> dict[str, list[int]]:
@@ -128,7 +141,7 @@ def _children(pid: int) -> list[int]:
 def _start(workdir: Path, *args: str) -> ChildProcess:
     assert PYTHON is not None
     command = [PYTHON, "-m", "graceserve", "app:app", *args]
-    return ChildProcess(command, env=child_env(), cwd=workdir)
+    return ChildProcess(command, env=_env(workdir), cwd=workdir)
 
 
 def _start_on_low_port(workdir: Path, *args: str) -> tuple[ChildProcess, tuple[str, int]]:
@@ -274,7 +287,7 @@ def test_a_pidfile_directory_the_user_cannot_write_is_refused_first(workdir: Pat
     result = subprocess.run(
         [PYTHON, "-m", "graceserve", "app:app", "-b", "127.0.0.1:0", "-u", "nobody",
          "-p", str(pidfile)],
-        cwd=workdir, env=child_env(), capture_output=True, text=True, timeout=30, check=False,
+        cwd=workdir, env=_env(workdir), capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     assert result.returncode == 3, result.stderr
     lines = result.stderr.splitlines()
@@ -289,7 +302,7 @@ def test_check_config_imports_the_app_as_the_user(workdir: Path) -> None:
     assert PYTHON is not None
     result = subprocess.run(
         [PYTHON, "-m", "graceserve", "app:app", "--user", "nobody", "--check-config"],
-        cwd=workdir, env=child_env(), capture_output=True, text=True, timeout=30, check=False,
+        cwd=workdir, env=_env(workdir), capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "imported as uid 65534" in result.stderr
@@ -343,7 +356,7 @@ def test_not_root_may_only_be_itself(workdir: Path) -> None:
     uid, gid = NOBODY
     result = subprocess.run(
         [PYTHON, "-m", "graceserve", "app:app", "-b", "127.0.0.1:0", "--user", "daemon"],
-        cwd=workdir, env=child_env(), capture_output=True, text=True, timeout=30, check=False,
+        cwd=workdir, env=_env(workdir), capture_output=True, text=True, timeout=30, check=False,
         user=uid, group=gid, extra_groups=[],
     )  # fmt: skip
     assert result.returncode == 3, result.stderr
@@ -354,7 +367,7 @@ def test_not_root_may_only_be_itself(workdir: Path) -> None:
 
     same = subprocess.Popen(
         [PYTHON, "-m", "graceserve", "app:app", "-b", "127.0.0.1:0", "--user", "nobody"],
-        cwd=workdir, env=child_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        cwd=workdir, env=_env(workdir), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True, user=uid, group=gid, extra_groups=[],
         start_new_session=True,
     )  # fmt: skip
