@@ -112,6 +112,9 @@ class Settings:
     health_path: str | None = None
     """HTTP: a path graceserve answers itself for any app (``/healthz``): 200, then 503
     from the moment a stop begins; None: every path is the app's."""
+    metrics_bind: tuple[str, int] | None = None
+    """Where the main process serves Prometheus metrics (``GET /metrics``) for every
+    worker (``graceserve.process.metrics``); None: no metrics endpoint."""
     reload: bool = False
     """Development: reload gracefully, as a HUP does, when a Python file under the
     working directory changes (``graceserve.process.autoreload``; the command line only)."""

@@ -20,6 +20,8 @@ from graceserve.process import runstatus
 from graceserve.process.banner import log_banner
 from graceserve.process.control import ServerStatus
 from graceserve.process.listener import check_http_options, make_listener, remove_unix_socket
+from graceserve.process.metrics import MetricsBoard
+from graceserve.process.metricsserver import MetricsEndpoint, open_metrics
 from graceserve.process.pidfile import PidFile
 from graceserve.process.signals import SignalRelay
 from graceserve.process.supervisor import Supervisor
@@ -47,6 +49,23 @@ def run_supervised(
     are only checked here, so that a bad one fails the start at once (exit 3).
     """
     check_http_options(settings, None if isinstance(handler, str) else handler)
+    endpoint = open_metrics(settings)  # --metrics-bind: bound first, closed last
+    try:
+        return _run(handler, settings, relay, notifier, inherited, pidfile, endpoint)
+    finally:
+        if endpoint is not None:
+            endpoint.close()
+
+
+def _run(
+    handler: Any,
+    settings: Settings,
+    relay: SignalRelay,
+    notifier: Notifier,
+    inherited: socket.socket | None,
+    pidfile: PidFile | None,
+    endpoint: MetricsEndpoint | None,
+) -> int:
     holder = make_listener(settings, inherited)
     holder.block_on_close = False  # it never served: nothing to drain
     try:
@@ -57,10 +76,15 @@ def run_supervised(
             start_timeout=settings.start_timeout,
         )  # fmt: skip
         control = runstatus.open_control(holder, pidfile, status)
+        board = None
+        if endpoint is not None:
+            board = MetricsBoard(status)
+            endpoint.start(board.render)
         try:
             supervisor = Supervisor(
-                settings, listener, relay, notifier, inherited is not None, status
-            )
+                settings, listener, relay, notifier, inherited is not None, status,
+                metrics=board,
+            )  # fmt: skip
             return supervisor.run()
         finally:
             if control is not None:
