@@ -66,6 +66,8 @@ NOT_RUN = NotRun(
         "gunicorn --bind": "gunicorn's own command line, shown for comparison",
         "--cert-reqs required": "needs a client CA and client certificates; "
         "tests/test_tls.py runs mutual TLS with generated ones",
+        "127.0.0.1:9100": "a fixed port (node_exporter's, as Prometheus users know it); "
+        "tests/test_metrics.py serves metrics on a free port and scrapes them in every mode",
     },
     languages={
         "text": "log output or a synopsis, not a command",
@@ -349,7 +351,8 @@ def migrating_tables() -> tuple[list[list[str]], list[list[str]]]:
     """The rows (cells) of the page's two tables: gunicorn's flags today, and planned ones."""
     text = page_text("migrating-from-gunicorn.md")
     today = text.split("## Every gunicorn flag, today")[1].split("\n## ")[0]
-    planned = text.split("## Planned:")[1].split("\n## ")[0]
+    # The planned table empties as issue 21's flags land (and may then go).
+    planned = text.split("## Planned:")[1].split("\n## ")[0] if "## Planned:" in text else ""
 
     def rows(section: str) -> list[list[str]]:
         lines = [line for line in section.splitlines() if line.startswith("| ")]
@@ -362,7 +365,6 @@ def test_migrating_tables_agree_with_graceserve_flags() -> None:
     real = option_flags(graceserve_help())
     today, planned = migrating_tables()
     assert len(today) >= 50, len(today)
-    assert len(planned) >= 2, len(planned)  # gunicorn's names landed: today's table
     for gunicorn, ours, _notes in today:
         named = code_flags(ours)
         assert named <= real, f"today's table names flags graceserve lacks: {named - real}"
