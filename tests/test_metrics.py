@@ -19,7 +19,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -225,8 +224,8 @@ def test_draining_shows_one_while_a_request_holds_the_stop(mode: Mode) -> None:
 
 
 @pytest.mark.slow
-def test_a_failed_reload_and_a_worker_restart_are_counted() -> None:
-    broken = Path(tempfile.mkdtemp(prefix="gs-metrics-")) / "broken"
+def test_a_failed_reload_and_a_worker_restart_are_counted(tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
     env = child_env({BREAK_IMPORT: str(broken)})
     args = ["--metrics-bind", "127.0.0.1:0", "--start-timeout", "10"]
     with serve("handler", WORKERS, args=args, env=env) as served:
@@ -246,7 +245,6 @@ def test_a_failed_reload_and_a_worker_restart_are_counted() -> None:
         scrape_until(
             url, lambda s: s.value("graceserve_worker_restarts_total") == 1, "a restart counted"
         )
-    broken.parent.rmdir()
 
 
 def test_a_tcp_target_serves_connection_metrics_only() -> None:
