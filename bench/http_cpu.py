@@ -22,6 +22,8 @@ Compared, rounds interleaved (order rotated), medians reported:
   (drain-aware subclass slotted in, connection registered as in
   ``process_request``)
 - both again with graceserve's demo handler (``graceserve.demo.DemoHandler``)
+- ``GracefulHTTPServer`` + ``HelloHandler`` with the hooks a worker installs
+  under ``--metrics-bind`` (each request recorded into a ``RequestMeter``)
 
 The difference between the two servers with the same handler is graceserve's
 per-request price or saving: the connection's state changes (one registry
@@ -48,6 +50,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from graceserve import GracefulHTTPServer  # noqa: E402
+from graceserve.core.metering import RequestMeter  # noqa: E402
+from graceserve.core.serverhooks import ServerHooks  # noqa: E402
 from graceserve.demo import DemoHandler  # noqa: E402
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n"
@@ -57,13 +61,28 @@ CASES = {
     "graceserve + HelloHandler": (GracefulHTTPServer, peers.HelloHandler),
     "stdlib + DemoHandler": (http.server.ThreadingHTTPServer, DemoHandler),
     "graceserve + DemoHandler": (GracefulHTTPServer, DemoHandler),
+    "graceserve + HelloHandler, metered": (GracefulHTTPServer, peers.HelloHandler),
 }
+
+
+class MeteredHooks(ServerHooks):
+    """What a worker under ``--metrics-bind`` installs: each request into a RequestMeter."""
+
+    def __init__(self) -> None:
+        self.meter = RequestMeter()
+        self.record = self.meter.record
+
+    def request_done(self, status: int = 0, seconds: float = 0.0) -> None:
+        self.record(status, seconds)
 
 
 def serve_one_connection(case: str, requests: int) -> float:
     """Handler-thread CPU microseconds per request for ``requests`` keep-alive requests."""
     server_class, handler = CASES[case]
     server = server_class((bu.HOST, 0), handler)
+    hooks = MeteredHooks() if case.endswith("metered") else None
+    if hooks is not None and isinstance(server, GracefulHTTPServer):
+        server.install_hooks(hooks)
     client = socket.create_connection((bu.HOST, server.server_address[1]), timeout=10)
     conn, address = server.socket.accept()
     for sock in (client, conn):
@@ -103,6 +122,8 @@ def serve_one_connection(case: str, requests: int) -> float:
         if isinstance(server, GracefulHTTPServer):
             server.registry.discard(conn)
         server.server_close()
+    if hooks is not None:
+        assert hooks.meter.snapshot().count == requests, "every request metered"
     return cpu[0] / requests * 1e6
 
 
@@ -138,6 +159,12 @@ def main() -> None:
             f"{handler}: graceserve - stdlib = {bu.median(g) - bu.median(s):+.1f} us/req; "
             f"graceserve / stdlib = {bu.median(paired):.3f} (median of per-round ratios)"
         )
+    g, m = res["graceserve + HelloHandler"], res["graceserve + HelloHandler, metered"]
+    paired = [a / b for a, b in zip(m, g, strict=True)]
+    print(
+        f"--metrics-bind's meter: {bu.median(m) - bu.median(g):+.1f} us/req; "
+        f"metered / unmetered = {bu.median(paired):.3f} (median of per-round ratios)"
+    )
 
 
 if __name__ == "__main__":

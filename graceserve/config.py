@@ -97,6 +97,18 @@ def parse_bind(text: str) -> tuple[str, int] | str:
     return (match["v6"] or match["host"] or "0.0.0.0", port)
 
 
+def _metrics_bind(text: str) -> tuple[str, int] | None:
+    """``--metrics-bind``: HOST:PORT as ``--bind`` takes it (a TCP address: Prometheus
+    scrapes over TCP); empty: off."""
+    if not text.strip():
+        return None
+    if text.startswith("unix:"):
+        raise ValueError(f"{text!r}: a unix: socket cannot be scraped; give HOST:PORT")
+    address = parse_bind(text)
+    assert isinstance(address, tuple)
+    return address
+
+
 def format_bind(address: tuple[str, int] | str) -> str:
     """An address as ``--bind`` takes it (``[::1]:8000``, ``unix:/run/app.sock``)."""
     if isinstance(address, str):
@@ -287,6 +299,10 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
     ("--health-path", "GRACESERVE_HEALTH_PATH", _health_path, DEFAULTS.health_path,
      "HTTP: answer GET/HEAD of this path (/healthz) for any app: 200, then 503 from the "
      "moment a stop begins (the lame duck included); not in the access log"),
+    ("--metrics-bind", "GRACESERVE_METRICS_BIND", _metrics_bind, DEFAULTS.metrics_bind,
+     "HOST:PORT where the main process serves Prometheus metrics (GET /metrics) summed "
+     "over every worker: requests by status class, their durations, connections, the "
+     "drain, reloads, worker restarts; off by default"),
     ("--log-level", "GRACESERVE_LOG_LEVEL", _level, DEFAULTS.log_level,
      "the least severe of graceserve's own lines to show"),
     ("--workers", "GRACESERVE_WORKERS", _workers, DEFAULTS.workers,
@@ -358,6 +374,7 @@ _METAVARS = {
     "--access-log-format": "{combined,json}", "--log-format": "{text,json}",
     "--forwarded-allow-ips": "LIST", "--umask": "MASK", "--chdir": "DIR",
     "--health-path": "PATH", "--user": "USER", "--group": "GROUP",
+    "--metrics-bind": "ADDRESS",
 }  # fmt: skip
 
 # gunicorn's names and short flags, written before ours (the last is the reference's anchor).
@@ -449,7 +466,7 @@ _OPTIONAL = frozenset(
     {
         "pidfile", "idle_timeout", "certfile", "keyfile", "ca_certs", "access_log",
         "worker_timeout", "max_requests", "min_body_rate", "chdir", "health_path",
-        "user", "group",
+        "user", "group", "metrics_bind",
     }
 )  # fmt: skip
 

@@ -118,6 +118,9 @@ class Settings:
     group: str | None = None
     """With ``user``: run with this group (a name or a numeric gid) instead of the
     user's own; None: the user's."""
+    metrics_bind: tuple[str, int] | None = None
+    """Where the main process serves Prometheus metrics (``GET /metrics``) for every
+    worker (``graceserve.process.metrics``); None: no metrics endpoint."""
     reload: bool = False
     """Development: reload gracefully, as a HUP does, when a Python file under the
     working directory changes (``graceserve.process.autoreload``; the command line only)."""

@@ -19,6 +19,7 @@ from graceserve.process.control import (
     request,
     temporary_path,
 )
+from graceserve.process.status import RECENT_RELOADS
 from testsupport.waiting import Call
 
 TIMEOUT = 10.0
@@ -76,7 +77,8 @@ def test_status(served: tuple[ServerStatus, ControlServer]) -> None:
     assert answer["status"] == {
         "pid": os.getpid(), "generation": 1, "state": "starting", "workers": None,
         "reloads_started": 0, "reloads": 0, "reload": None, "reload_pending": False,
-        "last_reload": None, "recent_reloads": [], "start_timeout": None, "grace": 3.0,
+        "last_reload": None, "recent_reloads": [], "reload_failures": 0, "worker_restarts": 0,
+        "start_timeout": None, "grace": 3.0,
         "drain_delay": 0.0, "exit_code": None, "summary": None, "active_connections": 7,
     }  # fmt: skip
 
@@ -116,6 +118,18 @@ def test_wait_returns_on_a_reload_after_the_one_it_saw(
         "number": 2, "generation": 2, "ok": True, "reason": "pid 9 is serving"
     }  # fmt: skip
     assert [entry["ok"] for entry in answer["status"]["recent_reloads"]] == [False, True]
+    assert answer["status"]["reload_failures"] == 1  # all of them, not only the recent ones
+
+
+def test_failures_and_restarts_are_counted_past_the_recent_ones() -> None:
+    status = ServerStatus()
+    for number in range(RECENT_RELOADS + 2):
+        status.record_reload(False, f"failure {number}")
+    status.count_restart()
+    fields = status.snapshot()
+    assert len(fields["recent_reloads"]) == RECENT_RELOADS
+    assert fields["reload_failures"] == RECENT_RELOADS + 2
+    assert fields["worker_restarts"] == 1
 
 
 def test_wait_for_stopping_returns_once_the_server_drains(

@@ -37,15 +37,17 @@ class Recorder(ServerHooks):
         self.changed = threading.Condition()
         self.turns = 0
         self.requests = 0
+        self.statuses: list[tuple[int, float]] = []
 
     def loop_turn(self) -> None:
         with self.changed:
             self.turns += 1
             self.changed.notify_all()
 
-    def request_done(self) -> None:
+    def request_done(self, status: int = 0, seconds: float = 0.0) -> None:
         with self.changed:
             self.requests += 1
+            self.statuses.append((status, seconds))
             self.changed.notify_all()
 
     def wait(self, turns: int = 0, requests: int = 0) -> None:
@@ -107,7 +109,7 @@ def address(server: GracefulTCPServer) -> tuple[str, int]:
 
 
 @pytest.mark.parametrize("server_class", [QuickReapHTTP, QuickReapWSGI], ids=["handler", "wsgi"])
-def test_requests_are_counted_and_the_reaper_still_closes_an_idle_connection(
+def test_requests_are_counted_with_their_status_and_duration(
     server_class: type[GracefulHTTPServer],
 ) -> None:
     hooks = Recorder()
@@ -117,9 +119,26 @@ def test_requests_are_counted_and_the_reaper_still_closes_an_idle_connection(
             for _ in range(2):
                 conn.request("GET", "/")
                 assert conn.read_reply().status == 200
-            hooks.wait(turns=1, requests=2)
+            conn.send(b"GET / HTTP/1.1\r\nno colon\r\n\r\n")  # refused by graceserve: 400
+            assert conn.read_reply().status == 400
+            hooks.wait(turns=1, requests=3)
+        assert hooks.requests == 3
+        assert [status for status, _ in hooks.statuses] == [200, 200, 400]
+        assert all(0 <= seconds < TIMEOUT for _, seconds in hooks.statuses)
+
+
+@pytest.mark.parametrize("server_class", [QuickReapHTTP, QuickReapWSGI], ids=["handler", "wsgi"])
+def test_the_reaper_still_closes_an_idle_connection_with_hooks_installed(
+    server_class: type[GracefulHTTPServer],
+) -> None:
+    hooks = Recorder()
+    target: Any = hello_app if server_class is QuickReapWSGI else Hello
+    for server in serving(server_class(("127.0.0.1", 0), target), hooks):
+        with Connection(address(server), timeout=TIMEOUT) as conn:
+            conn.request("GET", "/")
+            assert conn.read_reply().status == 200
+            hooks.wait(turns=1, requests=1)
             assert conn.ending() == EOF  # the idle timeout, with the hooks installed
-        assert hooks.requests == 2
 
 
 def test_a_tcp_server_counts_each_connection_as_one_request() -> None:
@@ -130,6 +149,7 @@ def test_a_tcp_server_counts_each_connection_as_one_request() -> None:
                 sock.sendall(line)
                 assert sock.recv(16) == line
         hooks.wait(requests=2)
+        assert hooks.statuses == [(0, 0.0), (0, 0.0)]  # no status applies to TCP
 
 
 def test_wsgi_multiprocess_is_false_for_a_library_server() -> None:

@@ -12,8 +12,10 @@ instead of it:
 
 - ``loop_turn()``: after each turn of the accept loop (``serve_forever``),
   once ``service_actions`` (where the reaper runs) has returned;
-- ``request_done()``: once per finished request: an HTTP request answered by
-  a handler, a WSGI application's response sent, a TCP connection served.
+- ``request_done(status, seconds)``: once per finished request: an HTTP
+  request answered by a handler, a WSGI application's response sent (its
+  status, 0 if none was sent, and the seconds since its request line
+  arrived), a TCP connection served (0 and 0.0: no status applies).
 
 Install them with ``server.install_hooks(hooks)`` before ``serve_forever``.
 The defaults do nothing.
@@ -34,14 +36,17 @@ class ServerHooks:
     Methods that may be overridden:
 
     - loop_turn()      the accept loop made a turn (the serving thread)
-    - request_done()   one request was finished (a handler thread; thread-safe)
+    - request_done(status, seconds)   one request was finished (a handler thread;
+                                      thread-safe)
     """
 
     def loop_turn(self) -> None:
         """The accept loop finished a turn, ``service_actions`` included."""
 
-    def request_done(self) -> None:
-        """One request was finished (an HTTP request, a WSGI call, a TCP connection)."""
+    def request_done(self, status: int = 0, seconds: float = 0.0) -> None:
+        """One request was finished (an HTTP request, a WSGI call, a TCP connection):
+        ``status`` the response's (0: none was sent, or a TCP connection), ``seconds``
+        from its request line to its end (``--metrics-bind`` reads both)."""
 
 
 NO_HOOKS = ServerHooks()

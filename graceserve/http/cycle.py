@@ -141,6 +141,7 @@ class RequestCycle:
         "server",
         "sock",
         "started",
+        "status",
     )
 
     def __init__(self, server: CycleServer, request: Any, client_address: Any, rfile: Any):
@@ -158,6 +159,7 @@ class RequestCycle:
         self.on_line = None if meter is None else meter.line
         self.closing = False  # this connection ends after the current response
         self.started = 0.0  # when the current request line arrived
+        self.status = 0  # the current response's status, once sent (the dispatchers set it)
         self.body: Body | TimedSource | None = None
         self.health = server.health_path
         self.line: RequestLine | None = None  # the current request's, once its head is read
@@ -172,6 +174,7 @@ class RequestCycle:
             return False
         dispatcher.raw_requestline = raw
         self.line = self.framing = None
+        self.status = 0
         answered_here = False
         try:
             if dispatcher.parse_request():
@@ -202,7 +205,8 @@ class RequestCycle:
         if long_head and meter is not None:  # give its memory back
             meter.release()
         # The request is done (answered, recorded): the one place, for both dispatchers.
-        self.server.hooks.request_done()  # graceserve.core.serverhooks: --max-requests counts it
+        # graceserve.core.serverhooks: --max-requests counts it, --metrics-bind meters it
+        self.server.hooks.request_done(self.status, _now() - self.started)
         return keep
 
     # -- the steps ------------------------------------------------------------------------
@@ -275,6 +279,7 @@ class RequestCycle:
             status, text = b"503 Service Unavailable", b"stopping\n"
         else:
             status, text = b"200 OK", b"ok\n"
+        self.status = int(status[:3])
         close = dispatcher.close_connection or self.ending()
         head = (
             b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; charset=utf-8\r\n"

@@ -182,7 +182,7 @@ class DrainAwareRequestHandler(ProxyAndAccessLog, http.server.BaseHTTPRequestHan
         """Start a response; an interim one (1xx, as for ``Expect``) is left alone."""
         self._graceserve_interim = code < 200
         if code >= 200:
-            self._graceserve_status = code
+            self._graceserve_status = self._graceserve_cycle.status = code
         super().send_response_only(code, message)
 
     def end_headers(self) -> None:

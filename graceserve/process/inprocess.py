@@ -15,8 +15,8 @@ While it is the only member the stop is the one-process stop on the main thread
 (``Effects.stop_alone``, in ``graceserve.process.runner``), not this.
 
 Threading contract: ``send``, ``receive``, ``reap``, ``close`` on the
-supervisor's thread; ``count`` from any handler thread; the drain thread writes
-its end of the channel.
+supervisor's thread; ``count`` from any handler thread; ``current_meters`` from any
+thread; the drain thread writes its end of the channel.
 """
 
 from __future__ import annotations
@@ -29,9 +29,12 @@ import socket
 import threading
 import time
 
+from graceserve.core.metering import Meters, RequestMeter
 from graceserve.core.server import GracefulTCPServer
 from graceserve.core.serverhooks import ServerHooks
 from graceserve.core.stopping import DrainHooks, run_drain
+from graceserve.http.server import GracefulHTTPServer
+from graceserve.process.metrics import connection_gauges
 from graceserve.process.workerproc import ChannelEnd
 
 __all__ = ["InProcessServer"]
@@ -43,13 +46,18 @@ class InProcessServer(ChannelEnd):
     """``server``, served by this process, seen as a supervisor's member."""
 
     def __init__(
-        self, server: GracefulTCPServer, shared_listener: bool, max_requests: int | None = None
+        self,
+        server: GracefulTCPServer,
+        shared_listener: bool,
+        max_requests: int | None = None,
+        meter: RequestMeter | None = None,
     ) -> None:
         super().__init__(generation=1)
         self.pid = os.getpid()
         self.server = server
         self.shared_listener = shared_listener  # systemd keeps the listener: never shut it
         self.max_requests = max_requests
+        self.meter = meter  # --metrics-bind: each request's status and duration
         self.channel, self._end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.channel.setblocking(False)
         self.pidfd: int | None = None
@@ -91,8 +99,15 @@ class InProcessServer(ChannelEnd):
             self._say("RECYCLE", served)
 
     def hooks(self) -> ServerHooks:
-        """Hooks for our server that ``count`` each request it finishes."""
+        """Hooks for our server that ``count`` each request it finishes (``--max-requests``)
+        and meter it (``--metrics-bind``)."""
         return _Counting(self)
+
+    def current_meters(self) -> Meters:
+        """Our server's meters now (``--metrics-bind``; read by the endpoint's threads)."""
+        meters = self.meter.snapshot() if self.meter is not None else Meters()
+        meters.http = isinstance(self.server, GracefulHTTPServer)
+        return connection_gauges(self.server, meters)
 
     # -- its end ----------------------------------------------------------------------
 
@@ -143,9 +158,14 @@ class _Counting(ServerHooks):
 
     def __init__(self, member: InProcessServer) -> None:
         self.member = member
+        self.record = member.meter.record if member.meter is not None else None
+        self.counting = bool(member.max_requests)
 
-    def request_done(self) -> None:
-        self.member.count()
+    def request_done(self, status: int = 0, seconds: float = 0.0) -> None:
+        if self.record is not None:
+            self.record(status, seconds)
+        if self.counting:
+            self.member.count()
 
 
 class _Hooks(DrainHooks[GracefulTCPServer]):

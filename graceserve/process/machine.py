@@ -280,6 +280,7 @@ class Machine:
             return
         log.info("%s served %d requests: recycling it", member, requests)
         member.recycling = True
+        self.status.count_restart()
         self._fill(now)
 
     def progress(self, key: int, at: float, active: int) -> None:
@@ -315,6 +316,7 @@ class Machine:
             if member.generation == reload.generation:
                 if reload.new_worker_died(end.how, now):
                     log.error("%s died unexpectedly (%s); replacing it", member, end.how)
+                    self.status.count_restart()
             else:
                 log.error(
                     "%s died unexpectedly (%s); generation %d, starting, takes over",
@@ -322,6 +324,7 @@ class Machine:
                 )  # fmt: skip
         else:
             log.error("%s died unexpectedly (%s); replacing it", member, end.how)
+            self.status.count_restart()
             self.respawn_at = min(self.respawn_at, now)
         self._fill(now)
         self._move_on(now)

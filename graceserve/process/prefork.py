@@ -20,6 +20,8 @@ from graceserve.process import runstatus
 from graceserve.process.banner import log_banner
 from graceserve.process.control import ServerStatus
 from graceserve.process.listener import check_http_options, make_listener, remove_unix_socket
+from graceserve.process.metrics import MetricsBoard
+from graceserve.process.metricsserver import MetricsEndpoint, open_metrics
 from graceserve.process.pidfile import PidFile
 from graceserve.process.privileges import Identity, chown_for
 from graceserve.process.signals import SignalRelay
@@ -54,6 +56,24 @@ def run_supervised(
     switches to it before it imports the target (``graceserve.process.worker``).
     """
     check_http_options(settings, None if isinstance(handler, str) else handler)
+    endpoint = open_metrics(settings)  # --metrics-bind: bound first, closed last
+    try:
+        return _run(handler, settings, relay, notifier, inherited, pidfile, endpoint, identity)
+    finally:
+        if endpoint is not None:
+            endpoint.close()
+
+
+def _run(
+    handler: Any,
+    settings: Settings,
+    relay: SignalRelay,
+    notifier: Notifier,
+    inherited: socket.socket | None,
+    pidfile: PidFile | None,
+    endpoint: MetricsEndpoint | None,
+    identity: Identity | None,
+) -> int:
     holder = make_listener(settings, inherited)
     holder.block_on_close = False  # it never served: nothing to drain
     try:
@@ -68,10 +88,15 @@ def run_supervised(
             start_timeout=settings.start_timeout,
         )  # fmt: skip
         control = runstatus.open_control(holder, pidfile, status)
+        board = None
+        if endpoint is not None:
+            board = MetricsBoard(status)
+            endpoint.start(board.render)
         try:
             supervisor = Supervisor(
-                settings, listener, relay, notifier, inherited is not None, status
-            )
+                settings, listener, relay, notifier, inherited is not None, status,
+                metrics=board,
+            )  # fmt: skip
             return supervisor.run()
         finally:
             if control is not None:

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from graceserve.core.drain import DrainReport
+from graceserve.core.metering import RequestMeter
 from graceserve.core.server import GracefulTCPServer, format_address
 from graceserve.core.stopping import run_drain
 from graceserve.errors import EXIT_CUT, EXIT_OK, exit_code_for_signal
@@ -60,9 +61,11 @@ from graceserve.process.control import ServerStatus
 from graceserve.process.dropping import bind_then_drop, check_pidfile_directory
 from graceserve.process.inprocess import InProcessServer
 from graceserve.process.listener import Address, make_server, remove_unix_socket
+from graceserve.process.metrics import MetricsBoard
+from graceserve.process.metricsserver import MetricsEndpoint, open_metrics
 from graceserve.process.pidfile import PidFile
 from graceserve.process.prefork import run_supervised
-from graceserve.process.privileges import check_possible, resolve
+from graceserve.process.privileges import Identity, check_possible, resolve
 from graceserve.process.readiness import listen_url, ready_line
 from graceserve.process.runnerhooks import RunnerHooks, name_of
 from graceserve.process.signals import SignalRelay
@@ -166,31 +169,63 @@ def run(
                 return run_supervised(
                     handler_class, settings, relay, notifier, inherited, pid, identity
                 )
-            if identity is not None:
-                server = bind_then_drop(handler, settings, identity, inherited, pid)
-            else:
-                assert not isinstance(handler_class, str)
-                server = make_server(handler_class, settings, inherited)
-            # With socket activation systemd holds the listener (and a unix socket's
-            # file) after us: never filter, shut or remove what is also systemd's.
-            shared = inherited is not None
-            controller = _Controller(server, relay, notifier, pid, shared, settings)
-            status = controller.status = runstatus.make_status(server, settings)
-            control = None
+            # --metrics-bind: bound first (before a --user switch: it may be a low port),
+            # closed last.
+            endpoint = open_metrics(settings)
             try:
-                control = runstatus.open_control(server, pid, status)
-                return controller.run(settings.grace)
+                return _run_alone(
+                    handler, handler_class, settings, relay, notifier, inherited, pid,
+                    endpoint, identity,
+                )  # fmt: skip
             finally:
-                if control is not None:
-                    control.close()
-                if not shared:
-                    remove_unix_socket(server)
+                if endpoint is not None:
+                    endpoint.close()
         finally:
             if pid is not None:
                 pid.release()
     finally:
         notifier.close()
         relay.restore(ignore=ignore_signals_after)
+
+
+def _run_alone(
+    handler: type[socketserver.BaseRequestHandler] | WSGIApplication | str,
+    handler_class: type[socketserver.BaseRequestHandler] | WSGIApplication | str,
+    settings: Settings,
+    relay: SignalRelay,
+    notifier: Notifier,
+    inherited: Any,
+    pid: PidFile | None,
+    endpoint: MetricsEndpoint | None,
+    identity: Identity | None,
+) -> int:
+    """This process serves (until a reload hands the serving to worker processes).
+
+    ``handler_class`` is the loaded target, or (with ``identity``, ``--user``) still
+    its name: it is imported only once this process is the user."""
+    if identity is not None:
+        server = bind_then_drop(handler, settings, identity, inherited, pid)
+    else:
+        assert not isinstance(handler_class, str)
+        server = make_server(handler_class, settings, inherited)
+    # With socket activation systemd holds the listener (and a unix socket's
+    # file) after us: never filter, shut or remove what is also systemd's.
+    shared = inherited is not None
+    controller = _Controller(server, relay, notifier, pid, shared, settings)
+    status = controller.status = runstatus.make_status(server, settings)
+    if endpoint is not None:
+        controller.metrics = MetricsBoard(status)
+        controller.metrics.workers = 1  # this process serves
+        endpoint.start(controller.metrics.render)
+    control = None
+    try:
+        control = runstatus.open_control(server, pid, status)
+        return controller.run(settings.grace)
+    finally:
+        if control is not None:
+            control.close()
+        if not shared:
+            remove_unix_socket(server)
 
 
 @dataclass
@@ -222,6 +257,7 @@ class _Controller:
         self.pidfile = pidfile
         self.stop = _Stop()
         self.status = ServerStatus()  # what the control socket publishes
+        self.metrics: MetricsBoard | None = None  # --metrics-bind
         self.inbox: collections.deque[int] = collections.deque()  # taken, not yet acted on
         relay.add_listener(server.registry.condition)
 
@@ -261,8 +297,9 @@ class _Controller:
         limit = settings.max_requests
         if limit:
             limit += random.randint(0, settings.max_requests_jitter)
-        member = InProcessServer(self.server, self.shared_listener, limit or None)
-        if limit:
+        meter = RequestMeter() if self.metrics is not None else None
+        member = InProcessServer(self.server, self.shared_listener, limit or None, meter)
+        if limit or meter is not None:
             self.server.install_hooks(member.hooks())
         return member
 
@@ -277,7 +314,7 @@ class _Controller:
         supervisor = Supervisor(
             settings.but(workers=1, worker_timeout=None), self.server.socket.dup(), self.relay,
             self.notifier, self.shared_listener, self.status, inbox=self.inbox,
-            inprocess=member, stop_alone=self._stop_alone,
+            inprocess=member, stop_alone=self._stop_alone, metrics=self.metrics,
         )  # fmt: skip
         return supervisor.run()
 

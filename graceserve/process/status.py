@@ -14,7 +14,9 @@ begun, and ended ok or failed: attempts are numbered 1, 2, ... and end in order)
 ``reload`` (the attempt in progress: ``{"number", "generation", "step"}``, or None),
 ``reload_pending`` (a HUP arrived during a reload: the next one starts when it
 ends), ``last_reload`` and ``recent_reloads`` (the last attempt's outcome, and the
-last 16 of them: ``{"number", "generation", "ok", "reason"}``), ``start_timeout``,
+last 16 of them: ``{"number", "generation", "ok", "reason"}``), ``reload_failures``
+(attempts that failed, all of them), ``worker_restarts`` (worker processes replaced
+outside a reload: died, killed by ``--worker-timeout``, recycled), ``start_timeout``,
 ``grace``, ``drain_delay``, and once stopped ``exit_code`` and ``summary``.
 
 ``graceserve ctl graceful`` reads ``reloads_started`` before it sends its HUP and
@@ -56,6 +58,7 @@ class ServerStatus:
             "pid": os.getpid(), "generation": generation, "state": "starting",
             "workers": workers, "reloads_started": reloads, "reloads": reloads,
             "reload": None, "reload_pending": False, "last_reload": None, "recent_reloads": [],
+            "reload_failures": 0, "worker_restarts": 0,
             "start_timeout": start_timeout, "grace": grace, "drain_delay": drain_delay,
             "exit_code": None, "summary": None,
         }  # fmt: skip
@@ -90,12 +93,19 @@ class ServerStatus:
             if ok:
                 fields["generation"] = new
             fields["reloads"] = number
+            fields["reload_failures"] += not ok
             fields["reloads_started"] = max(fields["reloads_started"], number)
             outcome = {"number": number, "generation": new, "ok": ok, "reason": reason}
             fields["last_reload"] = outcome
             fields["recent_reloads"] = [*fields["recent_reloads"], outcome][-RECENT_RELOADS:]
             fields["reload"] = None
             fields["state"] = "serving"
+        self._changed()
+
+    def count_restart(self) -> None:
+        """A worker process is being replaced outside a reload (``worker_restarts``)."""
+        with self._lock:
+            self._fields["worker_restarts"] += 1
         self._changed()
 
     def finish(self, exit_code: int, summary: dict[str, Any]) -> None:

@@ -47,6 +47,7 @@ from graceserve.core.accepting import attach_drop_all_filter
 from graceserve.process.control import ServerStatus
 from graceserve.process.inprocess import InProcessServer
 from graceserve.process.machine import Config, Exit, Machine
+from graceserve.process.metrics import MetricsBoard
 from graceserve.process.orphans import OrphanReaper
 from graceserve.process.signals import SignalRelay
 from graceserve.process.systemd import Notifier
@@ -75,6 +76,7 @@ class Supervisor:
         inbox: collections.deque[int] | None = None,
         inprocess: InProcessServer | None = None,
         stop_alone: Callable[[int], int] | None = None,
+        metrics: MetricsBoard | None = None,
     ) -> None:
         self.settings = settings
         self.listener = listener
@@ -83,6 +85,7 @@ class Supervisor:
         self.status = status
         self.inbox = inbox if inbox is not None else collections.deque()
         self.members: dict[int, ChannelEnd] = {}
+        self.metrics = metrics  # --metrics-bind: every member's meters, for the endpoint
         self._stop_alone = stop_alone
         self.reaper = OrphanReaper()
         self.selector = selectors.DefaultSelector()
@@ -108,6 +111,7 @@ class Supervisor:
         )
         key = inprocess.pid if inprocess is not None else None
         self.machine = Machine(config, self, status, time.monotonic(), inprocess=key)
+        self._count_workers()
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -119,6 +123,7 @@ class Supervisor:
                 self._poll()
                 if not machine.finished:
                     machine.tick(time.monotonic())
+                self._count_workers()
         finally:
             self.close()
         assert machine.exit_code is not None
@@ -145,6 +150,12 @@ class Supervisor:
         while self.inbox and not self.machine.finished:
             self.machine.signal(self.inbox.popleft(), time.monotonic())
 
+    def _count_workers(self) -> None:
+        """``--metrics-bind``'s ``graceserve_workers``: the members that serve now."""
+        if self.metrics is not None:
+            members = self.machine.members.values()
+            self.metrics.workers = sum(1 for m in members if m.ready and not m.told)
+
     def _hear(self, member: ChannelEnd) -> None:
         """Every message waiting from ``member``, as machine events."""
         machine, key = self.machine, member.pid
@@ -154,6 +165,8 @@ class Supervisor:
                 machine.ready(key, now)
             elif kind == "STATS":
                 machine.progress(key, member.progress_at, member.active)
+            elif kind == "METRICS" and self.metrics is not None and member.meters is not None:
+                self.metrics.update(key, member.meters)
             elif kind == "CLOSED":
                 machine.closed(key, now)
             elif kind == "RECYCLE":
@@ -178,6 +191,8 @@ class Supervisor:
 
     def _register(self, member: ChannelEnd) -> None:
         self.members[member.pid] = member
+        if self.metrics is not None and isinstance(member, InProcessServer):
+            self.metrics.attach(member.pid, member.current_meters)
         self.selector.register(member.channel, selectors.EVENT_READ, member)
         pidfd = getattr(member, "pidfd", None)
         if pidfd is not None:
@@ -185,6 +200,8 @@ class Supervisor:
 
     def _forget(self, member: ChannelEnd) -> None:
         del self.members[member.pid]
+        if self.metrics is not None:
+            self.metrics.retire(member.pid)  # its counters outlive it
         for fileobj in (member.channel, getattr(member, "pidfd", None)):
             if fileobj is not None:
                 with contextlib.suppress(KeyError, ValueError):

@@ -48,12 +48,14 @@ import time
 from typing import Any
 
 from graceserve.core.drain import DrainReport
+from graceserve.core.metering import RequestMeter
 from graceserve.core.server import GracefulTCPServer, format_address
 from graceserve.core.serverhooks import ServerHooks
 from graceserve.core.stopping import DrainHooks, run_drain
 from graceserve.errors import EXIT_CUT, EXIT_OK, StartupError, exit_code_for_signal
 from graceserve.http.server import GracefulHTTPServer
 from graceserve.process.listener import make_server
+from graceserve.process.metrics import connection_gauges
 from graceserve.process.privileges import drop, resolve
 from graceserve.process.readiness import listen_url, ready_line
 from graceserve.process.signals import STOP_SIGNALS, WORKER_SIGNALS, SignalRelay
@@ -104,7 +106,8 @@ def run_worker(
             server.block_on_close = False  # it never served: close our copy of the listener
             server.server_close()
             return EXIT_OK
-        return _Worker(server, link, relay, generation, settings.max_requests).run()
+        meter = RequestMeter() if settings.metrics_bind is not None else None
+        return _Worker(server, link, relay, generation, settings.max_requests, meter).run()
     finally:
         link.close()
         relay.restore(ignore=ignore_signals_after)
@@ -192,8 +195,10 @@ class _Worker:
         relay: SignalRelay,
         generation: str,
         max_requests: int | None = None,
+        meter: RequestMeter | None = None,
     ) -> None:
         self.server = server
+        self.meter = meter  # --metrics-bind: each request's status and duration
         self.link = link
         self.relay = relay
         self.generation = generation
@@ -219,6 +224,14 @@ class _Worker:
     def stats(self) -> None:
         age = 0.0 if self.server.draining else time.monotonic() - self.loop_at
         self.link.send("STATS", self.served, self.server.active_connections, f"{age:.3f}")
+        self.send_meters()
+
+    def send_meters(self) -> None:
+        """With ``--metrics-bind``: our meters, for the main process's endpoint."""
+        if self.meter is not None:
+            meters = connection_gauges(self.server, self.meter.snapshot())
+            meters.http = isinstance(self.server, GracefulHTTPServer)
+            self.link.send("METRICS", *meters.to_words())
 
     def run(self) -> int:
         server = self.server
@@ -233,6 +246,7 @@ class _Worker:
             extra={"event": "ready", "url": where, "protocol": scheme, "grace": grace},
         )  # fmt: skip
         self.link.send("READY", scheme)  # before it accepts (see the module docstring)
+        self.send_meters()
         accept_thread.start()
         try:
             force = self._serve_until_stop()
@@ -253,6 +267,7 @@ class _Worker:
                    "forced": report.forced, "elapsed": round(report.elapsed, 3),
                    "exit_code": code, "clean": report.clean},
         )  # fmt: skip
+        self.send_meters()  # the last word on its counters: they outlive it
         self.link.send(
             "REPORT", code, report.served_during_drain, report.forced, report.remaining,
             report.lost, f"{report.elapsed:.3f}", self.served,
@@ -282,11 +297,14 @@ class _WorkerServerHooks(ServerHooks):
 
     def __init__(self, worker: _Worker) -> None:
         self.worker = worker
+        self.record = worker.meter.record if worker.meter is not None else None
 
     def loop_turn(self) -> None:
         self.worker.beat()
 
-    def request_done(self) -> None:
+    def request_done(self, status: int = 0, seconds: float = 0.0) -> None:
+        if self.record is not None:
+            self.record(status, seconds)
         self.worker.one_request()
 
 

@@ -16,7 +16,9 @@ included), ``GRACESERVE_WORKER_STANDBY=1`` that it is a spare: it imports the
 target, says ``STANDBY`` and waits for ``GO`` before it serves.  Worker to
 supervisor: ``READY http|tcp`` (sent before it accepts:
 a worker that never said READY never served), ``STATS requests active
-loop_age``, ``RECYCLE requests`` (it reached its limit, sent by the request
+loop_age``, ``METRICS ...`` (with ``--metrics-bind``: its meters, as
+``graceserve.core.metering.Meters.to_words`` writes them; after READY, with each
+STATS and before REPORT), ``RECYCLE requests`` (it reached its limit, sent by the request
 that did), ``CLOSED`` (stopped accepting), ``REPORT code served forced
 remaining lost elapsed requests``, ``FAILED reason``.  Supervisor to worker:
 ``GO`` (a spare), ``LAMEDUCK``, ``STOP shared|sweep DEADLINE`` (a ``time.monotonic()`` instant:
@@ -36,6 +38,8 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
+
+from graceserve.core.metering import Meters
 
 __all__ = [
     "CHANNEL_FD",
@@ -86,6 +90,7 @@ class ChannelEnd:
         self.scheme = "http"
         self.requests = 0
         self.active = 0
+        self.meters: Meters | None = None  # its last METRICS (--metrics-bind)
         self.progress_at = time.monotonic()  # the serving loop's last sign of life
         self.report: WorkerReport | None = None
         self.failure = ""
@@ -129,6 +134,8 @@ class ChannelEnd:
             elif kind == "STATS":
                 self.requests, self.active = int(args[0]), int(args[1])
                 self.progress_at = max(self.progress_at, now - float(args[2]))
+            elif kind == "METRICS":
+                self.meters = Meters.from_words(args)
             elif kind == "RECYCLE":
                 self.requests = max(self.requests, int(args[0]))
             elif kind == "REPORT":

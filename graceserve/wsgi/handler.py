@@ -296,7 +296,7 @@ class WSGIConnection:
             environ["wsgi.input"] = _EMPTY_INPUT
         client = environ["REMOTE_ADDR"] or "-"  # as we set it, whatever the app does to environ
         keep = response.run(self.server.application, environ, response.start)
-        status = int(response.status[:3]) if response.status else 0
+        status = self.cycle.status = int(response.status[:3]) if response.status else 0
         if self.server.access_logger is not None:
             self._record = (
                 client, request_line.method, request_line.target, request_line.version,
@@ -320,6 +320,7 @@ class WSGIConnection:
     def send_error(self, status: int, message: str, version: str = "HTTP/1.1") -> None:
         """Answer a request we will not dispatch (malformed, over a limit), and close."""
         self.closing = True
+        self.cycle.status = status
         try:
             phrase = HTTPStatus(status).phrase
         except ValueError:
