@@ -38,4 +38,5 @@ def check_config(settings: Settings) -> str:
     target = settings.target or "the demo app"
     workers = f"{settings.workers} worker" + ("s" if settings.workers != 1 else "")
     source = f", settings from {settings.config}" if settings.config else ""
-    return f"configuration OK: {target} on {format_bind(settings.bind)}, {workers}{source}"
+    where = " and ".join(format_bind(address) for address in settings.binds)
+    return f"configuration OK: {target} on {where}, {workers}{source}"

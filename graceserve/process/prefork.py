@@ -36,7 +36,7 @@ def run_supervised(
     settings: Settings,
     relay: SignalRelay,
     notifier: Notifier,
-    inherited: socket.socket | None,
+    inherited: list[socket.socket],
     pidfile: PidFile | None = None,
 ) -> int:
     """Bind (or adopt ``inherited``), run the workers until a stop; the exit code.
@@ -50,22 +50,21 @@ def run_supervised(
     holder = make_listener(settings, inherited)
     holder.block_on_close = False  # it never served: nothing to drain
     try:
-        listener = holder.socket.dup()
+        listeners = [listener.dup() for listener in holder.listeners]
         log_banner(settings, holder, handler, supervisor=True)
         status = ServerStatus(
             workers=settings.workers, grace=settings.grace, drain_delay=settings.drain_delay,
             start_timeout=settings.start_timeout,
         )  # fmt: skip
+        status.update(addresses=runstatus.addresses(holder))
         control = runstatus.open_control(holder, pidfile, status)
         try:
-            supervisor = Supervisor(
-                settings, listener, relay, notifier, inherited is not None, status
-            )
+            supervisor = Supervisor(settings, listeners, relay, notifier, bool(inherited), status)
             return supervisor.run()
         finally:
             if control is not None:
                 control.close()
     finally:
         holder.server_close()
-        if inherited is None:
+        if not inherited:
             remove_unix_socket(holder)

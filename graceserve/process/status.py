@@ -15,7 +15,9 @@ begun, and ended ok or failed: attempts are numbered 1, 2, ... and end in order)
 ``reload_pending`` (a HUP arrived during a reload: the next one starts when it
 ends), ``last_reload`` and ``recent_reloads`` (the last attempt's outcome, and the
 last 16 of them: ``{"number", "generation", "ok", "reason"}``), ``start_timeout``,
-``grace``, ``drain_delay``, and once stopped ``exit_code`` and ``summary``.
+``grace``, ``drain_delay``, ``addresses`` (every listening address, as ``--bind``
+takes it: ``127.0.0.1:8000``, ``[::1]:8000``, ``unix:/run/app.sock``), and once
+stopped ``exit_code`` and ``summary``.
 
 ``graceserve ctl graceful`` reads ``reloads_started`` before it sends its HUP and
 waits for the outcome of the next attempt by number: that attempt began after the
@@ -57,7 +59,7 @@ class ServerStatus:
             "workers": workers, "reloads_started": reloads, "reloads": reloads,
             "reload": None, "reload_pending": False, "last_reload": None, "recent_reloads": [],
             "start_timeout": start_timeout, "grace": grace, "drain_delay": drain_delay,
-            "exit_code": None, "summary": None,
+            "exit_code": None, "summary": None, "addresses": [],
         }  # fmt: skip
 
     def count_with(self, connections: Callable[[], int]) -> None:

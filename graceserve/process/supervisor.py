@@ -61,12 +61,15 @@ TICK = 0.25  # seconds between the machine's clock events
 
 
 class Supervisor:
-    """Runs the members on ``listener`` until a stop; ``run()`` returns the exit code."""
+    """Runs the members on ``listeners`` until a stop; ``run()`` returns the exit code.
+
+    Every worker gets every listener; the stop filters, and then shuts, each of them.
+    """
 
     def __init__(
         self,
         settings: Settings,
-        listener: socket.socket,
+        listeners: list[socket.socket],
         relay: SignalRelay,
         notifier: Notifier,
         shared_listener: bool,
@@ -77,7 +80,7 @@ class Supervisor:
         stop_alone: Callable[[int], int] | None = None,
     ) -> None:
         self.settings = settings
-        self.listener = listener
+        self.listeners = listeners
         self.relay = relay
         self.notifier = notifier
         self.status = status
@@ -208,7 +211,8 @@ class Supervisor:
         if limit:
             limit += random.randint(0, self.settings.max_requests_jitter)
         try:
-            worker = WorkerProcess(self.listener.fileno(), generation, limit or None, spare)
+            fds = [listener.fileno() for listener in self.listeners]
+            worker = WorkerProcess(fds, generation, limit or None, spare)
         except OSError as exc:
             log.error("cannot start a worker: %s", exc)
             return None
@@ -240,11 +244,13 @@ class Supervisor:
         self._forget(member)
 
     def filter_listener(self) -> None:
-        attach_drop_all_filter(self.listener)
+        for listener in self.listeners:
+            attach_drop_all_filter(listener)
 
     def shut_listener(self) -> None:
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)
+        for listener in self.listeners:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
 
     def notify(self, *fields: str) -> None:
         self.notifier.send(*fields)
@@ -267,4 +273,5 @@ class Supervisor:
         self.selector.close()
         self.wake_w.close()
         self.wake_r.close()
-        self.listener.close()
+        for listener in self.listeners:
+            listener.close()
