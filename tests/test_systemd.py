@@ -625,3 +625,60 @@ def test_notify_failed_restart_is_ready_again(
     assert (reloading.pid, ready.pid, stopping.pid) == (old, old, old)
     assert ready.get("MAINPID") is None
     assert "reload failed" in (ready.get("STATUS") or "")
+
+
+# What systemd does for a unit with two sockets (dash redirects only fds 0-9: Python here).
+ACTIVATE_TWO = """
+import os, sys
+first, second = int(sys.argv[1]), int(sys.argv[2])
+os.dup2(first, 3)
+os.dup2(second, 4)
+os.close(first)
+os.close(second)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="2")
+os.execv(sys.argv[3], sys.argv[3:])
+"""
+
+
+def test_socket_activation_with_two_sockets_serves_on_both(
+    start_server: StartServer, short_dir: Path
+) -> None:
+    """A socket unit with two ``ListenStream=`` (TCP and a Unix socket): ``LISTEN_FDS=2``,
+    one server on both; a graceful restart hands both over; neither is shut or removed."""
+    tcp = socket.create_server(("127.0.0.1", 0))
+    path = short_dir / "second.sock"
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unix.bind(str(path))
+    unix.listen()
+    with contextlib.closing(tcp), contextlib.closing(unix):
+        port = tcp.getsockname()[1]
+        first, second = tcp.fileno(), unix.fileno()
+        assert min(first, second) > 4, "ACTIVATE_TWO moves them to 3 and 4"
+        server = start_server(
+            ["--grace", "5"],
+            prefix=[sys.executable, "-c", ACTIVATE_TWO, str(first), str(second)],
+            pass_fds=(first, second),
+        )
+        assert server.wait_ready() == ("127.0.0.1", port)
+        server.wait_for_line(rf"listening on unix:{re.escape(str(path))} ")
+        assert get(("127.0.0.1", port), "/")[0] == 200
+        assert unix_get(path) == (200, "hello from graceserve\n")
+
+        server.send(signal.SIGHUP)
+        new = int(server.wait_for_line(r"started worker pid (\d+)")[1])
+        server.wait_for_line(r"this process stopped accepting: draining its \d+ connections")
+        assert get(("127.0.0.1", port), "/")[0] == 200
+        assert unix_get(path) == (200, "hello from graceserve\n")
+        server.send(signal.SIGTERM)
+        assert first_exit(server) == 0
+        wait_gone(new)
+        assert path.is_socket(), f"{path} removed by graceserve, which did not create it"
+        # Both are still in service for systemd: a new client waits in each queue.
+        for listener, address in ((tcp, ("127.0.0.1", port)), (unix, str(path))):
+            family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as client:
+                client.settimeout(IO_TIMEOUT)
+                client.connect(address)
+                listener.settimeout(IO_TIMEOUT)
+                accepted, _ = listener.accept()
+                accepted.close()
