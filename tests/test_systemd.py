@@ -300,6 +300,7 @@ def test_inherited_listeners_without_a_usable_count_are_none(count: str) -> None
 
 CHILD = """
 import json, os, sys
+from graceserve.errors import StartupError
 from graceserve.process.systemd import inherited_listeners
 environ = {"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": sys.argv[1], "LISTEN_FDNAMES": "a:b"}
 try:
