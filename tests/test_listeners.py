@@ -155,8 +155,10 @@ def test_term_drains_what_is_in_flight_on_every_listener(
         try:
             gate.wait_entered(len(where))
             served.stop(signal.SIGTERM)
-            # Every listener closes (new clients are refused) while the requests still run.
+            # Every listener closes (new clients are refused) while the requests still run;
+            # a Unix socket's file goes first (its drop-all filter).
             wait_until(lambda: all(refuses(address) for address in where), 15, "refused")
+            assert not os.path.exists(str(short_dir / "app.sock"))
             gate.release()
             for sock in in_flight:
                 status, headers, body = read_response(sock)

@@ -49,6 +49,7 @@ __all__ = [
     "make_server",
     "remove_unix_socket",
     "server_options",
+    "unlink_socket_file",
 ]
 
 _NOT_HTTP = "--certfile, --access-log and --health-path are for HTTP handlers and WSGI apps"
@@ -284,11 +285,21 @@ def remove_unix_socket(server: GracefulTCPServer) -> None:
     """Remove the server's Unix socket files (one per ``unix:`` listener), those that
     are still sockets."""
     for address in server.server_addresses:
-        if not isinstance(address, str) or not address:
-            continue
-        with contextlib.suppress(OSError):
-            if stat.S_ISSOCK(os.stat(address, follow_symlinks=False).st_mode):
-                os.unlink(address)
+        unlink_socket_file(address)
+
+
+def unlink_socket_file(address: Any) -> None:
+    """Remove a Unix socket's file, if ``address`` is a path and the file still a socket.
+
+    At the start of a stop this is a Unix listener's drop-all filter: new
+    connects fail at once (no such file), while the clients already queued
+    stay acceptable for the sweep.  Never raises.
+    """
+    if not isinstance(address, str) or not address:
+        return
+    with contextlib.suppress(OSError):
+        if stat.S_ISSOCK(os.stat(address, follow_symlinks=False).st_mode):
+            os.unlink(address)
 
 
 def _resolve(address: tuple[str, int]) -> tuple[int, Any]:

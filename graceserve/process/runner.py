@@ -344,6 +344,10 @@ class _Controller:
     def _drain(self, grace: float) -> DrainReport:
         self.notifier.send("STOPPING=1")
         self.status.update(state="draining")
+        if not self.shared_listener:
+            # A Unix listener has no drop-all filter: removing its file now refuses new
+            # connects (no such file) while the sweep still takes what is queued.
+            remove_unix_socket(self.server)
         force = self.stop.forced_by or (signal.SIGQUIT if self.stop.signum == signal.SIGQUIT else 0)
         report, forced_by = run_drain(
             self.server, grace, RunnerHooks(self, grace), force=force,

@@ -17,8 +17,9 @@ Signals are taken in order from one queue (``inbox``), one at a time, so that
 a one-process stop (``stop_alone``) finds the rest of its batch still there.
 
 The stop across processes, in order (``Machine``'s stop half): the lame duck
-reaches every member at once; then the drop-all filter goes on the listener
-and one deadline is set from the signal; every member but one (the sweeper)
+reaches every member at once; then the drop-all filter goes on the listeners
+(a Unix listener's file is removed instead: new connects fail, what is queued
+stays acceptable) and one deadline is set from the signal; every member but one (the sweeper)
 stops accepting and closes only its own copy (``STOP shared``); once they all
 have, the sweeper (``STOP sweep``) serves what the kernel queued and shuts the
 listener for everyone (``DESIGN.md``, "Workers: verified facts"); a member
@@ -46,6 +47,7 @@ from collections.abc import Callable
 from graceserve.core.accepting import attach_drop_all_filter
 from graceserve.process.control import ServerStatus
 from graceserve.process.inprocess import InProcessServer
+from graceserve.process.listener import unlink_socket_file
 from graceserve.process.machine import Config, Exit, Machine
 from graceserve.process.orphans import OrphanReaper
 from graceserve.process.signals import SignalRelay
@@ -245,7 +247,11 @@ class Supervisor:
 
     def filter_listener(self) -> None:
         for listener in self.listeners:
-            attach_drop_all_filter(listener)
+            if listener.family == socket.AF_UNIX:  # no filter: its file goes instead
+                with contextlib.suppress(OSError):
+                    unlink_socket_file(listener.getsockname())
+            else:
+                attach_drop_all_filter(listener)
 
     def shut_listener(self) -> None:
         for listener in self.listeners:
