@@ -31,7 +31,7 @@ from graceserve import GracefulTCPServer
 from graceserve.config import parse_bind
 from graceserve.errors import EXIT_CANNOT_START, EXIT_USAGE
 from testsupport.load import Load
-from testsupport.process import child_env
+from testsupport.process import ChildProcess, child_env
 from testsupport.rawhttp import connect, get, open_request, read_response
 from testsupport.serve import MODES, Gate, Served, serve
 from testsupport.waiting import Call, wait_until
@@ -314,3 +314,32 @@ def test_add_listener_serves_both_and_one_drain_closes_both(short_dir: Path) -> 
         server.server_close()
         thread.join(10)
     assert unix.fileno() == -1  # closed by the server, which owned it
+
+
+SERVE_TWO = """
+import logging, sys
+from graceserve import serve
+
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [b'{"pid": 0, "kind": "serve"}']
+
+sys.exit(serve(app, [("127.0.0.1", 0), sys.argv[1]], grace=5))
+"""
+
+
+def test_serve_takes_a_list_of_addresses(short_dir: Path) -> None:
+    path = str(short_dir / "serve.sock")
+    process = ChildProcess([sys.executable, "-c", SERVE_TWO, path], env=child_env())
+    try:
+        tcp = process.wait_ready()
+        process.wait_for_line(rf"listening on unix:{path} ")
+        for address in (tcp, path):
+            assert answered_by(address) == (200, {"pid": 0, "kind": "serve"})
+        process.send(signal.SIGTERM)
+        assert process.wait_exit() == 0
+    finally:
+        process.stop()
+    assert not os.path.exists(path)
