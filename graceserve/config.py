@@ -62,7 +62,7 @@ control (with --pidfile; see the README):
               reload and wait until the new generation serves (or say why not);
               stop and exit with the server's exit code; status (3: not running)
 
-HTTPS: --certfile (and --keyfile) serve TLS 1.2+ on the same --bind; HUP
+HTTPS: --certfile (and --keyfile) serve TLS 1.2+ on every --bind address; HUP
 reads the certificate and key from disk again (a broken new pair is reported
 and the old process keeps serving).
 

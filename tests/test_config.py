@@ -779,3 +779,17 @@ def test_a_toml_config_file_on_3_10_is_one_line(tmp_path: Any) -> None:
     conf.write_text("workers = 2\n")
     with pytest.raises(UsageError, match="TOML needs Python 3"):
         parse_args(["-c", str(conf)], environ={})
+
+
+@pytest.mark.parametrize(
+    "source",
+    ['bind = ["127.0.0.1:1", "unix:s.sock"]\n', 'bind = "127.0.0.1:1, unix:s.sock"\n'],
+)
+def test_a_config_file_binds_several_addresses(tmp_path: Any, source: str) -> None:
+    conf = tmp_path / "conf.py"
+    conf.write_text(source)
+    config = parse_args(["-c", str(conf)], environ={})
+    assert config.binds == (("127.0.0.1", 1), os.path.abspath("s.sock"))  # the launch dir's
+    # The variable, then the flags, replace the file's list as a whole.
+    config = parse_args(["-c", str(conf)], environ={"GRACESERVE_BIND": "127.0.0.1:2"})
+    assert config.binds == (("127.0.0.1", 2),)
