@@ -197,8 +197,8 @@ def _bind_first(
 def _bind_socket(
     address: Address, settings: Settings, server: GracefulTCPServer, v6only: bool
 ) -> socket.socket:
-    """A socket bound to ``address`` (not yet listening: ``add_listener`` does that),
-    made as the server makes its own; StartupError if impossible."""
+    """A socket bound to ``address`` and listening, made as the server makes its own
+    (``add_listener`` then adopts it); StartupError if impossible."""
     family: int
     sockaddr: Any
     if isinstance(address, str):
