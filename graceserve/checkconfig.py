@@ -49,4 +49,5 @@ def check_config(settings: Settings) -> str:
     workers = f"{settings.workers} worker" + ("s" if settings.workers != 1 else "")
     source = f", settings from {settings.config}" if settings.config else ""
     user = f", as user {settings.user}" if settings.user else ""
-    return f"configuration OK: {target} on {format_bind(settings.bind)}, {workers}{user}{source}"
+    where = " and ".join(format_bind(address) for address in settings.binds)
+    return f"configuration OK: {target} on {where}, {workers}{user}{source}"

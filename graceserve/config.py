@@ -63,7 +63,7 @@ control (with --pidfile; see the README):
               reload and wait until the new generation serves (or say why not);
               stop and exit with the server's exit code; status (3: not running)
 
-HTTPS: --certfile (and --keyfile) serve TLS 1.2+ on the same --bind; HUP
+HTTPS: --certfile (and --keyfile) serve TLS 1.2+ on every --bind address; HUP
 reads the certificate and key from disk again (a broken new pair is reported
 and the old process keeps serving).
 
@@ -268,7 +268,8 @@ def _level(text: str) -> str:
 _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
     ("--bind", "GRACESERVE_BIND", parse_bind, DEFAULTS.bind,
      "HOST:PORT, [IPV6]:PORT, :PORT (every IPv4 interface) or unix:PATH to listen on; port "
-     "0 picks a free one; once (one listener per process); unset and $PORT set (Heroku, "
+     "0 picks a free one; repeat it to listen on several (GRACESERVE_BIND and a config "
+     "file's string: separated by commas or spaces); unset and $PORT set (Heroku, "
      "Cloud Run): 0.0.0.0:$PORT"),
     ("--umask", "GRACESERVE_UMASK", _octal, DEFAULTS.umask,
      "octal mask for a unix: socket's mode: 007 lets the socket's group (nginx's user) "
@@ -500,6 +501,9 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> 
     values: dict[str, Any] = {}
     for flag, env, convert, _default, _text in _OPTIONS:
         name = _field(flag)
+        if name == "bind":
+            values.update(_binds(args.bind, environ, filed, base))
+            continue
         found = _lookup(name, getattr(args, name), env, environ, filed)
         if found is None:
             continue  # the default, from Settings
@@ -507,12 +511,8 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> 
         if given is True:  # a flag without a value (--preload)
             values[name] = True
             continue
-        if name == "bind" and given.startswith("unix:") and given[len("unix:") :]:
-            given = "unix:" + os.path.join(base, given[len("unix:") :])  # not the cwd's
         try:
             value = convert(given)
-        except UsageError as exc:
-            raise UsageError(str(exc).replace("--bind", source, 1)) from None
         except ValueError as exc:
             raise UsageError(f"{source}: {exc}") from None
         if name == "idle_timeout" and value == 0 and "keep" in source:
@@ -548,23 +548,13 @@ def _lookup(
     """(source, text) of the first place that sets ``name``, in precedence order."""
     if flagged is True:
         return (name, True)
-    if isinstance(flagged, list):  # --bind, repeatable in the parser
-        if len(flagged) > 1:
-            raise UsageError(_several_binds(flagged[0][0], [text for _, text in flagged]))
-        flagged = flagged[0]
     if flagged is not None:
         source, text = flagged
         return (source, text)
     if env in environ:
         return (env, environ[env])
     if name in filed:
-        source, value = filed[name]
-        if name == "bind":
-            binds = listed(filed[name])
-            if len(binds) > 1:
-                raise UsageError(_several_binds(source, [text for _, text in binds]))
-            return binds[0]
-        return (source, value)
+        return filed[name]
     platform = _PLATFORM.get(name)
     if platform is not None and environ.get(platform[0], "").strip():
         variable, make = platform
@@ -580,16 +570,56 @@ def _port(text: str) -> str:
 
 # Variables other servers (gunicorn, Heroku, Cloud Run) honour, below the config file.
 _PLATFORM: dict[str, tuple[str, Callable[[str], str]]] = {
-    "bind": ("PORT", _port),
     "workers": ("WEB_CONCURRENCY", str),
 }
 
 
-def _several_binds(source: str, texts: list[str]) -> str:
-    return (
-        f"{source} given {len(texts)} times ({', '.join(texts)}): graceserve listens on one "
-        "address per process; give one (run one graceserve per address)"
-    )
+_SEPARATORS = re.compile(r"[,\s]+")
+
+
+def _binds(
+    flagged: list[tuple[str, str]] | None, environ: Mapping[str, str],
+    filed: Mapping[str, tuple[str, Any]], base: str,
+) -> dict[str, Any]:  # fmt: skip
+    """``bind`` and ``extra_binds`` from the first place that names addresses: every
+    ``--bind``, else ``GRACESERVE_BIND`` (separated by commas or spaces), else the
+    config file's ``bind`` (a list, or a string as the variable), else ``$PORT``;
+    {} for the default.  The same address twice is refused (port 0 excepted: each
+    picks its own port)."""
+    given: list[tuple[str, str]] = list(flagged or [])
+    if not given and "GRACESERVE_BIND" in environ:
+        given = _split("GRACESERVE_BIND", environ["GRACESERVE_BIND"])
+    elif not given and "bind" in filed:
+        for source, text in listed(filed["bind"]):
+            given += _split(source, text) if isinstance(text, str) else [(source, text)]
+    elif not given and environ.get("PORT", "").strip():
+        given = [("PORT", _port(environ["PORT"].strip()))]
+    if not given:
+        return {}
+    addresses: list[Any] = []
+    for source, text in given:
+        if not isinstance(text, str):
+            raise UsageError(f"{source}: {text!r} is not an address string")
+        if text.startswith("unix:") and text[len("unix:") :]:
+            text = "unix:" + os.path.join(base, text[len("unix:") :])  # not the cwd's
+        try:
+            address = parse_bind(text)
+        except UsageError as exc:
+            raise UsageError(str(exc).replace("--bind", source, 1)) from None
+        if address in addresses and (isinstance(address, str) or address[1] != 0):
+            raise UsageError(
+                f"{source} {format_bind(address)} is given twice: each listener needs "
+                "its own address"
+            )
+        addresses.append(address)
+    return {"bind": addresses[0], "extra_binds": tuple(addresses[1:])}
+
+
+def _split(source: str, text: str) -> list[tuple[str, str]]:
+    words = [word for word in _SEPARATORS.split(text.strip()) if word]
+    if not words:
+        raise UsageError(f"{source} {text!r} names no address")
+    return [(source, word) for word in words]
 
 
 def _check_workers(settings: Settings, given: Mapping[str, Any]) -> Settings:

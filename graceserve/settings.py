@@ -31,7 +31,10 @@ class Settings:
     target: str | None = None
     """``module:Handler`` to serve; None: the built-in demo app."""
     bind: Address = ("127.0.0.1", 8000)
-    """Where to listen."""
+    """Where to listen (the first listener)."""
+    extra_binds: tuple[Address, ...] = ()
+    """Further addresses to listen on (``--bind`` given again), served by the same
+    server: one connection registry, one drain.  ``binds`` lists them all."""
     grace: float = 8.0
     """Seconds the drain may take, all of it (inside docker stop's 10 s)."""
     pidfile: str | None = None
@@ -124,6 +127,11 @@ class Settings:
     reload: bool = False
     """Development: reload gracefully, as a HUP does, when a Python file under the
     working directory changes (``graceserve.process.autoreload``; the command line only)."""
+
+    @property
+    def binds(self) -> tuple[Address, ...]:
+        """Every address to listen on: ``bind``, then ``extra_binds``."""
+        return (self.bind, *self.extra_binds)
 
     @property
     def drain_linger_max(self) -> float:

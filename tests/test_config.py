@@ -592,17 +592,57 @@ def test_precedence_flag_variable_file_default(tmp_path: Any) -> None:
     assert config.config == str(conf)
 
 
+def test_bind_is_repeatable_in_order() -> None:
+    config = parse_args(
+        ["-b", "127.0.0.1:1", "--bind=unix:/tmp/x.sock", "-b", "[::1]:2", "-b", ":3"], environ={}
+    )
+    assert config.bind == ("127.0.0.1", 1)
+    assert config.extra_binds == ("/tmp/x.sock", ("::1", 2), ("0.0.0.0", 3))
+    assert config.binds == (config.bind, *config.extra_binds)
+
+
 @pytest.mark.parametrize(
-    "argv",
+    ("text", "expected"),
     [
-        ["-b", "127.0.0.1:1", "-b", "127.0.0.1:2"],
-        ["--bind", "127.0.0.1:1", "--bind=unix:/tmp/x.sock"],
+        ("127.0.0.1:1,unix:/tmp/x.sock", (("127.0.0.1", 1), "/tmp/x.sock")),
+        (" [::1]:1  127.0.0.1:2 ", (("::1", 1), ("127.0.0.1", 2))),
+        ("127.0.0.1:1, [::1]:1,\n:2", (("127.0.0.1", 1), ("::1", 1), ("0.0.0.0", 2))),
     ],
 )
-def test_a_second_bind_is_a_usage_error(argv: list[str]) -> None:
-    with pytest.raises(UsageError, match="2 times") as caught:
-        parse_args(argv, environ={})
+def test_the_bind_variable_takes_several_separated_by_commas_or_spaces(
+    text: str, expected: tuple[object, ...]
+) -> None:
+    assert parse_args([], environ={"GRACESERVE_BIND": text}).binds == expected
+
+
+def test_flags_win_over_the_bind_variable_as_a_whole() -> None:
+    config = parse_args(["-b", "127.0.0.1:5"], environ={"GRACESERVE_BIND": "a:1,b:2"})
+    assert config.binds == (("127.0.0.1", 5),)
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "words"),
+    [
+        (["-b", "127.0.0.1:1", "-b", "127.0.0.1:1"], {}, ["-b 127.0.0.1:1", "given twice"]),
+        (["-b", "unix:/tmp/x", "--bind", "unix:/tmp/x"], {}, ["unix:/tmp/x", "given twice"]),
+        ([], {"GRACESERVE_BIND": "[::1]:1,[::1]:1"}, ["GRACESERVE_BIND [::1]:1", "twice"]),
+        ([], {"GRACESERVE_BIND": " , "}, ["GRACESERVE_BIND", "names no address"]),
+        ([], {"GRACESERVE_BIND": "127.0.0.1:1,nope"}, ["GRACESERVE_BIND 'nope'", "HOST:PORT"]),
+    ],
+)
+def test_a_bad_or_repeated_bind_is_one_line(
+    argv: list[str], environ: dict[str, str], words: list[str]
+) -> None:
+    with pytest.raises(UsageError) as caught:
+        parse_args(argv, environ=environ)
     assert "\n" not in str(caught.value)
+    for word in words:
+        assert word in str(caught.value)
+
+
+def test_port_zero_may_be_given_twice_each_picks_its_own() -> None:
+    config = parse_args(["-b", "127.0.0.1:0", "-b", "127.0.0.1:0"], environ={})
+    assert config.binds == (("127.0.0.1", 0), ("127.0.0.1", 0))
 
 
 @pytest.mark.parametrize(
@@ -739,3 +779,17 @@ def test_a_toml_config_file_on_3_10_is_one_line(tmp_path: Any) -> None:
     conf.write_text("workers = 2\n")
     with pytest.raises(UsageError, match="TOML needs Python 3"):
         parse_args(["-c", str(conf)], environ={})
+
+
+@pytest.mark.parametrize(
+    "source",
+    ['bind = ["127.0.0.1:1", "unix:s.sock"]\n', 'bind = "127.0.0.1:1, unix:s.sock"\n'],
+)
+def test_a_config_file_binds_several_addresses(tmp_path: Any, source: str) -> None:
+    conf = tmp_path / "conf.py"
+    conf.write_text(source)
+    config = parse_args(["-c", str(conf)], environ={})
+    assert config.binds == (("127.0.0.1", 1), os.path.abspath("s.sock"))  # the launch dir's
+    # The variable, then the flags, replace the file's list as a whole.
+    config = parse_args(["-c", str(conf)], environ={"GRACESERVE_BIND": "127.0.0.1:2"})
+    assert config.binds == (("127.0.0.1", 2),)

@@ -78,8 +78,8 @@ def test_status(served: tuple[ServerStatus, ControlServer]) -> None:
         "pid": os.getpid(), "generation": 1, "state": "starting", "workers": None,
         "reloads_started": 0, "reloads": 0, "reload": None, "reload_pending": False,
         "last_reload": None, "recent_reloads": [], "reload_failures": 0, "worker_restarts": 0,
-        "start_timeout": None, "grace": 3.0,
-        "drain_delay": 0.0, "exit_code": None, "summary": None, "active_connections": 7,
+        "start_timeout": None, "grace": 3.0, "drain_delay": 0.0, "exit_code": None,
+        "summary": None, "addresses": [], "active_connections": 7,
     }  # fmt: skip
 
 

@@ -157,7 +157,9 @@ def test_status_of_a_running_server(running: tuple[ServerProcess, Path]) -> None
     assert result.returncode == 0, result
     line = one_line(result)
     assert re.fullmatch(
-        rf"pid={server.proc.pid} generation=1 state=serving active_connections=0", line
+        rf"pid={server.proc.pid} generation=1 state=serving active_connections=0 "
+        r"addresses=127\.0\.0\.1:\d+",
+        line,
     ), line
     socket_file = Path(control_path(str(pidfile)))
     assert stat.S_IMODE(socket_file.stat().st_mode) == 0o600

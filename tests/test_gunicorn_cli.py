@@ -80,11 +80,20 @@ def test_short_flags_serve_as_gunicorn_means_them(start_server: StartServer) -> 
     assert get(address, "/")[0] == 200
 
 
-def test_a_second_bind_is_refused_not_silently_dropped(tmp_path: Path) -> None:
+def test_the_same_bind_twice_is_refused_not_silently_dropped(tmp_path: Path) -> None:
     sock = tmp_path / "s.sock"
-    result = run_cli("-b", "127.0.0.1:0", "--bind", f"unix:{sock}")
-    assert_one_line_usage_error(result, "2 times", "127.0.0.1:0", f"unix:{sock}")
+    result = run_cli("-b", "127.0.0.1:0", "--bind", f"unix:{sock}", "-b", f"unix:{sock}")
+    assert_one_line_usage_error(result, "given twice", f"unix:{sock}")
     assert not sock.exists()
+
+
+def test_several_binds_are_checked_and_named_by_check_config(app_dir: Path) -> None:
+    sock = app_dir / "s.sock"
+    result = run_cli("hello:app", "--check-config", "-b", "127.0.0.1:1", "-b", "unix:s.sock",
+                     cwd=app_dir)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"on 127.0.0.1:1 and unix:{sock}, 1 worker" in result.stdout
+    assert not sock.exists()  # nothing was bound
 
 
 def test_keep_alive_closes_an_idle_connection_after_that_many_seconds(
@@ -256,7 +265,7 @@ def test_a_toml_config_file(app_dir: Path) -> None:
         ("def post_fork(server, worker):\n    pass\n", ["post_fork", "gunicorn server hook"]),
         ("x = 1\nraise RuntimeError('no db')\n", ["line 2", "RuntimeError: no db"]),
         ("bind = \n", ["line 1"]),
-        ('bind = ["127.0.0.1:1", "127.0.0.1:2"]\n', ["2 times"]),
+        ('bind = ["127.0.0.1:1", "127.0.0.1:1"]\n', ["127.0.0.1:1", "given twice"]),
         ("threads = 8\n", ["threads", "one thread per connection"]),
     ],
 )

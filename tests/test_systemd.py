@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from graceserve.process.systemd import LISTEN_FDS_START, Notifier, inherited_listener
+from graceserve.process.systemd import LISTEN_FDS_START, Notifier, inherited_listeners
 from testsupport.process import REPO, ServerProcess
 from testsupport.restarts import (
     APP,
@@ -263,80 +263,111 @@ def test_notifier_never_blocks_when_the_supervisor_stops_reading(
     assert finished, "Notifier.send() blocked while the supervisor's queue was full"
 
 
-# -- inherited_listener ------------------------------------------------------------------
+# -- inherited_listeners -----------------------------------------------------------------
 
 
-def adopted(environ: MutableMapping[str, str]) -> socket.socket | None:
-    """``inherited_listener(environ)``, never closing whatever this process has at fd 3."""
-    sock = inherited_listener(environ)
-    if sock is not None:
+def adopted(environ: MutableMapping[str, str]) -> list[socket.socket]:
+    """``inherited_listeners(environ)``, never closing whatever this process has at fd 3."""
+    sockets = inherited_listeners(environ)
+    for sock in sockets:
         sock.detach()  # fd 3 is not ours to close in the test process
-    return sock
+    return sockets
 
 
-def test_inherited_listener_without_variables_is_none() -> None:
+def test_inherited_listeners_without_variables_are_none() -> None:
     environ: MutableMapping[str, str] = {"OTHER": "kept"}
-    assert adopted(environ) is None
+    assert adopted(environ) == []
     assert environ == {"OTHER": "kept"}
 
 
-def test_inherited_listener_for_another_pid_is_none_and_consumes_the_variables() -> None:
+def test_inherited_listeners_for_another_pid_are_none_and_consume_the_variables() -> None:
     environ: MutableMapping[str, str] = {
         "LISTEN_PID": str(os.getpid() + 1),
         "LISTEN_FDS": "1",
         "LISTEN_FDNAMES": "web",
         "OTHER": "kept",
     }
-    assert adopted(environ) is None
+    assert adopted(environ) == []
     assert environ == {"OTHER": "kept"}
 
 
 @pytest.mark.parametrize("count", ["0", "", "x", "-1", " 1"])
-def test_inherited_listener_without_a_usable_count_is_none(count: str) -> None:
+def test_inherited_listeners_without_a_usable_count_are_none(count: str) -> None:
     environ: MutableMapping[str, str] = {"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": count}
-    assert adopted(environ) is None
+    assert adopted(environ) == []
     assert environ == {}
 
 
 CHILD = """
-import json, logging, os, sys
-from graceserve.process.systemd import inherited_listener
-logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+import json, os, sys
+from graceserve.errors import StartupError
+from graceserve.process.systemd import inherited_listeners
 environ = {"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": sys.argv[1], "LISTEN_FDNAMES": "a:b"}
-sock = inherited_listener(environ)
-print(json.dumps({
+try:
+    sockets = inherited_listeners(environ)
+except StartupError as exc:
+    print(json.dumps({"error": str(exc)}))
+    raise SystemExit(0)
+print(json.dumps([{
     "fileno": sock.fileno(),
     "address": list(sock.getsockname()),
     "type": int(sock.type),
     "inheritable": sock.get_inheritable(),
     "environ": environ,
-}))
+} for sock in sockets]))
 """
+# fd 0 (the test's first listener) becomes 3, fd 1 (its second, or nothing) becomes 4.
+STDIO_TO_FDS_3_4 = 'exec 3<&0 4>&1 0</dev/null 1>&2; exec "$@"'
 
 
-@pytest.mark.parametrize("count", ["1", "2"])
-def test_inherited_listener_adopts_fd_3_of_its_own_process(count: str) -> None:
-    """In a child whose fd 3 is our listener (passed as its stdin, moved by sh)."""
+def adopt_in_child(count: str, *listeners: socket.socket) -> object:
+    """What a child whose fds 3 (and 4) are ``listeners`` adopts with ``LISTEN_FDS=count``."""
+    second = listeners[1].fileno() if len(listeners) > 1 else subprocess.DEVNULL
+    child = subprocess.run(
+        ["sh", "-c", STDIO_TO_FDS_3_4, "sh", sys.executable, "-c", CHILD, count],
+        stdin=listeners[0].fileno(),
+        stdout=second,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=30,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr.decode()
+    lines = child.stderr.decode().splitlines()  # the child's stdout went to its stderr
+    return json.loads(lines[-1])
+
+
+def test_inherited_listeners_adopt_fd_3_of_their_own_process() -> None:
     with socket.create_server(("127.0.0.1", 0)) as listener:
-        child = subprocess.run(
-            ["sh", "-c", STDIN_TO_FD_3, "sh", sys.executable, "-c", CHILD, count],
-            stdin=listener.fileno(),
-            capture_output=True,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-            timeout=30,
-            check=False,
-        )
-        assert child.returncode == 0, child.stderr.decode()
-        result = json.loads(child.stdout)
-        assert result == {
-            "fileno": LISTEN_FDS_START,
-            "address": list(listener.getsockname()),
-            "type": int(socket.SOCK_STREAM),
-            "inheritable": False,  # not passed on to its own children
-            "environ": {},  # consumed
-        }
-    warning = "WARNING socket activation passed 2 sockets; serving on the first only"
-    assert (warning in child.stderr.decode()) == (count == "2"), child.stderr.decode()
+        assert adopt_in_child("1", listener) == [
+            {
+                "fileno": LISTEN_FDS_START,
+                "address": list(listener.getsockname()),
+                "type": int(socket.SOCK_STREAM),
+                "inheritable": False,  # not passed on to its own children
+                "environ": {},  # consumed
+            }
+        ]
+
+
+def test_inherited_listeners_adopt_every_fd_listen_fds_names() -> None:
+    with (
+        socket.create_server(("127.0.0.1", 0)) as first,
+        socket.create_server(("127.0.0.1", 0)) as second,
+    ):
+        adopted = adopt_in_child("2", first, second)
+        assert isinstance(adopted, list)
+        assert [(entry["fileno"], entry["address"]) for entry in adopted] == [
+            (LISTEN_FDS_START, list(first.getsockname())),
+            (LISTEN_FDS_START + 1, list(second.getsockname())),
+        ]
+
+
+def test_a_listen_fds_descriptor_that_is_not_a_socket_is_a_startup_error() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        adopted = adopt_in_child("2", listener)  # fd 4 is /dev/null
+    assert isinstance(adopted, dict)
+    assert "socket activation: fd 4 of LISTEN_FDS=2 is not a socket" in adopted["error"]
 
 
 # -- socket activation, end to end -------------------------------------------------------
@@ -595,3 +626,60 @@ def test_notify_failed_restart_is_ready_again(
     assert (reloading.pid, ready.pid, stopping.pid) == (old, old, old)
     assert ready.get("MAINPID") is None
     assert "reload failed" in (ready.get("STATUS") or "")
+
+
+# What systemd does for a unit with two sockets (dash redirects only fds 0-9: Python here).
+ACTIVATE_TWO = """
+import os, sys
+first, second = int(sys.argv[1]), int(sys.argv[2])
+os.dup2(first, 3)
+os.dup2(second, 4)
+os.close(first)
+os.close(second)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="2")
+os.execv(sys.argv[3], sys.argv[3:])
+"""
+
+
+def test_socket_activation_with_two_sockets_serves_on_both(
+    start_server: StartServer, short_dir: Path
+) -> None:
+    """A socket unit with two ``ListenStream=`` (TCP and a Unix socket): ``LISTEN_FDS=2``,
+    one server on both; a graceful restart hands both over; neither is shut or removed."""
+    tcp = socket.create_server(("127.0.0.1", 0))
+    path = short_dir / "second.sock"
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unix.bind(str(path))
+    unix.listen()
+    with contextlib.closing(tcp), contextlib.closing(unix):
+        port = tcp.getsockname()[1]
+        first, second = tcp.fileno(), unix.fileno()
+        assert min(first, second) > 4, "ACTIVATE_TWO moves them to 3 and 4"
+        server = start_server(
+            ["--grace", "5"],
+            prefix=[sys.executable, "-c", ACTIVATE_TWO, str(first), str(second)],
+            pass_fds=(first, second),
+        )
+        assert server.wait_ready() == ("127.0.0.1", port)
+        server.wait_for_line(rf"listening on unix:{re.escape(str(path))} ")
+        assert get(("127.0.0.1", port), "/")[0] == 200
+        assert unix_get(path) == (200, "hello from graceserve\n")
+
+        server.send(signal.SIGHUP)
+        new = int(server.wait_for_line(r"started worker pid (\d+)")[1])
+        server.wait_for_line(r"this process stopped accepting: draining its \d+ connections")
+        assert get(("127.0.0.1", port), "/")[0] == 200
+        assert unix_get(path) == (200, "hello from graceserve\n")
+        server.send(signal.SIGTERM)
+        assert first_exit(server) == 0
+        wait_gone(new)
+        assert path.is_socket(), f"{path} removed by graceserve, which did not create it"
+        # Both are still in service for systemd: a new client waits in each queue.
+        for listener, address in ((tcp, ("127.0.0.1", port)), (unix, str(path))):
+            family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as client:
+                client.settimeout(IO_TIMEOUT)
+                client.connect(address)
+                listener.settimeout(IO_TIMEOUT)
+                accepted, _ = listener.accept()
+                accepted.close()

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import http.client
 import re
+import socket
 import ssl
 import threading
 import time
@@ -81,7 +82,8 @@ class Client:
 
 class Load:
     """``clients`` keep-alive clients sending ``GET path`` until ``stop()``, or until a
-    connect is refused after ``stopping`` was set.  HTTPS with ``tls``.
+    connect is refused after ``stopping`` was set.  HTTPS with ``tls``; ``address``
+    a string: a Unix socket's path (plain HTTP).
 
     An answer whose body says ``pid N`` (the worker tests' app, the contract app's JSON)
     adds N to ``pids``.
@@ -89,7 +91,7 @@ class Load:
 
     def __init__(
         self,
-        address: tuple[str, int],
+        address: tuple[str, int] | str,
         clients: int,
         *,
         path: str = "/",
@@ -113,6 +115,8 @@ class Load:
             thread.start()
 
     def _connection(self) -> http.client.HTTPConnection:
+        if isinstance(self.address, str):
+            return _UnixHTTPConnection(self.address)
         host, port = self.address
         if self.tls is not None:
             return http.client.HTTPSConnection(host, port, timeout=IO_TIMEOUT, context=self.tls)
@@ -131,7 +135,9 @@ class Load:
                 except OSError as exc:
                     conn.close()
                     conn = None
-                    if self.stopping.is_set() and isinstance(exc, ConnectionRefusedError):
+                    # A Unix socket's file may be gone too once its server stopped.
+                    refused = (ConnectionRefusedError, FileNotFoundError)
+                    if self.stopping.is_set() and isinstance(exc, refused):
                         client.refused += 1
                         return
                     client.failed("connect", repr(exc))
@@ -206,3 +212,21 @@ class Load:
     def pids(self) -> set[int]:
         """The pids the answers named."""
         return {pid for client in self.clients for pid in client.pids}
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """``http.client`` over a Unix socket (``Host: localhost``)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=IO_TIMEOUT)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock

@@ -242,6 +242,7 @@ class ServerProcess(ChildProcess):
         cwd: str | os.PathLike[str] | None = None,
         prefix: Sequence[str] | None = None,
         stdout: int | None = subprocess.DEVNULL,
+        pass_fds: Sequence[int] = (),
     ) -> None:
         command = [*(prefix or []), sys.executable, "-m", "graceserve", *args]
-        super().__init__(command, env=child_env(env), cwd=cwd, stdout=stdout)
+        super().__init__(command, env=child_env(env), cwd=cwd, stdout=stdout, pass_fds=pass_fds)

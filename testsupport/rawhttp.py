@@ -29,6 +29,7 @@ __all__ = [
     "RESET",
     "Connection",
     "Reply",
+    "connect",
     "get",
     "get_request",
     "http_get",
@@ -62,11 +63,30 @@ def read_response(sock: socket.socket) -> Response:
         response.close()
 
 
+def connect(address: tuple[str, int] | str, timeout: float = IO_TIMEOUT) -> socket.socket:
+    """A connection to ``(host, port)``, or to a Unix socket's path (a string)."""
+    if not isinstance(address, str):
+        return socket.create_connection(address, timeout=timeout)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def open_request(
-    address: tuple[str, int], path: str = "/", *, close: bool = False, timeout: float = IO_TIMEOUT
+    address: tuple[str, int] | str,
+    path: str = "/",
+    *,
+    close: bool = False,
+    timeout: float = IO_TIMEOUT,
 ) -> socket.socket:
-    """Connect and send ``GET path``; the request is then in flight (or queued) at the server."""
-    sock = socket.create_connection(address, timeout=timeout)
+    """Connect (TCP, or a Unix socket's path) and send ``GET path``; the request is then
+    in flight (or queued) at the server."""
+    sock = connect(address, timeout=timeout)
     try:
         sock.sendall(get_request(path, close=close))
     except BaseException:
@@ -76,7 +96,11 @@ def open_request(
 
 
 def get(
-    address: tuple[str, int], path: str = "/", *, close: bool = False, timeout: float = IO_TIMEOUT
+    address: tuple[str, int] | str,
+    path: str = "/",
+    *,
+    close: bool = False,
+    timeout: float = IO_TIMEOUT,
 ) -> Response:
     """One ``GET path`` on a fresh connection: status, lower-cased headers, body."""
     with contextlib.closing(open_request(address, path, close=close, timeout=timeout)) as sock:

@@ -16,8 +16,17 @@ clients retry and are refused once the listener is closed), then the queue is
 swept until EAGAIN, then the listener is shut for every process holding a
 copy, then closed.
 
+A server may listen on several sockets (``add_listener``: ``--bind`` given
+again, TCP and Unix together, or several sockets from systemd): one loop
+selects over all of them, so they share one connection registry, one cap and
+one drain.  ``self.socket`` (and ``server_address``) stay the first one's, as
+socketserver has them; ``listeners`` and ``server_addresses`` list them all.
+At the drain every listener gets the filter before any is swept, then each is
+swept, shut and closed.
+
 Threading contract: ``serve_forever`` runs in one thread; ``shutdown`` and
-``close_listener`` may be called from any other thread (the drain).
+``close_listener`` may be called from any other thread (the drain);
+``add_listener`` before ``serve_forever``.
 """
 
 from __future__ import annotations
@@ -91,6 +100,9 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
         self._accept_failing = False
         self._accept_capped = False
         self._next_reclaim = 0.0  # at the cap: no reclaim_idle before this instant
+        # The listeners after self.socket, and their addresses (add_listener).
+        self._more_listeners: list[socket.socket] = []
+        self._more_addresses: list[_Address] = []
         super().__init__(server_address, RequestHandlerClass, bind_and_activate)
 
     # -- the loop -----------------------------------------------------------
@@ -107,7 +119,8 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
                 return
             # Non-blocking accepts: a listener shared with another process (a graceful
             # restart) can be readable here and emptied there before we accept.
-            self.socket.setblocking(False)
+            for listener in self.listeners:
+                listener.setblocking(False)
             self._is_shut_down.clear()
             self._serving_thread = threading.get_ident()
         try:
@@ -122,10 +135,12 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
                     # client never makes the loop spin or scan the registry in a loop.
                     reclaim = self._accept_capped and now >= self._next_reclaim
                     watch = not paused or reclaim
-                    if listening and not watch:
-                        selector.unregister(self)
-                    elif not listening and watch:
-                        selector.register(self, selectors.EVENT_READ)
+                    if listening != watch:
+                        for listener in self.listeners:
+                            if watch:
+                                selector.register(listener, selectors.EVENT_READ, listener)
+                            else:
+                                selector.unregister(listener)
                     listening = watch
                     timeout = poll_interval
                     if paused and not self._accept_capped:
@@ -139,9 +154,9 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
                         if key.fileobj is self._wakeup_r:
                             drain_socket(self._wakeup_r)
                         elif paused:  # at the cap, and a client is queued
-                            self._make_room()
+                            self._make_room(key.data)
                         else:
-                            self._handle_request_noblock()
+                            self._handle_request_noblock(key.data)
                     self.service_actions()
                     self.hooks.loop_turn()  # next to service_actions (the reaper), not instead
         finally:
@@ -179,7 +194,7 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
             self._accept_capped = cap is not None and self._registry.count >= cap
         return self._accept_capped or time.monotonic() < self._accept_paused_until
 
-    def _make_room(self) -> None:
+    def _make_room(self, listener: socket.socket) -> None:
         """At the cap with clients queued: ask ``reclaim_idle`` to close idle connections.
 
         Each one it closes wakes the loop as it ends (a slot is free), and the
@@ -188,7 +203,7 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
         if not self._accept_paused():  # a slot freed meanwhile: the loop accepts next
             return
         self._next_reclaim = time.monotonic() + RECLAIM_INTERVAL
-        queued = _accept_queue_length(self.socket) or 1
+        queued = _accept_queue_length(listener) or 1
         try:
             self.reclaim_idle(queued)
         except Exception:
@@ -210,10 +225,56 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
         with contextlib.suppress(OSError):
             self._wakeup_w.send(b"\0")
 
-    def _handle_request_noblock(self) -> None:
+    # -- the listeners --------------------------------------------------------
+
+    def add_listener(self, sock: socket.socket) -> None:
+        """Accept on ``sock`` too: a bound stream socket (TCP or Unix), put in
+        listening state here with ``request_queue_size``.
+
+        The server owns it from here on (the drain closes it).  Connections from
+        every listener share the registry, the connection cap and the drain.
+        Call before ``serve_forever`` (RuntimeError after, or once draining).
+        """
+        if self._serving_thread is not None or self._registry.draining:
+            raise RuntimeError("add_listener() must be called before serve_forever()")
+        sock.listen(self.request_queue_size)
+        self._more_listeners.append(sock)
+        self._more_addresses.append(sock.getsockname())
+
+    @property
+    def listeners(self) -> list[socket.socket]:
+        """Every listening socket, ``self.socket`` first.  A new list each time."""
+        return [self.socket, *self._more_listeners]
+
+    @property
+    def server_addresses(self) -> list[_Address]:
+        """The address of every listener, ``server_address`` first (a new list).
+
+        (host, port) for TCP (IPv6: socketserver's 4-tuple), a path for a Unix socket.
+        """
+        return [self.server_address, *self._more_addresses]
+
+    def get_request(self) -> tuple[socket.socket, _Address]:
+        """Accept a connection on ``self.socket`` (socketserver's hook): ``accept_from``.
+
+        Overriding it still works, for the first listener only; ``accept_from``
+        is the hook every listener goes through.
+        """
+        return self.accept_from(self.socket)
+
+    def accept_from(self, listener: socket.socket) -> tuple[socket.socket, _Address]:
+        """Accept one connection on ``listener`` (one of ``listeners``).  May be extended."""
+        return listener.accept()
+
+    def _accept(self, listener: socket.socket) -> tuple[socket.socket, _Address]:
+        if listener is self.socket:
+            return self.get_request()  # a subclass's override of the stdlib hook
+        return self.accept_from(listener)
+
+    def _handle_request_noblock(self, listener: socket.socket | None = None) -> None:
         """Accept one connection and hand it over.  Never raises for a client's sake."""
         try:
-            request, client_address = self.get_request()
+            request, client_address = self._accept(listener or self.socket)
         except OSError as exc:
             self._accept_failed(exc)
             return
@@ -269,34 +330,45 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
     # -- the listener's end -------------------------------------------------
 
     def close_listener(self, shared: bool = False) -> tuple[list[tuple[Any, _Address]], int]:
-        """Take the listener out of service; the connections swept from its queue, and
-        how many queued clients could not be accepted (reset by the close).
+        """Take every listener out of service; the connections swept from their
+        queues, and how many queued clients could not be accepted (reset by the close).
 
         Call after the accept loop has stopped.  With ``shared`` (another
-        process serves on, or will serve on, the same listening socket: the
+        process serves on, or will serve on, the same listening sockets: the
         worker a reload started, or systemd, which keeps an activated
-        socket to start the service again) only our copy is closed: no filter,
+        socket to start the service again) only our copies are closed: no filter,
         no sweep, no ``shutdown``, since all of those act on the socket every
-        holder shares.
+        holder shares.  Otherwise every listener gets the filter first, so none
+        completes a handshake while another is swept.
         """
-        listener = self.socket
+        listeners = self.listeners
         if shared:
-            listener.close()
+            for listener in listeners:
+                listener.close()
             return [], 0
-        filtered = attach_drop_all_filter(listener)
-        swept, lost = self._sweep_backlog(until_empty=filtered)
+        filtered = [attach_drop_all_filter(listener) for listener in listeners]
+        swept: list[tuple[Any, _Address]] = []
+        lost = 0
+        for listener, until_empty in zip(listeners, filtered, strict=True):
+            taken, left = self._sweep_backlog(listener, until_empty)
+            swept += taken
+            lost += left
         if lost:
             log.error(
                 "%d queued clients will be reset: out of file descriptors to accept them", lost
             )
-        # Out of service for every process holding a copy (a handler that forked).
-        with contextlib.suppress(OSError):
-            listener.shutdown(socket.SHUT_RDWR)
-        listener.close()
+        for listener in listeners:
+            # Out of service for every process holding a copy (a handler that forked).
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
         return swept, lost
 
-    def _sweep_backlog(self, until_empty: bool) -> tuple[list[tuple[Any, _Address]], int]:
-        """Accept, without blocking, what the kernel already queued; and count what is left.
+    def _sweep_backlog(
+        self, listener: socket.socket, until_empty: bool
+    ) -> tuple[list[tuple[Any, _Address]], int]:
+        """Accept, without blocking, what the kernel already queued on ``listener``;
+        and count what is left.
 
         ``until_empty``: no new handshake can complete (the filter is on), so
         sweep until EAGAIN.  Otherwise today's bound: the accept queue's length
@@ -304,10 +376,10 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
         does not say, since under a storm of new connects the queue never empties.
         """
         try:
-            self.socket.setblocking(False)
+            listener.setblocking(False)
         except OSError:  # the listener is already closed
             return [], 0
-        queued = None if until_empty else _accept_queue_length(self.socket)
+        queued = None if until_empty else _accept_queue_length(listener)
         limit = queued if queued is not None else 4 * max(self.request_queue_size, 1024)
         give_up = time.monotonic() + 0.005
         swept: list[tuple[Any, _Address]] = []
@@ -316,18 +388,24 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
             until_empty or queued is not None or time.monotonic() < give_up
         ):
             try:
-                request, client_address = self.get_request()
+                request, client_address = self._accept(listener)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
                 if exc.errno == errno.ECONNABORTED:
                     continue
                 if exc.errno in _ACCEPT_LIMIT_ERRNOS:
-                    lost = _queued_left(self.socket)
+                    lost = _queued_left(listener)
                 break
             request.setblocking(True)
             swept.append((request, client_address))
         return swept, lost
+
+    def server_close(self) -> None:
+        """Close every listener (socketserver closes ``self.socket``).  Idempotent."""
+        super().server_close()
+        for listener in self._more_listeners:
+            listener.close()
 
 
 def attach_drop_all_filter(listener: socket.socket) -> bool:

@@ -79,6 +79,11 @@ class GracefulTCPServer(AcceptingServer):
                                         the deadline
     - from_socket(sock, handler, options=None)
                                         serve an already bound socket
+    - add_listener(sock)                accept on another bound socket too
+                                        (before serve_forever); ``listeners``
+                                        and ``server_addresses`` list them all,
+                                        ``socket``/``server_address`` stay the
+                                        first's
     - install_hooks(hooks)              a runner's heartbeat and request
                                         counting (graceserve.core.serverhooks),
                                         before serve_forever
@@ -90,7 +95,8 @@ class GracefulTCPServer(AcceptingServer):
                                         sends, or until the drain starts
 
     Methods that may be overridden (as in socketserver): server_bind,
-    server_activate, get_request, verify_request, process_request,
+    server_activate, get_request (the first listener's accept), accept_from
+    (every listener's), verify_request, process_request,
     finish_request, handle_error, shutdown_request, close_request,
     service_actions; and ``service_drain`` (called while waiting for zero).
 

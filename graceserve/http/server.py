@@ -218,9 +218,9 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
             body=self.max_body_size,
         )
 
-    def get_request(self) -> tuple[socket.socket, Any]:
-        """Accept a connection, with ``TCP_NODELAY`` and the write bound set."""
-        request, client_address = self.socket.accept()
+    def accept_from(self, listener: socket.socket) -> tuple[socket.socket, Any]:
+        """Accept a connection on ``listener``, with ``TCP_NODELAY`` and the write bound set."""
+        request, client_address = listener.accept()
         if self.idle_timeout:
             # A send blocked this long without progress fails with EAGAIN
             # (BlockingIOError): the thread of a client that stopped reading is freed.
@@ -228,7 +228,7 @@ class GracefulHTTPServer(GracefulTCPServer, http.server.ThreadingHTTPServer):
             bound = struct.pack("ll", int(seconds), int(fraction * 1_000_000))
             with contextlib.suppress(OSError):
                 request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, bound)
-        if self.address_family == socket.AF_UNIX:
+        if listener.family == socket.AF_UNIX:
             return request, ("unix", 0)  # http.server logs client_address[0]
         if self.tcp_nodelay:
             with contextlib.suppress(OSError):

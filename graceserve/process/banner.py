@@ -11,6 +11,8 @@ contains ``listening on``, so no reader mistakes one for the other::
         at 127.0.0.1:8000, 1 worker (pid 4242)
     graceserve 0.1.0 (Python 3.11.7): serving hello:app
         at 0.0.0.0:8000, 4 workers (supervisor pid 4242)
+    graceserve 0.1.0 (Python 3.11.7): serving hello:app
+        at 127.0.0.1:8000 and unix:/run/app.sock, 1 worker (pid 4242)
 
 (each one line)
 
@@ -81,9 +83,14 @@ def banner_line(
     pid = f"supervisor pid {os.getpid()}" if supervisor else f"pid {os.getpid()}"
     return (
         f"graceserve {__version__} (Python {platform.python_version()}): serving {what} "
-        f"at {format_address(server.server_address)}, "
-        f"{count_of(settings.workers, 'worker')} ({pid})"
+        f"at {_addresses(server)}, {count_of(settings.workers, 'worker')} ({pid})"
     )
+
+
+def _addresses(server: GracefulTCPServer) -> str:
+    """``A``, ``A and B``, ``A, B and C``: every address the server listens on."""
+    *most, last = [format_address(address) for address in server.server_addresses]
+    return f"{', '.join(most)} and {last}" if most else last
 
 
 def log_banner(
@@ -97,5 +104,6 @@ def log_banner(
         "%s", banner_line(settings, server, loaded, supervisor),
         extra={"event": "banner", "version": __version__, "target": settings.target,
                "address": format_address(server.server_address),
+               "addresses": [format_address(where) for where in server.server_addresses],
                "workers": settings.workers},
     )  # fmt: skip

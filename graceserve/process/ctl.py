@@ -383,6 +383,9 @@ def _describe(status: dict[str, Any]) -> str:
     last = status.get("last_reload")
     if isinstance(last, dict) and not last.get("ok"):
         words.append(f"last_reload=failed({last.get('reason')})")
+    addresses = status.get("addresses")  # older servers do not say
+    if isinstance(addresses, list) and addresses:
+        words.append("addresses=" + ",".join(str(address) for address in addresses))
     return " ".join(words)
 
 

@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import socketserver
+from collections.abc import Sequence
 
 from graceserve.core.server import GracefulTCPServer
 from graceserve.errors import StartupError
@@ -31,7 +32,7 @@ from graceserve.process.target import load_target
 from graceserve.settings import Settings
 from graceserve.wsgi.server import WSGIApplication
 
-__all__ = ["bind_then_drop", "check_pidfile_directory"]
+__all__ = ["bind_then_drop", "check_pidfile_directory", "give_unix_sockets"]
 
 log = logging.getLogger("graceserve")
 
@@ -40,7 +41,7 @@ def bind_then_drop(
     handler: type[socketserver.BaseRequestHandler] | WSGIApplication | str,
     settings: Settings,
     identity: Identity,
-    inherited: socket.socket | None,
+    inherited: Sequence[socket.socket],
     pidfile: PidFile | None,
 ) -> GracefulTCPServer:
     """The server for ``handler`` (imported now, if a target name), as ``identity``.
@@ -51,8 +52,8 @@ def bind_then_drop(
     holder = make_listener(settings, inherited)
     holder.block_on_close = False  # it only binds: nothing to drain
     try:
-        if inherited is None and holder.address_family == socket.AF_UNIX:
-            chown_for(identity, path=str(holder.server_address))
+        if not inherited:
+            give_unix_sockets(identity, holder)
         if pidfile is not None and pidfile.fileno is not None:
             chown_for(identity, fd=pidfile.fileno)
         drop(identity)
@@ -61,12 +62,12 @@ def bind_then_drop(
             ",".join(str(gid) for gid in os.getgroups()) or "none",
             extra={"event": "user", "uid": identity.uid, "gid": identity.gid},
         )  # fmt: skip
-        if inherited is None:
-            _warn_unix_directory(holder, identity)
+        if not inherited:
+            _warn_unix_directories(holder, identity)
         loaded = load_target(handler) if isinstance(handler, str) else handler
-        return make_server(loaded, settings, holder.socket.dup())
+        return make_server(loaded, settings, [listener.dup() for listener in holder.listeners])
     except BaseException:
-        if inherited is None:
+        if not inherited:
             remove_unix_socket(holder)
         raise
     finally:
@@ -86,13 +87,22 @@ def check_pidfile_directory(identity: Identity, pidfile: str) -> None:
         )
 
 
-def _warn_unix_directory(holder: GracefulTCPServer, identity: Identity) -> None:
+def give_unix_sockets(identity: Identity, holder: GracefulTCPServer) -> None:
+    """Give each ``unix:`` socket file ``holder`` listens on to ``identity`` (the user
+    removes it at exit, and its clients' permissions follow the file's owner)."""
+    for address in holder.server_addresses:
+        if isinstance(address, str) and address:
+            chown_for(identity, path=address)
+
+
+def _warn_unix_directories(holder: GracefulTCPServer, identity: Identity) -> None:
     """A unix socket's file is removed at exit by the user: say so if it cannot be."""
-    if holder.address_family != socket.AF_UNIX:
-        return
-    directory = os.path.dirname(str(holder.server_address))
-    if not os.access(directory, os.W_OK | os.X_OK):
-        log.warning(
-            "%s cannot write %s: the socket file will be left there at exit "
-            "(the next start replaces it)", identity.describe(), directory,
-        )  # fmt: skip
+    for address in holder.server_addresses:
+        if not isinstance(address, str) or not address:
+            continue
+        directory = os.path.dirname(address)
+        if not os.access(directory, os.W_OK | os.X_OK):
+            log.warning(
+                "%s cannot write %s: the socket file will be left there at exit "
+                "(the next start replaces it)", identity.describe(), directory,
+            )  # fmt: skip

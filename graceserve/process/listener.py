@@ -5,7 +5,12 @@ Why this module exists: binding is where most start-up failures happen
 Unix socket file), and each must become one clear line and exit code 3 with
 nothing left behind.  A Unix socket file is created under ``--umask`` (mode
 0600 by default), replaced only if nothing answers on it (a stale file from a
-killed run), and removed at exit only if it is still ours.
+killed run), and removed at exit only if it is still ours.  With several
+``--bind`` addresses one server listens on all of them
+(``AcceptingServer.add_listener``); they are bound in order, and if one fails
+those already bound are closed (their Unix socket files removed) before the
+error is raised.  An IPv6 listener is made IPv6-only when an IPv4 one is also
+given, so that ``-b 0.0.0.0:8000 -b [::]:8000`` works as it reads.
 
 It is also where a run's settings become a server's options
 (``server_options``): the server kinds own their options types, the settings
@@ -21,6 +26,7 @@ import os
 import socket
 import socketserver
 import stat
+from collections.abc import Sequence
 from typing import Any
 
 from graceserve.core.options import TCPOptions
@@ -43,6 +49,7 @@ __all__ = [
     "make_server",
     "remove_unix_socket",
     "server_options",
+    "unlink_socket_file",
 ]
 
 _NOT_HTTP = "--certfile, --access-log and --health-path are for HTTP handlers and WSGI apps"
@@ -89,16 +96,18 @@ def server_options(settings: Settings, server_class: type[GracefulTCPServer]) ->
 def make_server(
     handler_class: type[socketserver.BaseRequestHandler],
     settings: Settings,
-    inherited: socket.socket | None = None,
+    inherited: Sequence[socket.socket] = (),
 ) -> GracefulTCPServer:
-    """A bound, listening server for ``handler_class``; StartupError if impossible.
+    """A bound server listening on every address of ``settings.binds``; StartupError
+    if impossible (nothing is left listening then).
 
     ``handler_class`` may also be a WSGI application (served by GracefulWSGIServer).
 
-    With ``inherited`` (socket activation, or a graceful restart), serve on
-    that listening socket and ignore ``settings.bind``.  The server is built
-    with its options (``server_options``), which it puts in force before it
-    binds: an unusable certificate or access log is exit code 3 here.
+    With ``inherited`` listening sockets (socket activation, a graceful restart,
+    a supervisor's workers), serve on those, in order, and ignore
+    ``settings.binds``.  The server is built with its options
+    (``server_options``), which it puts in force before it binds: an unusable
+    certificate or access log is exit code 3 here.
     """
     wsgi = is_wsgi_app(handler_class)
     http = not wsgi and is_http_handler(handler_class)
@@ -108,9 +117,9 @@ def make_server(
     if not (http or wsgi) and (settings.certfile or settings.access_log or settings.health_path):
         raise StartupError(_NOT_HTTP)
     options = server_options(settings, server_class)
-    if inherited is not None:
+    if inherited:
         try:
-            return server_class.from_socket(inherited, handler_class, options)
+            server = server_class.from_socket(inherited[0], handler_class, options)
         except TLSSettingsError as exc:
             raise StartupError(str(exc)) from None
         except OSError as exc:
@@ -118,6 +127,36 @@ def make_server(
             raise StartupError(
                 f"cannot serve on the inherited socket: {exc.strerror or exc}"
             ) from None
+        try:
+            for sock in inherited[1:]:
+                server.add_listener(sock)
+        except OSError as exc:
+            server.block_on_close = False
+            server.server_close()
+            raise StartupError(
+                f"cannot serve on the inherited socket: {exc.strerror or exc}"
+            ) from None
+        return server
+    server = _bind_first(server_class, handler_class, settings, options)
+    try:
+        v6only = any(map(_is_ipv4, settings.binds))
+        for address in settings.extra_binds:
+            server.add_listener(_bind_socket(address, settings, server, v6only))
+    except BaseException:
+        server.block_on_close = False  # it never served: nothing to drain
+        server.server_close()
+        remove_unix_socket(server)
+        raise
+    return server
+
+
+def _bind_first(
+    server_class: type[GracefulTCPServer],
+    handler_class: type[socketserver.BaseRequestHandler],
+    settings: Settings,
+    options: TCPOptions,
+) -> GracefulTCPServer:
+    """The server, bound to ``settings.bind`` and listening."""
     address = settings.bind
     family: int
     sockaddr: Any
@@ -138,6 +177,8 @@ def make_server(
         ) from None
     old_umask = os.umask(settings.umask) if family == socket.AF_UNIX else None
     try:
+        if family == socket.AF_INET6 and any(map(_is_ipv4, settings.extra_binds)):
+            _v6only(server.socket)
         server.server_bind()
         server.server_activate()
         return server
@@ -153,6 +194,47 @@ def make_server(
             os.umask(old_umask)
 
 
+def _bind_socket(
+    address: Address, settings: Settings, server: GracefulTCPServer, v6only: bool
+) -> socket.socket:
+    """A socket bound to ``address`` and listening, made as the server makes its own
+    (``add_listener`` then adopts it); StartupError if impossible."""
+    family: int
+    sockaddr: Any
+    if isinstance(address, str):
+        _clear_stale_unix_socket(address)
+        family, sockaddr = socket.AF_UNIX, address
+    else:
+        family, sockaddr = _resolve(address)
+    where = format_address(sockaddr)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    old_umask = os.umask(settings.umask) if family == socket.AF_UNIX else None
+    try:
+        if family != socket.AF_UNIX and server.allow_reuse_address:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and v6only:
+            _v6only(sock)
+        sock.bind(sockaddr)
+        sock.listen(server.request_queue_size)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    finally:
+        if old_umask is not None:
+            os.umask(old_umask)
+    return sock
+
+
+def _is_ipv4(address: Address) -> bool:
+    return isinstance(address, tuple) and ":" not in address[0]
+
+
+def _v6only(sock: socket.socket) -> None:
+    """Make an IPv6 socket IPv6-only (an IPv4 listener is given too), not dual-stack."""
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+
+
 def _raise_if_access_log(exc: OSError, settings: Settings) -> None:
     """StartupError for an access log that cannot be opened (the OSError names its path)."""
     path = settings.access_log
@@ -160,7 +242,7 @@ def _raise_if_access_log(exc: OSError, settings: Settings) -> None:
         raise StartupError(f"--access-log {settings.access_log}: {exc.strerror or exc}") from None
 
 
-def make_listener(settings: Settings, inherited: socket.socket | None = None) -> GracefulTCPServer:
+def make_listener(settings: Settings, inherited: Sequence[socket.socket] = ()) -> GracefulTCPServer:
     """A bound, listening server that only holds the listener (a supervisor's: it never
     accepts); StartupError if impossible.
 
@@ -200,12 +282,24 @@ def check_http_options(settings: Settings, loaded: Any = None) -> None:
 
 
 def remove_unix_socket(server: GracefulTCPServer) -> None:
-    """Remove the server's Unix socket file, if it has one and it is still its own."""
-    if server.address_family != socket.AF_UNIX or not isinstance(server.server_address, str):
+    """Remove the server's Unix socket files (one per ``unix:`` listener), those that
+    are still sockets."""
+    for address in server.server_addresses:
+        unlink_socket_file(address)
+
+
+def unlink_socket_file(address: Any) -> None:
+    """Remove a Unix socket's file, if ``address`` is a path and the file still a socket.
+
+    At the start of a stop this is a Unix listener's drop-all filter: new
+    connects fail at once (no such file), while the clients already queued
+    stay acceptable for the sweep.  Never raises.
+    """
+    if not isinstance(address, str) or not address:
         return
     with contextlib.suppress(OSError):
-        if stat.S_ISSOCK(os.stat(server.server_address, follow_symlinks=False).st_mode):
-            os.unlink(server.server_address)
+        if stat.S_ISSOCK(os.stat(address, follow_symlinks=False).st_mode):
+            os.unlink(address)
 
 
 def _resolve(address: tuple[str, int]) -> tuple[int, Any]:

@@ -19,11 +19,12 @@ from typing import Any
 from graceserve.process import runstatus
 from graceserve.process.banner import log_banner
 from graceserve.process.control import ServerStatus
+from graceserve.process.dropping import give_unix_sockets
 from graceserve.process.listener import check_http_options, make_listener, remove_unix_socket
 from graceserve.process.metrics import MetricsBoard
 from graceserve.process.metricsserver import MetricsEndpoint, open_metrics
 from graceserve.process.pidfile import PidFile
-from graceserve.process.privileges import Identity, chown_for
+from graceserve.process.privileges import Identity
 from graceserve.process.signals import SignalRelay
 from graceserve.process.supervisor import Supervisor
 from graceserve.process.systemd import Notifier
@@ -39,7 +40,7 @@ def run_supervised(
     settings: Settings,
     relay: SignalRelay,
     notifier: Notifier,
-    inherited: socket.socket | None,
+    inherited: list[socket.socket],
     pidfile: PidFile | None = None,
     identity: Identity | None = None,
 ) -> int:
@@ -69,7 +70,7 @@ def _run(
     settings: Settings,
     relay: SignalRelay,
     notifier: Notifier,
-    inherited: socket.socket | None,
+    inherited: list[socket.socket],
     pidfile: PidFile | None,
     endpoint: MetricsEndpoint | None,
     identity: Identity | None,
@@ -78,15 +79,16 @@ def _run(
     holder.block_on_close = False  # it never served: nothing to drain
     try:
         if identity is not None:
-            if inherited is None and holder.address_family == socket.AF_UNIX:
-                chown_for(identity, path=str(holder.server_address))
+            if not inherited:
+                give_unix_sockets(identity, holder)
             log.info("workers run as %s; this supervisor stays root", identity.describe())
-        listener = holder.socket.dup()
+        listeners = [listener.dup() for listener in holder.listeners]
         log_banner(settings, holder, handler, supervisor=True)
         status = ServerStatus(
             workers=settings.workers, grace=settings.grace, drain_delay=settings.drain_delay,
             start_timeout=settings.start_timeout,
         )  # fmt: skip
+        status.update(addresses=runstatus.addresses(holder))
         control = runstatus.open_control(holder, pidfile, status)
         board = None
         if endpoint is not None:
@@ -94,14 +96,13 @@ def _run(
             endpoint.start(board.render)
         try:
             supervisor = Supervisor(
-                settings, listener, relay, notifier, inherited is not None, status,
-                metrics=board,
-            )  # fmt: skip
+                settings, listeners, relay, notifier, bool(inherited), status, metrics=board
+            )
             return supervisor.run()
         finally:
             if control is not None:
                 control.close()
     finally:
         holder.server_close()
-        if inherited is None:
+        if not inherited:
             remove_unix_socket(holder)

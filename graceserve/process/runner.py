@@ -44,6 +44,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import socketserver
 import threading
 from dataclasses import dataclass
@@ -70,7 +71,7 @@ from graceserve.process.readiness import listen_url, ready_line
 from graceserve.process.runnerhooks import RunnerHooks, name_of
 from graceserve.process.signals import SignalRelay
 from graceserve.process.supervisor import Supervisor
-from graceserve.process.systemd import Notifier, inherited_listener
+from graceserve.process.systemd import Notifier, inherited_listeners
 from graceserve.process.target import load_target
 from graceserve.process.worker import run_worker
 from graceserve.process.workerproc import LIMIT_VARIABLE, STANDBY_VARIABLE, WORKER_VARIABLE
@@ -86,7 +87,7 @@ _FORCING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 def serve(
     handler: type[socketserver.BaseRequestHandler] | WSGIApplication | str,
-    address: Address = DEFAULTS.bind,
+    address: Address | list[Address] = DEFAULTS.bind,
     *,
     grace: float = DEFAULTS.grace,
     pidfile: str | None = DEFAULTS.pidfile,
@@ -96,6 +97,9 @@ def serve(
     **wsgi_settings: Any,
 ) -> int:
     """Serve ``handler`` on ``address`` until a stop signal; return the exit code.
+
+    ``address`` is ``(host, port)``, a Unix socket's path, or a list of those: one
+    server listens on all of them (one registry, one drain).
 
     ``handler`` is a request handler class, a WSGI application, or a
     ``module:Handler`` / ``module:app`` / ``module:factory()`` target,
@@ -116,8 +120,12 @@ def serve(
     ``access_log_format``, ``forwarded_allow_ips`` (``log_format`` is the
     caller's: ``graceserve.logformat.configure_logging``).
     """
+    addresses = address if isinstance(address, list) else [address]
+    if not addresses:
+        raise ValueError("serve() needs at least one address")
     settings = DEFAULTS.but(
-        bind=address,
+        bind=addresses[0],
+        extra_binds=tuple(addresses[1:]),
         grace=grace,
         pidfile=pidfile,
         max_connections=max_connections,
@@ -164,7 +172,7 @@ def run(
         if pid is not None:
             pid.acquire()
         try:
-            inherited = inherited_listener()
+            inherited = inherited_listeners()
             if supervised:
                 return run_supervised(
                     handler_class, settings, relay, notifier, inherited, pid, identity
@@ -194,7 +202,7 @@ def _run_alone(
     settings: Settings,
     relay: SignalRelay,
     notifier: Notifier,
-    inherited: Any,
+    inherited: list[socket.socket],
     pid: PidFile | None,
     endpoint: MetricsEndpoint | None,
     identity: Identity | None,
@@ -210,7 +218,7 @@ def _run_alone(
         server = make_server(handler_class, settings, inherited)
     # With socket activation systemd holds the listener (and a unix socket's
     # file) after us: never filter, shut or remove what is also systemd's.
-    shared = inherited is not None
+    shared = bool(inherited)
     controller = _Controller(server, relay, notifier, pid, shared, settings)
     status = controller.status = runstatus.make_status(server, settings)
     if endpoint is not None:
@@ -312,7 +320,8 @@ class _Controller:
         """
         settings = self.settings
         supervisor = Supervisor(
-            settings.but(workers=1, worker_timeout=None), self.server.socket.dup(), self.relay,
+            settings.but(workers=1, worker_timeout=None),
+            [listener.dup() for listener in self.server.listeners], self.relay,
             self.notifier, self.shared_listener, self.status, inbox=self.inbox,
             inprocess=member, stop_alone=self._stop_alone, metrics=self.metrics,
         )  # fmt: skip
@@ -352,14 +361,15 @@ class _Controller:
     def _report_ready(self, grace: float) -> None:
         server = self.server
         scheme = server.url_scheme if isinstance(server, GracefulHTTPServer) else "tcp"
-        where = listen_url(scheme, format_address(server.server_address))
+        urls = [listen_url(scheme, format_address(where)) for where in server.server_addresses]
         self.status.update(state="serving")  # first: whoever reads the line may ask
-        log_banner(self.settings, server)  # version, target, address, workers: one line
-        self.notifier.send("READY=1", f"STATUS=listening on {where}")
-        log.info(
-            "%s", ready_line(where, scheme, os.getpid(), grace),
-            extra={"event": "ready", "url": where, "protocol": scheme, "grace": grace},
-        )  # fmt: skip
+        log_banner(self.settings, server)  # version, target, addresses, workers: one line
+        self.notifier.send("READY=1", f"STATUS=listening on {', '.join(urls)}")
+        for where in urls:  # one readiness line per listener, the first --bind's first
+            log.info(
+                "%s", ready_line(where, scheme, os.getpid(), grace),
+                extra={"event": "ready", "url": where, "protocol": scheme, "grace": grace},
+            )  # fmt: skip
 
     def _lame_duck(self, delay: float) -> None:
         """Keep serving for ``delay`` seconds while health checks fail; a new signal ends
@@ -386,6 +396,10 @@ class _Controller:
     def _drain(self, grace: float) -> DrainReport:
         self.notifier.send("STOPPING=1")
         self.status.update(state="draining")
+        if not self.shared_listener:
+            # A Unix listener has no drop-all filter: removing its file now refuses new
+            # connects (no such file) while the sweep still takes what is queued.
+            remove_unix_socket(self.server)
         force = self.stop.forced_by or (signal.SIGQUIT if self.stop.signum == signal.SIGQUIT else 0)
         report, forced_by = run_drain(
             self.server, grace, RunnerHooks(self, grace), force=force,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from graceserve.core.connection import format_address
 from graceserve.core.drain import DrainReport
 from graceserve.errors import StartupError
 from graceserve.process.control import ControlServer, ServerStatus, control_path
@@ -22,17 +23,25 @@ if TYPE_CHECKING:
     from graceserve.core.server import GracefulTCPServer
     from graceserve.process.pidfile import PidFile
 
-__all__ = ["make_status", "open_control", "summary"]
+__all__ = ["addresses", "make_status", "open_control", "summary"]
 
 log = logging.getLogger("graceserve")
 
 
 def make_status(server: GracefulTCPServer, settings: Settings) -> ServerStatus:
     """The status of a single-process run, generation 1."""
-    return ServerStatus(
+    status = ServerStatus(
         lambda: server.active_connections,
         grace=settings.grace, drain_delay=settings.drain_delay,
     )  # fmt: skip
+    status.update(addresses=addresses(server))
+    return status
+
+
+def addresses(server: GracefulTCPServer) -> list[str]:
+    """Every address ``server`` listens on, as ``--bind`` takes it (``127.0.0.1:8000``,
+    ``[::1]:8000``, ``unix:/run/app.sock``): the status's ``addresses``."""
+    return [format_address(address) for address in server.server_addresses]
 
 
 def open_control(

@@ -17,7 +17,9 @@ ends), ``last_reload`` and ``recent_reloads`` (the last attempt's outcome, and t
 last 16 of them: ``{"number", "generation", "ok", "reason"}``), ``reload_failures``
 (attempts that failed, all of them), ``worker_restarts`` (worker processes replaced
 outside a reload: died, killed by ``--worker-timeout``, recycled), ``start_timeout``,
-``grace``, ``drain_delay``, and once stopped ``exit_code`` and ``summary``.
+``grace``, ``drain_delay``, ``addresses`` (every listening address, as ``--bind``
+takes it: ``127.0.0.1:8000``, ``[::1]:8000``, ``unix:/run/app.sock``), and once
+stopped ``exit_code`` and ``summary``.
 
 ``graceserve ctl graceful`` reads ``reloads_started`` before it sends its HUP and
 waits for the outcome of the next attempt by number: that attempt began after the
@@ -60,7 +62,7 @@ class ServerStatus:
             "reload": None, "reload_pending": False, "last_reload": None, "recent_reloads": [],
             "reload_failures": 0, "worker_restarts": 0,
             "start_timeout": start_timeout, "grace": grace, "drain_delay": drain_delay,
-            "exit_code": None, "summary": None,
+            "exit_code": None, "summary": None, "addresses": [],
         }  # fmt: skip
 
     def count_with(self, connections: Callable[[], int]) -> None:

@@ -17,8 +17,9 @@ Signals are taken in order from one queue (``inbox``), one at a time, so that
 a one-process stop (``stop_alone``) finds the rest of its batch still there.
 
 The stop across processes, in order (``Machine``'s stop half): the lame duck
-reaches every member at once; then the drop-all filter goes on the listener
-and one deadline is set from the signal; every member but one (the sweeper)
+reaches every member at once; then the drop-all filter goes on the listeners
+(a Unix listener's file is removed instead: new connects fail, what is queued
+stays acceptable) and one deadline is set from the signal; every member but one (the sweeper)
 stops accepting and closes only its own copy (``STOP shared``); once they all
 have, the sweeper (``STOP sweep``) serves what the kernel queued and shuts the
 listener for everyone (``DESIGN.md``, "Workers: verified facts"); a member
@@ -46,6 +47,7 @@ from collections.abc import Callable
 from graceserve.core.accepting import attach_drop_all_filter
 from graceserve.process.control import ServerStatus
 from graceserve.process.inprocess import InProcessServer
+from graceserve.process.listener import unlink_socket_file
 from graceserve.process.machine import Config, Exit, Machine
 from graceserve.process.metrics import MetricsBoard
 from graceserve.process.orphans import OrphanReaper
@@ -62,12 +64,15 @@ TICK = 0.25  # seconds between the machine's clock events
 
 
 class Supervisor:
-    """Runs the members on ``listener`` until a stop; ``run()`` returns the exit code."""
+    """Runs the members on ``listeners`` until a stop; ``run()`` returns the exit code.
+
+    Every worker gets every listener; the stop filters, and then shuts, each of them.
+    """
 
     def __init__(
         self,
         settings: Settings,
-        listener: socket.socket,
+        listeners: list[socket.socket],
         relay: SignalRelay,
         notifier: Notifier,
         shared_listener: bool,
@@ -79,7 +84,7 @@ class Supervisor:
         metrics: MetricsBoard | None = None,
     ) -> None:
         self.settings = settings
-        self.listener = listener
+        self.listeners = listeners
         self.relay = relay
         self.notifier = notifier
         self.status = status
@@ -225,7 +230,8 @@ class Supervisor:
         if limit:
             limit += random.randint(0, self.settings.max_requests_jitter)
         try:
-            worker = WorkerProcess(self.listener.fileno(), generation, limit or None, spare)
+            fds = [listener.fileno() for listener in self.listeners]
+            worker = WorkerProcess(fds, generation, limit or None, spare)
         except OSError as exc:
             log.error("cannot start a worker: %s", exc)
             return None
@@ -257,11 +263,17 @@ class Supervisor:
         self._forget(member)
 
     def filter_listener(self) -> None:
-        attach_drop_all_filter(self.listener)
+        for listener in self.listeners:
+            if listener.family == socket.AF_UNIX:  # no filter: its file goes instead
+                with contextlib.suppress(OSError):
+                    unlink_socket_file(listener.getsockname())
+            else:
+                attach_drop_all_filter(listener)
 
     def shut_listener(self) -> None:
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)
+        for listener in self.listeners:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
 
     def notify(self, *fields: str) -> None:
         self.notifier.send(*fields)
@@ -284,4 +296,5 @@ class Supervisor:
         self.selector.close()
         self.wake_w.close()
         self.wake_r.close()
-        self.listener.close()
+        for listener in self.listeners:
+            listener.close()

@@ -7,8 +7,9 @@ to the new process this way).  Both protocols are a few environment variables
 and datagrams, so they are implemented here on the stdlib, and both are no-ops
 when the variables are absent.
 
-- Activation: ``LISTEN_PID`` equal to our pid and ``LISTEN_FDS`` >= 1 mean
-  file descriptor 3 is a listening socket for us.  The variables are removed
+- Activation: ``LISTEN_PID`` equal to our pid and ``LISTEN_FDS`` = N >= 1 mean
+  file descriptors 3 to 3+N-1 are listening sockets for us (a socket unit with
+  several ``ListenStream=``): one server listens on all of them.  The variables are removed
   once read, so children do not mistake it for theirs.
 - Notification: ``NOTIFY_SOCKET`` names a Unix datagram socket (``@`` for the
   abstract namespace); each message is ``KEY=VALUE`` lines.  Sending never
@@ -23,7 +24,9 @@ import os
 import socket
 from collections.abc import MutableMapping
 
-__all__ = ["LISTEN_FDS_START", "Notifier", "inherited_listener"]
+from graceserve.errors import StartupError
+
+__all__ = ["LISTEN_FDS_START", "Notifier", "inherited_listeners"]
 
 log = logging.getLogger("graceserve")
 
@@ -31,22 +34,31 @@ LISTEN_FDS_START = 3
 _ACTIVATION_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 
 
-def inherited_listener(environ: MutableMapping[str, str] = os.environ) -> socket.socket | None:
-    """The listening socket passed to us by socket activation, or None.
+def inherited_listeners(environ: MutableMapping[str, str] = os.environ) -> list[socket.socket]:
+    """The listening sockets passed to us by socket activation, in order; [] if none.
 
-    Consumes the activation variables.  Only the first of several sockets is
-    used (the others are left open, and a line is logged).
+    Consumes the activation variables.  StartupError if one of the descriptors
+    is not a socket (a unit that passes something else).
     """
     pid, count = environ.get("LISTEN_PID", ""), environ.get("LISTEN_FDS", "")
     for name in _ACTIVATION_VARIABLES:
         environ.pop(name, None)
     if pid != str(os.getpid()) or not count.isdigit() or int(count) < 1:
-        return None
-    if int(count) > 1:
-        log.warning("socket activation passed %s sockets; serving on the first only", count)
-    sock = socket.socket(fileno=LISTEN_FDS_START)
-    sock.set_inheritable(False)
-    return sock
+        return []
+    sockets: list[socket.socket] = []
+    for fd in range(LISTEN_FDS_START, LISTEN_FDS_START + int(count)):
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as exc:
+            for taken in sockets:
+                taken.detach()  # not closed: they are systemd's too
+            raise StartupError(
+                f"socket activation: fd {fd} of LISTEN_FDS={count} is not a socket "
+                f"({exc.strerror or exc})"
+            ) from None
+        sock.set_inheritable(False)
+        sockets.append(sock)
+    return sockets
 
 
 class Notifier:

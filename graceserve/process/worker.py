@@ -60,7 +60,7 @@ from graceserve.process.privileges import drop, resolve
 from graceserve.process.readiness import listen_url, ready_line
 from graceserve.process.signals import STOP_SIGNALS, WORKER_SIGNALS, SignalRelay
 from graceserve.process.target import load_target
-from graceserve.process.workerproc import CHANNEL_FD, LISTENER_FD
+from graceserve.process.workerproc import CHANNEL_FD, inherited_listener_fds
 from graceserve.settings import Settings
 
 __all__ = ["run_worker"]
@@ -84,8 +84,9 @@ def run_worker(
     recycled worker's replacement is then ready at once)."""
     channel = socket.socket(fileno=CHANNEL_FD)
     channel.set_inheritable(False)
-    listener = socket.socket(fileno=LISTENER_FD)
-    listener.set_inheritable(False)
+    listeners = [socket.socket(fileno=fd) for fd in inherited_listener_fds()]
+    for listener in listeners:
+        listener.set_inheritable(False)
     relay = SignalRelay()
     relay.install()
     for signum in (*STOP_SIGNALS, *WORKER_SIGNALS):  # the supervisor decides
@@ -98,7 +99,7 @@ def run_worker(
             if identity is not None:
                 drop(identity)  # before the app is imported; nothing if we are the user
             handler_class = load_target(handler) if isinstance(handler, str) else handler
-            server = make_server(handler_class, settings, listener)
+            server = make_server(handler_class, settings, listeners)
         except StartupError as exc:
             link.send("FAILED", str(exc))
             raise
@@ -239,12 +240,13 @@ class _Worker:
             target=server.serve_forever, args=(0.25,), name="graceserve-accept", daemon=True
         )
         scheme = server.url_scheme if isinstance(server, GracefulHTTPServer) else "tcp"
-        where = listen_url(scheme, format_address(server.server_address))
         grace = self.link.grace
-        log.info(
-            "%s", ready_line(where, scheme, os.getpid(), grace),
-            extra={"event": "ready", "url": where, "protocol": scheme, "grace": grace},
-        )  # fmt: skip
+        for address in server.server_addresses:  # one readiness line per listener
+            where = listen_url(scheme, format_address(address))
+            log.info(
+                "%s", ready_line(where, scheme, os.getpid(), grace),
+                extra={"event": "ready", "url": where, "protocol": scheme, "grace": grace},
+            )  # fmt: skip
         self.link.send("READY", scheme)  # before it accepts (see the module docstring)
         self.send_meters()
         accept_thread.start()

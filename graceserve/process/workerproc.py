@@ -8,7 +8,11 @@ inherited descriptors:
 
 - fd 3: the shared listening socket (every worker accepts from its queue);
 - fd 4: this worker's end of a private ``SOCK_SEQPACKET`` socketpair, the
-  channel.  Each message is one datagram of space-separated ASCII words.
+  channel.  Each message is one datagram of space-separated ASCII words;
+- fd 5 on: the further listening sockets (``--bind`` given again), as many as
+  ``GRACESERVE_WORKER_LISTENERS`` says in all (absent: 1).  The first two
+  numbers stay where they were, so a worker and a supervisor of different
+  versions (a HUP after an upgrade) still find the first listener and the channel.
 
 ``GRACESERVE_WORKER`` (the generation number) tells the new interpreter it is
 a worker, ``GRACESERVE_WORKER_MAX_REQUESTS`` its own ``--max-requests`` (jitter
@@ -44,22 +48,27 @@ from graceserve.core.metering import Meters
 __all__ = [
     "CHANNEL_FD",
     "LIMIT_VARIABLE",
+    "LISTENERS_VARIABLE",
     "LISTENER_FD",
+    "MORE_LISTENERS_FD",
     "STANDBY_VARIABLE",
     "WORKER_VARIABLE",
     "ChannelEnd",
     "WorkerProcess",
     "WorkerReport",
+    "inherited_listener_fds",
 ]
 
 WORKER_VARIABLE = "GRACESERVE_WORKER"
 LIMIT_VARIABLE = "GRACESERVE_WORKER_MAX_REQUESTS"
 STANDBY_VARIABLE = "GRACESERVE_WORKER_STANDBY"
+LISTENERS_VARIABLE = "GRACESERVE_WORKER_LISTENERS"
 LISTENER_FD = 3
 CHANNEL_FD = 4
+MORE_LISTENERS_FD = 5
 _CLEARED = (
     "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", WORKER_VARIABLE,
-    LIMIT_VARIABLE, STANDBY_VARIABLE,
+    LIMIT_VARIABLE, STANDBY_VARIABLE, LISTENERS_VARIABLE,
 )  # fmt: skip
 
 
@@ -188,7 +197,7 @@ class WorkerProcess(ChannelEnd):
 
     def __init__(
         self,
-        listener_fd: int,
+        listener_fds: list[int],
         generation: int,
         max_requests: int | None,
         standby: bool = False,
@@ -196,7 +205,7 @@ class WorkerProcess(ChannelEnd):
         super().__init__(generation)
         self.channel, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            self.pid = _spawn(listener_fd, child_end.fileno(), generation, max_requests, standby)
+            self.pid = _spawn(listener_fds, child_end.fileno(), generation, max_requests, standby)
         except BaseException:
             self.channel.close()
             raise
@@ -241,23 +250,34 @@ class WorkerProcess(ChannelEnd):
 
 
 def _spawn(
-    listener_fd: int, channel_fd: int, generation: int, max_requests: int | None, standby: bool
-) -> int:
-    """posix_spawn this interpreter with our argv; the listener on fd 3, the channel on 4."""
+    listener_fds: list[int], channel_fd: int, generation: int, max_requests: int | None,
+    standby: bool,
+) -> int:  # fmt: skip
+    """posix_spawn this interpreter with our argv; the first listener on fd 3, the
+    channel on 4, the further listeners from 5 on."""
     env = {key: value for key, value in os.environ.items() if key not in _CLEARED}
     env[WORKER_VARIABLE] = str(generation)
+    if len(listener_fds) > 1:
+        env[LISTENERS_VARIABLE] = str(len(listener_fds))
     if max_requests:
         env[LIMIT_VARIABLE] = str(max_requests)
     if standby:
         env[STANDBY_VARIABLE] = "1"
-    spare = max(listener_fd, channel_fd, CHANNEL_FD) + 1  # via spare numbers: no overwrite
+    first, *more = listener_fds
+    sources = [first, channel_fd, *more]
+    targets = [LISTENER_FD, CHANNEL_FD, *range(MORE_LISTENERS_FD, MORE_LISTENERS_FD + len(more))]
+    spare = max(*sources, *targets) + 1  # via spare numbers: no source is overwritten
     actions: list[tuple[int, int, int] | tuple[int, int]] = [
-        (os.POSIX_SPAWN_DUP2, listener_fd, spare),
-        (os.POSIX_SPAWN_DUP2, channel_fd, spare + 1),
-        (os.POSIX_SPAWN_DUP2, spare, LISTENER_FD),
-        (os.POSIX_SPAWN_DUP2, spare + 1, CHANNEL_FD),
-        (os.POSIX_SPAWN_CLOSE, spare),
-        (os.POSIX_SPAWN_CLOSE, spare + 1),
+        (os.POSIX_SPAWN_DUP2, source, spare + i) for i, source in enumerate(sources)
     ]
+    actions += [(os.POSIX_SPAWN_DUP2, spare + i, target) for i, target in enumerate(targets)]
+    actions += [(os.POSIX_SPAWN_CLOSE, spare + i) for i in range(len(sources))]
     argv = [sys.executable, *sys.orig_argv[1:]]
     return os.posix_spawn(sys.executable, argv, env, file_actions=actions)
+
+
+def inherited_listener_fds(environ: dict[str, str] | None = None) -> list[int]:
+    """A worker's listening descriptors, as ``_spawn`` placed them (consumes the variable)."""
+    count = (os.environ if environ is None else environ).pop(LISTENERS_VARIABLE, "1")
+    total = int(count) if count.isdigit() and int(count) >= 1 else 1
+    return [LISTENER_FD, *range(MORE_LISTENERS_FD, MORE_LISTENERS_FD + total - 1)]
