@@ -87,6 +87,7 @@ def test_iso_time_has_milliseconds_and_a_zone() -> None:
     assert abs(parse_time(local).timestamp() - now) < 0.002
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("fmt", "tz", "offset"),
     [("text", "UTC0", "+00:00"), ("text", "XYZ-3", "+03:00"), ("text", "ABC+5:30", "-05:30"),

@@ -158,6 +158,7 @@ def one_answer_then_eof(delay: float, tail: float | None) -> Load:
     return load
 
 
+@pytest.mark.slow
 def test_an_eof_after_a_late_request_is_the_tail_only_when_asked_for() -> None:
     late = one_answer_then_eof(delay=0.3, tail=0.2)
     assert (late.failures, len(late.tail_eofs)) == ([], 1), late.failures
@@ -208,6 +209,7 @@ def test_serve_tells_a_start_that_failed_from_a_hang() -> None:
     assert "access.log" in failed.value.output
 
 
+@pytest.mark.slow
 def test_serve_reload_and_gate() -> None:
     """A single process after one HUP (``ctl graceful``): served by a new pid, a request
     held at the gate until released."""

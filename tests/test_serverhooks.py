@@ -106,7 +106,11 @@ def address(server: GracefulTCPServer) -> tuple[str, int]:
     return str(host), int(port)
 
 
-@pytest.mark.parametrize("server_class", [QuickReapHTTP, QuickReapWSGI], ids=["handler", "wsgi"])
+@pytest.mark.parametrize(
+    "server_class",
+    [QuickReapHTTP, pytest.param(QuickReapWSGI, marks=pytest.mark.slow)],
+    ids=["handler", "wsgi"],
+)
 def test_requests_are_counted_and_the_reaper_still_closes_an_idle_connection(
     server_class: type[GracefulHTTPServer],
 ) -> None:

@@ -73,6 +73,7 @@ class Forks(http.server.BaseHTTPRequestHandler):
 # -- the grace is the whole budget ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_grace_1_exits_in_about_1_second_with_a_handler_that_ignores_the_cut(
     start_server: StartServer, tmp_path: Path
 ) -> None:
@@ -91,6 +92,7 @@ def test_grace_1_exits_in_about_1_second_with_a_handler_that_ignores_the_cut(
     assert_no_traceback(server)
 
 
+@pytest.mark.slow
 def test_a_late_forcing_signal_still_ends_within_the_grace(start_server: StartServer) -> None:
     server = start_ready(start_server, "--grace", "1")
     with contextlib.closing(in_flight(addr(server), "/slow?seconds=30")):
@@ -142,6 +144,7 @@ BACK_TO_BACK = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("signals", "code"),
     BACK_TO_BACK,
@@ -195,6 +198,7 @@ def test_hup_then_term_never_loses_the_term(start_server: StartServer) -> None:
 # -- signals after the drain never kill the process ------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "after", [signal.SIGUSR1, signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name
 )
@@ -217,6 +221,7 @@ def test_signals_after_the_drain_do_not_change_the_exit_code(
 # -- out of file descriptors ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_queued_clients_lost_for_want_of_descriptors_are_counted(
     start_server: StartServer,
 ) -> None:
@@ -264,6 +269,7 @@ def test_a_non_daemon_thread_left_by_the_app_does_not_hold_the_exit(
     assert_no_traceback(server)
 
 
+@pytest.mark.slow
 def test_a_forked_child_does_not_keep_the_listener_in_service(
     start_server: StartServer, tmp_path: Path
 ) -> None:
@@ -286,6 +292,7 @@ def test_a_forked_child_does_not_keep_the_listener_in_service(
 # -- a pidfile path that is not a regular file -----------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["dev-null", "fifo"])
 def test_pidfile_that_is_not_a_regular_file_exits_3_with_one_line(
     start_server: StartServer, tmp_path: Path, kind: str

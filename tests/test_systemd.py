@@ -314,6 +314,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("count", ["1", "2"])
 def test_inherited_listener_adopts_fd_3_of_its_own_process(count: str) -> None:
     """In a child whose fd 3 is our listener (passed as its stdin, moved by sh)."""
@@ -370,6 +371,7 @@ def test_socket_activation_serves_on_the_inherited_socket(start_server: StartSer
         socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT).close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("restarted", [False, True], ids=["first", "after-restart"])
 def test_socket_activation_leaves_the_listener_in_service_for_systemd(
     start_server: StartServer, restarted: bool
@@ -415,6 +417,7 @@ def test_socket_activation_leaves_the_listener_in_service_for_systemd(
                 assert client.recv(1) == b"x"
 
 
+@pytest.mark.slow
 def test_socket_activation_leaves_the_unix_socket_file_to_its_owner(
     start_server: StartServer, short_dir: Path
 ) -> None:
@@ -508,6 +511,7 @@ def test_notify_ready_then_stopping_with_the_remaining_count(
     assert [m for m in messages if m.has("READY=1")] == [ready]  # never ready again
 
 
+@pytest.mark.slow
 def test_notify_extends_the_timeout_only_while_the_drain_progresses(
     start_server: StartServer, supervisor: Supervisor, tmp_path: Path
 ) -> None:
@@ -542,6 +546,7 @@ def test_notify_extends_the_timeout_only_while_the_drain_progresses(
     assert [f for f in fields if f.startswith("EXTEND_TIMEOUT_USEC=")] == [fields[4]]
 
 
+@pytest.mark.slow
 def test_notify_reload_keeps_the_main_pid_and_only_it_speaks(
     start_server: StartServer, supervisor: Supervisor
 ) -> None:
@@ -575,6 +580,7 @@ def test_notify_reload_keeps_the_main_pid_and_only_it_speaks(
     assert "READY=1" not in from_stop
 
 
+@pytest.mark.slow
 def test_notify_failed_restart_is_ready_again(
     start_server: StartServer, supervisor: Supervisor, tmp_path: Path
 ) -> None:

@@ -86,6 +86,7 @@ def test_log_level_debug_shows_access_lines(start_server: StartServer, tmp_path:
     assert server.wait_exit() == 0
 
 
+@pytest.mark.slow
 def test_partial_of_a_handler_is_served_as_a_handler(
     start_server: StartServer, tmp_path: Path
 ) -> None:
@@ -98,6 +99,7 @@ def test_partial_of_a_handler_is_served_as_a_handler(
     assert server.wait_exit() == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("target", "body"),
     [
@@ -115,6 +117,7 @@ def test_factory_call_target(
     assert server.wait_exit() == 0
 
 
+@pytest.mark.slow
 def test_wsgi_flags_and_their_environment_variables(
     start_server: StartServer, tmp_path: Path
 ) -> None:
@@ -129,6 +132,7 @@ def test_wsgi_flags_and_their_environment_variables(
     assert server.wait_exit() == 0
 
 
+@pytest.mark.slow
 def test_sigterm_with_a_request_in_flight_finishes_it_with_close(
     start_server: StartServer, tmp_path: Path
 ) -> None:
@@ -145,6 +149,7 @@ def test_sigterm_with_a_request_in_flight_finishes_it_with_close(
     assert server.wait_exit() == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("target", "message"),
     [
@@ -169,6 +174,7 @@ def test_bad_wsgi_target_says_one_line_and_exits_3(  # and a failing factory's f
         assert len(lines) == 1, server.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -189,6 +195,7 @@ def test_bad_wsgi_flag_is_a_usage_error(
     assert re.search(message, server.output), server.output
 
 
+@pytest.mark.slow
 def test_library_serve_takes_a_wsgi_app(tmp_path: Path) -> None:
     (tmp_path / "wsgimod.py").write_text(textwrap.dedent(APP))
     script = (
