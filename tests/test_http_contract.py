@@ -443,7 +443,6 @@ def test_linger_learns_a_connections_rhythm(harness: Harness) -> None:
     assert report.idle_closed == 0
 
 
-@pytest.mark.slow
 def test_linger_of_a_silent_connection_is_bounded(harness: Harness) -> None:
     """However slow its rhythm, an idle connection is closed within ``drain_linger_max``."""
     server = harness.serve(server_class=ShortLingerMax)

@@ -278,7 +278,6 @@ def test_a_non_daemon_thread_left_by_the_app_does_not_hold_the_exit(
     assert_no_traceback(server)
 
 
-@pytest.mark.slow
 def test_a_forked_child_does_not_keep_the_listener_in_service(
     start_server: StartServer, tmp_path: Path
 ) -> None:
