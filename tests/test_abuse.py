@@ -671,6 +671,7 @@ def test_thousand_connections_leave_no_threads_fds_or_memory_behind() -> None:
 # -- pidfile safety ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dangling", [False, True], ids=["to-a-file", "dangling"])
 def test_pidfile_that_is_a_symlink_is_refused(
     start_server: StartServer, tmp_path: Path, dangling: bool

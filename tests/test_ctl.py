@@ -291,6 +291,7 @@ def test_graceful_of_a_draining_server_is_refused(
 # -- ctl interrupted (systemd: `systemctl stop` during `systemctl reload`) -----------------
 
 
+@pytest.mark.slow
 def test_graceful_interrupted_by_term_while_the_server_stops_exits_0(
     start_server: StartServer, tmp_path: Path
 ) -> None:

@@ -287,6 +287,7 @@ def test_a_factory_that_raises_shows_its_frames(start_server: StartServer, tmp_p
     assert '    return settings["missing"]' in lines
 
 
+@pytest.mark.slow
 def test_with_workers_each_failing_worker_shows_the_app_frames(
     start_server: StartServer, tmp_path: Path
 ) -> None:

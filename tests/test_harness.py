@@ -94,6 +94,7 @@ def test_a_close_delimited_body_and_bodiless_statuses() -> None:
         assert conn.read_reply().body == b""  # returns without waiting for the close
 
 
+@pytest.mark.slow
 def test_the_end_of_a_connection_is_told_apart() -> None:
     for then, expected in (("fin", EOF), ("rst", RESET), ("hold", OPEN)):
         with canned(b"", then) as address, Connection(address, timeout=TIMEOUT) as conn:

@@ -180,6 +180,7 @@ def test_two_stop_signals_one_after_the_other_force(
     assert_no_traceback(server)
 
 
+@pytest.mark.slow
 def test_hup_then_term_during_the_lame_duck_forces(start_server: StartServer) -> None:
     server = start_ready(start_server, "--grace", "30", "--drain-delay", "30")
     with contextlib.closing(in_flight(addr(server), "/slow?seconds=30")):

@@ -77,6 +77,7 @@ def test_wsgi_app_is_served_and_stops_cleanly(start_server: StartServer, tmp_pat
     assert "Traceback" not in server.output
 
 
+@pytest.mark.slow
 def test_log_level_debug_shows_access_lines(start_server: StartServer, tmp_path: Path) -> None:
     server = start(start_server, tmp_path, "wsgimod:app", "--log-level", "debug")
     assert server.address is not None
@@ -232,6 +233,7 @@ def test_library_serve_takes_a_wsgi_app(tmp_path: Path) -> None:
             proc.stderr.close()
 
 
+@pytest.mark.slow
 def test_keepalive_load_through_sigterm_breaks_no_request(
     start_server: StartServer, tmp_path: Path
 ) -> None:
