@@ -10,10 +10,11 @@ with a deadline), every socket with a timeout, every loop bounded, and only
 processes we started are signalled (by pid or process group).
 
 What runs: a bare ``pytest`` runs the fast suite, every test without a
-long-running marker (``LONG_MARKERS``), which a newcomer finishes in a few
-minutes on two cores.  ``pytest --all`` (or ``GRACESERVE_TESTS=all``) runs
-everything, as CI does; so does any run that picks its tests itself, with
-``-m`` or ``-k`` or by naming files or test ids.
+long-running marker (``LONG_MARKERS``), which a newcomer finishes in under two
+minutes on two cores (``slow``: a test that spends seconds waiting on real
+time; each capability keeps a quick test in the fast suite).  ``pytest --all``
+(or ``GRACESERVE_TESTS=all``) runs everything, as CI does; so does any run that
+picks its tests itself, with ``-m`` or ``-k`` or by naming files or test ids.
 """
 
 from __future__ import annotations

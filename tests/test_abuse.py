@@ -142,6 +142,7 @@ def readable_within(sock: socket.socket, seconds: float) -> bool:
 # -- --max-connections: held in the backlog, not refused, not reset ------------
 
 
+@pytest.mark.slow
 def test_max_connections_holds_clients_in_backlog_and_caps_threads(
     start_server: StartServer,
 ) -> None:
@@ -204,6 +205,7 @@ IDLE_ARGS = [*BIND_ANY_PORT, "--idle-timeout", f"{IDLE:g}"]
 REAP_SLACK = 2.5  # the reaper runs every 0.5 s at most; generous for a loaded machine
 
 
+@pytest.mark.slow
 def test_idle_timeout_closes_a_silent_client_and_frees_its_slot(
     start_server: StartServer,
 ) -> None:
@@ -228,6 +230,7 @@ def test_idle_timeout_closes_a_silent_client_and_frees_its_slot(
     stop_cleanly(server)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("head", "trickle"),
     [
@@ -264,6 +267,7 @@ def test_idle_timeout_closes_a_slowloris_that_keeps_trickling(
     stop_cleanly(server)
 
 
+@pytest.mark.slow
 def test_idle_timeout_spares_a_keep_alive_client_between_requests(
     start_server: StartServer,
 ) -> None:
@@ -493,6 +497,7 @@ ACCEPT_FAILED = "accept() failed"
 ACCEPTING_AGAIN = "accepting connections again"
 
 
+@pytest.mark.slow
 def test_out_of_file_descriptors_backs_off_logs_once_and_recovers(
     start_server: StartServer,
 ) -> None:
@@ -619,6 +624,7 @@ def _handler_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("graceserve-conn-")]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("enough_descriptors")
 def test_thousand_connections_leave_no_threads_fds_or_memory_behind() -> None:
     server = _HygieneServer((LOCALHOST, 0), DemoHandler)
@@ -665,6 +671,7 @@ def test_thousand_connections_leave_no_threads_fds_or_memory_behind() -> None:
 # -- pidfile safety ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dangling", [False, True], ids=["to-a-file", "dangling"])
 def test_pidfile_that_is_a_symlink_is_refused(
     start_server: StartServer, tmp_path: Path, dangling: bool

@@ -101,6 +101,7 @@ def test_changes_outside_the_app_are_ignored(tree: Path, calls: queue.Queue[list
     assert calls.empty()
 
 
+@pytest.mark.slow
 def test_a_save_in_several_steps_is_one_reload(tree: Path) -> None:
     got: queue.Queue[list[Path]] = queue.Queue()
     watcher = Watcher([tree], interval=0.02, settle=0.5, on_change=got.put)
@@ -176,6 +177,7 @@ class Requests(threading.Thread):
         self.join(WAIT)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_code_change_reloads_without_a_failed_request(tmp_path: Path, workers: str) -> None:
     touch(tmp_path / "app.py", APP.format(version="v1"), 1_000_000_000)

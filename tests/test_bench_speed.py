@@ -49,6 +49,7 @@ def test_rows_and_servers_are_parsed(speed: ModuleType) -> None:
     assert len(everything.peers) == len(speed.PEERS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "argv",
     [["--rows", "hello,bogus"], ["--rows", ","], ["--servers", "nginx"], ["--rounds", "0"]],
@@ -66,6 +67,7 @@ def test_bad_arguments_are_one_line_and_exit_2(argv: list[str]) -> None:
     assert done.stderr.strip().splitlines()[-1].startswith("speed.py: error: --")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
 def test_a_tiny_real_run_against_graceserve_alone(tmp_path: Path) -> None:
     argv = ["--tiny", "--servers", "graceserve 1", "--rows", "hello,idle", "--out", str(tmp_path)]

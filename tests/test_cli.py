@@ -112,6 +112,7 @@ def successors() -> Iterator[list[tuple[int, int]]]:
                 os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_hups_keep_the_main_pid_and_a_term_then_drains_like_a_first_stop(
     start_server: StartServer, successors: list[tuple[int, int]]
 ) -> None:
@@ -252,6 +253,7 @@ def test_usr1_dumps_even_at_log_level_error(start_server: StartServer) -> None:
     assert server.wait_exit() == 0
 
 
+@pytest.mark.slow
 def test_usr1_while_requests_come_and_go_keeps_the_server_alive(
     start_server: StartServer,
 ) -> None:
@@ -338,6 +340,7 @@ def test_grace_deadline_cuts_and_exits_4(start_server: StartServer) -> None:
     assert_no_traceback(server)
 
 
+@pytest.mark.slow
 def test_hup_during_drain_does_not_force(start_server: StartServer) -> None:
     server = start_ready(start_server, "--grace", "5")
     with contextlib.closing(in_flight(addr(server), "/slow?seconds=1")) as sock:
@@ -349,6 +352,7 @@ def test_hup_during_drain_does_not_force(start_server: StartServer) -> None:
     assert server.wait_exit() == 0
 
 
+@pytest.mark.slow
 def test_new_connections_are_refused_during_the_drain(start_server: StartServer) -> None:
     server = start_ready(start_server, "--grace", "5")
     with contextlib.closing(in_flight(addr(server), "/slow?seconds=0.5")) as sock:
@@ -381,6 +385,7 @@ def test_readiness_line_names_the_real_address_pid_and_grace(start_server: Start
     assert server.wait_exit() == 0
 
 
+@pytest.mark.slow
 def test_progress_line_every_second_during_a_long_drain(start_server: StartServer) -> None:
     # The drain lasts exactly the grace (the request would take 30 s): lines at 1 s (and 2 s).
     server = start_ready(start_server, "--grace", "2.5")
@@ -683,6 +688,7 @@ def test_stream_handler_is_served_over_tcp(start_server: StartServer, tmp_path: 
     assert_no_traceback(server)
 
 
+@pytest.mark.slow
 def test_stream_handler_idle_client_is_cut_at_the_deadline(
     start_server: StartServer, tmp_path: Path
 ) -> None:
@@ -796,6 +802,7 @@ GATE = """
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
 def test_stop_signal_during_start_up_is_recorded(
     start_server: StartServer, tmp_path: Path, signum: signal.Signals
@@ -820,6 +827,7 @@ def test_stop_signal_during_start_up_is_recorded(
     assert_no_traceback(server)
 
 
+@pytest.mark.slow
 def test_sigint_inherited_as_ignored_still_drains(start_server: StartServer) -> None:
     """A background job of a shell starts with INT ignored; graceserve installs it anyway."""
     server = start_server(
@@ -865,6 +873,7 @@ def pid_namespace_prefix() -> list[str]:
     return prefix
 
 
+@pytest.mark.slow
 def test_term_reaches_graceserve_running_as_pid_1(
     start_server: StartServer, pid_namespace_prefix: list[str]
 ) -> None:
@@ -885,6 +894,7 @@ def test_term_reaches_graceserve_running_as_pid_1(
     server.wait_for_line(SUMMARY.format(0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_hup_to_graceserve_as_pid_1_keeps_serving_under_load(
     start_server: StartServer, pid_namespace_prefix: list[str], workers: str
@@ -967,6 +977,7 @@ def read_readiness(fd: int, timeout: float = 15.0) -> tuple[str, int]:
             data += chunk
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("close_stdout", [False, True], ids=["stderr", "stdout+stderr"])
 def test_closed_stderr_pipe_does_not_change_the_exit_code(close_stdout: bool) -> None:
     stdout = subprocess.PIPE if close_stdout else subprocess.DEVNULL
@@ -983,6 +994,7 @@ def test_closed_stderr_pipe_does_not_change_the_exit_code(close_stdout: bool) ->
         assert proc.wait(20) == 0
 
 
+@pytest.mark.slow
 def test_slow_stderr_reader_does_not_break_the_drain() -> None:
     with spawned(["--bind", "127.0.0.1:0", "--grace", "5"]) as proc:
         assert proc.stderr is not None

@@ -48,6 +48,7 @@ def spec(compare: ModuleType, name: str) -> object:
 OUTCOMES = ("completed", "reset", "no response", "refused", "other")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", STDLIB_ONLY)
 def test_inflight_scenario_completes(compare: ModuleType, cfg: Any, name: str) -> None:
     row = compare.inflight_run(spec(compare, name), cfg)
@@ -56,6 +57,7 @@ def test_inflight_scenario_completes(compare: ModuleType, cfg: Any, name: str) -
     assert row["new conn"] != "-"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", STDLIB_ONLY)
 def test_idle_scenario_completes(compare: ModuleType, cfg: Any, name: str) -> None:
     row = compare.idle_run(spec(compare, name), cfg)
@@ -64,6 +66,7 @@ def test_idle_scenario_completes(compare: ModuleType, cfg: Any, name: str) -> No
     assert row["exit"] != "killed"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["graceserve", "stdlib (naive)"])
 def test_second_signal_scenario_completes(compare: ModuleType, cfg: Any, name: str) -> None:
     row = compare.second_run(spec(compare, name), cfg, signal.SIGINT)
@@ -71,6 +74,7 @@ def test_second_signal_scenario_completes(compare: ModuleType, cfg: Any, name: s
     assert row["exit"] != "killed"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("wrk") is None, reason=NO_WRK)
 def test_wrk_scenarios_complete(compare: ModuleType, cfg: Any) -> None:
     row = compare.wrk_run(spec(compare, "graceserve"), cfg, use_perf=False)
@@ -80,6 +84,7 @@ def test_wrk_scenarios_complete(compare: ModuleType, cfg: Any) -> None:
     assert all(len(runs) == cfg.tput_rounds and runs[0].requests > 0 for runs in results.values())
 
 
+@pytest.mark.slow
 def test_report_is_written(
     compare: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

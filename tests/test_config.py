@@ -127,6 +127,7 @@ def test_parse_bind_five_digit_ports_above_range(port: int) -> None:
         parse_bind(f"[::1]:{port}")
 
 
+@pytest.mark.slow
 @NO_DATABASE
 @given(text=st.text(max_size=40))
 def test_parse_bind_never_raises_anything_but_usage_error(text: str) -> None:

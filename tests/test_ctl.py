@@ -104,6 +104,7 @@ def test_status_of_a_stale_pidfile_exits_3(tmp_path: Path) -> None:
     assert "stale" in one_line(result)
 
 
+@pytest.mark.slow
 def test_locked_pidfile_without_control_socket_is_a_failure_not_a_guess(tmp_path: Path) -> None:
     pidfile = tmp_path / "held.pid"
     with open(pidfile, "w") as held:
@@ -116,6 +117,7 @@ def test_locked_pidfile_without_control_socket_is_a_failure_not_a_guess(tmp_path
             assert "does not answer" in one_line(result)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["directory", "fifo", "symlink", "unreadable"])
 def test_a_path_that_cannot_be_a_pidfile_exits_2(tmp_path: Path, kind: str) -> None:
     path = tmp_path / "bad.pid"
@@ -176,6 +178,7 @@ def test_status_counts_active_connections(running: tuple[ServerProcess, Path]) -
         wait_until(lambda: status_of(pidfile)["active_connections"] == 1, what="1 connection")
 
 
+@pytest.mark.slow
 def test_graceful_waits_for_the_new_generation(
     running: tuple[ServerProcess, Path], app_dir: Path
 ) -> None:
@@ -203,6 +206,7 @@ def test_graceful_waits_for_the_new_generation(
     assert [name for name in os.listdir(app_dir) if ".ctl" in name] == []  # nor a temporary one
 
 
+@pytest.mark.slow
 def test_graceful_with_code_that_cannot_import_fails_and_the_old_keeps_serving(
     running: tuple[ServerProcess, Path], app_dir: Path
 ) -> None:
@@ -250,6 +254,7 @@ def test_stop_of_a_clean_server_exits_0_with_the_summary(
     assert ctl("status", "--pidfile", str(pidfile)).returncode == 3
 
 
+@pytest.mark.slow
 def test_stop_that_has_to_cut_exits_4_with_the_summary(
     start_server: StartServer, tmp_path: Path
 ) -> None:
@@ -269,6 +274,7 @@ def test_stop_that_has_to_cut_exits_4_with_the_summary(
     assert server.wait_exit() == 4
 
 
+@pytest.mark.slow
 def test_graceful_of_a_draining_server_is_refused(
     start_server: StartServer, tmp_path: Path
 ) -> None:
@@ -287,6 +293,7 @@ def test_graceful_of_a_draining_server_is_refused(
 # -- ctl interrupted (systemd: `systemctl stop` during `systemctl reload`) -----------------
 
 
+@pytest.mark.slow
 def test_graceful_interrupted_by_term_while_the_server_stops_exits_0(
     start_server: StartServer, tmp_path: Path
 ) -> None:
@@ -316,6 +323,7 @@ def test_graceful_interrupted_by_term_while_the_server_stops_exits_0(
     assert server.wait_exit() == 0
 
 
+@pytest.mark.slow
 def test_graceful_interrupted_while_the_server_serves_exits_1(
     start_server: StartServer, tmp_path: Path
 ) -> None:

@@ -87,6 +87,7 @@ def test_iso_time_has_milliseconds_and_a_zone() -> None:
     assert abs(parse_time(local).timestamp() - now) < 0.002
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("fmt", "tz", "offset"),
     [("text", "UTC0", "+00:00"), ("text", "XYZ-3", "+03:00"), ("text", "ABC+5:30", "-05:30"),
@@ -286,6 +287,7 @@ def test_a_factory_that_raises_shows_its_frames(start_server: StartServer, tmp_p
     assert '    return settings["missing"]' in lines
 
 
+@pytest.mark.slow
 def test_with_workers_each_failing_worker_shows_the_app_frames(
     start_server: StartServer, tmp_path: Path
 ) -> None:

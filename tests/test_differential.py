@@ -594,12 +594,14 @@ def mutated(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.slow
 @DIFFERENTIAL
 @given(data=requests())
 def test_random_requests_read_the_same_or_differ_as_listed(data: bytes) -> None:
     check(data)
 
 
+@pytest.mark.slow
 @DIFFERENTIAL
 @given(data=mutated())
 def test_mutated_requests_read_the_same_or_differ_as_listed(data: bytes) -> None:

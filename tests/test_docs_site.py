@@ -227,6 +227,7 @@ def built_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return site
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(330)
 def test_site_builds_strictly_with_every_page(built_site: Path) -> None:
     for page in PAGES:

@@ -44,6 +44,7 @@ def harness() -> Iterator[Harness]:
 # -- the grace is the whole budget ------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grace", [0.5, 1.0])
 def test_drain_returns_within_the_grace_when_a_handler_ignores_the_cut(
     harness: Harness, grace: float
@@ -201,6 +202,7 @@ def _storm_round(harness: Harness) -> tuple[int, list[str]]:
     return served[0], broken
 
 
+@pytest.mark.slow
 def test_a_connect_that_succeeded_is_never_reset_by_the_drain(harness: Harness) -> None:
     broken_rounds: list[list[str]] = []
     for _ in range(ROUNDS):

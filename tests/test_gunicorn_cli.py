@@ -96,6 +96,7 @@ def test_several_binds_are_checked_and_named_by_check_config(app_dir: Path) -> N
     assert not sock.exists()  # nothing was bound
 
 
+@pytest.mark.slow
 def test_keep_alive_closes_an_idle_connection_after_that_many_seconds(
     start_server: StartServer,
 ) -> None:
@@ -119,6 +120,7 @@ def test_web_concurrency_sets_the_workers_and_port_yields_to_a_flag(
     assert get(address, "/")[0] == 200
 
 
+@pytest.mark.slow
 def test_port_and_the_port_form_listen_on_every_interface() -> None:
     result = run_cli("--check-config", env={"PORT": "8123"})
     assert result.returncode == 0, result.stderr
@@ -129,6 +131,7 @@ def test_port_and_the_port_form_listen_on_every_interface() -> None:
     assert_one_line_usage_error(result, "PORT")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "words"),
     [
@@ -149,6 +152,7 @@ def test_gunicorn_forms_without_a_meaning_here_are_refused_in_one_line(
 # -- --chdir, --env ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_chdir_and_env_apply_before_the_target_is_imported(
     start_server: StartServer, app_dir: Path, workers: str
@@ -172,6 +176,7 @@ def test_chdir_to_a_missing_directory_is_one_line(tmp_path: Path) -> None:
 # -- unix sockets: --umask -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("umask", "mode"), [(None, 0o600), ("007", 0o770), ("0", 0o777)])
 def test_umask_sets_the_unix_socket_mode(
     start_server: StartServer, tmp_path: Path, umask: str | None, mode: int
@@ -225,6 +230,7 @@ def test_flags_and_variables_win_over_the_config_file(
     assert get(address, "/")[2].decode() == f"flag {app_dir}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_reload_reads_the_config_file_again(
     start_server: StartServer, app_dir: Path, workers: str
@@ -257,6 +263,7 @@ def test_a_toml_config_file(app_dir: Path) -> None:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("source", "words"),
     [

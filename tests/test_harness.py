@@ -94,6 +94,7 @@ def test_a_close_delimited_body_and_bodiless_statuses() -> None:
         assert conn.read_reply().body == b""  # returns without waiting for the close
 
 
+@pytest.mark.slow
 def test_the_end_of_a_connection_is_told_apart() -> None:
     for then, expected in (("fin", EOF), ("rst", RESET), ("hold", OPEN)):
         with canned(b"", then) as address, Connection(address, timeout=TIMEOUT) as conn:
@@ -158,6 +159,7 @@ def one_answer_then_eof(delay: float, tail: float | None) -> Load:
     return load
 
 
+@pytest.mark.slow
 def test_an_eof_after_a_late_request_is_the_tail_only_when_asked_for() -> None:
     late = one_answer_then_eof(delay=0.3, tail=0.2)
     assert (late.failures, len(late.tail_eofs)) == ([], 1), late.failures
@@ -208,6 +210,7 @@ def test_serve_tells_a_start_that_failed_from_a_hang() -> None:
     assert "access.log" in failed.value.output
 
 
+@pytest.mark.slow
 def test_serve_reload_and_gate() -> None:
     """A single process after one HUP (``ctl graceful``): served by a new pid, a request
     held at the gate until released."""

@@ -37,7 +37,7 @@ def ask(
     return response.status, response.read(), response
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("workers", ["1", pytest.param("2", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("kind", sorted(TARGETS))
 def test_the_path_is_answered_for_any_app_and_the_rest_is_the_apps(kind: str, workers: str) -> None:
     server, address = start(kind, "--health-path", PATH, "--access-log", "-", "--workers", workers)
@@ -71,6 +71,7 @@ def test_without_the_flag_the_path_is_the_apps(kind: str) -> None:
         server.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(TARGETS))
 def test_from_the_moment_a_stop_begins_it_answers_503_while_the_app_still_serves(
     kind: str,

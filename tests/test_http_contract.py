@@ -181,6 +181,7 @@ def stalled_post(address: tuple[str, int], sent: bytes = b"abc") -> RawClient:
     return client
 
 
+@pytest.mark.slow
 def test_stalled_request_bodies_are_cut_by_the_idle_timeout(harness: Harness) -> None:
     server = harness.serve(server_class=CappedQuickIdle, poll_interval=0.1)
     address = address_of(server)
@@ -205,11 +206,19 @@ def test_stalled_request_bodies_are_cut_by_the_idle_timeout(harness: Harness) ->
 # -- 6. an unfinished request is not in-flight work at the drain --------------------------
 
 
+class ShortLingerMax(GracefulHTTPServer):
+    """The tests of the linger's bound need not wait out the default 2 s: what they
+    check is measured against ``drain_linger_max`` itself."""
+
+    drain_linger_max = 0.5
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("what", ["stalled-head", "slowloris", "stalled-body"])
 def test_unfinished_request_at_drain_gets_the_linger_then_is_closed(
     harness: Harness, what: str
 ) -> None:
-    server = harness.serve()
+    server = harness.serve(server_class=ShortLingerMax)
     client = harness.client(server)
     if what == "stalled-body":
         client.send(b"POST /p HTTP/1.1\r\nHost: test\r\nContent-Length: 100\r\n\r\nabc")
@@ -403,6 +412,7 @@ def test_drain_during_a_request_that_raced_the_linger_is_answered_with_close(
 RHYTHM = 0.5  # seconds between a response and the next request (the client's think time)
 
 
+@pytest.mark.slow
 def test_linger_learns_a_connections_rhythm(harness: Harness) -> None:
     """Idle for longer than ``drain_linger`` at the drain, but within its own rhythm:
     the next request is answered with close instead of a FIN racing it."""
@@ -435,7 +445,7 @@ def test_linger_learns_a_connections_rhythm(harness: Harness) -> None:
 
 def test_linger_of_a_silent_connection_is_bounded(harness: Harness) -> None:
     """However slow its rhythm, an idle connection is closed within ``drain_linger_max``."""
-    server = harness.serve()
+    server = harness.serve(server_class=ShortLingerMax)
     client = harness.client(server)
     client.get("/first")
     client.read_response()
@@ -561,6 +571,7 @@ def test_an_http_connection_has_one_state_and_its_flags_only_read_it() -> None:
         right.close()
 
 
+@pytest.mark.slow
 def test_sigterm_with_unfinished_requests_exits_0_well_within_the_grace(
     start_server: Callable[..., ServerProcess],
 ) -> None:

@@ -92,6 +92,7 @@ def test_idle_keepalive_clients_get_a_clean_eof_shortly_after_sigterm(
     assert "stopped:" in proc.output
 
 
+@pytest.mark.slow
 def test_in_flight_request_completes_with_close_after_sigterm(start_server: StartServer) -> None:
     proc, address = start_demo(start_server)
     slow = RawClient(address)
@@ -117,6 +118,7 @@ def test_in_flight_request_completes_with_close_after_sigterm(start_server: Star
     assert proc.wait_exit() == 0, proc.output
 
 
+@pytest.mark.slow
 def test_drain_delay_keeps_serving_while_healthz_fails(start_server: StartServer) -> None:
     proc, address = start_demo(start_server, "--drain-delay", "3")
     assert fetch(address, "/healthz")[0] == 200

@@ -655,6 +655,7 @@ def _valid_fields(draw: st.DrawFn) -> list[tuple[str, str]]:
     return draw(st.lists(st.tuples(_names, _values), max_size=15))
 
 
+@pytest.mark.slow
 @FUZZ
 @given(fields=_valid_fields(), ows=st.sampled_from(["", " ", "\t", "  "]), lf=st.booleans())
 def test_to_message_equals_parse_headers_on_valid_heads(
@@ -675,6 +676,7 @@ def test_to_message_equals_parse_headers_on_valid_heads(
 _FORBIDDEN = [bytes([c]) for c in [*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F]]
 
 
+@pytest.mark.slow
 @FUZZ
 @given(
     fields=_valid_fields().filter(bool),
@@ -1111,6 +1113,7 @@ def test_chunked_discard() -> None:
     assert rfile.read() == NEXT
 
 
+@pytest.mark.slow
 @FUZZ
 @given(
     pieces=st.lists(st.binary(min_size=1, max_size=40), max_size=8),

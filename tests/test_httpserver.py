@@ -236,6 +236,7 @@ def test_keepalive_client_that_sends_nothing_more_is_closed_after_the_linger(
     assert report.elapsed < EOF_BOUND
 
 
+@pytest.mark.slow
 def test_keepalive_client_idle_for_longer_than_the_linger_is_closed_at_once(
     harness: Harness,
 ) -> None:
@@ -541,6 +542,7 @@ def test_idle_timeout_closes_an_idle_keepalive_client(harness: Harness) -> None:
     assert not server.draining  # a plain idle close, no drain involved
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("part", ["request-line", "header-block"])
 def test_idle_timeout_closes_a_client_trickling_a_request_head(harness: Harness, part: str) -> None:
     server = harness.serve(server_class=QuickIdleServer, poll_interval=0.1)

@@ -25,7 +25,7 @@ import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]  # a client's rhythm of seconds
 
 
 @pytest.fixture(scope="module")

@@ -418,13 +418,13 @@ WALK = settings(
     deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None,
 )  # fmt: skip
 
-TestWorkersWalk = Supervision.TestCase
+TestWorkersWalk = pytest.mark.slow(Supervision.TestCase)
 TestWorkersWalk.settings = WALK
-TestOneProcessWalk = OneProcessSupervision.TestCase
+TestOneProcessWalk = pytest.mark.slow(OneProcessSupervision.TestCase)
 TestOneProcessWalk.settings = WALK
-TestStartingWalk = StartingSupervision.TestCase
+TestStartingWalk = pytest.mark.slow(StartingSupervision.TestCase)
 TestStartingWalk.settings = WALK
-TestRecyclingWalk = RecyclingSupervision.TestCase
+TestRecyclingWalk = pytest.mark.slow(RecyclingSupervision.TestCase)
 TestRecyclingWalk.settings = WALK
 
 
@@ -450,6 +450,7 @@ INVARIANTS = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "variant", [Supervision, OneProcessSupervision, StartingSupervision, RecyclingSupervision],
     ids=["workers", "one-process", "starting", "recycling"],

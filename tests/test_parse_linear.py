@@ -42,8 +42,14 @@ def watchdog() -> Iterator[None]:
         signal.signal(signal.SIGPROF, old)
 
 
+# The handler's limits are the larger (its inputs take seconds to build and parse): those
+# cases are ``slow``; the WSGI cases keep every step and shape in the fast suite.
 _CASES = [
-    pytest.param(case, id=f"{label}-{case.step}-{case.shape}")
+    pytest.param(
+        case,
+        id=f"{label}-{case.step}-{case.shape}",
+        marks=[pytest.mark.slow] if label == "handler" else [],
+    )
     for label, limits in (("wsgi", WSGI_LIMITS), ("handler", HANDLER_LIMITS))
     for case in cases(limits)
 ]

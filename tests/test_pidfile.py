@@ -296,6 +296,7 @@ def test_second_instance_refused_while_the_first_keeps_serving(
     assert not pidfile.exists()
 
 
+@pytest.mark.slow
 def test_restart_after_sigkill_reclaims_the_stale_pidfile(
     start_server: StartServer, tmp_path: Path
 ) -> None:
@@ -359,6 +360,7 @@ def test_pidfile_removed_when_the_bind_fails(start_server: StartServer, tmp_path
     assert not pidfile.exists()
 
 
+@pytest.mark.slow
 def test_pidfile_removed_after_a_forced_stop(start_server: StartServer, tmp_path: Path) -> None:
     pidfile = tmp_path / "gs.pid"
     server = start(start_server, pidfile, "--grace", "0.3")

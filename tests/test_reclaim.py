@@ -70,7 +70,9 @@ def idle_count(server: GracefulHTTPServer, count: int) -> Callable[[], bool]:
     return lambda: idle_keep_alive(server) == count
 
 
-@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+@pytest.mark.parametrize(
+    "tls", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["plain", "tls"]
+)
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_new_client_at_the_cap_is_served_at_once_and_the_oldest_idle_one_makes_room(
     kind: str, tls: bool, pki: Pki, cert: tuple[Path, Path], caplog: pytest.LogCaptureFixture
@@ -121,6 +123,7 @@ class Gated(Echo):
         super().do_GET()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_busy_and_unfinished_connections_are_not_reclaimed(kind: str) -> None:
     gate = threading.Event()

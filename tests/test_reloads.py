@@ -26,7 +26,8 @@ from testsupport.workers import get, served_by
 
 StartServer = Callable[..., ServerProcess]
 
-pytestmark = pytest.mark.timeout(150)
+# Every test waits on real reloads (new processes importing the code): seconds each.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
 QUEUED = r"HUP: .*(already starting|next reload|restart failed)"  # a HUP during a reload
 

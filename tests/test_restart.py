@@ -317,6 +317,7 @@ def worker_stopped_line(pid: int) -> str:
     return rf"graceserve\[{pid}\] INFO worker stopped: \d+ served during the drain, 0 cut"
 
 
+@pytest.mark.slow
 def test_restart_under_continuous_load_fails_no_request(
     start_server: StartServer, app_dir: Path
 ) -> None:
@@ -383,6 +384,7 @@ def test_restart_lets_the_old_process_finish_what_is_in_flight(
     wait_gone(new)
 
 
+@pytest.mark.slow
 def test_restart_skips_the_lame_duck_delay(start_server: StartServer, app_dir: Path) -> None:
     """The lame duck keeps a stopping server serving while health checks fail; on a
     restart the worker serves instead, so the main process drains its own at once."""
@@ -432,6 +434,7 @@ def test_failed_restart_keeps_the_old_process_serving(
     assert group_members(main) == set()
 
 
+@pytest.mark.slow
 def test_a_term_before_the_worker_is_ready_abandons_the_reload(
     start_server: StartServer, app_dir: Path
 ) -> None:
@@ -459,6 +462,7 @@ def test_a_term_before_the_worker_is_ready_abandons_the_reload(
     assert "reload failed" not in server.output, server.output
 
 
+@pytest.mark.slow
 def test_three_restarts_leave_two_processes_and_no_leaked_descriptors(
     start_server: StartServer, app_dir: Path
 ) -> None:
@@ -505,6 +509,7 @@ def test_three_restarts_leave_two_processes_and_no_leaked_descriptors(
     assert group_members(main) == set()
 
 
+@pytest.mark.slow
 def test_a_reload_is_reported_once_only_the_new_worker_accepts(
     start_server: StartServer, app_dir: Path
 ) -> None:
@@ -528,6 +533,7 @@ def test_a_reload_is_reported_once_only_the_new_worker_accepts(
     assert first_exit(server) == 0
 
 
+@pytest.mark.slow
 def test_restart_keeps_the_unix_socket_file_for_the_new_process(
     start_server: StartServer, app_dir: Path, short_dir: Path
 ) -> None:
@@ -557,6 +563,7 @@ def echo(address: tuple[str, int], text: str) -> str:
         return stream.readline().decode()
 
 
+@pytest.mark.slow
 def test_restart_of_a_plain_tcp_handler(start_server: StartServer, app_dir: Path) -> None:
     (app_dir / "echo.py").write_text(ECHO_APP)
     server = start_server(["echo:Echo", "--bind", "127.0.0.1:0", "--grace", "10"], cwd=app_dir)

@@ -956,6 +956,7 @@ def test_max_connections_slot_freed_during_capacity_check_is_not_lost(
 # -- no leaks over many connections ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ten_thousand_sequential_connections_leave_nothing_behind(harness: Harness) -> None:
     class PingHandler(socketserver.BaseRequestHandler):
         def handle(self) -> None:

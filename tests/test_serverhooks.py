@@ -108,7 +108,11 @@ def address(server: GracefulTCPServer) -> tuple[str, int]:
     return str(host), int(port)
 
 
-@pytest.mark.parametrize("server_class", [QuickReapHTTP, QuickReapWSGI], ids=["handler", "wsgi"])
+@pytest.mark.parametrize(
+    "server_class",
+    [QuickReapHTTP, pytest.param(QuickReapWSGI, marks=pytest.mark.slow)],
+    ids=["handler", "wsgi"],
+)
 def test_requests_are_counted_with_their_status_and_duration(
     server_class: type[GracefulHTTPServer],
 ) -> None:

@@ -150,6 +150,7 @@ def test_a_send_queue_that_does_not_move_is_a_stall_and_one_that_moves_is_not() 
 # -- a body below the minimum rate is cut ------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_body_trickled_below_the_minimum_rate_is_cut(
@@ -176,6 +177,7 @@ def test_a_body_trickled_below_the_minimum_rate_is_cut(
     assert "exception while serving" not in caplog.text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_without_a_minimum_rate_a_trickled_body_is_not_cut(kind: str) -> None:
     # The same trickle for three windows, with --min-body-rate 0: the old behaviour.
@@ -189,6 +191,7 @@ def test_without_a_minimum_rate_a_trickled_body_is_not_cut(kind: str) -> None:
 # -- what must not be cut --------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_slow_but_steady_upload_is_served(kind: str) -> None:
     # 1,000 bytes every 0.15 s for ~6 s: three windows of 2 s, each needing 200 bytes.
@@ -224,6 +227,7 @@ def slow_reader_app(environ: dict[str, Any], start_response: Callable[..., Any])
     return [body]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_an_app_that_reads_its_body_slowly_is_not_the_clients_fault(kind: str) -> None:
     # 2 s of reading a body that arrived at once: far under 100 kB/s by the wall
@@ -239,6 +243,7 @@ def test_an_app_that_reads_its_body_slowly_is_not_the_clients_fault(kind: str) -
 # -- a trickled head: the whole-head deadline --------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_head_trickled_for_ever_is_cut_by_the_whole_head_deadline(

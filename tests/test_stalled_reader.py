@@ -38,6 +38,10 @@ from testsupport.tlsapp import Pki, make_pki
 from testsupport.waiting import wait_until
 from testsupport.wsgiapps import serving
 
+# Each test waits out an idle timeout or a slow reader's seconds; the fast suite keeps
+# tests/test_http_contract.py's one-line write timeout.
+pytestmark = pytest.mark.slow
+
 BODY = 32 * 1024 * 1024  # far more than the socket buffers hold
 CHUNK = 64 * 1024
 IO_TIMEOUT = 10.0

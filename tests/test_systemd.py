@@ -337,6 +337,7 @@ def adopt_in_child(count: str, *listeners: socket.socket) -> object:
     return json.loads(lines[-1])
 
 
+@pytest.mark.slow
 def test_inherited_listeners_adopt_fd_3_of_their_own_process() -> None:
     with socket.create_server(("127.0.0.1", 0)) as listener:
         assert adopt_in_child("1", listener) == [
@@ -350,6 +351,7 @@ def test_inherited_listeners_adopt_fd_3_of_their_own_process() -> None:
         ]
 
 
+@pytest.mark.slow
 def test_inherited_listeners_adopt_every_fd_listen_fds_names() -> None:
     with (
         socket.create_server(("127.0.0.1", 0)) as first,
@@ -363,6 +365,7 @@ def test_inherited_listeners_adopt_every_fd_listen_fds_names() -> None:
         ]
 
 
+@pytest.mark.slow
 def test_a_listen_fds_descriptor_that_is_not_a_socket_is_a_startup_error() -> None:
     with socket.create_server(("127.0.0.1", 0)) as listener:
         adopted = adopt_in_child("2", listener)  # fd 4 is /dev/null
@@ -401,6 +404,7 @@ def test_socket_activation_serves_on_the_inherited_socket(start_server: StartSer
         socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT).close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("restarted", [False, True], ids=["first", "after-restart"])
 def test_socket_activation_leaves_the_listener_in_service_for_systemd(
     start_server: StartServer, restarted: bool
@@ -446,6 +450,7 @@ def test_socket_activation_leaves_the_listener_in_service_for_systemd(
                 assert client.recv(1) == b"x"
 
 
+@pytest.mark.slow
 def test_socket_activation_leaves_the_unix_socket_file_to_its_owner(
     start_server: StartServer, short_dir: Path
 ) -> None:
@@ -539,6 +544,7 @@ def test_notify_ready_then_stopping_with_the_remaining_count(
     assert [m for m in messages if m.has("READY=1")] == [ready]  # never ready again
 
 
+@pytest.mark.slow
 def test_notify_extends_the_timeout_only_while_the_drain_progresses(
     start_server: StartServer, supervisor: Supervisor, tmp_path: Path
 ) -> None:
@@ -573,6 +579,7 @@ def test_notify_extends_the_timeout_only_while_the_drain_progresses(
     assert [f for f in fields if f.startswith("EXTEND_TIMEOUT_USEC=")] == [fields[4]]
 
 
+@pytest.mark.slow
 def test_notify_reload_keeps_the_main_pid_and_only_it_speaks(
     start_server: StartServer, supervisor: Supervisor
 ) -> None:
@@ -606,6 +613,7 @@ def test_notify_reload_keeps_the_main_pid_and_only_it_speaks(
     assert "READY=1" not in from_stop
 
 
+@pytest.mark.slow
 def test_notify_failed_restart_is_ready_again(
     start_server: StartServer, supervisor: Supervisor, tmp_path: Path
 ) -> None:

@@ -117,6 +117,7 @@ def test_a_wsgi_app_sees_https(
                                "host": f"127.0.0.1:{address[1]}"}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_client_certificates_required(start_server: StartServer, pki: Pki) -> None:
     cert = pki.issue("server-mtls", "graceserve-mtls")
     client = pki.issue("client", "a client", server=False)
@@ -140,6 +141,7 @@ def test_client_certificates_required(start_server: StartServer, pki: Pki) -> No
     assert "Traceback" not in server.output
 
 
+@pytest.mark.slow
 def test_a_plain_request_on_the_tls_port_gets_a_clear_400(
     start_server: StartServer, server_cert: tuple[Path, Path]
 ) -> None:
@@ -156,6 +158,7 @@ def test_a_plain_request_on_the_tls_port_gets_a_clear_400(
     server.wait_for_line(r"DEBUG 127\.0\.0\.1:\d+: plain HTTP on the TLS port")
 
 
+@pytest.mark.slow
 def test_a_silent_client_stalls_nobody_and_is_closed_by_the_idle_timeout(
     start_server: StartServer, pki: Pki, server_cert: tuple[Path, Path]
 ) -> None:
@@ -186,6 +189,7 @@ def test_a_silent_client_stalls_nobody_and_is_closed_by_the_idle_timeout(
     assert "Traceback" not in server.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case",
     ["missing cert", "missing key", "not pem", "key mismatch", "missing ca", "encrypted key"],
@@ -219,6 +223,7 @@ def test_bad_tls_input_is_one_line_and_exit_code_3(
     assert "ERROR cannot start: --" in lines[0]
 
 
+@pytest.mark.slow
 def test_tls_options_that_need_each_other_are_usage_errors(
     start_server: StartServer, server_cert: tuple[Path, Path]
 ) -> None:
@@ -280,6 +285,7 @@ class Handler(BaseHTTPRequestHandler):
 """
 
 
+@pytest.mark.slow
 def test_sigterm_lets_an_https_request_in_flight_finish_and_closes_idle_ones(
     start_server: StartServer, pki: Pki, server_cert: tuple[Path, Path], tmp_path: Path
 ) -> None:

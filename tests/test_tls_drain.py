@@ -29,7 +29,11 @@ from testsupport.procfs import ESTABLISHED, tcp_sockets
 from testsupport.tlsapp import APP, Pki, https_get, make_pki
 from testsupport.waiting import wait_until
 
-pytestmark = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+# Seconds of wrk load through each stop or reload.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed"),
+]
 
 StartServer = Callable[..., ServerProcess]
 WRK_CONNECTIONS = 50

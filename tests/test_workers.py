@@ -81,6 +81,7 @@ def test_term_under_keepalive_load_breaks_nothing(start_server: StartServer, app
     assert "Traceback" not in server.output, server.output
 
 
+@pytest.mark.slow
 def test_hup_under_keepalive_load_keeps_the_supervisor_and_breaks_nothing(
     start_server: StartServer, app_dir: Path
 ) -> None:
@@ -110,6 +111,7 @@ def test_hup_under_keepalive_load_keeps_the_supervisor_and_breaks_nothing(
     assert server.wait_exit(30) == 0, server.output
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_replaced_and_serving_goes_on(
     start_server: StartServer, app_dir: Path
 ) -> None:
@@ -140,6 +142,7 @@ def test_a_killed_worker_is_replaced_and_serving_goes_on(
     assert server.wait_exit(30) == 0, server.output
 
 
+@pytest.mark.slow
 def test_a_worker_that_cannot_import_ends_the_supervisor_with_3(
     start_server: StartServer, tmp_path: Path
 ) -> None:
@@ -159,6 +162,7 @@ def test_preload_fails_before_any_worker_starts(start_server: StartServer, tmp_p
     assert worker_pids(server) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("option", "value", "error"),
     [
@@ -180,6 +184,7 @@ def test_an_http_option_that_cannot_work_fails_before_any_worker_starts(
     assert worker_pids(server) == []
 
 
+@pytest.mark.slow
 def test_a_preloaded_tcp_handler_with_an_access_log_is_refused_before_any_worker_starts(
     start_server: StartServer, tmp_path: Path
 ) -> None:
@@ -198,6 +203,7 @@ def test_a_preloaded_tcp_handler_with_an_access_log_is_refused_before_any_worker
     assert worker_pids(server) == []
 
 
+@pytest.mark.slow
 def test_ttin_adds_and_ttou_removes_a_worker_that_drains(
     start_server: StartServer, app_dir: Path
 ) -> None:
@@ -221,6 +227,7 @@ def test_ttin_adds_and_ttou_removes_a_worker_that_drains(
     assert server.wait_exit(30) == 0, server.output
 
 
+@pytest.mark.slow
 def test_worker_timeout_kills_a_frozen_worker_with_a_stack_dump_and_replaces_it(
     start_server: StartServer, app_dir: Path
 ) -> None:
@@ -241,6 +248,7 @@ def test_worker_timeout_kills_a_frozen_worker_with_a_stack_dump_and_replaces_it(
     assert server.wait_exit(30) in (0, 4), server.output
 
 
+@pytest.mark.slow
 def test_max_requests_recycles_workers_under_load_without_a_failure(
     start_server: StartServer, app_dir: Path
 ) -> None:
@@ -261,6 +269,7 @@ def test_max_requests_recycles_workers_under_load_without_a_failure(
     assert server.wait_exit(30) == 0, server.output
 
 
+@pytest.mark.slow
 def test_max_requests_is_decided_by_the_request_that_reaches_it(
     start_server: StartServer, app_dir: Path
 ) -> None:
@@ -282,6 +291,7 @@ def test_max_requests_is_decided_by_the_request_that_reaches_it(
     assert server.wait_exit(30) == 0, server.output
 
 
+@pytest.mark.slow
 def test_one_process_with_max_requests_hands_its_serving_to_a_worker(
     start_server: StartServer, app_dir: Path
 ) -> None:
@@ -315,6 +325,7 @@ def in_flight(address: tuple[str, int], path: str) -> socket.socket:
     return sock
 
 
+@pytest.mark.slow
 def test_second_term_forces_every_worker(start_server: StartServer, app_dir: Path) -> None:
     server = start_workers(start_server, app_dir, "--workers", "2")
     assert server.address is not None
@@ -332,6 +343,7 @@ def test_second_term_forces_every_worker(start_server: StartServer, app_dir: Pat
     assert "stopped: 2 workers, 0 served during the drain, 4 cut" in server.output
 
 
+@pytest.mark.slow
 def test_a_request_in_flight_finishes_within_the_grace(
     start_server: StartServer, app_dir: Path
 ) -> None:
@@ -345,6 +357,7 @@ def test_a_request_in_flight_finishes_within_the_grace(
     assert server.wait_exit(15) == 0, server.output
 
 
+@pytest.mark.slow
 def test_ctl_sees_the_supervisor_its_connections_and_its_reloads(
     start_server: StartServer, app_dir: Path
 ) -> None:
@@ -370,6 +383,7 @@ def test_ctl_sees_the_supervisor_its_connections_and_its_reloads(
     assert server.wait_exit(20) == 4
 
 
+@pytest.mark.slow
 def test_quit_during_the_lame_duck_cuts_every_worker_at_once(
     start_server: StartServer, app_dir: Path
 ) -> None:
@@ -385,6 +399,7 @@ def test_quit_during_the_lame_duck_cuts_every_worker_at_once(
     assert "stopped: 2 workers, 0 served during the drain, 1 cut" in server.output
 
 
+@pytest.mark.slow
 def test_usr1_dumps_the_stacks_of_the_supervisor_and_every_worker(
     start_server: StartServer, app_dir: Path
 ) -> None:
@@ -414,6 +429,7 @@ class Handler(BaseHTTPRequestHandler):
 """
 
 
+@pytest.mark.slow
 def test_as_pid_1_the_supervisor_reaps_orphans_and_never_takes_them_for_workers(
     start_server: StartServer, tmp_path: Path
 ) -> None:
@@ -437,6 +453,7 @@ def test_as_pid_1_the_supervisor_reaps_orphans_and_never_takes_them_for_workers(
     assert server.wait_exit(20) == 0, server.output
 
 
+@pytest.mark.slow
 def test_replacements_that_cannot_start_back_off_and_recover(
     start_server: StartServer, app_dir: Path
 ) -> None:
@@ -490,6 +507,7 @@ def zombies_of(pid: int) -> list[int]:
     return [child for child in children if not alive(child) and os.path.exists(f"/proc/{child}")]
 
 
+@pytest.mark.slow
 def test_one_process_as_pid_1_reaps_orphans_and_never_the_apps_own_children(
     start_server: StartServer, tmp_path: Path
 ) -> None:

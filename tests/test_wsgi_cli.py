@@ -77,6 +77,7 @@ def test_wsgi_app_is_served_and_stops_cleanly(start_server: StartServer, tmp_pat
     assert "Traceback" not in server.output
 
 
+@pytest.mark.slow
 def test_log_level_debug_shows_access_lines(start_server: StartServer, tmp_path: Path) -> None:
     server = start(start_server, tmp_path, "wsgimod:app", "--log-level", "debug")
     assert server.address is not None
@@ -86,6 +87,7 @@ def test_log_level_debug_shows_access_lines(start_server: StartServer, tmp_path:
     assert server.wait_exit() == 0
 
 
+@pytest.mark.slow
 def test_partial_of_a_handler_is_served_as_a_handler(
     start_server: StartServer, tmp_path: Path
 ) -> None:
@@ -98,6 +100,7 @@ def test_partial_of_a_handler_is_served_as_a_handler(
     assert server.wait_exit() == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("target", "body"),
     [
@@ -115,6 +118,7 @@ def test_factory_call_target(
     assert server.wait_exit() == 0
 
 
+@pytest.mark.slow
 def test_wsgi_flags_and_their_environment_variables(
     start_server: StartServer, tmp_path: Path
 ) -> None:
@@ -129,6 +133,7 @@ def test_wsgi_flags_and_their_environment_variables(
     assert server.wait_exit() == 0
 
 
+@pytest.mark.slow
 def test_sigterm_with_a_request_in_flight_finishes_it_with_close(
     start_server: StartServer, tmp_path: Path
 ) -> None:
@@ -145,6 +150,7 @@ def test_sigterm_with_a_request_in_flight_finishes_it_with_close(
     assert server.wait_exit() == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("target", "message"),
     [
@@ -169,6 +175,7 @@ def test_bad_wsgi_target_says_one_line_and_exits_3(  # and a failing factory's f
         assert len(lines) == 1, server.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -189,6 +196,7 @@ def test_bad_wsgi_flag_is_a_usage_error(
     assert re.search(message, server.output), server.output
 
 
+@pytest.mark.slow
 def test_library_serve_takes_a_wsgi_app(tmp_path: Path) -> None:
     (tmp_path / "wsgimod.py").write_text(textwrap.dedent(APP))
     script = (
@@ -225,6 +233,7 @@ def test_library_serve_takes_a_wsgi_app(tmp_path: Path) -> None:
             proc.stderr.close()
 
 
+@pytest.mark.slow
 def test_keepalive_load_through_sigterm_breaks_no_request(
     start_server: StartServer, tmp_path: Path
 ) -> None:

@@ -200,6 +200,7 @@ def test_body_stalled_while_the_app_reads_it_is_cut_by_the_idle_timeout() -> Non
         assert get(server.server_address).status == 200  # and the server still serves
 
 
+@pytest.mark.slow
 def test_body_that_keeps_arriving_is_never_cut_however_long_it_takes() -> None:
     # ... as long as it keeps up the minimum rate (500 bytes/s by default): 1,000 here.
     errors: list[BaseException] = []

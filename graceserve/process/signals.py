@@ -104,7 +104,11 @@ class SignalRelay:
         self._previous.clear()
         if self._writer is not None:
             signal.set_wakeup_fd(self._previous_wakeup_fd)
-            self._writer.close()  # the relay's recv() returns b"": it ends
+            # The relay's recv() returns b"": it ends.  Shut down, not only closed: a
+            # child the app forked holds a copy of this socket, which a close leaves open.
+            with contextlib.suppress(OSError):
+                self._writer.shutdown(socket.SHUT_WR)
+            self._writer.close()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
         if self._reader is not None:
