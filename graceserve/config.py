@@ -513,6 +513,8 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> 
             continue
         try:
             value = convert(given)
+        except UsageError as exc:  # an address's own message names --bind: say the source
+            raise UsageError(str(exc).replace("--bind", source, 1)) from None
         except ValueError as exc:
             raise UsageError(f"{source}: {exc}") from None
         if name == "idle_timeout" and value == 0 and "keep" in source:
