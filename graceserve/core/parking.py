@@ -1,0 +1,213 @@
+"""Parked connections: idle ones wait in one epoll, a bounded set of threads serves the ready ones.
+
+Why this module exists: a thread per connection costs a thread (stack, a
+wake-up and a GIL hand-off per request) for every client, busy or not: 10,000
+idle keep-alive clients were 10,003 threads and ~300 MiB, and at a thousand
+busy ones the GIL's unfairness left some clients waiting seconds.  Here
+threads follow work instead:
+
+- a connection with nothing to read is *parked*: its socket is armed in one
+  ``epoll`` (``EPOLLONESHOT``: one event per arming, so a parked connection is
+  handed to exactly one thread), and no thread waits for it;
+- the pool's threads take turns being the *poller* (leader/follower): the one
+  holding ``_poll_lock`` waits in ``epoll.poll``, queues what became readable,
+  and serves the first itself; the others take the queued ones.  There is no
+  separate parker thread, so a ready connection is served by the thread that
+  noticed it, without a hand-off, whenever that thread is free;
+- a session serves what it was woken for, and parks again only when nothing
+  is buffered (a pipelined request is served on the same thread).
+
+The pool knows nothing of HTTP and has no timers: the server's reaper closes
+idle connections (idle timeout, drain linger, the connection cap) by shutting
+their read side, which makes a parked socket readable, so a thread resumes it,
+meets the EOF, and ends it the ordinary way.  Needs ``select.epoll`` (Linux);
+``ConnectionPool.available()`` says whether it is there.
+
+Threading contract: ``park`` and ``forget`` may be called from any thread
+(``epoll_ctl`` is thread-safe; the dict of parked sessions is only changed by
+single operations under the GIL); ``close`` once, from the thread that owns
+the server, after the drain.  A session is run by one pool thread at a time.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import select
+import socket
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+__all__ = ["ConnectionPool", "Session"]
+
+log = logging.getLogger("graceserve")
+
+_ARM = getattr(select, "EPOLLIN", 1) | getattr(select, "EPOLLONESHOT", 1 << 30)
+_BATCH = 256  # events taken per epoll wait
+_JOIN_TIMEOUT = 1.0  # seconds ``close`` waits for the threads (one may be in an app)
+
+
+class Session(Protocol):
+    """A connection as the pool runs it."""
+
+    def fileno(self) -> int:
+        """The descriptor watched for input (fixed for the session's life)."""
+
+    def resume(self) -> bool:
+        """Serve what arrived; True when idle again with nothing buffered (park it),
+        False once the session has ended and cleaned up (it called ``forget``)."""
+
+
+class ConnectionPool:
+    """Up to ``threads`` threads serving the sessions parked here as they become readable.
+
+    The threads are started at the first ``park``.  ``thread_setup`` runs first
+    in each (the server marks its handler threads with it).
+    """
+
+    def __init__(
+        self,
+        threads: int,
+        name: str = "graceserve-pool",
+        thread_setup: Callable[[], None] | None = None,
+    ) -> None:
+        if threads < 1:
+            raise ValueError(f"a pool needs at least one thread, not {threads}")
+        self.size = threads
+        self._name = name
+        self._setup = thread_setup
+        self._epoll = select.epoll()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._epoll.register(self._wake_r.fileno(), getattr(select, "EPOLLIN", 1))
+        self._parked: dict[int, Session] = {}  # fd -> session, armed or queued
+        self._registered: set[int] = set()  # fds known to the epoll (armed or spent)
+        self._ready: collections.deque[Session] = collections.deque()
+        self._poll_lock = threading.Lock()  # held by the one thread waiting in epoll.poll
+        self._start_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+
+    @staticmethod
+    def available() -> bool:
+        """Whether this platform has what the pool needs (``select.epoll``)."""
+        return hasattr(select, "epoll")
+
+    @property
+    def threads(self) -> int:
+        """Threads started (at most ``size``)."""
+        return len(self._threads)
+
+    @property
+    def parked(self) -> int:
+        """Sessions parked or queued for a thread right now (a snapshot)."""
+        return len(self._parked)
+
+    # -- any thread -------------------------------------------------------------------
+
+    def park(self, session: Session) -> None:
+        """Watch ``session``; a pool thread resumes it when it has input (or EOF)."""
+        if not self._threads:
+            self._start()
+        fd = session.fileno()
+        self._parked[fd] = session
+        try:
+            if fd in self._registered:
+                self._epoll.modify(fd, _ARM)
+            else:
+                self._epoll.register(fd, _ARM)
+                self._registered.add(fd)
+        except (OSError, ValueError):  # closed meanwhile: resume it, it meets the end
+            self._ready.append(session)
+            self._wake()
+
+    def forget(self, session: Session) -> None:
+        """Stop watching ``session``; call before its socket is closed."""
+        fd = session.fileno()
+        if self._parked.get(fd) is session:
+            del self._parked[fd]
+        if fd in self._registered:
+            self._registered.discard(fd)
+            with contextlib.suppress(OSError, ValueError):
+                self._epoll.unregister(fd)
+
+    def close(self) -> None:
+        """Stop the threads (each ends after its current session) and wait a little for them.
+
+        Sessions still parked are left as they are (the drain has cut them).
+        """
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+        current = threading.current_thread()
+        for thread in self._threads:
+            if thread is not current:
+                thread.join(_JOIN_TIMEOUT)
+        if not any(thread.is_alive() for thread in self._threads):
+            self._epoll.close()
+            self._wake_r.close()
+            self._wake_w.close()
+
+    # -- the pool's threads -----------------------------------------------------------
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._threads or self._closed:
+                return
+            threads = [
+                threading.Thread(target=self._work, name=f"{self._name}-{n}", daemon=True)
+                for n in range(1, self.size + 1)
+            ]
+            for thread in threads:
+                thread.start()
+                self._threads.append(thread)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    def _work(self) -> None:
+        if self._setup is not None:
+            self._setup()
+        while True:
+            session = self._next()
+            if session is None:
+                return
+            try:
+                park = session.resume()
+            except BaseException:  # resume handles its own errors; this is a last resort
+                log.exception("a pooled connection raised past its handler")
+                park = False
+            if park:
+                self.park(session)
+
+    def _next(self) -> Session | None:
+        """The next ready session, polling for one when none is queued; None at close."""
+        ready = self._ready
+        while True:
+            try:
+                return ready.popleft()
+            except IndexError:
+                pass
+            with self._poll_lock:
+                if self._closed:
+                    return None
+                if ready:
+                    continue
+                try:
+                    events = self._epoll.poll(-1, _BATCH)
+                except OSError:  # closed under us
+                    return None
+                wake = self._wake_r.fileno()
+                parked = self._parked
+                for fd, _ in events:
+                    if fd == wake:
+                        with contextlib.suppress(OSError):
+                            self._wake_r.recv(64)
+                        continue
+                    session = parked.pop(fd, None)
+                    if session is not None:
+                        ready.append(session)
