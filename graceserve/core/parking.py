@@ -90,6 +90,8 @@ class ConnectionPool:
         self._start_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._closed = False
+        self.parks = 0
+        """How many times a session was parked (a statistic; for tests and the bench)."""
 
     @staticmethod
     def available() -> bool:
@@ -114,6 +116,7 @@ class ConnectionPool:
             self._start()
         fd = session.fileno()
         self._parked[fd] = session
+        self.parks += 1
         try:
             if fd in self._registered:
                 self._epoll.modify(fd, _ARM)

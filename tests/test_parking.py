@@ -1,0 +1,112 @@
+"""Parked connections (graceserve.core.parking, graceserve.wsgi.pooled): threads follow work.
+
+An idle keep-alive WSGI connection holds no thread: it waits in one epoll and
+a pool thread serves it when it becomes readable.  Every promise of a thread
+per connection holds for a parked one: the drain closes it with a FIN (and a
+request that raced the drain is answered, with ``Connection: close``), the
+idle timeout closes it, a pipelined request is served without parking, and
+many idle connections cost no more threads than the pool has.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+from graceserve.wsgi.server import GracefulWSGIServer
+from testsupport.waiting import Call, wait_until
+from testsupport.wsgiapps import Client, get, hello_app, serving
+
+_REQUEST = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n"
+
+
+def _parked(server: GracefulWSGIServer, count: int) -> bool:
+    pool = server.pool
+    return pool is not None and pool.parked == count
+
+
+def test_an_idle_keepalive_connection_holds_no_thread_and_is_served_again() -> None:
+    with serving(hello_app, threads=2) as server, Client(server.server_address) as client:
+        for _ in range(3):
+            client.request("GET", "/")
+            assert client.read_response().body == b"hello\n"
+            wait_until(lambda: _parked(server, 1), what="the connection to be parked")
+        pool = server.pool
+        assert pool is not None
+        assert pool.threads == 2
+
+
+def test_a_pipelined_request_is_served_without_parking() -> None:
+    with serving(hello_app, threads=2) as server, Client(server.server_address) as client:
+        client.request("GET", "/")
+        client.read_response()
+        wait_until(lambda: _parked(server, 1), what="the connection to be parked")
+        pool = server.pool
+        assert pool is not None
+        before = pool.parks
+        client.sock.sendall(_REQUEST * 3)  # one segment: all three in the socket file's buffer
+        for _ in range(3):
+            assert client.read_response().status == 200
+        wait_until(lambda: _parked(server, 1), what="the connection to be parked again")
+        assert pool.parks == before + 1  # once, after the third response
+
+
+def test_the_drain_closes_parked_connections_with_fin_and_answers_a_racing_request() -> None:
+    with serving(hello_app, threads=2, drain_linger=1.0) as server:
+        racing, quiet = Client(server.server_address), Client(server.server_address)
+        try:
+            for client in (racing, quiet):
+                client.request("GET", "/")
+                client.read_response()
+            wait_until(lambda: _parked(server, 2), what="both connections to be parked")
+            drain = Call(server.drain, 10.0)
+            wait_until(lambda: server.listener_closed, what="the listener to close")
+            racing.request("GET", "/")  # within its linger: answered, saying close
+            reply = racing.read_response()
+            assert (reply.status, reply.header("Connection")) == (200, "close")
+            assert racing.at_eof()  # a FIN (a reset would raise)
+            assert quiet.at_eof()
+            report = drain.result()
+        finally:
+            racing.close()
+            quiet.close()
+    assert report.clean
+    assert report.forced == 0
+    assert report.idle_closed == 1  # the quiet one; the racing one ended after its answer
+
+
+def test_a_parked_connection_past_the_idle_timeout_is_closed() -> None:
+    with serving(hello_app, threads=2, idle_timeout=0.5) as server:
+        with Client(server.server_address) as client:
+            client.request("GET", "/")
+            client.read_response()
+            assert client.at_eof()  # closed by the reaper, with a FIN
+        wait_until(lambda: server.active_connections == 0, what="the connection to end")
+
+
+def test_many_idle_connections_cost_no_more_threads_than_the_pool() -> None:
+    before = threading.active_count()
+    clients: list[socket.socket] = []
+    with serving(hello_app, threads=4) as server:
+        try:
+            for _ in range(300):
+                sock = socket.create_connection(("127.0.0.1", server.server_port), timeout=10)
+                clients.append(sock)
+                sock.sendall(_REQUEST)
+            for sock in clients:
+                assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
+            wait_until(lambda: _parked(server, 300), what="300 parked connections")
+            assert server.active_connections == 300
+            # The pool's 4 and the accept loop's: not one per connection.
+            assert threading.active_count() <= before + 5
+            assert get(server.server_address).status == 200  # a new client is served
+        finally:
+            for sock in clients:
+                sock.close()
+
+
+def test_without_threads_each_connection_has_its_own_thread() -> None:
+    with serving(hello_app, threads=None) as server, Client(server.server_address) as client:
+        client.request("GET", "/")
+        assert client.read_response().status == 200
+        assert server.pool is None
