@@ -50,6 +50,9 @@ class Settings:
     """Lame-duck seconds between the stop signal and the drain."""
     log_level: str = "info"
     """debug, info, warning or error."""
+    threads: int = 64
+    """WSGI: pool threads per process (idle keep-alive connections are parked and hold
+    none; at most this many requests run at once); 0: a thread per connection."""
     root_path: str = ""
     """WSGI: SCRIPT_NAME, the path the app is mounted at behind a proxy ('' or /path)."""
     limit_request_line: int = 8190

@@ -608,7 +608,6 @@ def test_a_second_bind_is_a_usage_error(argv: list[str]) -> None:
 @pytest.mark.parametrize(
     ("argv", "words"),
     [
-        (["--threads", "2"], "one thread per connection"),
         (["--keep-alive", "0"], "--keep-alive 0: gunicorn turns keep-alive off"),
         (["-e", "NOEQUALS"], "is not NAME=VALUE"),
         (["-e", "=x"], "is not NAME=VALUE"),
@@ -739,3 +738,11 @@ def test_a_toml_config_file_on_3_10_is_one_line(tmp_path: Any) -> None:
     conf.write_text("workers = 2\n")
     with pytest.raises(UsageError, match="TOML needs Python 3"):
         parse_args(["-c", str(conf)], environ={})
+
+
+def test_threads_sizes_the_wsgi_pool_and_zero_is_a_thread_per_connection() -> None:
+    assert parse_args([], environ={}).threads == 64
+    assert parse_args(["--threads", "8"], environ={}).threads == 8
+    assert parse_args([], environ={"GRACESERVE_THREADS": "0"}).threads == 0
+    with pytest.raises(UsageError, match="--threads"):
+        parse_args(["--threads", "-1"], environ={})
