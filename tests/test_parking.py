@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import socket
 import threading
+from pathlib import Path
+from typing import BinaryIO
 
 from graceserve.wsgi.server import GracefulWSGIServer
+from testsupport.pki import make_pki
 from testsupport.waiting import Call, wait_until
 from testsupport.wsgiapps import Client, get, hello_app, serving
 
@@ -110,3 +113,44 @@ def test_without_threads_each_connection_has_its_own_thread() -> None:
         client.request("GET", "/")
         assert client.read_response().status == 200
         assert server.pool is None
+
+
+def test_tls_connections_are_parked_too(tmp_path: Path) -> None:
+    """Over TLS: parked after its handshake and each response; a pipelined request in the
+    TLS object's or the file's buffer is served without parking; the drain ends it with
+    close_notify and a FIN."""
+    pki = make_pki(tmp_path)
+    cert, key = pki.issue("server", "graceserve-parked")
+    context = pki.client_context()
+    with serving(
+        hello_app, threads=2, certfile=str(cert), keyfile=str(key), drain_linger=0.05
+    ) as server:
+        raw = socket.create_connection(("127.0.0.1", server.server_port), timeout=10)
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            reader: BinaryIO = tls.makefile("rb")
+            tls.sendall(_REQUEST)
+            assert _read_reply(reader).startswith(b"HTTP/1.1 200 ")
+            wait_until(lambda: _parked(server, 1), what="the TLS connection to be parked")
+            pool = server.pool
+            assert pool is not None
+            before = pool.parks
+            tls.sendall(_REQUEST * 3)
+            for _ in range(3):
+                assert _read_reply(reader).startswith(b"HTTP/1.1 200 ")
+            wait_until(lambda: _parked(server, 1), what="the TLS connection to be parked again")
+            assert pool.parks == before + 1
+            report = server.drain(10.0)
+            assert reader.read(1) == b""  # close_notify, then FIN (a reset would raise)
+            reader.close()
+    assert report.clean
+    assert report.idle_closed == 1
+
+
+def _read_reply(reader: BinaryIO) -> bytes:
+    """One hello_app response (its head and its 6-byte body)."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        line = reader.readline()
+        assert line, "EOF inside a response head"
+        head += line
+    return head + reader.read(6)
