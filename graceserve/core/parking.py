@@ -120,14 +120,23 @@ class ConnectionPool:
         self._parked[fd] = session
         self.parks += 1
         try:
-            if fd in self._registered:
-                self._epoll.modify(fd, _ARM)
-            else:
-                self._epoll.register(fd, _ARM)
-                self._registered.add(fd)
+            self._arm(fd)
         except (OSError, ValueError):  # closed meanwhile: resume it, it meets the end
             self._ready.append(session)
             self._wake()
+
+    def _arm(self, fd: int) -> None:
+        """One event for ``fd``'s next input.  Recorded as registered *before* it is: the
+        event may fire, and the session be served and parked again by a pool thread,
+        before ``register`` returns here."""
+        if fd in self._registered:
+            self._epoll.modify(fd, _ARM)
+            return
+        self._registered.add(fd)
+        try:
+            self._epoll.register(fd, _ARM)
+        except FileExistsError:  # armed by that pool thread meanwhile: arm (again)
+            self._epoll.modify(fd, _ARM)
 
     def forget(self, session: Session) -> None:
         """Stop watching ``session``; call before its socket is closed."""
