@@ -34,19 +34,45 @@ from __future__ import annotations
 import contextlib
 import io
 import socket
+import ssl
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 from graceserve.http import tls
 from graceserve.http.connection import HTTPConnection
-from graceserve.wsgi.handler import RFILE_BUFFER, WSGIConnection
+from graceserve.wsgi.handler import RFILE_BUFFER, ConnectionServer, WSGIConnection
 
-if TYPE_CHECKING:
-    from contextlib import AbstractContextManager
+__all__ = ["CountingSocketIO", "PoolServer", "WSGISession"]
 
-    from graceserve.wsgi.server import GracefulWSGIServer
 
-__all__ = ["CountingSocketIO", "WSGISession"]
+class PoolServer(ConnectionServer, Protocol):
+    """What a pooled session reads of its server (``GracefulWSGIServer`` has it all)."""
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context, when serving TLS."""
+
+    @property
+    def tls_handshake_timeout(self) -> float | None:
+        """Seconds a client gets to finish its handshake."""
+
+    @property
+    def drain_linger_max(self) -> float:
+        """The longest linger (a new TLS connection's, until its rhythm is learned)."""
+
+    def run_guarded(
+        self, request: Any, client_address: Any, serve: Callable[[Any, Any], Any]
+    ) -> Any:
+        """``serve(request, client_address)`` with a connection's error handling."""
+
+    def pool_forget(self, session: WSGISession) -> None:
+        """Stop watching ``session`` (before its socket closes)."""
+
+    def end_connection(self, request: Any) -> None:
+        """Shut, close and unregister the connection."""
+
 
 _HANDSHAKE_RHYTHM = 3.0  # as GracefulHTTPServer.finish_request: the longest linger until learned
 
@@ -88,7 +114,7 @@ class WSGISession:
         "wsgi",
     )
 
-    def __init__(self, server: GracefulWSGIServer, request: socket.socket, client_address: Any):
+    def __init__(self, server: PoolServer, request: socket.socket, client_address: Any):
         self.server = server
         self.request = request  # the raw socket: registered, watched, cut
         self.client_address = client_address
