@@ -10,11 +10,13 @@ many idle connections cost no more threads than the pool has.
 
 from __future__ import annotations
 
+import queue
 import socket
 import threading
 from pathlib import Path
 from typing import BinaryIO
 
+from graceserve.core.parking import ConnectionPool
 from graceserve.wsgi.server import GracefulWSGIServer
 from testsupport.pki import make_pki
 from testsupport.waiting import Call, wait_until
@@ -154,3 +156,57 @@ def _read_reply(reader: BinaryIO) -> bytes:
         assert line, "EOF inside a response head"
         head += line
     return head + reader.read(6)
+
+
+class _Echo:
+    """A session that hands on what it reads; it ends (forgotten, closed) at EOF."""
+
+    def __init__(self, pool: ConnectionPool, sock: socket.socket) -> None:
+        self.pool = pool
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.seen: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self.threads: set[str] = set()
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def resume(self) -> bool:
+        self.threads.add(threading.current_thread().name)
+        data = self.sock.recv(100)
+        self.seen.put(data)
+        if data:
+            return True
+        self.pool.forget(self)
+        self.sock.close()
+        return False
+
+
+def test_the_pool_serves_parked_sessions_as_they_become_readable_on_its_threads_only() -> None:
+    """The core pool alone (no HTTP): 50 sessions on 2 threads; each resumed once per
+    input, none resumed without input; EOF ends them; ``close`` ends the threads."""
+    pool = ConnectionPool(2, "test-pool")
+    pairs = [socket.socketpair() for _ in range(50)]
+    sessions = [_Echo(pool, ours) for ours, _ in pairs]
+    try:
+        for session in sessions:
+            pool.park(session)
+        for turn in (b"a", b"b"):
+            for _, peer in pairs:
+                peer.sendall(turn)
+            for session in sessions:
+                assert session.seen.get(timeout=10) == turn
+        wait_until(lambda: pool.parked == 50, what="all 50 parked again")
+        assert all(session.seen.empty() for session in sessions)  # no resume without input
+        for _, peer in pairs:
+            peer.close()
+        for session in sessions:
+            assert session.seen.get(timeout=10) == b""
+        wait_until(lambda: pool.parked == 0, what="every session to end")
+        assert pool.threads == 2
+        assert set().union(*(s.threads for s in sessions)) <= {"test-pool-1", "test-pool-2"}
+    finally:
+        pool.close()
+        for ours, peer in pairs:
+            ours.close()
+            peer.close()
