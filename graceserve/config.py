@@ -263,8 +263,8 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
      "for it; slower ones are closed; 0 disables"),
     ("--threads", "GRACESERVE_THREADS", _natural, DEFAULTS.threads,
      "WSGI: threads serving requests, per process; idle keep-alive connections wait in "
-     "one selector and hold none, so at most this many requests run at once; 0: a "
-     "thread per connection"),
+     "one selector and hold none; while all are held for over a second with requests "
+     "waiting, more are started (up to --max-connections); 0: a thread per connection"),
     ("--drain-delay", "GRACESERVE_DRAIN_DELAY", _duration, DEFAULTS.drain_delay,
      "lame-duck seconds after the stop signal: keep serving, /healthz answers 503"),
     ("--health-path", "GRACESERVE_HEALTH_PATH", _health_path, DEFAULTS.health_path,

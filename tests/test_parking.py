@@ -13,10 +13,11 @@ from __future__ import annotations
 import queue
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import BinaryIO
 
-from graceserve.core.parking import ConnectionPool
+from graceserve.core.parking import STALL, ConnectionPool
 from graceserve.wsgi.server import GracefulWSGIServer
 from testsupport.pki import make_pki
 from testsupport.waiting import Call, wait_until
@@ -210,3 +211,33 @@ def test_the_pool_serves_parked_sessions_as_they_become_readable_on_its_threads_
         for ours, peer in pairs:
             ours.close()
             peer.close()
+
+
+def test_clients_trickling_their_requests_do_not_starve_the_pool() -> None:
+    """Both pool threads blocked in unfinished request heads: after ``STALL`` the pool
+    starts a thread for the client waiting, and the extra threads end once unneeded."""
+    with serving(hello_app, threads=2, idle_timeout=30.0) as server:
+        trickling = [
+            socket.create_connection(("127.0.0.1", server.server_port), timeout=10)
+            for _ in range(2)
+        ]
+        try:
+            for sock in trickling:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # then nothing: its head waits
+            wait_until(lambda: _stuck(server, 2), what="both pool threads to be held")
+            began = time.monotonic()
+            assert get(server.server_address).status == 200  # not after the idle timeout
+            assert time.monotonic() - began < STALL + 5.0
+            pool = server.pool
+            assert pool is not None
+            assert pool.grown >= 1
+        finally:
+            for sock in trickling:
+                sock.close()
+        wait_until(lambda: pool.threads == 2, what="the extra threads to end")
+
+
+def _stuck(server: GracefulWSGIServer, count: int) -> bool:
+    """Whether ``count`` connections are half-way through a request (held by a thread)."""
+    with server.registry.locked_items() as items:
+        return sum(1 for _, conn in items if conn.reading) == count

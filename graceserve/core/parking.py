@@ -15,7 +15,14 @@ threads follow work instead:
   separate parker thread, so a ready connection is served by the thread that
   noticed it, without a hand-off, whenever that thread is free;
 - a session serves what it was woken for, and parks again only when nothing
-  is buffered (a pipelined request is served on the same thread).
+  is buffered (a pipelined request is served on the same thread);
+- a thread blocks while a session reads the rest of a request, so clients
+  that trickle their requests could hold every thread until the idle timeout
+  cuts them.  The pool does not let them deny service: when no session has
+  finished for ``STALL`` seconds while input waits (``unstick``, called by the
+  accept loop), it starts threads for the waiting sessions, up to
+  ``max_threads``; threads beyond ``size`` end as soon as they find nothing
+  queued.
 
 The pool knows nothing of HTTP and has no timers: the server's reaper closes
 idle connections (idle timeout, drain linger, the connection cap) by shutting
@@ -47,6 +54,7 @@ log = logging.getLogger("graceserve")
 
 _ARM = getattr(select, "EPOLLIN", 1) | getattr(select, "EPOLLONESHOT", 1 << 30)
 _BATCH = 256  # events taken per epoll wait
+STALL = 1.0  # seconds without a finished turn, with input waiting, before the pool grows
 _JOIN_TIMEOUT = 0.5  # seconds ``close`` waits for the threads, all together (idle ones end
 # at once; one still in an app after the drain's deadline is left behind, as a daemon)
 
@@ -66,7 +74,8 @@ class ConnectionPool:
     """Up to ``threads`` threads serving the sessions parked here as they become readable.
 
     The threads are started at the first ``park``.  ``thread_setup`` runs first
-    in each (the server marks its handler threads with it).
+    in each (the server marks its handler threads with it).  While all of them
+    are stuck (see ``unstick``) up to ``max_threads`` run.
     """
 
     def __init__(
@@ -74,10 +83,18 @@ class ConnectionPool:
         threads: int,
         name: str = "graceserve-pool",
         thread_setup: Callable[[], None] | None = None,
+        max_threads: int | None = None,
     ) -> None:
         if threads < 1:
             raise ValueError(f"a pool needs at least one thread, not {threads}")
         self.size = threads
+        self.max_threads = max(threads, max_threads or threads)
+        self._turns = 0  # sessions served (a progress mark for ``unstick``)
+        self._seen_turns = -1
+        self._seen_at = 0.0
+        self._serial = 0
+        self.grown = 0
+        """Threads started beyond ``size`` by ``unstick`` (a statistic)."""
         self._name = name
         self._setup = thread_setup
         self._epoll = select.epoll()
@@ -102,7 +119,7 @@ class ConnectionPool:
 
     @property
     def threads(self) -> int:
-        """Threads started (at most ``size``)."""
+        """Threads running: ``size``, more while sessions were stuck (``unstick``)."""
         return len(self._threads)
 
     @property
@@ -166,19 +183,64 @@ class ConnectionPool:
             self._wake_r.close()
             self._wake_w.close()
 
+    def unstick(self, now: float) -> int:
+        """Start threads for waiting input if no session finished for ``STALL`` seconds;
+        how many were started.
+
+        Call periodically from one thread (the accept loop); ``now`` is
+        ``time.monotonic()``.  Cheap when the pool makes progress (a comparison)
+        or has a thread waiting for input (its poll lock is held).  Otherwise
+        the ready input is taken from the epoll here and queued, and a thread
+        is started for each queued session, up to ``max_threads`` in all.
+        """
+        turns = self._turns
+        if turns != self._seen_turns:
+            self._seen_turns, self._seen_at = turns, now
+            return 0
+        if now - self._seen_at < STALL or self._closed or not self._threads:
+            return 0
+        if not self._poll_lock.acquire(blocking=False):
+            return 0  # a thread is waiting for input: nothing is stuck
+        try:
+            self._queue_events(0)
+        finally:
+            self._poll_lock.release()
+        self._seen_at = now  # the next growth, if still stuck, after another STALL
+        started = self._add_threads(len(self._ready))
+        self.grown += started
+        return started
+
     # -- the pool's threads -----------------------------------------------------------
 
     def _start(self) -> None:
         with self._start_lock:
-            if self._threads or self._closed:
-                return
-            threads = [
-                threading.Thread(target=self._work, name=f"{self._name}-{n}", daemon=True)
-                for n in range(1, self.size + 1)
-            ]
-            for thread in threads:
-                thread.start()
-                self._threads.append(thread)
+            if not self._threads:
+                self._add_threads_locked(self.size)
+
+    def _add_threads(self, wanted: int) -> int:
+        with self._start_lock:
+            return self._add_threads_locked(wanted)
+
+    def _add_threads_locked(self, wanted: int) -> int:
+        """Start up to ``wanted`` threads (``max_threads`` in all); with ``_start_lock`` held."""
+        started = 0
+        while not self._closed and started < wanted and len(self._threads) < self.max_threads:
+            self._serial += 1
+            thread = threading.Thread(
+                target=self._work, name=f"{self._name}-{self._serial}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+            started += 1
+        return started
+
+    def _retire(self) -> bool:
+        """End the calling thread if the pool has more than ``size``: True if so."""
+        with self._start_lock:
+            if len(self._threads) <= self.size:
+                return False
+            self._threads.remove(threading.current_thread())
+            return True
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
@@ -196,6 +258,7 @@ class ConnectionPool:
             except BaseException:  # resume handles its own errors; this is a last resort
                 log.exception("a pooled connection raised past its handler")
                 park = False
+            self._turns += 1
             if park:
                 self.park(session)
 
@@ -207,22 +270,32 @@ class ConnectionPool:
                 return ready.popleft()
             except IndexError:
                 pass
+            if len(self._threads) > self.size and self._retire():
+                return None  # an extra thread, and nothing is queued
             with self._poll_lock:
                 if self._closed:
                     return None
                 if ready:
                     continue
-                try:
-                    events = self._epoll.poll(-1, _BATCH)
-                except OSError:  # closed under us
+                if not self._queue_events(-1):
                     return None
-                wake = self._wake_r.fileno()
-                parked = self._parked
-                for fd, _ in events:
-                    if fd == wake:
-                        with contextlib.suppress(OSError):
-                            self._wake_r.recv(64)
-                        continue
-                    session = parked.pop(fd, None)
-                    if session is not None:
-                        ready.append(session)
+
+    def _queue_events(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` (-1: no limit) for input; queue the sessions that have
+        some.  Call with ``_poll_lock`` held.  False if the epoll is closed."""
+        try:
+            events = self._epoll.poll(timeout, _BATCH)
+        except (OSError, ValueError):  # closed under us
+            return False
+        wake = self._wake_r.fileno()
+        parked = self._parked
+        ready = self._ready
+        for fd, _ in events:
+            if fd == wake:
+                with contextlib.suppress(OSError):
+                    self._wake_r.recv(64)
+                continue
+            session = parked.pop(fd, None)
+            if session is not None:
+                ready.append(session)
+        return True

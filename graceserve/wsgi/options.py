@@ -28,5 +28,6 @@ class WSGIOptions(HTTPOptions):
     """``wsgi.multiprocess``: True when other processes serve the same app at once."""
     threads: int | None = DEFAULT_THREADS
     """Threads serving the connections (``graceserve.core.parking``): idle keep-alive
-    connections are parked in one selector, not held by a thread each, and at most this
-    many requests run at once; None: a thread per connection."""
+    connections are parked in one selector, not held by a thread each; while every thread
+    is held for over a second with requests waiting, more are started (up to
+    ``max_connections``) and end once idle; None: a thread per connection."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import socketserver
 import threading
+import time
 from typing import Any
 
 from graceserve._version import __version__
@@ -30,6 +31,8 @@ from graceserve.wsgi.options import DEFAULT_THREADS, WSGIOptions
 from graceserve.wsgi.pooled import WSGISession
 
 __all__ = ["GracefulWSGIServer", "WSGIApplication", "make_server"]
+
+_MAX_THREADS = 1024  # the pool's bound while stuck, without --max-connections
 
 
 class _NoHandler(socketserver.BaseRequestHandler):
@@ -58,10 +61,11 @@ class GracefulWSGIServer(GracefulHTTPServer):
                                       (the runner gives it for ``--workers N``, N > 1)
     - threads = 64                    (option) pool threads: an idle keep-alive
                                       connection is parked in one selector, not held
-                                      by a thread (``graceserve.wsgi.pooled``), and at
-                                      most this many requests run at once; None: a
-                                      thread per connection (also where the platform
-                                      has no ``select.epoll``)
+                                      by a thread (``graceserve.wsgi.pooled``); while
+                                      all are held for over a second with requests
+                                      waiting, more are started (up to
+                                      ``max_connections``); None: a thread per
+                                      connection (also without ``select.epoll``)
 
     Threading contract: as GracefulHTTPServer; the application is called from
     several threads concurrently (``wsgi.multithread`` is True).
@@ -140,7 +144,10 @@ class GracefulWSGIServer(GracefulHTTPServer):
             with self._pool_lock:
                 if self._pool is None:
                     self._pool = ConnectionPool(
-                        threads, "graceserve-pool", thread_setup=self.mark_handler_thread
+                        threads,
+                        "graceserve-pool",
+                        thread_setup=self.mark_handler_thread,
+                        max_threads=self.max_connections or _MAX_THREADS,
                     )
                 pool = self._pool
         self.registry.add(request, self.make_connection(request, client_address))
@@ -149,6 +156,14 @@ class GracefulWSGIServer(GracefulHTTPServer):
         except BaseException:
             self.registry.discard(request)
             raise
+
+    def service_actions(self) -> None:
+        """The reaper (as GracefulHTTPServer), then: a pool whose threads are all stuck in
+        sessions (clients trickling their requests) gets threads for the input waiting."""
+        super().service_actions()
+        pool = self._pool
+        if pool is not None:
+            pool.unstick(time.monotonic())
 
     def pool_forget(self, session: WSGISession) -> None:
         """Stop watching a session that ends (before its socket closes).  Any thread."""
