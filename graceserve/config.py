@@ -295,6 +295,10 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
     ("--min-body-rate", "GRACESERVE_MIN_BODY_RATE", _natural, DEFAULTS.min_body_rate,
      "HTTP: bytes/s a request body must average over each --idle-timeout spent waiting "
      "for it; slower ones are closed; 0 disables"),
+    ("--threads", "GRACESERVE_THREADS", _natural, DEFAULTS.threads,
+     "WSGI: threads serving requests, per process; idle keep-alive connections wait in "
+     "one selector and hold none; while all are held for over a second with requests "
+     "waiting, more are started (up to --max-connections); 0: a thread per connection"),
     ("--drain-delay", "GRACESERVE_DRAIN_DELAY", _duration, DEFAULTS.drain_delay,
      "lame-duck seconds after the stop signal: keep serving, /healthz answers 503"),
     ("--health-path", "GRACESERVE_HEALTH_PATH", _health_path, DEFAULTS.health_path,
@@ -363,7 +367,8 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], Any, str]] = [
 # What --help shows after each flag: the kind of value, or the choices.
 _METAVARS = {
     "--bind": "ADDRESS", "--grace": "SECONDS", "--pidfile": "PATH",
-    "--max-connections": "N", "--idle-timeout": "SECONDS", "--min-body-rate": "BYTES",
+    "--max-connections": "N", "--threads": "N", "--idle-timeout": "SECONDS",
+    "--min-body-rate": "BYTES",
     "--drain-delay": "SECONDS",
     "--log-level": "{" + ",".join(LOG_LEVELS) + "}", "--workers": "N|auto",
     "--worker-timeout": "SECONDS", "--max-requests": "N", "--max-requests-jitter": "N",
@@ -457,7 +462,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="set this environment variable for the app before it is imported; repeatable "
         "(graceserve's own settings are not read from it)",
     )  # fmt: skip
-    parser.add_argument("--threads", action=_Typed, help=argparse.SUPPRESS)
     parser.add_argument("-v", "--version", action="version", version=f"graceserve {__version__}")
     return parser
 
@@ -474,11 +478,6 @@ _OPTIONAL = frozenset(
 # Paths: relative ones are relative to the directory graceserve was started in.
 _PATHS = ("pidfile", "certfile", "keyfile", "ca_certs", "access_log", "chdir")
 
-_THREADS = (
-    "--threads: graceserve runs one thread per connection, there is no pool to size; "
-    "drop it (--max-connections bounds the connections, -w/--workers adds processes)"
-)
-
 
 def _field(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
@@ -488,8 +487,6 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> 
     """Flags, then ``GRACESERVE_*`` variables, then the ``--config`` file, then
     ``$PORT`` and ``$WEB_CONCURRENCY``, then defaults; UsageError on bad input."""
     args = build_parser().parse_args(list(argv))
-    if args.threads is not None:
-        raise UsageError(_THREADS)
     base = launch_dir(environ)
     config_path = args.config or environ.get("GRACESERVE_CONFIG") or None
     filed: dict[str, tuple[str, Any]] = {}
@@ -497,7 +494,7 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> 
         config_path = os.path.join(base, config_path)
         known = {_field(flag) for flag, *_ in _OPTIONS}
         raw = read_config_file(config_path)
-        filed = file_settings(raw, config_path, known, {"threads": _THREADS})
+        filed = file_settings(raw, config_path, known, {})
     values: dict[str, Any] = {}
     for flag, env, convert, _default, _text in _OPTIONS:
         name = _field(flag)

@@ -53,6 +53,10 @@ class Settings:
     """Lame-duck seconds between the stop signal and the drain."""
     log_level: str = "info"
     """debug, info, warning or error."""
+    threads: int = 64
+    """WSGI: pool threads per process (idle keep-alive connections are parked and hold
+    none; more are started while all are held with requests waiting); 0: a thread per
+    connection."""
     root_path: str = ""
     """WSGI: SCRIPT_NAME, the path the app is mounted at behind a proxy ('' or /path)."""
     limit_request_line: int = 8190

@@ -649,7 +649,6 @@ def test_port_zero_may_be_given_twice_each_picks_its_own() -> None:
 @pytest.mark.parametrize(
     ("argv", "words"),
     [
-        (["--threads", "2"], "one thread per connection"),
         (["--keep-alive", "0"], "--keep-alive 0: gunicorn turns keep-alive off"),
         (["-e", "NOEQUALS"], "is not NAME=VALUE"),
         (["-e", "=x"], "is not NAME=VALUE"),
@@ -794,3 +793,11 @@ def test_a_config_file_binds_several_addresses(tmp_path: Any, source: str) -> No
     # The variable, then the flags, replace the file's list as a whole.
     config = parse_args(["-c", str(conf)], environ={"GRACESERVE_BIND": "127.0.0.1:2"})
     assert config.binds == (("127.0.0.1", 2),)
+
+
+def test_threads_sizes_the_wsgi_pool_and_zero_is_a_thread_per_connection() -> None:
+    assert parse_args([], environ={}).threads == 64
+    assert parse_args(["--threads", "8"], environ={}).threads == 8
+    assert parse_args([], environ={"GRACESERVE_THREADS": "0"}).threads == 0
+    with pytest.raises(UsageError, match="--threads"):
+        parse_args(["--threads", "-1"], environ={})

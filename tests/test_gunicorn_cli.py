@@ -136,7 +136,6 @@ def test_port_and_the_port_form_listen_on_every_interface() -> None:
     ("args", "words"),
     [
         (["--work", "2"], ["unrecognized arguments: --work"]),  # no abbreviations
-        (["--threads", "4"], ["--threads", "one thread per connection"]),
         (["--keep-alive", "0"], ["--keep-alive 0", "--idle-timeout 0"]),
         (["-t", "30"], ["--workers 2 or more"]),  # one process has no watchdog
         (["-w", "0"], ["-w"]),
@@ -273,7 +272,6 @@ def test_a_toml_config_file(app_dir: Path) -> None:
         ("x = 1\nraise RuntimeError('no db')\n", ["line 2", "RuntimeError: no db"]),
         ("bind = \n", ["line 1"]),
         ('bind = ["127.0.0.1:1", "127.0.0.1:1"]\n', ["127.0.0.1:1", "given twice"]),
-        ("threads = 8\n", ["threads", "one thread per connection"]),
     ],
 )
 def test_a_bad_config_file_is_one_line_naming_the_file(

@@ -322,24 +322,51 @@ class GracefulTCPServer(AcceptingServer):
 
     def process_request_thread(self, request: Any, client_address: _Address) -> None:
         """Serve one connection in its own thread; always unregisters it."""
-        _handler_thread.server = self
+        self.mark_handler_thread()
         try:
             try:
-                self.finish_request(request, client_address)
-            except _CLIENT_GONE as exc:  # the client left: its business, not a bug
-                log.debug("%s went away: %s", format_address(client_address), exc)
-            except Exception as exc:
-                if not (isinstance(exc, OSError) and self._was_cut(request)):
-                    self._report_error(request, client_address)
+                self.run_guarded(request, client_address, self.finish_request)
             finally:
                 self._safe_shutdown_request(request)
         finally:
             _handler_thread.server = None
-            with self._registry.condition:
-                self._registry.discard(request)
-                capped = self._accept_capped
-            if capped:  # a slot is free: let the accept loop resume
-                self._wake()
+            self.connection_ended(request)
+
+    def mark_handler_thread(self) -> None:
+        """Mark the calling thread as one serving this server's connections (``drain()``
+        refuses to run there: it would wait for itself).  For a pool's threads."""
+        _handler_thread.server = self
+
+    def run_guarded(
+        self, request: Any, client_address: _Address, serve: Callable[[Any, _Address], Any]
+    ) -> Any:
+        """``serve(request, client_address)``, its errors handled as a connection's are:
+        a client that left is logged at DEBUG, an error after a cut is ignored, any other
+        is reported (``handle_error``).  Its result, or None after an error."""
+        try:
+            return serve(request, client_address)
+        except _CLIENT_GONE as exc:  # the client left: its business, not a bug
+            log.debug("%s went away: %s", format_address(client_address), exc)
+        except Exception as exc:
+            if not (isinstance(exc, OSError) and self._was_cut(request)):
+                self._report_error(request, client_address)
+        return None
+
+    def connection_ended(self, request: Any) -> None:
+        """Unregister a connection whose socket was shut and closed (``shutdown_request``);
+        at the connection cap, let the accept loop resume.  Idempotent."""
+        with self._registry.condition:
+            self._registry.discard(request)
+            capped = self._accept_capped
+        if capped:  # a slot is free: let the accept loop resume
+            self._wake()
+
+    def end_connection(self, request: Any) -> None:
+        """Shut, close and unregister a connection served by a pool (never raises for it)."""
+        try:
+            self._safe_shutdown_request(request)
+        finally:
+            self.connection_ended(request)
 
     def shutdown_request(self, request: Any) -> None:
         """Unregister, then shut down and close the connection.  May be extended."""

@@ -137,6 +137,7 @@ class RequestCycle:
         "lock",
         "meter",
         "on_line",
+        "parked",
         "rfile",
         "server",
         "sock",
@@ -164,6 +165,7 @@ class RequestCycle:
         self.health = server.health_path
         self.line: RequestLine | None = None  # the current request's, once its head is read
         self.framing: Framing | None = None  # and its body's framing
+        self.parked = False  # idle since ``park``: the next request line finds it idle already
 
     # -- the loop body --------------------------------------------------------------------
 
@@ -220,7 +222,9 @@ class RequestCycle:
         ``timeout`` raises TimeoutError.
         """
         conn = self.conn
-        if conn.to_idle(_now()):
+        if self.parked:  # idle since it was parked (its idle time runs from then)
+            self.parked = False
+        elif conn.to_idle(_now()):
             return None
         limit = self.limits.request_line + 3  # CRLF, and one byte to tell "too long"
         readline = self.rfile.readline
@@ -240,6 +244,18 @@ class RequestCycle:
         if cut:  # a request raced the close of an idle connection: answer it, with close
             self.closing = True
         return raw
+
+    def park(self) -> bool:
+        """The response is out and nothing is buffered: idle from now, without a thread.
+
+        True when the connection may be parked (its next ``request_line`` reads
+        on from this idle state, as a thread blocked in its read would); False
+        when the drain or the reaper closed it meanwhile (end it quietly).
+        """
+        if self.conn.to_idle(_now()):
+            return False
+        self.parked = True
+        return True
 
     def read_head(self, line: RequestLine) -> tuple[list[tuple[str, str]], Framing]:
         """The field lines after request line ``line`` (``httpparse.parse_request_line``

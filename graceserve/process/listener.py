@@ -90,6 +90,7 @@ def server_options(settings: Settings, server_class: type[GracefulTCPServer]) ->
         **{field.name: getattr(http, field.name) for field in dataclasses.fields(http)},
         root_path=settings.root_path,
         multiprocess=settings.workers > 1,  # another process runs the app too
+        threads=settings.threads or None,
     )
 
 

@@ -94,7 +94,7 @@ log = logging.getLogger("graceserve")
 # bypass it (read1 with an empty buffer reads straight into the result), and what an
 # idle connection keeps resident after a large request stays small (1,000 idle
 # connections after a 48 KiB head: 43 KiB each, against 88 KiB with 64 KiB).
-_RFILE_BUFFER = 16384
+RFILE_BUFFER = 16384
 _SPECIAL = {"CONTENT_TYPE": "CONTENT_TYPE", "CONTENT_LENGTH": "CONTENT_LENGTH"}
 _environ_keys: dict[str, str | None] = {}  # header name as sent -> environ key (None: dropped)
 _MAX_CACHED_KEYS = 4096
@@ -158,12 +158,18 @@ class WSGIConnection:
     """
 
     def __init__(
-        self, server: ConnectionServer, request: socket.socket, client_address: Any
+        self,
+        server: ConnectionServer,
+        request: socket.socket,
+        client_address: Any,
+        rfile: BinaryIO | None = None,
     ) -> None:
         self.server = server
         self.request = request
         self.client_address = client_address
-        self.rfile: BinaryIO = request.makefile("rb", _RFILE_BUFFER)  # type: ignore[assignment]
+        if rfile is None:
+            rfile = request.makefile("rb", RFILE_BUFFER)  # type: ignore[assignment]
+        self.rfile: BinaryIO = rfile  # type: ignore[assignment]
         self.cycle = RequestCycle(server, request, client_address, self.rfile)
         environ = dict(server.base_environ)
         environ["wsgi.url_scheme"] = server.url_scheme

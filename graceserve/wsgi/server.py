@@ -17,16 +17,22 @@ streaming response can end itself politely before the grace runs out.
 from __future__ import annotations
 
 import socketserver
+import threading
+import time
 from typing import Any
 
 from graceserve._version import __version__
 from graceserve.core.options import TCPOptions
+from graceserve.core.parking import ConnectionPool
 from graceserve.http.server import GracefulHTTPServer
 from graceserve.settings import DEFAULTS
 from graceserve.wsgi.handler import WSGIApplication, WSGIConnection, make_base_environ
-from graceserve.wsgi.options import WSGIOptions
+from graceserve.wsgi.options import DEFAULT_THREADS, WSGIOptions
+from graceserve.wsgi.pooled import WSGISession
 
 __all__ = ["GracefulWSGIServer", "WSGIApplication", "make_server"]
+
+_MAX_THREADS = 1024  # the pool's bound while stuck, without --max-connections
 
 
 class _NoHandler(socketserver.BaseRequestHandler):
@@ -53,14 +59,22 @@ class GracefulWSGIServer(GracefulHTTPServer):
     - multiprocess = False            (option) ``wsgi.multiprocess``: True when other
                                       processes serve the same app at the same time
                                       (the runner gives it for ``--workers N``, N > 1)
+    - threads = 64                    (option) pool threads: an idle keep-alive
+                                      connection is parked in one selector, not held
+                                      by a thread (``graceserve.wsgi.pooled``); while
+                                      all are held for over a second with requests
+                                      waiting, more are started (up to
+                                      ``max_connections``); None: a thread per
+                                      connection (also without ``select.epoll``)
 
     Threading contract: as GracefulHTTPServer; the application is called from
-    one thread per connection, concurrently (``wsgi.multithread`` is True).
+    several threads concurrently (``wsgi.multithread`` is True).
     """
 
     root_path = DEFAULTS.root_path
     server_software = f"graceserve/{__version__}"
     multiprocess = False
+    threads: int | None = DEFAULT_THREADS
     options_class: type[WSGIOptions] = WSGIOptions
     options: WSGIOptions
 
@@ -74,6 +88,8 @@ class GracefulWSGIServer(GracefulHTTPServer):
     ) -> None:
         self.application: WSGIApplication = app
         self.base_environ: dict[str, Any] = {}
+        self._pool: ConnectionPool | None = None
+        self._pool_lock = threading.Lock()
         super().__init__(server_address, _NoHandler, bind_and_activate, options=options)
 
     def apply_options(self, options: TCPOptions) -> None:
@@ -108,6 +124,60 @@ class GracefulWSGIServer(GracefulHTTPServer):
     def serve_connection(self, request: Any, client_address: Any) -> None:
         """Serve the connection's requests with graceserve's WSGI request loop."""
         WSGIConnection(self, request, client_address).run()
+
+    # -- the pool (``threads``) ------------------------------------------------
+
+    @property
+    def pool(self) -> ConnectionPool | None:
+        """The pool serving the connections (None before the first, or without ``threads``)."""
+        return self._pool
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Register the connection and park it in the pool (with ``threads``); else as
+        GracefulTCPServer (a thread for it).  May be extended."""
+        threads = self.threads
+        if threads is None or not ConnectionPool.available():
+            super().process_request(request, client_address)
+            return
+        pool = self._pool
+        if pool is None:
+            with self._pool_lock:
+                if self._pool is None:
+                    self._pool = ConnectionPool(
+                        threads,
+                        "graceserve-pool",
+                        thread_setup=self.mark_handler_thread,
+                        max_threads=self.max_connections or _MAX_THREADS,
+                    )
+                pool = self._pool
+        self.registry.add(request, self.make_connection(request, client_address))
+        try:
+            pool.park(WSGISession(self, request, client_address))
+        except BaseException:
+            self.registry.discard(request)
+            raise
+
+    def service_actions(self) -> None:
+        """The reaper (as GracefulHTTPServer), then: a pool whose threads are all stuck in
+        sessions (clients trickling their requests) gets threads for the input waiting."""
+        super().service_actions()
+        pool = self._pool
+        if pool is not None:
+            pool.unstick(time.monotonic())
+
+    def pool_forget(self, session: WSGISession) -> None:
+        """Stop watching a session that ends (before its socket closes).  Any thread."""
+        pool = self._pool
+        if pool is not None:
+            pool.forget(session)
+
+    def server_close(self) -> None:
+        """Drain and close (as GracefulHTTPServer), then stop the pool's threads."""
+        super().server_close()
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
 
 
 def make_server(

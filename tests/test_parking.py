@@ -1,0 +1,243 @@
+"""Parked connections (graceserve.core.parking, graceserve.wsgi.pooled): threads follow work.
+
+An idle keep-alive WSGI connection holds no thread: it waits in one epoll and
+a pool thread serves it when it becomes readable.  Every promise of a thread
+per connection holds for a parked one: the drain closes it with a FIN (and a
+request that raced the drain is answered, with ``Connection: close``), the
+idle timeout closes it, a pipelined request is served without parking, and
+many idle connections cost no more threads than the pool has.
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+from graceserve.core.parking import STALL, ConnectionPool
+from graceserve.wsgi.server import GracefulWSGIServer
+from testsupport.pki import make_pki
+from testsupport.waiting import Call, wait_until
+from testsupport.wsgiapps import Client, get, hello_app, serving
+
+_REQUEST = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n"
+
+
+def _parked(server: GracefulWSGIServer, count: int) -> bool:
+    pool = server.pool
+    return pool is not None and pool.parked == count
+
+
+def test_an_idle_keepalive_connection_holds_no_thread_and_is_served_again() -> None:
+    with serving(hello_app, threads=2) as server, Client(server.server_address) as client:
+        for _ in range(3):
+            client.request("GET", "/")
+            assert client.read_response().body == b"hello\n"
+            wait_until(lambda: _parked(server, 1), what="the connection to be parked")
+        pool = server.pool
+        assert pool is not None
+        assert pool.threads == 2
+
+
+def test_a_pipelined_request_is_served_without_parking() -> None:
+    with serving(hello_app, threads=2) as server, Client(server.server_address) as client:
+        client.request("GET", "/")
+        client.read_response()
+        wait_until(lambda: _parked(server, 1), what="the connection to be parked")
+        pool = server.pool
+        assert pool is not None
+        before = pool.parks
+        client.sock.sendall(_REQUEST * 3)  # one segment: all three in the socket file's buffer
+        for _ in range(3):
+            assert client.read_response().status == 200
+        wait_until(lambda: _parked(server, 1), what="the connection to be parked again")
+        assert pool.parks == before + 1  # once, after the third response
+
+
+def test_the_drain_closes_parked_connections_with_fin_and_answers_a_racing_request() -> None:
+    with serving(hello_app, threads=2, drain_linger=1.0) as server:
+        racing, quiet = Client(server.server_address), Client(server.server_address)
+        try:
+            for client in (racing, quiet):
+                client.request("GET", "/")
+                client.read_response()
+            wait_until(lambda: _parked(server, 2), what="both connections to be parked")
+            drain = Call(server.drain, 10.0)
+            wait_until(lambda: server.listener_closed, what="the listener to close")
+            racing.request("GET", "/")  # within its linger: answered, saying close
+            reply = racing.read_response()
+            assert (reply.status, reply.header("Connection")) == (200, "close")
+            assert racing.at_eof()  # a FIN (a reset would raise)
+            assert quiet.at_eof()
+            report = drain.result()
+        finally:
+            racing.close()
+            quiet.close()
+    assert report.clean
+    assert report.forced == 0
+    assert report.idle_closed == 1  # the quiet one; the racing one ended after its answer
+
+
+def test_a_parked_connection_past_the_idle_timeout_is_closed() -> None:
+    with serving(hello_app, threads=2, idle_timeout=0.5) as server:
+        with Client(server.server_address) as client:
+            client.request("GET", "/")
+            client.read_response()
+            assert client.at_eof()  # closed by the reaper, with a FIN
+        wait_until(lambda: server.active_connections == 0, what="the connection to end")
+
+
+def test_many_idle_connections_cost_no_more_threads_than_the_pool() -> None:
+    before = threading.active_count()
+    clients: list[socket.socket] = []
+    with serving(hello_app, threads=4) as server:
+        try:
+            for _ in range(300):
+                sock = socket.create_connection(("127.0.0.1", server.server_port), timeout=10)
+                clients.append(sock)
+                sock.sendall(_REQUEST)
+            for sock in clients:
+                assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
+            wait_until(lambda: _parked(server, 300), what="300 parked connections")
+            assert server.active_connections == 300
+            # The pool's 4 and the accept loop's: not one per connection.
+            assert threading.active_count() <= before + 5
+            assert get(server.server_address).status == 200  # a new client is served
+        finally:
+            for sock in clients:
+                sock.close()
+
+
+def test_without_threads_each_connection_has_its_own_thread() -> None:
+    with serving(hello_app, threads=None) as server, Client(server.server_address) as client:
+        client.request("GET", "/")
+        assert client.read_response().status == 200
+        assert server.pool is None
+
+
+def test_tls_connections_are_parked_too(tmp_path: Path) -> None:
+    """Over TLS: parked after its handshake and each response; a pipelined request in the
+    TLS object's or the file's buffer is served without parking; the drain ends it with
+    close_notify and a FIN."""
+    pki = make_pki(tmp_path)
+    cert, key = pki.issue("server", "graceserve-parked")
+    context = pki.client_context()
+    with serving(
+        hello_app, threads=2, certfile=str(cert), keyfile=str(key), drain_linger=0.05
+    ) as server:
+        raw = socket.create_connection(("127.0.0.1", server.server_port), timeout=10)
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            reader: BinaryIO = tls.makefile("rb")
+            tls.sendall(_REQUEST)
+            assert _read_reply(reader).startswith(b"HTTP/1.1 200 ")
+            wait_until(lambda: _parked(server, 1), what="the TLS connection to be parked")
+            pool = server.pool
+            assert pool is not None
+            before = pool.parks
+            tls.sendall(_REQUEST * 3)
+            for _ in range(3):
+                assert _read_reply(reader).startswith(b"HTTP/1.1 200 ")
+            wait_until(lambda: _parked(server, 1), what="the TLS connection to be parked again")
+            assert pool.parks == before + 1
+            report = server.drain(10.0)
+            assert reader.read(1) == b""  # close_notify, then FIN (a reset would raise)
+            reader.close()
+    assert report.clean
+    assert report.idle_closed == 1
+
+
+def _read_reply(reader: BinaryIO) -> bytes:
+    """One hello_app response (its head and its 6-byte body)."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        line = reader.readline()
+        assert line, "EOF inside a response head"
+        head += line
+    return head + reader.read(6)
+
+
+class _Echo:
+    """A session that hands on what it reads; it ends (forgotten, closed) at EOF."""
+
+    def __init__(self, pool: ConnectionPool, sock: socket.socket) -> None:
+        self.pool = pool
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.seen: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self.threads: set[str] = set()
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def resume(self) -> bool:
+        self.threads.add(threading.current_thread().name)
+        data = self.sock.recv(100)
+        self.seen.put(data)
+        if data:
+            return True
+        self.pool.forget(self)
+        self.sock.close()
+        return False
+
+
+def test_the_pool_serves_parked_sessions_as_they_become_readable_on_its_threads_only() -> None:
+    """The core pool alone (no HTTP): 50 sessions on 2 threads; each resumed once per
+    input, none resumed without input; EOF ends them; ``close`` ends the threads."""
+    pool = ConnectionPool(2, "test-pool")
+    pairs = [socket.socketpair() for _ in range(50)]
+    sessions = [_Echo(pool, ours) for ours, _ in pairs]
+    try:
+        for session in sessions:
+            pool.park(session)
+        for turn in (b"a", b"b"):
+            for _, peer in pairs:
+                peer.sendall(turn)
+            for session in sessions:
+                assert session.seen.get(timeout=10) == turn
+        wait_until(lambda: pool.parked == 50, what="all 50 parked again")
+        assert all(session.seen.empty() for session in sessions)  # no resume without input
+        for _, peer in pairs:
+            peer.close()
+        for session in sessions:
+            assert session.seen.get(timeout=10) == b""
+        wait_until(lambda: pool.parked == 0, what="every session to end")
+        assert pool.threads == 2
+        assert set().union(*(s.threads for s in sessions)) <= {"test-pool-1", "test-pool-2"}
+    finally:
+        pool.close()
+        for ours, peer in pairs:
+            ours.close()
+            peer.close()
+
+
+def test_clients_trickling_their_requests_do_not_starve_the_pool() -> None:
+    """Both pool threads blocked in unfinished request heads: after ``STALL`` the pool
+    starts a thread for the client waiting, and the extra threads end once unneeded."""
+    with serving(hello_app, threads=2, idle_timeout=30.0) as server:
+        trickling = [
+            socket.create_connection(("127.0.0.1", server.server_port), timeout=10)
+            for _ in range(2)
+        ]
+        try:
+            for sock in trickling:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # then nothing: its head waits
+            wait_until(lambda: _stuck(server, 2), what="both pool threads to be held")
+            began = time.monotonic()
+            assert get(server.server_address).status == 200  # not after the idle timeout
+            assert time.monotonic() - began < STALL + 5.0
+            pool = server.pool
+            assert pool is not None
+            assert pool.grown >= 1
+        finally:
+            for sock in trickling:
+                sock.close()
+        wait_until(lambda: pool.threads == 2, what="the extra threads to end")
+
+
+def _stuck(server: GracefulWSGIServer, count: int) -> bool:
+    """Whether ``count`` connections are half-way through a request (held by a thread)."""
+    with server.registry.locked_items() as items:
+        return sum(1 for _, conn in items if conn.reading) == count
