@@ -158,14 +158,7 @@ def _bind_first(
     options: TCPOptions,
 ) -> GracefulTCPServer:
     """The server, bound to ``settings.bind`` and listening."""
-    address = settings.bind
-    family: int
-    sockaddr: Any
-    if isinstance(address, str):
-        _clear_stale_unix_socket(address)
-        family, sockaddr = socket.AF_UNIX, address
-    else:
-        family, sockaddr = _resolve(address)
+    family, sockaddr = _socket_address(settings.bind)
     server_class = type(server_class.__name__, (server_class,), {"address_family": family})
     try:
         server = server_class(sockaddr, handler_class, bind_and_activate=False, options=options)
@@ -200,13 +193,7 @@ def _bind_socket(
 ) -> socket.socket:
     """A socket bound to ``address`` and listening, made as the server makes its own
     (``add_listener`` then adopts it); StartupError if impossible."""
-    family: int
-    sockaddr: Any
-    if isinstance(address, str):
-        _clear_stale_unix_socket(address)
-        family, sockaddr = socket.AF_UNIX, address
-    else:
-        family, sockaddr = _resolve(address)
+    family, sockaddr = _socket_address(address)
     where = format_address(sockaddr)
     sock = socket.socket(family, socket.SOCK_STREAM)
     old_umask = os.umask(settings.umask) if family == socket.AF_UNIX else None
@@ -224,6 +211,15 @@ def _bind_socket(
         if old_umask is not None:
             os.umask(old_umask)
     return sock
+
+
+def _socket_address(address: Address) -> tuple[int, Any]:
+    """(family, socket address) to bind ``address`` to; a ``unix:`` path's stale socket
+    file (no server behind it) is removed first."""
+    if isinstance(address, str):
+        _clear_stale_unix_socket(address)
+        return socket.AF_UNIX, address
+    return _resolve(address)
 
 
 def _is_ipv4(address: Address) -> bool:
