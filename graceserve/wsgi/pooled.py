@@ -58,10 +58,6 @@ class PoolServer(ConnectionServer, Protocol):
     def tls_handshake_timeout(self) -> float | None:
         """Seconds a client gets to finish its handshake."""
 
-    @property
-    def drain_linger_max(self) -> float:
-        """The longest linger (a new TLS connection's, until its rhythm is learned)."""
-
     def run_guarded(
         self, request: Any, client_address: Any, serve: Callable[[Any, Any], Any]
     ) -> Any:
@@ -72,9 +68,6 @@ class PoolServer(ConnectionServer, Protocol):
 
     def end_connection(self, request: Any) -> None:
         """Shut, close and unregister the connection."""
-
-
-_HANDSHAKE_RHYTHM = 3.0  # as GracefulHTTPServer.finish_request: the longest linger until learned
 
 
 class CountingSocketIO(socket.SocketIO):
@@ -184,7 +177,8 @@ class WSGISession:
             if stream is None:
                 return None
             if conn is not None:
-                conn.rhythm = max(conn.rhythm, server.drain_linger_max / _HANDSHAKE_RHYTHM)
+                # (Its first request gets the longest linger at a drain, as on every
+                # connection not yet used: GracefulHTTPServer.linger_until.)
                 conn.watch_writes = True  # SO_SNDTIMEO does not bound TLS writes
         self.raw = raw = CountingSocketIO(stream, "rb")
         rfile = io.BufferedReader(raw, RFILE_BUFFER)

@@ -17,7 +17,6 @@ streaming response can end itself politely before the grace runs out.
 from __future__ import annotations
 
 import socketserver
-import threading
 import time
 from typing import Any
 
@@ -88,9 +87,17 @@ class GracefulWSGIServer(GracefulHTTPServer):
     ) -> None:
         self.application: WSGIApplication = app
         self.base_environ: dict[str, Any] = {}
-        self._pool: ConnectionPool | None = None
-        self._pool_lock = threading.Lock()
+        self._pool: ConnectionPool | None = None  # (server_close may run inside __init__)
         super().__init__(server_address, _NoHandler, bind_and_activate, options=options)
+        threads = self.threads
+        if threads is not None and ConnectionPool.available():
+            # Made once, with the options; its threads start at the first connection.
+            self._pool = ConnectionPool(
+                threads,
+                "graceserve-pool",
+                thread_setup=self.mark_handler_thread,
+                max_threads=self.max_connections or _MAX_THREADS,
+            )
 
     def apply_options(self, options: TCPOptions) -> None:
         """Put ``options`` in force (as GracefulHTTPServer), ``root_path`` normalised."""
@@ -129,27 +136,17 @@ class GracefulWSGIServer(GracefulHTTPServer):
 
     @property
     def pool(self) -> ConnectionPool | None:
-        """The pool serving the connections (None before the first, or without ``threads``)."""
+        """The pool serving the connections (None without ``threads``, or without
+        ``select.epoll``, or once closed)."""
         return self._pool
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Register the connection and park it in the pool (with ``threads``); else as
         GracefulTCPServer (a thread for it).  May be extended."""
-        threads = self.threads
-        if threads is None or not ConnectionPool.available():
-            super().process_request(request, client_address)
-            return
         pool = self._pool
         if pool is None:
-            with self._pool_lock:
-                if self._pool is None:
-                    self._pool = ConnectionPool(
-                        threads,
-                        "graceserve-pool",
-                        thread_setup=self.mark_handler_thread,
-                        max_threads=self.max_connections or _MAX_THREADS,
-                    )
-                pool = self._pool
+            super().process_request(request, client_address)
+            return
         self.registry.add(request, self.make_connection(request, client_address))
         try:
             pool.park(WSGISession(self, request, client_address))
@@ -174,8 +171,7 @@ class GracefulWSGIServer(GracefulHTTPServer):
     def server_close(self) -> None:
         """Drain and close (as GracefulHTTPServer), then stop the pool's threads."""
         super().server_close()
-        with self._pool_lock:
-            pool, self._pool = self._pool, None
+        pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
 
