@@ -182,9 +182,8 @@ def run(
             endpoint = open_metrics(settings)
             try:
                 return _run_alone(
-                    handler, handler_class, settings, relay, notifier, inherited, pid,
-                    endpoint, identity,
-                )  # fmt: skip
+                    handler_class, settings, relay, notifier, inherited, pid, endpoint, identity
+                )
             finally:
                 if endpoint is not None:
                     endpoint.close()
@@ -197,7 +196,6 @@ def run(
 
 
 def _run_alone(
-    handler: type[socketserver.BaseRequestHandler] | WSGIApplication | str,
     handler_class: type[socketserver.BaseRequestHandler] | WSGIApplication | str,
     settings: Settings,
     relay: SignalRelay,
@@ -212,7 +210,7 @@ def _run_alone(
     ``handler_class`` is the loaded target, or (with ``identity``, ``--user``) still
     its name: it is imported only once this process is the user."""
     if identity is not None:
-        server = bind_then_drop(handler, settings, identity, inherited, pid)
+        server = bind_then_drop(handler_class, settings, identity, inherited, pid)
     else:
         assert not isinstance(handler_class, str)
         server = make_server(handler_class, settings, inherited)
