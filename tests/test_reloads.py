@@ -157,7 +157,11 @@ def test_a_new_worker_that_dies_after_ready_while_a_sibling_imports_is_replaced(
     release(app_dir, "v2", arrival=1)  # the first new worker gets ready, the second waits
     ctls.append(reload := graceful(app_dir))
     first = int(server.wait_for_line(r"test-app: pid (\d+) is arrival 1 of v2")[1])
-    server.wait_for_line(rf"listening on .*pid {first},")
+    # Serving, so its READY was sent (before it accepts); its "listening on" line comes
+    # just before READY, and a kill between the two is a death before ready.
+    wait_until(
+        lambda: served_by(get(address(server))[1]) == first, 20, "the first v2 worker to serve"
+    )
     wait_until(lambda: arrivals(app_dir, "v2") == 2, 20, "the second v2 worker importing")
     os.kill(first, signal.SIGKILL)  # say, the out-of-memory killer
     server.wait_for_line(rf"worker {first} \(generation 2\) died")
