@@ -103,8 +103,8 @@ def test_many_idle_connections_cost_no_more_threads_than_the_pool() -> None:
                 assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
             wait_until(lambda: _parked(server, 300), what="300 parked connections")
             assert server.active_connections == 300
-            # The pool's 4 and the accept loop's: not one per connection.
-            assert threading.active_count() <= before + 5
+            # The pool's 4, its watcher and the accept loop's: not one per connection.
+            assert threading.active_count() <= before + 6
             assert get(server.server_address).status == 200  # a new client is served
         finally:
             for sock in clients:
@@ -160,7 +160,11 @@ def _read_reply(reader: BinaryIO) -> bytes:
 
 
 class _Echo:
-    """A session that hands on what it reads; it ends (forgotten, closed) at EOF."""
+    """A session that hands on what it reads; it ends (forgotten, closed) at EOF.
+
+    Told ``block``, it waits (off the CPU) for ``release``; told ``spin``, it computes
+    (on the CPU, holding the GIL but for the interpreter's switches) until ``release``.
+    """
 
     def __init__(self, pool: ConnectionPool, sock: socket.socket) -> None:
         self.pool = pool
@@ -168,6 +172,7 @@ class _Echo:
         self.fd = sock.fileno()
         self.seen: queue.SimpleQueue[bytes] = queue.SimpleQueue()
         self.threads: set[str] = set()
+        self.release = threading.Event()
 
     def fileno(self) -> int:
         return self.fd
@@ -176,6 +181,12 @@ class _Echo:
         self.threads.add(threading.current_thread().name)
         data = self.sock.recv(100)
         self.seen.put(data)
+        if data == b"block":
+            self.release.wait(30)
+        elif data == b"spin":
+            deadline = time.monotonic() + 30
+            while not self.release.is_set() and time.monotonic() < deadline:
+                pass
         if data:
             return True
         self.pool.forget(self)
@@ -211,6 +222,69 @@ def test_the_pool_serves_parked_sessions_as_they_become_readable_on_its_threads_
         for ours, peer in pairs:
             ours.close()
             peer.close()
+
+
+def _sessions(pool: ConnectionPool, count: int) -> tuple[list[_Echo], list[socket.socket]]:
+    pairs = [socket.socketpair() for _ in range(count)]
+    sessions = [_Echo(pool, ours) for ours, _ in pairs]
+    for session in sessions:
+        pool.park(session)
+    return sessions, [peer for _, peer in pairs]
+
+
+def _end(pool: ConnectionPool, sessions: list[_Echo], peers: list[socket.socket]) -> None:
+    for session in sessions:
+        session.release.set()
+    pool.close()
+    for session, peer in zip(sessions, peers, strict=True):
+        session.sock.close()
+        peer.close()
+
+
+def test_sessions_blocked_in_io_get_spare_threads_for_the_others() -> None:
+    """One thread serves while sessions only compute; each session that blocks (an app
+    waiting on I/O) gets the work waiting behind it a spare thread: three blocked at once
+    on a pool of four, and a fourth is still served."""
+    pool = ConnectionPool(4, "test-pool")
+    sessions, peers = _sessions(pool, 4)
+    try:
+        for session, peer in zip(sessions[:3], peers[:3], strict=True):
+            peer.sendall(b"block")
+            assert session.seen.get(timeout=10) == b"block"  # begun (and now blocked)
+        peers[3].sendall(b"x")
+        assert sessions[3].seen.get(timeout=10) == b"x"
+        assert all(not session.release.is_set() for session in sessions[:3])
+        assert pool.woken >= 3
+        assert pool.threads == 4
+    finally:
+        _end(pool, sessions, peers)
+
+
+def test_a_session_that_computes_at_length_does_not_hold_up_the_others() -> None:
+    """A session computing (runnable, never blocked) for longer than ``LONG`` while
+    input waits: a spare serves the input, sharing the GIL with it, as threads do."""
+    pool = ConnectionPool(2, "test-pool")
+    sessions, peers = _sessions(pool, 2)
+    try:
+        peers[0].sendall(b"spin")
+        assert sessions[0].seen.get(timeout=10) == b"spin"
+        peers[1].sendall(b"x")
+        assert sessions[1].seen.get(timeout=20) == b"x"
+        assert not sessions[0].release.is_set()  # served while the other still computes
+    finally:
+        _end(pool, sessions, peers)
+
+
+def test_the_watcher_sleeps_while_the_pool_is_idle() -> None:
+    pool = ConnectionPool(2, "test-pool")
+    sessions, peers = _sessions(pool, 1)
+    try:
+        peers[0].sendall(b"x")
+        assert sessions[0].seen.get(timeout=10) == b"x"
+        wait_until(lambda: not pool.watching, what="the watcher to go to sleep")
+        wait_until(lambda: pool.parked == 1, what="the session to be parked again")
+    finally:
+        _end(pool, sessions, peers)
 
 
 def test_clients_trickling_their_requests_do_not_starve_the_pool() -> None:

@@ -9,11 +9,26 @@ threads follow work instead:
 - a connection with nothing to read is *parked*: its socket is armed in one
   ``epoll`` (``EPOLLONESHOT``: one event per arming, so a parked connection is
   handed to exactly one thread), and no thread waits for it;
-- the pool's threads take turns being the *poller* (leader/follower): the one
-  holding ``_poll_lock`` waits in ``epoll.poll``, queues what became readable,
-  and serves the first itself; the others take the queued ones.  There is no
-  separate parker thread, so a ready connection is served by the thread that
-  noticed it, without a hand-off, whenever that thread is free;
+- one pool thread at a time is normally *running*: it waits in ``epoll.poll``
+  (holding ``_poll_lock``), queues what became readable, and serves the queue
+  itself, one session after another, like an event loop.  The others are
+  *spares*, each asleep on its own lock.  With one thread running there is no
+  GIL hand-off between threads per request (with one thread per ready
+  connection every system call of a request handed the GIL to another thread:
+  ~12 futex calls and ~6.6 context switches per request at 50 connections);
+- a spare is woken only when work may be waiting (input queued, or nobody
+  waiting for input) and the threads serving cannot take it: they are
+  *blocked* (an app waiting on I/O, a client trickling its request: together
+  they used less than ``BUSY`` of the last tick's CPU, and none of them is
+  running or waiting for a CPU now, so a thread that is merely slow for want
+  of a CPU on a loaded machine is not taken for blocked), or no session began
+  for ``LONG`` (one computes at length: the others then share the GIL with
+  it, as threads always did).  The pool's *watcher* thread looks every
+  ``TICK`` while sessions are served, and sleeps while the pool is idle.  It
+  wakes as many spares as sessions are queued (at least one).  A running
+  thread that finds nothing queued and another thread already polling
+  becomes a spare again, so an app that only computes is served by one
+  thread, and one that waits gets as many as it waits on (up to ``threads``);
 - a session serves what it was woken for, and parks again only when nothing
   is buffered (a pipelined request is served on the same thread);
 - a thread blocks while a session reads the rest of a request, so clients
@@ -24,7 +39,8 @@ threads follow work instead:
   ``max_threads``; threads beyond ``size`` end as soon as they find nothing
   queued.
 
-The pool knows nothing of HTTP and has no timers: the server's reaper closes
+The pool knows nothing of HTTP and keeps no timers of its own (the watcher's
+tick only decides when to wake spares): the server's reaper closes
 idle connections (idle timeout, drain linger, the connection cap) by shutting
 their read side, which makes a parked socket readable, so a thread resumes it,
 meets the EOF, and ends it the ordinary way.  Needs ``select.epoll`` (Linux);
@@ -54,6 +70,10 @@ log = logging.getLogger("graceserve")
 
 _ARM = getattr(select, "EPOLLIN", 1) | getattr(select, "EPOLLONESHOT", 1 << 30)
 _BATCH = 256  # events taken per epoll wait
+TICK = 0.002  # seconds between the watcher's looks while sessions are served
+BUSY = 0.5  # the share of a tick the threads serving must have used the CPU for: below it,
+# and none of them runnable, they are blocked (wake spares for the work waiting)
+LONG = 0.02  # seconds one session may compute while work waits before a spare shares the GIL
 STALL = 1.0  # seconds without a finished turn, with input waiting, before the pool grows
 _JOIN_TIMEOUT = 0.5  # seconds ``close`` waits for the threads, all together (idle ones end
 # at once; one still in an app after the drain's deadline is left behind, as a daemon)
@@ -68,6 +88,40 @@ class Session(Protocol):
     def resume(self) -> bool:
         """Serve what arrived; True when idle again with nothing buffered (park it),
         False once the session has ended and cleaned up (it called ``forget``)."""
+
+
+class _Worker:
+    """A pool thread as the watcher sees it: its id, and whether it sleeps as a spare."""
+
+    __slots__ = ("clock", "cpu", "lock", "spare", "stat")
+
+    def __init__(self) -> None:
+        """Made by the thread itself (its CPU clock is asked for while it surely lives)."""
+        self.clock = time.pthread_getcpuclockid(threading.get_ident())
+        self.stat = f"/proc/self/task/{threading.get_native_id()}/stat"
+        self.cpu = -1  # its CPU time at the watcher's last look (-1: not looked at)
+        self.lock = threading.Lock()  # held; the thread sleeps on it as a spare
+        self.lock.acquire()
+        self.spare = False
+
+    def cpu_since(self) -> int | None:
+        """Nanoseconds of CPU since the previous call (None at the first, or once ended)."""
+        try:
+            now = time.clock_gettime_ns(self.clock)
+        except OSError:
+            return None
+        before, self.cpu = self.cpu, now
+        return None if before < 0 else now - before
+
+    def runnable(self) -> bool:
+        """Whether the thread is running or waiting for a CPU (not blocked) right now;
+        True when that cannot be told (no ``/proc``)."""
+        try:
+            with open(self.stat, "rb") as stat:
+                line = stat.read(512)
+        except OSError:
+            return True
+        return line[line.rfind(b")") + 2 : line.rfind(b")") + 3] == b"R"
 
 
 class ConnectionPool:
@@ -108,7 +162,14 @@ class ConnectionPool:
         self._poll_lock = threading.Lock()  # held by the one thread waiting in epoll.poll
         self._start_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._workers: dict[threading.Thread, _Worker] = {}
+        self._spares: collections.deque[_Worker] = collections.deque()  # asleep, each on its
+        # own (held) lock; releasing it wakes that thread
+        self._active = threading.Event()  # set while sessions are served: the watcher looks
+        self._watcher: threading.Thread | None = None
         self._closed = False
+        self.woken = 0
+        """Times a spare was woken by the watcher (a statistic; for tests and the bench)."""
         self.parks = 0
         """How many times a session was parked (a statistic; for tests and the bench)."""
 
@@ -121,6 +182,12 @@ class ConnectionPool:
     def threads(self) -> int:
         """Threads running: ``size``, more while sessions were stuck (``unstick``)."""
         return len(self._threads)
+
+    @property
+    def watching(self) -> bool:
+        """Whether the watcher is looking (sessions are being served); False while the
+        pool is idle (a snapshot)."""
+        return self._active.is_set()
 
     @property
     def parked(self) -> int:
@@ -173,12 +240,17 @@ class ConnectionPool:
         self._closed = True
         with contextlib.suppress(OSError):
             self._wake_w.send(b"\0")
+        self._wake_spares(len(self._spares))
+        self._active.set()  # the watcher sees ``_closed``
         current = threading.current_thread()
         deadline = time.monotonic() + _JOIN_TIMEOUT  # one budget for all of them
-        for thread in self._threads:
+        threads = list(self._threads)
+        if self._watcher is not None:
+            threads.append(self._watcher)
+        for thread in threads:
             if thread is not current:
                 thread.join(max(0.0, deadline - time.monotonic()))
-        if not any(thread.is_alive() for thread in self._threads):
+        if not any(thread.is_alive() for thread in threads):
             self._epoll.close()
             self._wake_r.close()
             self._wake_w.close()
@@ -214,8 +286,13 @@ class ConnectionPool:
 
     def _start(self) -> None:
         with self._start_lock:
-            if not self._threads:
+            if not self._threads and not self._closed:
                 self._add_threads_locked(self.size)
+                if self.size > 1:  # with one thread there is no spare to wake
+                    self._watcher = threading.Thread(
+                        target=self._watch, name=f"{self._name}-watcher", daemon=True
+                    )
+                    self._watcher.start()
 
     def _add_threads(self, wanted: int) -> int:
         with self._start_lock:
@@ -249,36 +326,127 @@ class ConnectionPool:
     def _work(self) -> None:
         if self._setup is not None:
             self._setup()
+        worker = self._workers[threading.current_thread()] = _Worker()
+        try:
+            self._serve(worker)
+        finally:
+            self._workers.pop(threading.current_thread(), None)
+
+    def _serve(self, worker: _Worker) -> None:
         while True:
-            session = self._next()
+            session = self._next(worker)
             if session is None:
                 return
+            self._turns += 1
             try:
                 park = session.resume()
             except BaseException:  # resume handles its own errors; this is a last resort
                 log.exception("a pooled connection raised past its handler")
                 park = False
-            self._turns += 1
             if park:
                 self.park(session)
 
-    def _next(self) -> Session | None:
-        """The next ready session, polling for one when none is queued; None at close."""
+    def _next(self, worker: _Worker) -> Session | None:
+        """The next ready session: queued, or polled for when no other thread polls (else
+        this thread sleeps as a spare until woken); None at close."""
         ready = self._ready
         while True:
             try:
                 return ready.popleft()
             except IndexError:
                 pass
+            if self._closed:
+                return None
             if len(self._threads) > self.size and self._retire():
                 return None  # an extra thread, and nothing is queued
-            with self._poll_lock:
-                if self._closed:
-                    return None
-                if ready:
-                    continue
-                if not self._queue_events(-1):
-                    return None
+            if self._poll_lock.acquire(blocking=False):
+                try:
+                    if ready or self._closed:
+                        continue
+                    if not self._queue_events(-1):
+                        return None
+                finally:
+                    self._poll_lock.release()
+                if ready and not self._active.is_set():
+                    self._active.set()  # sessions to serve: the watcher looks again
+                continue
+            # Another thread waits for input: sleep until the watcher wakes this one.
+            worker.spare = True
+            self._spares.append(worker)
+            if self._closed:
+                return None
+            worker.lock.acquire()
+            worker.spare = False
+
+    def _wake_spares(self, count: int) -> int:
+        """Wake up to ``count`` spare threads; how many were woken."""
+        woken = 0
+        spares = self._spares
+        while woken < count:
+            try:
+                worker = spares.popleft()
+            except IndexError:
+                break
+            worker.lock.release()
+            woken += 1
+        return woken
+
+    def _watch(self) -> None:
+        """The watcher (see the module's docstring): while sessions are served, every
+        ``TICK``, wake spares when work may be waiting and the threads serving are blocked
+        (they used less than ``BUSY`` of the tick's CPU, and none is running or waiting for
+        a CPU now), or when no session began for ``LONG`` (one computes at length: the
+        others share the GIL with it, as threads do).  Asleep while the pool is idle."""
+        clock = time.monotonic
+        active, ready, poll_lock = self._active, self._ready, self._poll_lock
+        while not self._closed:
+            active.wait()
+            seen_turns, seen_at = self._turns, clock()
+            moved_at = seen_at  # when a session last began
+            self._serving_cpu()
+            while not self._closed:
+                time.sleep(TICK)
+                turns, now = self._turns, clock()
+                used = self._serving_cpu()
+                if turns != seen_turns:
+                    moved_at = now
+                waiting = bool(ready) or not poll_lock.locked()  # queued, or nobody polls
+                if not waiting:
+                    if turns == seen_turns:  # a thread waits for input, nothing else moves
+                        active.clear()
+                        if not (ready or not poll_lock.locked()):  # (re-checked after)
+                            break
+                        active.set()
+                elif now - moved_at >= LONG or (
+                    used is not None
+                    and used < BUSY * 1e9 * (now - seen_at)
+                    and not self._serving_runnable()
+                ):
+                    self.woken += self._wake_spares(max(1, len(ready)))
+                    moved_at = now  # (a long one: the next spare after another LONG)
+                seen_turns, seen_at = turns, now
+
+    def _serving_runnable(self) -> bool:
+        """Whether a thread not asleep as a spare is running or waiting for a CPU (then it
+        is slow for want of a CPU, not blocked, and more threads would not help)."""
+        workers = list(self._workers.values())
+        return any(worker.runnable() for worker in workers if not worker.spare)
+
+    def _serving_cpu(self) -> int | None:
+        """The CPU nanoseconds the threads not asleep as spares used since the previous call;
+        None when one of them was not looked at then (it just began serving: counting it
+        as blocked would wake spares in cascade)."""
+        total: int | None = 0
+        for worker in list(self._workers.values()):
+            if worker.spare:
+                worker.cpu = -1
+                continue
+            used = worker.cpu_since()
+            if used is None or total is None:
+                total = None
+            else:
+                total += used
+        return total
 
     def _queue_events(self, timeout: float) -> bool:
         """Wait up to ``timeout`` (-1: no limit) for input; queue the sessions that have
