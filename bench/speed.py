@@ -21,6 +21,9 @@ Rows (``--rows``, comma-separated):
   bench/speed_hello.py (2-byte body), speed_flask.py (a JSON view) and
   speed_django.py (a JSON view, the default middleware); all servers of a row
   run for the whole row, the order rotated each round; medians.
+- ``wait``: the same on bench/speed_wait.py, an app that sleeps 10 ms (waits
+  on I/O): whether the requests in flight overlap (at most 5,000 req/s at
+  ``-c50``).
 - ``c1000``: hello at ``-c1000 --timeout 2s``: req/s, wrk timeouts (requests
   answered after more than 2 s), p99, and the connections still waiting to be
   accepted half-way (wrk never counts their unanswered requests).
@@ -69,8 +72,13 @@ RESULTS = bu.BENCH / "results"
 DOCS = bu.ROOT / "docs" / "benchmarks.md"
 BEGIN = "<!-- BEGIN GENERATED: bench/speed.py; everything up to END is replaced by its output -->"
 END = "<!-- END GENERATED: bench/speed.py -->"
-APPS = {"hello": "speed_hello:app", "flask": "speed_flask:app", "django": "speed_django:app"}
-TPUT_ROWS = ("hello", "flask", "django", "c1000")
+APPS = {
+    "hello": "speed_hello:app",
+    "flask": "speed_flask:app",
+    "django": "speed_django:app",
+    "wait": "speed_wait:app",
+}
+TPUT_ROWS = ("hello", "flask", "django", "wait", "c1000")
 ROWS = (*TPUT_ROWS, "idle", "term", "hup")
 EXIT_USAGE = 2
 
@@ -586,7 +594,8 @@ def report(
     if tput:
         parts.append(tput_tables(tput, peers))
         parts.append(
-            "hello, flask, django: `-c50`. c1000: hello at `-c1000 --timeout 2s`; t/o = "
+            "hello, flask, django, wait: `-c50` (wait: an app that sleeps 10 ms, at most "
+            "5,000 req/s with 50 connections). c1000: hello at `-c1000 --timeout 2s`; t/o = "
             "wrk timeouts (requests answered after more than 2 s) summed over the rounds, "
             "p99 the median of the rounds' (wrk counts answered requests only); "
             "unaccepted: connections waiting in the listener's accept queue half-way "
