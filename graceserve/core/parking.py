@@ -25,7 +25,9 @@ threads follow work instead:
   for ``LONG`` (one computes at length: the others then share the GIL with
   it, as threads always did).  The pool's *watcher* thread looks every
   ``TICK`` while sessions are served, and sleeps while the pool is idle.  It
-  wakes as many spares as sessions are queued (at least one).  A running
+  wakes as many spares as sessions are queued (at least one); for ``BLOCKING``
+  seconds after it found threads blocked, a poll that finds several sessions
+  ready wakes a spare for each at once, without waiting for the next tick.  A running
   thread that finds nothing queued and another thread already polling
   becomes a spare again, so an app that only computes is served by one
   thread, and one that waits gets as many as it waits on (up to ``threads``);
@@ -67,12 +69,15 @@ from typing import Protocol
 __all__ = ["ConnectionPool", "Session"]
 
 log = logging.getLogger("graceserve")
+_now = time.monotonic
 
 _ARM = getattr(select, "EPOLLIN", 1) | getattr(select, "EPOLLONESHOT", 1 << 30)
 _BATCH = 256  # events taken per epoll wait
 TICK = 0.002  # seconds between the watcher's looks while sessions are served
 BUSY = 0.5  # the share of a tick the threads serving must have used the CPU for: below it,
 # and none of them runnable, they are blocked (wake spares for the work waiting)
+BLOCKING = 1.0  # seconds after threads were found blocked during which a poll that finds
+# several sessions ready wakes a spare for each at once (the app blocks: do not wait a tick)
 LONG = 0.02  # seconds one session may compute while work waits before a spare shares the GIL
 STALL = 1.0  # seconds without a finished turn, with input waiting, before the pool grows
 _JOIN_TIMEOUT = 0.5  # seconds ``close`` waits for the threads, all together (idle ones end
@@ -167,6 +172,7 @@ class ConnectionPool:
         # own (held) lock; releasing it wakes that thread
         self._active = threading.Event()  # set while sessions are served: the watcher looks
         self._watcher: threading.Thread | None = None
+        self._blocking_until = 0.0  # see BLOCKING
         self._closed = False
         self.woken = 0
         """Times a spare was woken by the watcher (a statistic; for tests and the bench)."""
@@ -367,8 +373,13 @@ class ConnectionPool:
                         return None
                 finally:
                     self._poll_lock.release()
-                if ready and not self._active.is_set():
-                    self._active.set()  # sessions to serve: the watcher looks again
+                if ready:
+                    if not self._active.is_set():
+                        self._active.set()  # sessions to serve: the watcher looks again
+                    if len(ready) > 1 and self._spares and _now() < self._blocking_until:
+                        # The app has been blocking: a thread for each (the watcher would
+                        # wake them a tick later, once this thread is blocked in the first).
+                        self.woken += self._wake_spares(len(ready) - 1)
                 continue
             # Another thread waits for input: sleep until the watcher wakes this one.
             worker.spare = True
@@ -417,13 +428,16 @@ class ConnectionPool:
                         if not (ready or not poll_lock.locked()):  # (re-checked after)
                             break
                         active.set()
-                elif now - moved_at >= LONG or (
+                elif now - moved_at >= LONG:  # one computes at length
+                    self.woken += self._wake_spares(max(1, len(ready)))
+                    moved_at = now  # (the next spare after another LONG)
+                elif (
                     used is not None
                     and used < BUSY * 1e9 * (now - seen_at)
                     and not self._serving_runnable()
-                ):
+                ):  # blocked
                     self.woken += self._wake_spares(max(1, len(ready)))
-                    moved_at = now  # (a long one: the next spare after another LONG)
+                    self._blocking_until = now + BLOCKING
                 seen_turns, seen_at = turns, now
 
     def _serving_runnable(self) -> bool:
