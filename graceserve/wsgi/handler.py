@@ -98,6 +98,7 @@ RFILE_BUFFER = 16384
 _SPECIAL = {"CONTENT_TYPE": "CONTENT_TYPE", "CONTENT_LENGTH": "CONTENT_LENGTH"}
 _environ_keys: dict[str, str | None] = {}  # header name as sent -> environ key (None: dropped)
 _MAX_CACHED_KEYS = 4096
+_UNKNOWN = ""  # _environ_keys.get's default: no key is empty
 AccessRecordArgs = tuple[str, str, str, str, int, int, str, str]
 
 
@@ -268,8 +269,11 @@ class WSGIConnection:
             path = path[len(root) :]
         environ["PATH_INFO"] = path
         environ["QUERY_STRING"] = query
+        known = _environ_keys.get
         for name, value in fields:
-            key = _environ_key(name)
+            key = known(name, _UNKNOWN)
+            if key == _UNKNOWN:
+                key = _environ_key(name)
             if key is None:
                 continue
             if key in environ and key.startswith("HTTP_"):
@@ -283,10 +287,12 @@ class WSGIConnection:
             environ.pop("CONTENT_LENGTH", None)
         elif framing.content_length is not None:
             environ["CONTENT_LENGTH"] = str(framing.content_length)
-        if self.proxied:
-            _apply_forwarded(
-                environ, proxy.forwarded_from_environ(self.peer, environ, self.server.trust)
-            )
+        if self.proxied:  # a trusted peer: what it forwarded, if it sent any of it
+            for key in proxy.ENVIRON_KEYS:
+                if key in environ:
+                    forwarded = proxy.forwarded_from_environ(self.peer, environ, self.server.trust)
+                    _apply_forwarded(environ, forwarded)
+                    break
         return environ
 
     def handle_request(
@@ -302,7 +308,7 @@ class WSGIConnection:
             environ["wsgi.input"] = _EMPTY_INPUT
         client = environ["REMOTE_ADDR"] or "-"  # as we set it, whatever the app does to environ
         keep = response.run(self.server.application, environ, response.start)
-        status = self.cycle.status = int(response.status[:3]) if response.status else 0
+        status = self.cycle.status = response.code  # 0: no status was sent
         if self.server.access_logger is not None:
             self._record = (
                 client, request_line.method, request_line.target, request_line.version,
