@@ -699,6 +699,28 @@ def test_headers_seen_before_are_sent_the_same_and_a_changed_one_is_checked_agai
         assert (reply.status, reply.header("Content-Length")) == (200, "1")
 
 
+def test_a_header_list_changed_after_start_response_is_sent_as_changed_and_checked() -> None:
+    """What goes out is the list as it is when the head is sent, checked as start_response
+    checks (an app that adds a header to its list late; not one the validator allows)."""
+    late = {"/good": ("X-Late", "yes"), "/bad": ("X-Late", "a\r\nInjected: yes")}
+
+    def app(environ: Environ, start_response: Any) -> Iterator[bytes]:
+        headers = [("Content-Type", "text/plain")]
+        start_response("200 OK", headers)
+        headers.append(late[environ["PATH_INFO"]])
+        yield b"x"
+
+    with serving(app, validate=False) as server, Client(server.server_address) as client:
+        for _ in range(2):
+            client.request("GET", "/good")
+            reply = client.read_response()
+            assert (reply.status, reply.header("X-Late")) == (200, "yes")
+            client.request("GET", "/bad")
+            reply = client.read_response()
+            assert reply.status == 500
+            assert b"Injected" not in reply.raw_head
+
+
 def test_chunked_body_over_max_body_size_is_413_when_the_app_reads_it() -> None:
     with serving(body_app_all, max_body_size=10) as server, Client(server.server_address) as c:
         c.request("POST", "/", headers={"Transfer-Encoding": "chunked"})

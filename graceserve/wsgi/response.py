@@ -102,6 +102,7 @@ _TOKEN = frozenset(c for c in map(chr, range(128)) if re.fullmatch(f"[{TCHAR}]",
 _BAD_IN_VALUE = frozenset(chr(c) for c in range(32) if c != 9) | {"\x7f"}
 _INTERNAL_ERROR = b"Internal Server Error\n"
 _ERROR_HEADERS = [("Content-Type", "text/plain; charset=utf-8")]
+_ERROR_KEY = tuple(_ERROR_HEADERS)
 _ERROR_BLOCK = b"Content-Type: text/plain; charset=utf-8\r\n"
 _LATIN_1 = "status and header values must be latin-1 (PEP 3333)"
 
@@ -229,6 +230,7 @@ class Response:
         "has_server",
         "head_only",
         "headers",
+        "headers_key",
         "headers_sent",
         "length",
         "no_body",
@@ -245,6 +247,7 @@ class Response:
         self.framing = framing
         self.status: str | None = None
         self.headers: list[tuple[str, str]] = []
+        self.headers_key: tuple[tuple[str, str], ...] | None = None  # ``headers`` as checked
         self.code = 0  # the status's, once started
         self.status_line: bytes | None = None  # encoded (None: not latin-1, or not started)
         self.block: bytes | None = None  # the header lines encoded (None: not latin-1)
@@ -278,15 +281,16 @@ class Response:
         known = _checked_status.get(status) if type(status) is str else None
         if known is None:
             known = _check_status(status)
-        checked = None
+        checked = key = None
         if type(headers) is list:
             try:
-                checked = _checked_headers.get(tuple(headers))
+                key = tuple(headers)
+                checked = _checked_headers.get(key)
             except TypeError:  # an unhashable item: the check says what is wrong with it
-                checked = None
+                checked = key = None
         if checked is None:
             checked = _check_headers(headers)
-        self.status, self.headers = status, headers
+        self.status, self.headers, self.headers_key = status, headers, key
         self.code, self.status_line = known
         self.length, self.has_date, self.has_server, self.block = checked
         return self.write
@@ -341,7 +345,7 @@ class Response:
             self.has_date = self.has_server = False
             self.no_body, self.chunked, self.close_delimited = self.head_only, False, False
             self.headers.extend(_ERROR_HEADERS)
-            self.block = _ERROR_BLOCK
+            self.headers_key, self.block = _ERROR_KEY, _ERROR_BLOCK
             try:
                 self._send(
                     self.head(len(_INTERNAL_ERROR)) + (b"" if self.no_body else _INTERNAL_ERROR)
@@ -438,6 +442,10 @@ class Response:
             if refusal is not None:
                 raise refusal
         assert self.status is not None
+        headers = self.headers
+        if self.headers_key is None or tuple(headers) != self.headers_key:
+            # Changed since start_response (or not a plain list): what goes out is checked.
+            self.length, self.has_date, self.has_server, self.block = _check_headers(headers)
         code = self.code
         connection = self.connection
         pieces = [self.status_line, self.block]  # None: not latin-1 (raised once framed)
