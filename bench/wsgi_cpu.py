@@ -3,22 +3,31 @@
 Run from the repository root (stdlib only; the Flask case runs when Flask is
 importable, e.g. with ``bench/.venv-speed/bin/python``):
 
-    python bench/wsgi_cpu.py                        # this tree (~1 min)
-    python bench/wsgi_cpu.py --quick                # short run (~15 s)
+    python bench/wsgi_cpu.py                        # this tree (~2 min)
+    python bench/wsgi_cpu.py --quick                # short run
     python bench/wsgi_cpu.py --baseline /tmp/base   # this tree against another checkout
+    python bench/wsgi_cpu.py --modes loop           # the in-process loop only
     python bench/wsgi_cpu.py --profile hello        # cProfile of the serving thread
 
 Why: wrk's req/s swing by +-20 % from run to run on a shared 2-core machine,
-which hides a 5 % difference.  This measures what a request costs the thread
-that serves it, which noisy neighbours barely change (as ``bench/http_cpu.py``
-does for the handler path): one keep-alive TCP connection on 127.0.0.1
-(TCP_NODELAY both ends), a client thread sending wrk's exact request
-(``GET / HTTP/1.1`` + ``Host``) and waiting for each response (ping-pong,
-so the server blocks in its read between requests as under wrk), and the
-server side run by ``GracefulWSGIServer.finish_request`` with ``threads=None``
-(a thread per connection: ``WSGIConnection.run``, the pool out of the
-picture) in a thread whose CPU time (``time.thread_time()``, user + system)
-is divided by the number of requests.
+which hides a 5 % difference.  Two figures, each what a request costs the
+thread that serves it:
+
+- socket: one keep-alive TCP connection on 127.0.0.1 (TCP_NODELAY both
+  ends), a client thread sending wrk's exact request (``GET / HTTP/1.1`` +
+  ``Host``) and waiting for each response (ping-pong, so the server blocks in
+  its read between requests as under wrk), the server side run by
+  ``GracefulWSGIServer.finish_request`` with ``threads=None`` (a thread per
+  connection: ``WSGIConnection.run``, the pool out of the picture) in a
+  thread whose CPU time (``time.thread_time()``, user + system; and user
+  alone, ``RUSAGE_THREAD``) is divided by the number of requests.  It
+  includes the syscalls, and on a loaded machine it swings by 2x from one
+  run to the next (the kernel's split between user and system time is an
+  estimate, too): compare medians of many rounds, paired.
+- loop: the same ``WSGIConnection.run`` over an in-memory client (one request
+  per read, a Python ``readinto`` as ``socket.SocketIO``'s) and a sink for
+  the responses: graceserve's Python alone, no syscalls, the best of five
+  runs.  Stable within a few per cent under load: the figure to optimise.
 
 Each measurement runs in a fresh child process that imports graceserve from
 the tree it is given (this checkout, or ``--baseline DIR``: e.g. an export of
