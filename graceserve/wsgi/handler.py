@@ -116,18 +116,20 @@ def _environ_key(name: str) -> str | None:
     return key
 
 
-_date_cache: tuple[int, str] = (0, "")
+_date_cache: tuple[float, float, str] = (0.0, 0.0, "")  # [second, next) -> IMF-fixdate
+_time = time.time
 
 
 def http_date() -> str:
     """The current time as an IMF-fixdate, recomputed once a second.  Thread-safe."""
     global _date_cache
-    now = int(time.time())
+    now = _time()
     cached = _date_cache
-    if cached[0] != now:
-        cached = (now, formatdate(now, usegmt=True))
+    if not cached[0] <= now < cached[1]:  # a new second (or the clock was set back)
+        second = int(now)
+        cached = (second, second + 1, formatdate(second, usegmt=True))
         _date_cache = cached
-    return cached[1]
+    return cached[2]
 
 
 class _EmptyInput:
