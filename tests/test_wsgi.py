@@ -650,6 +650,77 @@ def test_header_value_outside_latin1_is_a_500_not_a_silent_close() -> None:
     assert reply.status == 500
 
 
+class Text(str):
+    """A str subclass: checked like a str, never remembered as one."""
+
+
+def test_headers_seen_before_are_sent_the_same_and_a_changed_one_is_checked_again() -> None:
+    """start_response remembers a status and header list it checked (graceserve.wsgi.response):
+    a list seen again goes out as it did the first time, and one that differs in any way
+    (a bad value, a value that is not latin-1, a str subclass) is checked again."""
+    good = [("Content-Type", "text/plain"), ("X-A", "1")]
+    lists = {
+        "/good": good,
+        "/bad": [("Content-Type", "text/plain"), ("X-A", "1\r\nInjected: yes")],
+        "/euro": [("Content-Type", "text/plain"), ("X-A", "\u20ac")],
+        "/subclass": [("Content-Type", "text/plain"), (Text("X-A"), Text("1"))],
+        "/hop": [*good, ("Connection", "close")],
+    }
+
+    def app(environ: Environ, start_response: Any) -> list[bytes]:
+        status = "304 Not Modified" if environ["QUERY_STRING"] == "304" else "200 OK"
+        start_response(status, list(lists[environ["PATH_INFO"]]))
+        return [b"x"]
+
+    order = ["/good", "/good", "/bad", "/euro", "/subclass", "/hop", "/good"] * 2
+    with serving(app, validate=False) as server, Client(server.server_address) as client:
+        heads = []
+        for target in order:
+            client.request("GET", target)
+            reply = client.read_response()
+            if target in ("/good", "/subclass"):
+                assert reply.status == 200, target
+                assert reply.body == b"x"
+                heads.append(
+                    b"\r\n".join(h for h in reply.raw_head.split(b"\r\n") if b"Date" not in h)
+                )
+            else:  # refused every time (a 500 of ours; the connection stays in step)
+                assert reply.status == 500, target
+                assert b"Injected" not in reply.raw_head
+                assert b"X-A" not in reply.raw_head
+        assert len(set(heads)) == 1, heads
+        assert b"X-A: 1\r\n" in heads[0]
+        client.request("GET", "/good?304")  # the same list under another status
+        reply = client.read_response()
+        assert reply.status == 304
+        assert reply.header("Content-Length") is None
+        client.request("HEAD", "/good")
+        reply = client.read_response(head_request=True)
+        assert (reply.status, reply.header("Content-Length")) == (200, "1")
+
+
+def test_a_header_list_changed_after_start_response_is_sent_as_changed_and_checked() -> None:
+    """What goes out is the list as it is when the head is sent, checked as start_response
+    checks (an app that adds a header to its list late; not one the validator allows)."""
+    late = {"/good": ("X-Late", "yes"), "/bad": ("X-Late", "a\r\nInjected: yes")}
+
+    def app(environ: Environ, start_response: Any) -> Iterator[bytes]:
+        headers = [("Content-Type", "text/plain")]
+        start_response("200 OK", headers)
+        headers.append(late[environ["PATH_INFO"]])
+        yield b"x"
+
+    with serving(app, validate=False) as server, Client(server.server_address) as client:
+        for _ in range(2):
+            client.request("GET", "/good")
+            reply = client.read_response()
+            assert (reply.status, reply.header("X-Late")) == (200, "yes")
+            client.request("GET", "/bad")
+            reply = client.read_response()
+            assert reply.status == 500
+            assert b"Injected" not in reply.raw_head
+
+
 def test_chunked_body_over_max_body_size_is_413_when_the_app_reads_it() -> None:
     with serving(body_app_all, max_body_size=10) as server, Client(server.server_address) as c:
         c.request("POST", "/", headers={"Transfer-Encoding": "chunked"})

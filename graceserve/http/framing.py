@@ -129,7 +129,9 @@ def framing(line: RequestLine, fields: list[tuple[str, str]], limits: Limits = _
             raise RequestError(400, "missing Host header field")
     elif _NAME_PORT.fullmatch(host) is None and not valid_host(host):
         raise RequestError(400, "malformed Host header field")
-    if len(connection) == 1 and connection[0].lower() in _SIMPLE_CONNECTION:
+    if not connection:
+        tokens: set[str] | tuple[()] = ()
+    elif len(connection) == 1 and connection[0].lower() in _SIMPLE_CONNECTION:
         tokens = {connection[0].lower()}
     else:
         tokens = {token.strip() for token in ",".join(connection).lower().split(",")}

@@ -32,6 +32,7 @@ import io
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "Framing",
@@ -84,14 +85,20 @@ class IncompleteBodyError(ConnectionError):
     """EOF arrived inside a request body: the client went away mid-request."""
 
 
-@dataclass(frozen=True)
-class RequestLine:
+class RequestLine(NamedTuple):
     """A parsed request line.  ``version`` is ``"HTTP/1.1"``, ``"HTTP/1.0"`` or
-    ``"HTTP/0.9"`` (a line of just ``METHOD target``)."""
+    ``"HTTP/0.9"`` (a line of just ``METHOD target``).
+
+    Immutable.  A named tuple, not a frozen dataclass: one is made per request, and
+    a frozen dataclass's ``__init__`` (an ``object.__setattr__`` per field) took a
+    third of ``parse_request_line``'s time."""
 
     method: str
     target: str
     version: str
+
+
+_new_line = tuple.__new__  # RequestLine(...) without its Python-level __new__
 
 
 @dataclass(frozen=True)
@@ -139,6 +146,10 @@ _VERSIONS = {b"HTTP/1.1": "HTTP/1.1", b"HTTP/1.0": "HTTP/1.0"}
 # fast as that one on a valid head.
 _CRLF_FIELD = re.compile(r"\n([" + TCHAR + r"]+):[ \t]*(?![ \t])([^\r]*)\r(?=\n)")
 _FIELD_BYTES = bytes([9, 10, 13, *range(0x20, 0x7F), *range(0x80, 0x100)])
+# Each byte to 0 if it may be in a field block, else to 1: ``1 in block.translate(...)``
+# finds a bad byte twice as fast as ``translate(None, _FIELD_BYTES)``, which builds its
+# table of deleted bytes anew at every call.
+_FIELD_CHECK = bytes(0 if byte in _FIELD_BYTES else 1 for byte in range(256))
 _TOKEN = re.compile(r"[" + TCHAR + r"]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
@@ -193,7 +204,7 @@ def parse_request_line(line: bytes, limits: Limits = _DEFAULT) -> RequestLine:
         if found is None:
             raise RequestError(505, f"{raw_version.decode('ascii')} is not supported")
         version = found
-    return RequestLine(method.decode("ascii"), target.decode("latin-1"), version)
+    return _new_line(RequestLine, (method.decode("ascii"), target.decode("latin-1"), version))
 
 
 def _request_line_problem(text: bytes) -> str:
@@ -303,7 +314,7 @@ def _crlf_fields(block: bytes, count: int) -> list[tuple[str, str]]:
 
     A bare CR is caught by the regex: a line holding one does not match.
     """
-    if block.translate(None, _FIELD_BYTES):
+    if 1 in block.translate(_FIELD_CHECK):
         raise RequestError(400, _field_problem(block))
     text = block.decode("latin-1")
     fields: list[tuple[str, str]] = _CRLF_FIELD.findall("\n" + text)

@@ -37,6 +37,7 @@ from typing import Any
 from graceserve.http.host import valid_authority
 
 __all__ = [
+    "ENVIRON_KEYS",
     "MAX_HOPS",
     "Forwarded",
     "Trust",
@@ -171,6 +172,8 @@ def forwarded_from_environ(peer: str, environ: Mapping[str, Any], trust: Trust) 
 
 
 _ENVIRON_KEYS = tuple((name, "HTTP_" + name.upper().replace("-", "_")) for name in _FIELDS)
+ENVIRON_KEYS = tuple(key for _, key in _ENVIRON_KEYS)
+"""The environ keys ``forwarded_from_environ`` reads: without any of them it finds nothing."""
 
 
 def _from_elements(hops: list[dict[str, str]], trust: Trust) -> Forwarded:

@@ -98,6 +98,7 @@ RFILE_BUFFER = 16384
 _SPECIAL = {"CONTENT_TYPE": "CONTENT_TYPE", "CONTENT_LENGTH": "CONTENT_LENGTH"}
 _environ_keys: dict[str, str | None] = {}  # header name as sent -> environ key (None: dropped)
 _MAX_CACHED_KEYS = 4096
+_UNKNOWN = ""  # _environ_keys.get's default: no key is empty
 AccessRecordArgs = tuple[str, str, str, str, int, int, str, str]
 
 
@@ -115,18 +116,20 @@ def _environ_key(name: str) -> str | None:
     return key
 
 
-_date_cache: tuple[int, str] = (0, "")
+_date_cache: tuple[float, float, str] = (0.0, 0.0, "")  # [second, next) -> IMF-fixdate
+_time = time.time
 
 
 def http_date() -> str:
     """The current time as an IMF-fixdate, recomputed once a second.  Thread-safe."""
     global _date_cache
-    now = int(time.time())
+    now = _time()
     cached = _date_cache
-    if cached[0] != now:
-        cached = (now, formatdate(now, usegmt=True))
+    if not cached[0] <= now < cached[1]:  # a new second (or the clock was set back)
+        second = int(now)
+        cached = (second, second + 1, formatdate(second, usegmt=True))
         _date_cache = cached
-    return cached[1]
+    return cached[2]
 
 
 class _EmptyInput:
@@ -237,8 +240,10 @@ class WSGIConnection:
 
     def dispatch(self) -> None:
         """Call the application and send its response."""
-        assert self._request is not None
-        self.close_connection = not self.handle_request(*self._request)
+        request = self._request
+        assert request is not None
+        line, fields, framing = request  # (a call with *args is not inlined by CPython)
+        self.close_connection = not self.handle_request(line, fields, framing)
 
     def request_finished(self) -> None:
         """Write the access record of the answered request (when the access log is on)."""
@@ -268,8 +273,11 @@ class WSGIConnection:
             path = path[len(root) :]
         environ["PATH_INFO"] = path
         environ["QUERY_STRING"] = query
+        known = _environ_keys.get
         for name, value in fields:
-            key = _environ_key(name)
+            key = known(name, _UNKNOWN)
+            if key == _UNKNOWN:
+                key = _environ_key(name)
             if key is None:
                 continue
             if key in environ and key.startswith("HTTP_"):
@@ -283,10 +291,12 @@ class WSGIConnection:
             environ.pop("CONTENT_LENGTH", None)
         elif framing.content_length is not None:
             environ["CONTENT_LENGTH"] = str(framing.content_length)
-        if self.proxied:
-            _apply_forwarded(
-                environ, proxy.forwarded_from_environ(self.peer, environ, self.server.trust)
-            )
+        if self.proxied:  # a trusted peer: what it forwarded, if it sent any of it
+            for key in proxy.ENVIRON_KEYS:
+                if key in environ:
+                    forwarded = proxy.forwarded_from_environ(self.peer, environ, self.server.trust)
+                    _apply_forwarded(environ, forwarded)
+                    break
         return environ
 
     def handle_request(
@@ -302,7 +312,7 @@ class WSGIConnection:
             environ["wsgi.input"] = _EMPTY_INPUT
         client = environ["REMOTE_ADDR"] or "-"  # as we set it, whatever the app does to environ
         keep = response.run(self.server.application, environ, response.start)
-        status = self.cycle.status = int(response.status[:3]) if response.status else 0
+        status = self.cycle.status = response.code  # 0: no status was sent
         if self.server.access_logger is not None:
             self._record = (
                 client, request_line.method, request_line.target, request_line.version,

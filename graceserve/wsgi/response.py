@@ -101,8 +101,90 @@ _HOP_BY_HOP = frozenset(
 _TOKEN = frozenset(c for c in map(chr, range(128)) if re.fullmatch(f"[{TCHAR}]", c))
 _BAD_IN_VALUE = frozenset(chr(c) for c in range(32) if c != 9) | {"\x7f"}
 _INTERNAL_ERROR = b"Internal Server Error\n"
+_ERROR_HEADERS = [("Content-Type", "text/plain; charset=utf-8")]
+_ERROR_KEY = tuple(_ERROR_HEADERS)
+_ERROR_BLOCK = b"Content-Type: text/plain; charset=utf-8\r\n"
+_LATIN_1 = "status and header values must be latin-1 (PEP 3333)"
+
+# What start() found of a status or header list it checked before: apps pass the same
+# few over and over (``list(HEADERS)``), and checking one costs more than serving the
+# rest of a small request.  Only exact str/tuple/list objects are remembered, and a hit
+# sends the bytes encoded from the checked copy.  Bounded: the values are app-chosen
+# (a header per user, a date): past the bound a new one is checked every time.  Shared
+# by every thread: a dict's get and set are atomic; two threads that check the same
+# new list at once both store the same result.
+_MAX_CACHED = 512
+_checked_status: dict[str, tuple[int, bytes | None]] = {}
+"""status -> its code, and its status line encoded (None: not latin-1)."""
+_checked_headers: dict[
+    tuple[tuple[str, str], ...], tuple[int | None, bool, bool, bytes | None]
+] = {}
+"""headers -> (Content-Length, has Date, has Server, the lines encoded; None: not latin-1)."""
+_stamp: tuple[str, str, bytes] = ("", "", b"")
+"""(date, server software, their two header lines encoded): changes once a second."""
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+
+
+def _latin_1(text: str) -> bytes | None:
+    """``text`` encoded for the wire, or None when it is not latin-1."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return None
+
+
+def _check_status(status: Any) -> tuple[int, bytes | None]:
+    """Check a ``start_response`` status (PEP 3333); its code and encoded status line."""
+    if not isinstance(status, str):
+        raise TypeError(f"status must be a str, not {type(status).__name__}")
+    if len(status) < 4 or not status[:3].isdigit() or status[3] != " ":
+        raise ValueError(f"status {status!r} is not '<3 digits> <reason>'")
+    if not _BAD_IN_VALUE.isdisjoint(status):
+        raise ValueError(f"status {status!r} contains a control character")
+    if status[0] == "1":  # a client would wait for the final response that never comes
+        raise ValueError(f"status {status!r}: interim (1xx) responses are the server's")
+    known = int(status[:3]), _latin_1(f"HTTP/1.1 {status}\r\n")
+    if type(status) is str and len(_checked_status) < _MAX_CACHED:
+        _checked_status[status] = known
+    return known
+
+
+def _check_headers(headers: Any) -> tuple[int | None, bool, bool, bytes | None]:
+    """Check a ``start_response`` header list (PEP 3333): its Content-Length, whether it
+    has Date and Server, and its lines encoded."""
+    if not isinstance(headers, list):
+        raise TypeError(f"headers must be a list, not {type(headers).__name__}")
+    length: int | None = None
+    has_date = has_server = False
+    exact = type(headers) is list
+    for header in headers:
+        if not isinstance(header, tuple) or len(header) != 2:
+            raise TypeError(f"header {header!r} is not a (name, value) tuple")
+        name, value = header
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError(f"header {header!r}: name and value must be str")
+        lower = name.lower()
+        if not name or not _TOKEN.issuperset(name):
+            raise ValueError(f"header name {name!r} is not a token")
+        if not _BAD_IN_VALUE.isdisjoint(value):
+            raise ValueError(f"header {name}: value {value!r} contains CR, LF or a control")
+        if lower in _HOP_BY_HOP:
+            raise ValueError(f"hop-by-hop header {name!r} is the server's business (PEP 3333)")
+        if lower == "content-length":
+            if not value.isdigit() or not value.isascii() or length is not None:
+                raise ValueError(f"Content-Length {value!r} is not one non-negative integer")
+            length = int(value)
+        elif lower == "date":
+            has_date = True
+        elif lower == "server":
+            has_server = True
+        exact = exact and type(header) is tuple and type(name) is str and type(value) is str
+    block = _latin_1("".join(f"{name}: {value}\r\n" for name, value in headers))
+    checked = length, has_date, has_server, block
+    if exact and len(_checked_headers) < _MAX_CACHED:
+        _checked_headers[tuple(headers)] = checked
+    return checked
 
 
 class ClientGoneError(Exception):
@@ -135,6 +217,29 @@ class FileWrapper:
 class Response:
     """The state of one response; ``start`` is the app's ``start_response``."""
 
+    __slots__ = (
+        "block",
+        "body",
+        "chunked",
+        "close_delimited",
+        "code",
+        "connection",
+        "continue_sent",
+        "framing",
+        "has_date",
+        "has_server",
+        "head_only",
+        "headers",
+        "headers_key",
+        "headers_sent",
+        "length",
+        "no_body",
+        "sent",
+        "status",
+        "status_line",
+        "version",
+    )
+
     def __init__(self, connection: ResponseConnection, request_line: RequestLine, framing: Framing):
         self.connection = connection
         self.version = request_line.version
@@ -142,6 +247,10 @@ class Response:
         self.framing = framing
         self.status: str | None = None
         self.headers: list[tuple[str, str]] = []
+        self.headers_key: tuple[tuple[str, str], ...] | None = None  # ``headers`` as checked
+        self.code = 0  # the status's, once started
+        self.status_line: bytes | None = None  # encoded (None: not latin-1, or not started)
+        self.block: bytes | None = None  # the header lines encoded (None: not latin-1)
         self.headers_sent = False
         self.length: int | None = None  # the app's Content-Length
         self.has_date = self.has_server = False
@@ -169,41 +278,21 @@ class Response:
                 exc_info = None
         elif self.status is not None:
             raise AssertionError("start_response() called a second time without exc_info")
-        if not isinstance(status, str):
-            raise TypeError(f"status must be a str, not {type(status).__name__}")
-        if len(status) < 4 or not status[:3].isdigit() or status[3] != " ":
-            raise ValueError(f"status {status!r} is not '<3 digits> <reason>'")
-        if not _BAD_IN_VALUE.isdisjoint(status):
-            raise ValueError(f"status {status!r} contains a control character")
-        if status[0] == "1":  # a client would wait for the final response that never comes
-            raise ValueError(f"status {status!r}: interim (1xx) responses are the server's")
-        if not isinstance(headers, list):
-            raise TypeError(f"headers must be a list, not {type(headers).__name__}")
-        length: int | None = None
-        has_date = has_server = False
-        for header in headers:
-            if not isinstance(header, tuple) or len(header) != 2:
-                raise TypeError(f"header {header!r} is not a (name, value) tuple")
-            name, value = header
-            if not isinstance(name, str) or not isinstance(value, str):
-                raise TypeError(f"header {header!r}: name and value must be str")
-            lower = name.lower()
-            if not name or not _TOKEN.issuperset(name):
-                raise ValueError(f"header name {name!r} is not a token")
-            if not _BAD_IN_VALUE.isdisjoint(value):
-                raise ValueError(f"header {name}: value {value!r} contains CR, LF or a control")
-            if lower in _HOP_BY_HOP:
-                raise ValueError(f"hop-by-hop header {name!r} is the server's business (PEP 3333)")
-            if lower == "content-length":
-                if not value.isdigit() or not value.isascii() or length is not None:
-                    raise ValueError(f"Content-Length {value!r} is not one non-negative integer")
-                length = int(value)
-            elif lower == "date":
-                has_date = True
-            elif lower == "server":
-                has_server = True
-        self.status, self.headers, self.length = status, headers, length
-        self.has_date, self.has_server = has_date, has_server
+        known = _checked_status.get(status) if type(status) is str else None
+        if known is None:
+            known = _check_status(status)
+        checked = key = None
+        if type(headers) is list:
+            try:
+                key = tuple(headers)
+                checked = _checked_headers.get(key)
+            except TypeError:  # an unhashable item: the check says what is wrong with it
+                checked = key = None
+        if checked is None:
+            checked = _check_headers(headers)
+        self.status, self.headers, self.headers_key = status, headers, key
+        self.code, self.status_line = known
+        self.length, self.has_date, self.has_server, self.block = checked
         return self.write
 
     def write(self, data: bytes) -> None:
@@ -252,9 +341,11 @@ class Response:
                 return False
             self.connection.log_app_error(environ, "application error")
             self.status, self.headers, self.length = "500 Internal Server Error", [], None
+            self.code, self.status_line = 500, b"HTTP/1.1 500 Internal Server Error\r\n"
             self.has_date = self.has_server = False
             self.no_body, self.chunked, self.close_delimited = self.head_only, False, False
-            self.headers.append(("Content-Type", "text/plain; charset=utf-8"))
+            self.headers.extend(_ERROR_HEADERS)
+            self.headers_key, self.block = _ERROR_KEY, _ERROR_BLOCK
             try:
                 self._send(
                     self.head(len(_INTERNAL_ERROR)) + (b"" if self.no_body else _INTERNAL_ERROR)
@@ -351,12 +442,14 @@ class Response:
             if refusal is not None:
                 raise refusal
         assert self.status is not None
-        status = self.status
-        code = int(status[:3])
+        headers = self.headers
+        if self.headers_key is None or tuple(headers) != self.headers_key:
+            # Changed since start_response (or not a plain list): what goes out is checked.
+            self.length, self.has_date, self.has_server, self.block = _check_headers(headers)
+        code = self.code
         connection = self.connection
-        lines = [f"HTTP/1.1 {status}\r\n"]
-        lines.extend(f"{name}: {value}\r\n" for name, value in self.headers)
-        if code in (204, 304):
+        pieces = [self.status_line, self.block]  # None: not latin-1 (raised once framed)
+        if code == 204 or code == 304:
             self.no_body = True
         elif self.head_only:
             self.no_body = True
@@ -364,34 +457,48 @@ class Response:
             # one says nothing: a framework answers HEAD with no body even where
             # GET streams one (RFC 9110 8.6: no Content-Length but GET's).
             if self.length is None and body_length:
-                lines.append(f"Content-Length: {body_length}\r\n")
+                pieces.append(b"Content-Length: %d\r\n" % body_length)
         elif self.length is not None:
             pass
         elif body_length is not None:
             self.length = body_length
-            lines.append(f"Content-Length: {body_length}\r\n")
+            pieces.append(b"Content-Length: %d\r\n" % body_length)
         elif self.version == "HTTP/1.1":
             self.chunked = True
-            lines.append("Transfer-Encoding: chunked\r\n")
+            pieces.append(b"Transfer-Encoding: chunked\r\n")
         else:
             self.close_delimited = True
             connection.closing = True
-        if not self.has_date:
-            lines.append(f"Date: {connection.date()}\r\n")
-        if not self.has_server:
-            lines.append(f"Server: {connection.server.server_software}\r\n")
+        if not self.has_date or not self.has_server:
+            pieces.append(self._stamp(connection))
         if connection.ending():  # the drain, a raced request, an unread body (the cycle)
-            lines.append("Connection: close\r\n\r\n")
+            pieces.append(b"Connection: close\r\n\r\n")
         elif self.version == "HTTP/1.0":
-            lines.append("Connection: keep-alive\r\n\r\n")
+            pieces.append(b"Connection: keep-alive\r\n\r\n")
         else:
-            lines.append("\r\n")
-        try:
-            head = "".join(lines).encode("latin-1")
-        except UnicodeEncodeError:
-            raise ValueError("status and header values must be latin-1 (PEP 3333)") from None
+            pieces.append(b"\r\n")
+        if None in pieces:
+            raise ValueError(_LATIN_1)
         self.headers_sent = True  # from here on the status can no longer change
-        return head
+        return b"".join(pieces)  # type: ignore[arg-type]
+
+    def _stamp(self, connection: ResponseConnection) -> bytes | None:
+        """The ``Date`` and ``Server`` lines the app did not send, encoded (None: not
+        latin-1); both together are made once a second."""
+        global _stamp
+        if self.has_date or self.has_server:
+            lines = "" if self.has_date else f"Date: {connection.date()}\r\n"
+            if not self.has_server:
+                lines += f"Server: {connection.server.server_software}\r\n"
+            return _latin_1(lines)
+        date, software = connection.date(), connection.server.server_software
+        stamp = _stamp
+        if stamp[0] != date or stamp[1] != software:
+            encoded = _latin_1(f"Date: {date}\r\nServer: {software}\r\n")
+            if encoded is None:
+                return None
+            stamp = _stamp = (date, software, encoded)
+        return stamp[2]
 
     def _frame(self, data: bytes) -> bytes:
         """One chunk of body as it goes on the wire; counts it against Content-Length."""
