@@ -342,3 +342,25 @@ def test_input_is_served_after_unstick_held_the_poll_lock_while_the_watcher_look
         assert sessions[2].seen.get(timeout=10) == b"x"
     finally:
         _end(pool, sessions, peers)
+
+
+def test_a_pool_whose_threads_are_all_blocked_keeps_no_cpu_busy() -> None:
+    """Every thread blocked in a session (long polls, clients trickling their requests)
+    and so no spare to wake: the watcher still looks every tick while input may wait, but
+    must not read each thread's ``/proc`` state at each (with 64 threads that kept a
+    third of a core busy).  The process's CPU time over a second of it is the measure:
+    other processes' load does not add to it."""
+    threads = 64
+    pool = ConnectionPool(threads, "test-pool")
+    sessions, peers = _sessions(pool, threads)
+    try:
+        for peer in peers:
+            peer.sendall(b"block")
+        for session in sessions:
+            assert session.seen.get(timeout=20) == b"block"  # each on its own thread
+        cpu, began = time.process_time(), time.monotonic()
+        threading.Event().wait(1.0)  # (the measuring window, not a synchronisation)
+        share = (time.process_time() - cpu) / (time.monotonic() - began)
+        assert share < 0.15, f"{share:.0%} of a CPU with every pool thread blocked"
+    finally:
+        _end(pool, sessions, peers)

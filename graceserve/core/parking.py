@@ -437,6 +437,7 @@ class ConnectionPool:
                 elif (
                     used is not None
                     and used < BUSY * 1e9 * (now - seen_at)
+                    and self._spares  # (else none to wake: spare the /proc reads)
                     and not self._serving_runnable()
                 ):  # blocked
                     self.woken += self._wake_spares(max(1, len(ready)))
