@@ -315,3 +315,52 @@ def _stuck(server: GracefulWSGIServer, count: int) -> bool:
     """Whether ``count`` connections are half-way through a request (held by a thread)."""
     with server.registry.locked_items() as items:
         return sum(1 for _, conn in items if conn.reading) == count
+
+
+def test_input_is_served_after_unstick_held_the_poll_lock_while_the_watcher_looked() -> None:
+    """``unstick`` holds the poll lock while it takes the input waiting.  If the watcher
+    looks then, it takes the holder for a thread waiting for input and sleeps; a thread
+    ending its turn then finds the lock held and becomes a spare.  Once ``unstick`` lets
+    go nobody polls, and the input it queued (no thread to start: the pool is at its
+    ``max_threads``) must still be served by that spare, not left until a blocked
+    session ends.
+
+    The test holds the lock itself, as ``unstick`` does for its poll (only longer)."""
+    pool = ConnectionPool(2, "test-pool")
+    sessions, peers = _sessions(pool, 3)
+    try:
+        for session, peer in zip(sessions[:2], peers[:2], strict=True):
+            peer.sendall(b"block")
+            assert session.seen.get(timeout=10) == b"block"  # both threads blocked
+        with pool._poll_lock:  # unstick's hold
+            wait_until(lambda: not pool.watching, what="the watcher to take it for a poller")
+            sessions[0].release.set()  # its thread ends the turn and meets the lock held
+            wait_until(lambda: len(pool._spares) == 1, what="that thread to become a spare")
+        peers[2].sendall(b"x")
+        pool.unstick(time.monotonic())  # (records the progress mark)
+        assert pool.unstick(time.monotonic() + STALL) == 0  # stuck; queued, none started
+        assert sessions[2].seen.get(timeout=10) == b"x"
+    finally:
+        _end(pool, sessions, peers)
+
+
+def test_a_pool_whose_threads_are_all_blocked_keeps_no_cpu_busy() -> None:
+    """Every thread blocked in a session (long polls, clients trickling their requests)
+    and so no spare to wake: the watcher still looks every tick while input may wait, but
+    must not read each thread's ``/proc`` state at each (with 64 threads that kept a
+    third of a core busy).  The process's CPU time over a second of it is the measure:
+    other processes' load does not add to it."""
+    threads = 64
+    pool = ConnectionPool(threads, "test-pool")
+    sessions, peers = _sessions(pool, threads)
+    try:
+        for peer in peers:
+            peer.sendall(b"block")
+        for session in sessions:
+            assert session.seen.get(timeout=20) == b"block"  # each on its own thread
+        cpu, began = time.process_time(), time.monotonic()
+        threading.Event().wait(1.0)  # (the measuring window, not a synchronisation)
+        share = (time.process_time() - cpu) / (time.monotonic() - began)
+        assert share < 0.15, f"{share:.0%} of a CPU with every pool thread blocked"
+    finally:
+        _end(pool, sessions, peers)

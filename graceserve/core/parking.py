@@ -283,6 +283,9 @@ class ConnectionPool:
             self._queue_events(0)
         finally:
             self._poll_lock.release()
+        # The watcher may have taken this hold for a thread waiting for input and gone to
+        # sleep, and a thread that met it become a spare: now nobody may poll.  It looks again.
+        self._active.set()
         self._seen_at = now  # the next growth, if still stuck, after another STALL
         started = self._add_threads(len(self._ready))
         self.grown += started
@@ -434,6 +437,7 @@ class ConnectionPool:
                 elif (
                     used is not None
                     and used < BUSY * 1e9 * (now - seen_at)
+                    and self._spares  # (else none to wake: spare the /proc reads)
                     and not self._serving_runnable()
                 ):  # blocked
                     self.woken += self._wake_spares(max(1, len(ready)))
