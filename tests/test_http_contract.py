@@ -548,6 +548,23 @@ def test_expect_100_refused_by_the_handler_closes_the_connection(harness: Harnes
     assert client.read_to_eof() == b""  # at once: no wait for a body that may never come
 
 
+def test_the_wait_before_a_first_request_is_not_a_rhythm() -> None:
+    """The rhythm is the gap between a response and the next request.  The wait before
+    the first one is the client's connect-to-send time plus however long the server took
+    to read it (a pool thread busy elsewhere, a loaded machine): learning it gave a fresh
+    connection a linger of three times a scheduling delay, so making room at the
+    connection cap closed a newer idle connection instead of the oldest."""
+    left, right = socket.socketpair()
+    try:
+        conn = httpserver.HTTPConnection(left, ("test", 0))
+        conn.to_idle(10.0)  # accepted (or parked before its first byte)
+        conn.to_head(threading.Lock(), 13.0)  # its first request line, read 3 s later
+        assert (conn.rhythm, conn.used) == (0.0, True)
+    finally:
+        left.close()
+        right.close()
+
+
 def test_an_http_connection_has_one_state_and_its_flags_only_read_it() -> None:
     """One connection state with one writer: its transitions.  The generic
     ``Connection`` flags (idle, reading, idle_since) are views of it, never a second
@@ -561,9 +578,12 @@ def test_an_http_connection_has_one_state_and_its_flags_only_read_it() -> None:
             IDLE, 12.5, True, False, 12.5,
         )  # fmt: skip
         assert conn.to_head(threading.Lock(), 13.0) == OPEN
-        assert (conn.state, conn.idle, conn.reading, conn.rhythm) == (HEAD, False, True, 0.5)
+        assert (conn.state, conn.idle, conn.reading, conn.used) == (HEAD, False, True, True)
         assert conn.to_busy() == OPEN
         assert (conn.state, conn.idle, conn.reading) == (httpserver.BUSY, False, False)
+        assert conn.to_idle(14.0) == OPEN
+        assert conn.to_head(threading.Lock(), 14.5) == OPEN
+        assert conn.rhythm == 0.5  # the gap between a response and the next request
         with pytest.raises(AttributeError):
             conn.idle = True  # type: ignore[misc]
     finally:

@@ -116,16 +116,20 @@ class HTTPConnection(Connection):
         """A request line arrived: reading its head; what was done to us meanwhile.
 
         Under ``lock`` (the registry's), atomic with the reaper's decision to
-        close an idle connection.  Learns the gap since the last response.
+        close an idle connection.  Learns the gap since the last response (not
+        the wait before a first request: no response preceded it, and it holds
+        the server's own delay in reading it).
         """
         with lock:
             cut = self._cuts.get(self.request, OPEN)
             gap = now - self.since
             self.since = now
             self.state = HEAD
-        decayed = self.rhythm * RHYTHM_DECAY
-        self.rhythm = gap if gap > decayed else decayed
-        self.used = True
+        if self.used:
+            decayed = self.rhythm * RHYTHM_DECAY
+            self.rhythm = gap if gap > decayed else decayed
+        else:
+            self.used = True
         return cut
 
     def to_handshake(self, now: float) -> None:
