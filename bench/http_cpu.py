@@ -44,6 +44,7 @@ from pathlib import Path
 
 import benchutil as bu
 import peers
+from pingpong import exchange
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -99,21 +100,7 @@ def serve_one_connection(case: str, requests: int) -> float:
     thread = threading.Thread(target=serve)
     thread.start()
     try:
-        buf = b""
-        for _ in range(requests):
-            client.sendall(REQUEST)
-            # Each response is one header block and a short body; read to the body's end.
-            while True:
-                head, sep, rest = buf.partition(b"\r\n\r\n")
-                if sep:
-                    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-                    if len(rest) >= length:
-                        buf = rest[length:]
-                        break
-                chunk = client.recv(65536)
-                if not chunk:
-                    raise ConnectionError("server closed the connection")
-                buf += chunk
+        exchange(client, REQUEST, requests)
         client.shutdown(socket.SHUT_WR)  # the handler reads EOF and returns
     finally:
         thread.join(10)

@@ -52,6 +52,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pingpong import exchange
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 HOST = "127.0.0.1"
@@ -101,20 +103,7 @@ def serve_one_connection(app: Any, requests: int, profile: bool = False) -> tupl
     thread.start()
     request = request_bytes(port)
     try:
-        buf = b""
-        for _ in range(requests):
-            client.sendall(request)
-            while True:  # one head and a Content-Length body per response
-                head, sep, rest = buf.partition(b"\r\n\r\n")
-                if sep:
-                    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-                    if len(rest) >= length:
-                        buf = rest[length:]
-                        break
-                chunk = client.recv(65536)
-                if not chunk:
-                    raise ConnectionError("server closed the connection")
-                buf += chunk
+        exchange(client, request, requests)
         client.shutdown(socket.SHUT_WR)  # the connection reads EOF and returns
     finally:
         thread.join(10)
