@@ -287,9 +287,7 @@ class ConnectionPool:
         # sleep, and a thread that met it become a spare: now nobody may poll.  It looks again.
         self._active.set()
         self._seen_at = now  # the next growth, if still stuck, after another STALL
-        started = self._add_threads(len(self._ready))
-        self.grown += started
-        return started
+        return self._add_threads(len(self._ready), grown=True)
 
     # -- the pool's threads -----------------------------------------------------------
 
@@ -303,18 +301,22 @@ class ConnectionPool:
                     )
                     self._watcher.start()
 
-    def _add_threads(self, wanted: int) -> int:
+    def _add_threads(self, wanted: int, grown: bool = False) -> int:
         with self._start_lock:
-            return self._add_threads_locked(wanted)
+            return self._add_threads_locked(wanted, grown)
 
-    def _add_threads_locked(self, wanted: int) -> int:
-        """Start up to ``wanted`` threads (``max_threads`` in all); with ``_start_lock`` held."""
+    def _add_threads_locked(self, wanted: int, grown: bool = False) -> int:
+        """Start up to ``wanted`` threads (``max_threads`` in all); with ``_start_lock`` held.
+        ``grown``: count them in ``grown``, each before it starts (what it serves is seen
+        by then: a test that reads ``grown`` once served must not race the count)."""
         started = 0
         while not self._closed and started < wanted and len(self._threads) < self.max_threads:
             self._serial += 1
             thread = threading.Thread(
                 target=self._work, name=f"{self._name}-{self._serial}", daemon=True
             )
+            if grown:
+                self.grown += 1
             thread.start()
             self._threads.append(thread)
             started += 1
