@@ -126,7 +126,8 @@ class _Worker:
                 line = stat.read(512)
         except OSError:
             return True
-        return line[line.rfind(b")") + 2 : line.rfind(b")") + 3] == b"R"
+        state = line.rfind(b")") + 2  # after the name, which may hold ") "
+        return line[state : state + 1] == b"R"
 
 
 class ConnectionPool:
@@ -287,7 +288,7 @@ class ConnectionPool:
         # sleep, and a thread that met it become a spare: now nobody may poll.  It looks again.
         self._active.set()
         self._seen_at = now  # the next growth, if still stuck, after another STALL
-        return self._add_threads(len(self._ready), grown=True)
+        return self._add_threads(len(self._ready))
 
     # -- the pool's threads -----------------------------------------------------------
 
@@ -301,13 +302,13 @@ class ConnectionPool:
                     )
                     self._watcher.start()
 
-    def _add_threads(self, wanted: int, grown: bool = False) -> int:
+    def _add_threads(self, wanted: int) -> int:
         with self._start_lock:
-            return self._add_threads_locked(wanted, grown)
+            return self._add_threads_locked(wanted)
 
-    def _add_threads_locked(self, wanted: int, grown: bool = False) -> int:
+    def _add_threads_locked(self, wanted: int) -> int:
         """Start up to ``wanted`` threads (``max_threads`` in all); with ``_start_lock`` held.
-        ``grown``: count them in ``grown``, each before it starts (what it serves is seen
+        One beyond ``size`` is counted in ``grown`` before it starts (what it serves is seen
         by then: a test that reads ``grown`` once served must not race the count)."""
         started = 0
         while not self._closed and started < wanted and len(self._threads) < self.max_threads:
@@ -315,7 +316,7 @@ class ConnectionPool:
             thread = threading.Thread(
                 target=self._work, name=f"{self._name}-{self._serial}", daemon=True
             )
-            if grown:
+            if len(self._threads) >= self.size:
                 self.grown += 1
             thread.start()
             self._threads.append(thread)
@@ -413,24 +414,23 @@ class ConnectionPool:
         (they used less than ``BUSY`` of the tick's CPU, and none is running or waiting for
         a CPU now), or when no session began for ``LONG`` (one computes at length: the
         others share the GIL with it, as threads do).  Asleep while the pool is idle."""
-        clock = time.monotonic
-        active, ready, poll_lock = self._active, self._ready, self._poll_lock
+        active, ready = self._active, self._ready
         while not self._closed:
             active.wait()
-            seen_turns, seen_at = self._turns, clock()
+            seen_turns, seen_at = self._turns, _now()
             moved_at = seen_at  # when a session last began
             self._serving_cpu()
             while not self._closed:
                 time.sleep(TICK)
-                turns, now = self._turns, clock()
+                turns, now = self._turns, _now()
                 used = self._serving_cpu()
                 if turns != seen_turns:
                     moved_at = now
-                waiting = bool(ready) or not poll_lock.locked()  # queued, or nobody polls
+                waiting = self._work_may_wait()
                 if not waiting:
                     if turns == seen_turns:  # a thread waits for input, nothing else moves
                         active.clear()
-                        if not (ready or not poll_lock.locked()):  # (re-checked after)
+                        if not self._work_may_wait():  # (re-checked after the clear)
                             break
                         active.set()
                 elif now - moved_at >= LONG:  # one computes at length
@@ -445,6 +445,10 @@ class ConnectionPool:
                     self.woken += self._wake_spares(max(1, len(ready)))
                     self._blocking_until = now + BLOCKING
                 seen_turns, seen_at = turns, now
+
+    def _work_may_wait(self) -> bool:
+        """Sessions are queued, or no thread waits for input (a snapshot)."""
+        return bool(self._ready) or not self._poll_lock.locked()
 
     def _serving_runnable(self) -> bool:
         """Whether a thread not asleep as a spare is running or waiting for a CPU (then it

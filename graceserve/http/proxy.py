@@ -37,7 +37,6 @@ from typing import Any
 from graceserve.http.host import valid_authority
 
 __all__ = [
-    "ENVIRON_KEYS",
     "MAX_HOPS",
     "Forwarded",
     "Trust",
@@ -168,12 +167,12 @@ def forwarded_from_environ(peer: str, environ: Mapping[str, Any], trust: Trust) 
         value = environ.get(key)
         if value is not None:
             found[name] = value
+    if not found:  # the common case, even from a trusted peer: nothing to read
+        return _NOTHING
     return forwarded(peer, found, trust)
 
 
 _ENVIRON_KEYS = tuple((name, "HTTP_" + name.upper().replace("-", "_")) for name in _FIELDS)
-ENVIRON_KEYS = tuple(key for _, key in _ENVIRON_KEYS)
-"""The environ keys ``forwarded_from_environ`` reads: without any of them it finds nothing."""
 
 
 def _from_elements(hops: list[dict[str, str]], trust: Trust) -> Forwarded:

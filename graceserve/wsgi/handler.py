@@ -291,12 +291,10 @@ class WSGIConnection:
             environ.pop("CONTENT_LENGTH", None)
         elif framing.content_length is not None:
             environ["CONTENT_LENGTH"] = str(framing.content_length)
-        if self.proxied:  # a trusted peer: what it forwarded, if it sent any of it
-            for key in proxy.ENVIRON_KEYS:
-                if key in environ:
-                    forwarded = proxy.forwarded_from_environ(self.peer, environ, self.server.trust)
-                    _apply_forwarded(environ, forwarded)
-                    break
+        if self.proxied:  # a trusted peer: what it forwarded, if anything
+            _apply_forwarded(
+                environ, proxy.forwarded_from_environ(self.peer, environ, self.server.trust)
+            )
         return environ
 
     def handle_request(
