@@ -180,3 +180,29 @@ def test_one_process_with_max_requests_still_runs_graceserve_s_request_cycle() -
         conn.send(b"\r\n" + request_bytes("GET", "/counted", close=True))
         assert conn.read_reply().status == 200
         served.wait_line(r'"GET /counted HTTP/1.1" 200 ')
+
+
+class Declining(Recorder):
+    """Leaves every client to a peer that does not exist (a worker whose peers stopped)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[int] = []
+
+    def may_accept(self, held: int) -> bool:
+        self.asked.append(held)
+        return False
+
+
+def test_a_client_left_to_peers_that_never_take_it_is_accepted_within_the_bound() -> None:
+    """``may_accept`` False defers a client (``ACCEPT_DEFER`` at a time), never for good:
+    after ``ACCEPT_DEFER_LIMIT`` the loop accepts it, and asks again only later."""
+    hooks = Declining()
+    for server in serving(QuickReapHTTP(("127.0.0.1", 0), Hello), hooks):
+        for _ in range(2):
+            with Connection(address(server), timeout=TIMEOUT) as conn:
+                conn.request("GET", "/", close=True)
+                assert conn.read_reply().status == 200
+        assert server.accept_defer_limits >= 1
+        assert server.accept_deferrals >= 1
+        assert hooks.asked[:1] == [0]  # it said how many it held: none

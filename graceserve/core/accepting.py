@@ -16,6 +16,18 @@ clients retry and are refused once the listener is closed), then the queue is
 swept until EAGAIN, then the listener is shut for every process holding a
 copy, then closed.
 
+Several processes may accept from one listener (workers): the kernel wakes
+them all for each client and the first to run takes it.  Before it accepts,
+the loop asks its hooks (``may_accept``) whether a peer holding fewer
+connections should take this one; if so it stops watching the listener for
+``ACCEPT_DEFER`` and looks again.  The deferral is bounded: after
+``ACCEPT_DEFER_LIMIT`` of unbroken deferring the loop accepts what is queued,
+and asks the hooks again only after a distrust period, which starts at
+``ACCEPT_DISTRUST`` and doubles (up to ``ACCEPT_DISTRUST_MAX``) each time the
+limit is reached again before a peer took a client left to it.  So a peer
+that is slow for a moment costs a burst little, and one that does not accept
+at all (a stopped process) costs at most one bound every ``ACCEPT_DISTRUST_MAX``.
+
 A server may listen on several sockets (``add_listener``: ``--bind`` given
 again, TCP and Unix together, or several sockets from systemd): one loop
 selects over all of them, so they share one connection registry, one cap and
@@ -63,6 +75,10 @@ _DROP_ALL = struct.pack("=HBBI", _BPF_RET_K, 0, 0, 0)  # one instruction: ret #0
 _TCP_INFO_LISTEN_QUEUE = struct.Struct("I")  # tcpi_unacked: the accept queue, on a listener
 _TCP_INFO_LISTEN_QUEUE_OFFSET = 24
 RECLAIM_INTERVAL = 0.1  # seconds between attempts to make room at the cap (each scans the registry)
+ACCEPT_DEFER = 0.001  # seconds a client left to a peer waits before this loop looks again
+ACCEPT_DEFER_LIMIT = 0.02  # ... and at most this long in a row: then it is accepted here
+ACCEPT_DISTRUST = 0.05  # seconds of accepting without asking, after the limit was reached
+ACCEPT_DISTRUST_MAX = 2.0  # ... doubled at each limit reached in a row, up to this
 
 
 class AcceptingServer(socketserver.ThreadingTCPServer):
@@ -100,6 +116,13 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
         self._accept_failing = False
         self._accept_capped = False
         self._next_reclaim = 0.0  # at the cap: no reclaim_idle before this instant
+        self._defer_until = 0.0  # clients left to a peer: the listener unwatched until then
+        self._deferring_since: float | None = None  # the start of this run of deferrals
+        self._asks_peers = False  # the hooks override may_accept (install_hooks)
+        self._trust_after = 0.0  # the limit was reached: may_accept not asked until then
+        self._distrust = ACCEPT_DISTRUST  # the next distrust period
+        self.accept_deferrals = 0  # clients left to a peer (each look that did), for tests
+        self.accept_defer_limits = 0  # runs of deferrals that reached the limit
         # The listeners after self.socket, and their addresses (add_listener).
         self._more_listeners: list[socket.socket] = []
         self._more_addresses: list[_Address] = []
@@ -134,7 +157,8 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
                     # for, but after each attempt not for RECLAIM_INTERVAL: a queued
                     # client never makes the loop spin or scan the registry in a loop.
                     reclaim = self._accept_capped and now >= self._next_reclaim
-                    watch = not paused or reclaim
+                    deferring = now < self._defer_until
+                    watch = not (paused or deferring) or reclaim
                     if listening != watch:
                         for listener in self.listeners:
                             if watch:
@@ -147,6 +171,8 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
                         timeout = min(timeout, self._accept_paused_until - now)
                     elif self._accept_capped and not reclaim:
                         timeout = min(timeout, self._next_reclaim - now)
+                    elif deferring:
+                        timeout = min(timeout, self._defer_until - now)
                     ready = selector.select(max(timeout, 0))
                     if self._shutdown_request:
                         break
@@ -155,7 +181,7 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
                             drain_socket(self._wakeup_r)
                         elif paused:  # at the cap, and a client is queued
                             self._make_room(key.data)
-                        else:
+                        elif not self._leave_to_peer():
                             self._handle_request_noblock(key.data)
                     self.service_actions()
                     self.hooks.loop_turn()  # next to service_actions (the reaper), not instead
@@ -173,6 +199,7 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
         if self._serving_thread is not None:
             raise RuntimeError("install_hooks() must be called before serve_forever()")
         self.hooks = hooks
+        self._asks_peers = type(hooks).may_accept is not ServerHooks.may_accept
 
     def shutdown(self) -> None:
         """Stop the serve_forever loop and wait until it has stopped.
@@ -193,6 +220,42 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
         with self._registry.condition:  # a handler ending now sees the flag, or we see it end
             self._accept_capped = cap is not None and self._registry.count >= cap
         return self._accept_capped or time.monotonic() < self._accept_paused_until
+
+    def _leave_to_peer(self) -> bool:
+        """Whether to leave the queued client to a peer for ``ACCEPT_DEFER`` (the hooks
+        say so, and this run of deferrals is shorter than ``ACCEPT_DEFER_LIMIT``).
+
+        A run is unbroken while each look comes within the limit of the last
+        deferral's end; a later look (the peer took the clients, and this one
+        is new) starts a new run.  Never raises.
+        """
+        if not self._asks_peers:
+            return False
+        now = time.monotonic()
+        if now < self._trust_after:
+            return False
+        try:
+            accept = self.hooks.may_accept(self._registry.count)
+        except Exception:
+            log.exception("may_accept() raised")
+            accept = True
+        since = self._deferring_since
+        if accept:
+            if since is not None:  # a peer took what was left to it
+                self._deferring_since = None
+                self._distrust = ACCEPT_DISTRUST
+            return False
+        if since is None or now - self._defer_until > ACCEPT_DEFER_LIMIT:
+            self._deferring_since = now
+        elif now - since >= ACCEPT_DEFER_LIMIT:  # the peers do not take them: we do
+            self._deferring_since = None
+            self._trust_after = now + self._distrust
+            self._distrust = min(self._distrust * 2, ACCEPT_DISTRUST_MAX)
+            self.accept_defer_limits += 1
+            return False
+        self._defer_until = now + ACCEPT_DEFER
+        self.accept_deferrals += 1
+        return True
 
     def _make_room(self, listener: socket.socket) -> None:
         """At the cap with clients queued: ask ``reclaim_idle`` to close idle connections.

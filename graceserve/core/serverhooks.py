@@ -12,6 +12,12 @@ instead of it:
 
 - ``loop_turn()``: after each turn of the accept loop (``serve_forever``),
   once ``service_actions`` (where the reaper runs) has returned;
+- ``may_accept(held)``: before the loop accepts a queued client, with the
+  number of connections the server holds; False leaves the client to another
+  process on the same listener for a moment (a worker holding more connections
+  than a peer: ``graceserve.process.balance``).  The loop asks again after
+  ``ACCEPT_DEFER`` and accepts anyway once it has deferred for
+  ``ACCEPT_DEFER_LIMIT`` (``graceserve.core.accepting``);
 - ``request_done(status, seconds)``: once per finished request: an HTTP
   request answered by a handler, a WSGI application's response sent (its
   status, 0 if none was sent, and the seconds since its request line
@@ -20,7 +26,7 @@ instead of it:
 Install them with ``server.install_hooks(hooks)`` before ``serve_forever``.
 The defaults do nothing.
 
-Threading contract: ``loop_turn`` is called from the thread running
+Threading contract: ``loop_turn`` and ``may_accept`` are called from the thread running
 ``serve_forever``; ``request_done`` from handler threads, concurrently, on the
 path of every request: an implementation must be thread-safe and cheap.
 """
@@ -36,12 +42,18 @@ class ServerHooks:
     Methods that may be overridden:
 
     - loop_turn()      the accept loop made a turn (the serving thread)
+    - may_accept(held) whether to accept the next client now (the serving thread)
     - request_done(status, seconds)   one request was finished (a handler thread;
                                       thread-safe)
     """
 
     def loop_turn(self) -> None:
         """The accept loop finished a turn, ``service_actions`` included."""
+
+    def may_accept(self, held: int) -> bool:
+        """Whether to accept a queued client now, holding ``held`` connections;
+        False: another process should take it (the loop looks again shortly)."""
+        return True
 
     def request_done(self, status: int = 0, seconds: float = 0.0) -> None:
         """One request was finished (an HTTP request, a WSGI call, a TCP connection):

@@ -45,6 +45,7 @@ import time
 from collections.abc import Callable
 
 from graceserve.core.accepting import attach_drop_all_filter
+from graceserve.process.balance import AcceptTable
 from graceserve.process.control import ServerStatus
 from graceserve.process.inprocess import InProcessServer
 from graceserve.process.listener import unlink_socket_file
@@ -93,6 +94,9 @@ class Supervisor:
         self.metrics = metrics  # --metrics-bind: every member's meters, for the endpoint
         self._stop_alone = stop_alone
         self.reaper = OrphanReaper()
+        # Each worker publishes the connections it holds here; the busier leave clients to
+        # the idler (graceserve.process.balance).  None without memfd: workers accept freely.
+        self.accept_table = AcceptTable.create()
         self.selector = selectors.DefaultSelector()
         self.wake_r, self.wake_w = socket.socketpair()
         for sock in (self.wake_r, self.wake_w):
@@ -211,6 +215,8 @@ class Supervisor:
             if fileobj is not None:
                 with contextlib.suppress(KeyError, ValueError):
                     self.selector.unregister(fileobj)
+        if isinstance(member, WorkerProcess) and member.seat and self.accept_table is not None:
+            self.accept_table.release(member.seat[1])  # peers stop deferring to it
         member.close()
 
     def _connections(self) -> int:
@@ -229,11 +235,16 @@ class Supervisor:
         limit = self.settings.max_requests
         if limit:
             limit += random.randint(0, self.settings.max_requests_jitter)
+        table = self.accept_table
+        slot = table.take() if table is not None else None
+        seat = (table.fileno(), slot) if table is not None and slot is not None else None
         try:
             fds = [listener.fileno() for listener in self.listeners]
-            worker = WorkerProcess(fds, generation, limit or None, spare)
+            worker = WorkerProcess(fds, generation, limit or None, spare, seat)
         except OSError as exc:
             log.error("cannot start a worker: %s", exc)
+            if table is not None and slot is not None:
+                table.release(slot)
             return None
         self._register(worker)
         log.info(
@@ -298,3 +309,5 @@ class Supervisor:
         self.wake_r.close()
         for listener in self.listeners:
             listener.close()
+        if self.accept_table is not None:
+            self.accept_table.close()

@@ -54,6 +54,7 @@ from graceserve.core.serverhooks import ServerHooks
 from graceserve.core.stopping import DrainHooks, run_drain
 from graceserve.errors import EXIT_CUT, EXIT_OK, StartupError, exit_code_for_signal
 from graceserve.http.server import GracefulHTTPServer
+from graceserve.process.balance import Seat, seat_from_environment
 from graceserve.process.listener import make_server
 from graceserve.process.metrics import connection_gauges
 from graceserve.process.privileges import drop, resolve
@@ -92,7 +93,8 @@ def run_worker(
     for signum in (*STOP_SIGNALS, *WORKER_SIGNALS):  # the supervisor decides
         signal.signal(signum, signal.SIG_IGN)
     faulthandler.enable(all_threads=True)  # SIGABRT (--worker-timeout): stacks first
-    link = _Link(channel, relay, settings.grace)
+    seat = seat_from_environment()  # least-connections accepting among the workers
+    link = _Link(channel, relay, settings.grace, seat)
     try:
         try:
             identity = resolve(settings.user, settings.group)
@@ -108,7 +110,7 @@ def run_worker(
             server.server_close()
             return EXIT_OK
         meter = RequestMeter() if settings.metrics_bind is not None else None
-        return _Worker(server, link, relay, generation, settings.max_requests, meter).run()
+        return _Worker(server, link, relay, generation, settings.max_requests, meter, seat).run()
     finally:
         link.close()
         relay.restore(ignore=ignore_signals_after)
@@ -117,8 +119,11 @@ def run_worker(
 class _Link:
     """The channel: a reader thread turns commands into injected signals."""
 
-    def __init__(self, channel: socket.socket, relay: SignalRelay, grace: float) -> None:
+    def __init__(
+        self, channel: socket.socket, relay: SignalRelay, grace: float, seat: Seat | None
+    ) -> None:
         self.channel = channel
+        self.seat = seat  # left as soon as we are told to stop: peers stop deferring to us
         self.relay = relay
         self.grace = grace
         self.mode = "shared"
@@ -148,6 +153,8 @@ class _Link:
             except OSError:
                 data = b""
             if not data:  # the supervisor is gone: drain by ourselves
+                if self.seat is not None:
+                    self.seat.leave()
                 self.go.set()
                 if self.deadline is None and not self._closing:
                     log.warning("worker: the supervisor is gone; draining")
@@ -164,6 +171,8 @@ class _Link:
                 if self.server is not None:
                     self.server.announce_stop()
             elif words[0] == "STOP" and len(words) == 3 and self.deadline is None:
+                if self.seat is not None:
+                    self.seat.leave()
                 self.mode = words[1]
                 self.deadline = float(words[2])
                 self.go.set()  # a spare told to stop never serves
@@ -197,7 +206,10 @@ class _Worker:
         generation: str,
         max_requests: int | None = None,
         meter: RequestMeter | None = None,
+        seat: Seat | None = None,
     ) -> None:
+        """``seat``: this worker's place in the supervisor's accept table, which its
+        accept loop consults (``graceserve.process.balance``); None: it accepts freely."""
         self.server = server
         self.meter = meter  # --metrics-bind: each request's status and duration
         self.link = link
@@ -208,7 +220,7 @@ class _Worker:
         self.limit = max_requests or 0
         self.loop_at = time.monotonic()
         self.forced_by = 0
-        server.install_hooks(_WorkerServerHooks(self))  # next to the reaper, not instead
+        server.install_hooks(_WorkerServerHooks(self, seat))  # next to the reaper, not instead
         relay.add_listener(server.registry.condition)
         link.attach(server)
 
@@ -295,14 +307,19 @@ class _Worker:
 
 
 class _WorkerServerHooks(ServerHooks):
-    """What the server tells the worker: the heartbeat and each finished request."""
+    """What the server tells the worker: the heartbeat and each finished request; what
+    the worker tells the server: whether to leave the next client to another worker."""
 
-    def __init__(self, worker: _Worker) -> None:
+    def __init__(self, worker: _Worker, seat: Seat | None = None) -> None:
         self.worker = worker
         self.record = worker.meter.record if worker.meter is not None else None
+        self.seat = seat
 
     def loop_turn(self) -> None:
         self.worker.beat()
+
+    def may_accept(self, held: int) -> bool:
+        return self.seat is None or self.seat.may_accept(held)
 
     def request_done(self, status: int = 0, seconds: float = 0.0) -> None:
         if self.record is not None:

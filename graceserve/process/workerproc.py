@@ -12,7 +12,10 @@ inherited descriptors:
 - fd 5 on: the further listening sockets (``--bind`` given again), as many as
   ``GRACESERVE_WORKER_LISTENERS`` says in all (absent: 1).  The first two
   numbers stay where they were, so a worker and a supervisor of different
-  versions (a HUP after an upgrade) still find the first listener and the channel.
+  versions (a HUP after an upgrade) still find the first listener and the channel;
+- after the listeners: the supervisor's accept table (``graceserve.process.balance``),
+  its descriptor and this worker's slot in ``GRACESERVE_WORKER_BALANCE`` (absent:
+  the worker accepts without looking at its peers).
 
 ``GRACESERVE_WORKER`` (the generation number) tells the new interpreter it is
 a worker, ``GRACESERVE_WORKER_MAX_REQUESTS`` its own ``--max-requests`` (jitter
@@ -44,6 +47,7 @@ import time
 from dataclasses import dataclass
 
 from graceserve.core.metering import Meters
+from graceserve.process.balance import BALANCE_VARIABLE
 
 __all__ = [
     "CHANNEL_FD",
@@ -68,7 +72,7 @@ CHANNEL_FD = 4
 MORE_LISTENERS_FD = 5
 _CLEARED = (
     "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", WORKER_VARIABLE,
-    LIMIT_VARIABLE, STANDBY_VARIABLE, LISTENERS_VARIABLE,
+    LIMIT_VARIABLE, STANDBY_VARIABLE, LISTENERS_VARIABLE, BALANCE_VARIABLE,
 )  # fmt: skip
 
 
@@ -201,11 +205,16 @@ class WorkerProcess(ChannelEnd):
         generation: int,
         max_requests: int | None,
         standby: bool = False,
+        seat: tuple[int, int] | None = None,
     ) -> None:
+        """``seat``: the accept table's descriptor and this worker's slot in it."""
         super().__init__(generation)
+        self.seat = seat
         self.channel, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            self.pid = _spawn(listener_fds, child_end.fileno(), generation, max_requests, standby)
+            self.pid = _spawn(
+                listener_fds, child_end.fileno(), generation, max_requests, standby, seat
+            )
         except BaseException:
             self.channel.close()
             raise
@@ -251,10 +260,10 @@ class WorkerProcess(ChannelEnd):
 
 def _spawn(
     listener_fds: list[int], channel_fd: int, generation: int, max_requests: int | None,
-    standby: bool,
+    standby: bool, seat: tuple[int, int] | None,
 ) -> int:  # fmt: skip
     """posix_spawn this interpreter with our argv; the first listener on fd 3, the
-    channel on 4, the further listeners from 5 on."""
+    channel on 4, the further listeners from 5 on, then the accept table."""
     env = {key: value for key, value in os.environ.items() if key not in _CLEARED}
     env[WORKER_VARIABLE] = str(generation)
     if len(listener_fds) > 1:
@@ -266,6 +275,11 @@ def _spawn(
     first, *more = listener_fds
     sources = [first, channel_fd, *more]
     targets = [LISTENER_FD, CHANNEL_FD, *range(MORE_LISTENERS_FD, MORE_LISTENERS_FD + len(more))]
+    if seat is not None:
+        table_fd, slot = seat
+        sources.append(table_fd)
+        targets.append(MORE_LISTENERS_FD + len(more))
+        env[BALANCE_VARIABLE] = f"{targets[-1]} {slot}"
     spare = max(*sources, *targets) + 1  # via spare numbers: no source is overwritten
     actions: list[tuple[int, int, int] | tuple[int, int]] = [
         (os.POSIX_SPAWN_DUP2, source, spare + i) for i, source in enumerate(sources)
