@@ -90,3 +90,13 @@ def test_the_variable_gives_the_seat(table: AcceptTable) -> None:
     assert seat.slot == slot
     assert seat.may_accept(4)
     assert table.counts() == (4,)
+
+
+def test_in_a_burst_a_worker_defers_only_past_a_sixteenth(table: AcceptTable) -> None:
+    """Strict turns would halve the accept rate of a burst of thousands: within
+    ``held // SLACK`` of the fewest, a worker accepts too."""
+    first, second = seat_of(table), seat_of(table)
+    assert second.may_accept(470)
+    assert first.may_accept(500)  # 500 - 500 // 16 = 469 <= 470
+    assert second.may_accept(460)
+    assert not first.may_accept(500)  # 460 < 469

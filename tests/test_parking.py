@@ -42,6 +42,16 @@ def test_an_idle_keepalive_connection_holds_no_thread_and_is_served_again() -> N
         assert pool.threads == 2
 
 
+def test_the_pool_threads_start_with_serving_not_at_the_first_client() -> None:
+    """Started at the first client, they held up the accept loop for a burst's first
+    clients (64 thread starts), and a worker's peers took them all."""
+    with serving(hello_app, threads=3) as server:
+        pool = server.pool
+        assert pool is not None
+        wait_until(lambda: pool.threads == 3, what="the pool's threads, with no client yet")
+        assert server.active_connections == 0
+
+
 def test_a_pipelined_request_is_served_without_parking() -> None:
     with serving(hello_app, threads=2) as server, Client(server.server_address) as client:
         client.request("GET", "/")

@@ -75,6 +75,7 @@ _DROP_ALL = struct.pack("=HBBI", _BPF_RET_K, 0, 0, 0)  # one instruction: ret #0
 _TCP_INFO_LISTEN_QUEUE = struct.Struct("I")  # tcpi_unacked: the accept queue, on a listener
 _TCP_INFO_LISTEN_QUEUE_OFFSET = 24
 RECLAIM_INTERVAL = 0.1  # seconds between attempts to make room at the cap (each scans the registry)
+ACCEPT_BATCH = 16  # clients accepted in one turn of the loop at most
 ACCEPT_DEFER = 0.001  # seconds a client left to a peer waits before this loop looks again
 ACCEPT_DEFER_LIMIT = 0.02  # ... and at most this long in a row: then it is accepted here
 ACCEPT_DISTRUST = 0.05  # seconds of accepting without asking, after the limit was reached
@@ -182,7 +183,7 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
                         elif paused:  # at the cap, and a client is queued
                             self._make_room(key.data)
                         elif not self._leave_to_peer():
-                            self._handle_request_noblock(key.data)
+                            self._accept_some(key.data)
                     self.service_actions()
                     self.hooks.loop_turn()  # next to service_actions (the reaper), not instead
         finally:
@@ -334,15 +335,28 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
             return self.get_request()  # a subclass's override of the stdlib hook
         return self.accept_from(listener)
 
+    def _accept_some(self, listener: socket.socket) -> None:
+        """Accept up to ``ACCEPT_BATCH`` queued clients on ``listener``: fewer once none is
+        queued, the cap is reached, or a peer should take the next.  A burst of clients
+        costs one turn of the loop per batch, not per client."""
+        for _ in range(ACCEPT_BATCH):
+            if not self._accept_one(listener) or self._accept_paused() or self._leave_to_peer():
+                return
+
     def _handle_request_noblock(self, listener: socket.socket | None = None) -> None:
         """Accept one connection and hand it over.  Never raises for a client's sake."""
+        self._accept_one(listener or self.socket)
+
+    def _accept_one(self, listener: socket.socket) -> bool:
+        """``_handle_request_noblock`` on ``listener``; whether a client was accepted."""
         try:
-            request, client_address = self._accept(listener or self.socket)
+            request, client_address = self._accept(listener)
         except OSError as exc:
             self._accept_failed(exc)
-            return
+            return False
         self._accept_recovered()
         self._handle_accepted(request, client_address)
+        return True
 
     def _handle_accepted(self, request: socket.socket, client_address: _Address) -> None:
         try:

@@ -133,7 +133,7 @@ class _Worker:
 class ConnectionPool:
     """Up to ``threads`` threads serving the sessions parked here as they become readable.
 
-    The threads are started at the first ``park``.  ``thread_setup`` runs first
+    The threads are started by ``start`` or the first ``park``.  ``thread_setup`` runs first
     in each (the server marks its handler threads with it).  While all of them
     are stuck (see ``unstick``) up to ``max_threads`` run.
     """
@@ -202,6 +202,11 @@ class ConnectionPool:
         return len(self._parked)
 
     # -- any thread -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the threads now (else the first ``park`` does).  Idempotent; any thread."""
+        if not self._threads:
+            self._start()
 
     def park(self, session: Session) -> None:
         """Watch ``session``; a pool thread resumes it when it has input (or EOF)."""

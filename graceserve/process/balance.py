@@ -43,6 +43,7 @@ IDLE = -1
 PAGE = mmap.PAGESIZE
 _WORD = struct.Struct("=i")
 SLOTS = PAGE // _WORD.size - 1  # word 0 is the high-water mark
+SLACK = 16  # a worker holding H leaves clients to a peer holding fewer than H - H // SLACK
 
 
 class AcceptTable:
@@ -137,8 +138,12 @@ class Seat:
 
     def may_accept(self, held: int) -> bool:
         """Publish ``held`` (the connections this worker holds); False when another
-        worker that accepts holds fewer, so that it should take the next client.
-        The accept loop's thread."""
+        worker that accepts holds fewer by more than ``held // SLACK``, so that it should
+        take the next client.  The accept loop's thread.
+
+        The slack (none below ``SLACK`` connections) lets every worker accept at once
+        in a burst of thousands of clients, when a strict rule would have them take
+        turns; the split stays within a sixteenth."""
         if self.left:
             return True
         table, slot = self.table, self.slot
@@ -146,8 +151,9 @@ class Seat:
         if self.left:  # ``leave`` ran meanwhile: its IDLE stands
             table.write(slot, IDLE)
             return True
+        floor = held - held // SLACK
         for other, count in enumerate(table.counts()):
-            if IDLE < count < held and other != slot:
+            if IDLE < count < floor and other != slot:
                 return False
         return True
 

@@ -140,6 +140,16 @@ class GracefulWSGIServer(GracefulHTTPServer):
         ``select.epoll``, or once closed)."""
         return self._pool
 
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Start the pool's threads, then accept (as GracefulTCPServer).
+
+        Not at the first client: starting ``threads`` threads there would hold up the
+        accept loop for a burst's first clients (and a worker's peers would take them)."""
+        pool = self._pool
+        if pool is not None and not self.draining:
+            pool.start()
+        super().serve_forever(poll_interval)
+
     def process_request(self, request: Any, client_address: Any) -> None:
         """Register the connection and park it in the pool (with ``threads``); else as
         GracefulTCPServer (a thread for it).  May be extended."""
