@@ -197,6 +197,11 @@ def test_requests_are_counted_across_workers_and_a_reload_never_takes_one_back(
             urllib.request.urlopen(url.replace("/metrics", "/other"), timeout=TIMEOUT)
         assert caught.value.code == 404
         caught.value.close()
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(urllib.request.Request(url, b"", method="POST"), timeout=TIMEOUT)
+        assert caught.value.code == 405
+        assert caught.value.headers["Allow"] == "GET, HEAD"
+        caught.value.close()
         served.stop()
         assert served.wait_exit(TIMEOUT) == 0
     with pytest.raises(urllib.error.URLError):  # closed with the process

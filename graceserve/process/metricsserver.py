@@ -77,10 +77,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        if code == 501:  # an unsupported method: say which ones are
+        if code == 501:  # an unsupported method: say which ones are (RFC 9110: Allow)
             code, message = 405, "only GET and HEAD"
         self.close_connection = True
+        self._allow = code == 405
         super().send_error(code, message, explain)
+
+    def end_headers(self) -> None:
+        if getattr(self, "_allow", False):
+            self.send_header("Allow", "GET, HEAD")
+        super().end_headers()
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("metrics: %s %s", self.address_string(), format % args)
