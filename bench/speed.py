@@ -226,9 +226,12 @@ MODES = {
 # -- throughput rows ----------------------------------------------------------------------
 
 
-def wrk(port: int, connections: int, duration: float) -> tuple[bu.WrkResult, int]:
-    """``wrk -t2 -cN -dDs --latency --timeout 2s`` keep-alive on ``GET /``, and how many
-    connections waited in the listener's accept queue half-way through the run."""
+def wrk(
+    port: int, connections: int, duration: float, server_pid: int | None = None
+) -> tuple[bu.WrkResult, int, list[int]]:
+    """``wrk -t2 -cN -dDs --latency --timeout 2s`` keep-alive on ``GET /``; how many
+    connections waited in the listener's accept queue half-way through the run; and (with
+    ``server_pid``) how the accepted ones were shared among its processes then."""
     cmd = ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
            "--timeout", "2s", f"http://{bu.HOST}:{port}/"]  # fmt: skip
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as load:
@@ -236,10 +239,38 @@ def wrk(port: int, connections: int, duration: float) -> tuple[bu.WrkResult, int
             out, _ = load.communicate(timeout=max(1, round(duration)) / 2)
         except subprocess.TimeoutExpired:  # half-way: the run goes on
             queued = unaccepted(port)
+            shares = split(server_pid, port) if server_pid is not None else []
             out, _ = load.communicate(timeout=duration + 60)
         else:
-            queued = 0
-    return bu.parse_wrk(out), queued
+            queued, shares = 0, []
+    return bu.parse_wrk(out), queued, shares
+
+
+def split(server_pid: int, port: int) -> list[int]:
+    """The connections to ``port`` each process of ``server_pid``'s tree holds, most first
+    (processes holding none left out): whether a multi-process server shares its clients."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    tree, frontier = set(), {server_pid}
+    while frontier:
+        tree |= frontier
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - tree
+    ours = {
+        row.inode
+        for row in procfs.tcp_sockets(state=procfs.ESTABLISHED)
+        if row.local_port == port and row.local_host == bu.HOST
+    }
+    counts = []
+    for pid in tree:
+        with contextlib.suppress(OSError):
+            held = len(ours & procfs.socket_inodes(pid))
+            if held:
+                counts.append(held)
+    return sorted(counts, reverse=True)
 
 
 def unaccepted(port: int) -> int:
@@ -258,7 +289,7 @@ def tput_row(row: str, peers: Sequence[Peer], py: str, cfg: Config) -> dict[str,
     """One throughput row: every peer started, rounds rotated; per peer its runs and medians."""
     app, conns = ("hello", 1000) if row == "c1000" else (row, 50)
     duration = cfg.c1000_duration if row == "c1000" else cfg.duration
-    runs: dict[str, list[tuple[bu.WrkResult, int]]] = {p.name: [] for p in peers}
+    runs: dict[str, list[tuple[bu.WrkResult, int, list[int]]]] = {p.name: [] for p in peers}
     servers: list[bu.Server] = []
     errors: dict[str, str] = {}
     try:
@@ -273,12 +304,13 @@ def tput_row(row: str, peers: Sequence[Peer], py: str, cfg: Config) -> dict[str,
         for r in range(cfg.rounds):
             shift = r % max(1, len(servers))
             for srv in servers[shift:] + servers[:shift]:
-                res, queued = wrk(srv.port, conns, duration)
-                runs[srv.name].append((res, queued))
+                res, queued, shares = wrk(srv.port, conns, duration, srv.proc.pid)
+                runs[srv.name].append((res, queued, shares))
                 p99 = res.latency.get("99%", float("nan"))
                 bu.say(
                     f"  {row} round {r + 1}/{cfg.rounds} {srv.name}: {res.rps:,.0f} req/s, "
-                    f"timeouts {res.timeout}, p99 {p99:.1f} ms"
+                    f"timeouts {res.timeout}, p99 {p99:.1f} ms, connections per process "
+                    f"{'/'.join(map(str, shares)) or '-'}"
                 )
     finally:
         for srv in servers:
@@ -286,7 +318,7 @@ def tput_row(row: str, peers: Sequence[Peer], py: str, cfg: Config) -> dict[str,
             srv.close()
     out: dict[str, Any] = {}
     for peer in peers:
-        got = [res for res, _ in runs[peer.name]]
+        got = [res for res, _, _ in runs[peer.name]]
         if not got:
             out[peer.name] = {"error": errors.get(peer.name, "did not run")}
             continue
@@ -297,7 +329,8 @@ def tput_row(row: str, peers: Sequence[Peer], py: str, cfg: Config) -> dict[str,
             "timeouts": [x.timeout for x in got],
             "errors": [x.connect + x.read + x.write + x.non2xx for x in got],
             "rounds": [x.rps for x in got],
-            "unaccepted": [queued for _, queued in runs[peer.name]],
+            "unaccepted": [queued for _, queued, _ in runs[peer.name]],
+            "split": [shares for _, _, shares in runs[peer.name]],
         }
     return out
 
@@ -565,12 +598,25 @@ def tput_tables(results: dict[str, dict[str, Any]], peers: Sequence[Peer]) -> st
             ok = best == best and best > 0
             line.append(f"{rps(cells.get(peer.name)) / best:.2f}x" if ok else "-")
         ratio.append(line)
-    return "\n\n".join(
-        [
-            bu.md_table(["req/s (wrk -t2, keep-alive)", *names], req),
-            bu.md_table(["ratio to the best of granian and uWSGI, same processes", *names], ratio),
-        ]
-    )
+    tables = [
+        bu.md_table(["req/s (wrk -t2, keep-alive)", *names], req),
+        bu.md_table(["ratio to the best of granian and uWSGI, same processes", *names], ratio),
+    ]
+    several = [p.name for p in peers if p.processes > 1]
+    shared = [
+        [row, *(shares_cell(cells.get(name)) for name in several)]
+        for row, cells in results.items()
+        if row != "c1000"
+    ]
+    if several and shared:
+        tables.append(bu.md_table(["connections per process, half-way", *several], shared))
+    return "\n\n".join(tables)
+
+
+def shares_cell(cell: dict[str, Any] | None) -> str:
+    """Each round's split of the connections among a server's processes: ``25/25, 49/1``."""
+    rounds = cell.get("split", []) if cell else []
+    return ", ".join("/".join(map(str, shares)) for shares in rounds if shares) or "-"
 
 
 def rounds_table(runs: Rows) -> str:
@@ -601,7 +647,8 @@ def report(
             "unaccepted: connections waiting in the listener's accept queue half-way "
             "through a run (the most of the rounds): their requests are neither answered "
             "nor counted by wrk (uWSGI serves as many keep-alive connections at once "
-            "as it has threads)."
+            "as it has threads). Connections per process: how the accepted connections "
+            "were shared among a server's processes half-way through each round."
         )
     if "idle" in results:
         parts += [

@@ -70,7 +70,8 @@ def test_bad_arguments_are_one_line_and_exit_2(argv: list[str]) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
 def test_a_tiny_real_run_against_graceserve_alone(tmp_path: Path) -> None:
-    argv = ["--tiny", "--servers", "graceserve 1", "--rows", "hello,idle", "--out", str(tmp_path)]
+    servers = "graceserve 1,graceserve 2"
+    argv = ["--tiny", "--servers", servers, "--rows", "hello,idle", "--out", str(tmp_path)]
     done = subprocess.run(
         [sys.executable, str(BENCH / "speed.py"), *argv],
         capture_output=True,
@@ -91,6 +92,11 @@ def test_a_tiny_real_run_against_graceserve_alone(tmp_path: Path) -> None:
     assert hello["rps"] > 0
     assert len(hello["rounds"]) == 1
     assert hello["timeouts"] == [0]
+    assert hello["split"] == [[50]]  # one process holds all 50
+    [shares] = data["rows"]["hello"]["graceserve 2"]["split"]
+    assert len(shares) == 2  # both workers hold some (how evenly: test_workers.py)
+    assert sum(shares) == 50
+    assert "| connections per process, half-way | graceserve 2 |" in table
     [idle] = data["rows"]["idle"]["graceserve 1"]
     assert idle["answered"] == 20
     assert idle["FIN"] + idle["RST"] + idle["data"] + idle["open"] == 20
