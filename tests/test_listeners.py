@@ -24,10 +24,11 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from graceserve import GracefulTCPServer
+from graceserve import GracefulTCPServer, GracefulWSGIServer
 from graceserve.config import parse_bind
 from graceserve.errors import EXIT_CANNOT_START, EXIT_USAGE
 from testsupport.load import Load
@@ -314,6 +315,44 @@ def test_add_listener_serves_both_and_one_drain_closes_both(short_dir: Path) -> 
         server.server_close()
         thread.join(10)
     assert unix.fileno() == -1  # closed by the server, which owned it
+
+
+def test_a_wsgi_request_names_the_listener_it_arrived_on(short_dir: Path) -> None:
+    """SERVER_NAME and SERVER_PORT (PEP 3333: with SCRIPT_NAME and PATH_INFO they rebuild
+    the URL when there is no Host) are those of the listener that accepted the client,
+    not the first listener's for all."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        body = f"{environ['SERVER_NAME']} {environ['SERVER_PORT']}".encode()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+
+    path = str(short_dir / "wsgi.sock")
+    server = GracefulWSGIServer(("127.0.0.1", 0), app)
+    second = socket.socket()
+    second.bind(("127.0.0.1", 0))
+    server.add_listener(second)
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unix.bind(path)
+    server.add_listener(unix)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        first_port, second_port = server.server_address[1], second.getsockname()[1]
+        name = server.server_name
+        cases: list[tuple[Address, str]] = [
+            (("127.0.0.1", first_port), f"{name} {first_port}"),
+            (("127.0.0.1", second_port), f"{socket.getfqdn('127.0.0.1')} {second_port}"),
+            (path, "localhost 0"),
+        ]
+        for address, expected in cases:
+            status, _, body = get(address)
+            assert (status, body.decode()) == (200, expected)
+    finally:
+        server.drain(5.0)
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
 
 
 SERVE_TWO = """

@@ -78,6 +78,8 @@ class ConnectionServer(CycleServer, EnvironServer, Protocol):
     @property
     def base_environ(self) -> dict[str, Any]: ...
 
+    def base_environ_for(self, request: Any) -> dict[str, Any]: ...
+
     @property
     def url_scheme(self) -> str: ...
 
@@ -174,7 +176,7 @@ class WSGIConnection:
             rfile = request.makefile("rb", RFILE_BUFFER)  # type: ignore[assignment]
         self.rfile: BinaryIO = rfile  # type: ignore[assignment]
         self.cycle = RequestCycle(server, request, client_address, self.rfile)
-        environ = dict(server.base_environ)
+        environ = dict(server.base_environ_for(request))
         environ["wsgi.url_scheme"] = server.url_scheme
         if isinstance(client_address, tuple) and client_address != ("unix", 0):
             environ["REMOTE_ADDR"] = str(client_address[0])

@@ -16,6 +16,7 @@ streaming response can end itself politely before the grace runs out.
 
 from __future__ import annotations
 
+import socket
 import socketserver
 import time
 from typing import Any
@@ -87,11 +88,12 @@ class GracefulWSGIServer(GracefulHTTPServer):
     ) -> None:
         self.application: WSGIApplication = app
         self.base_environ: dict[str, Any] = {}
+        self._listener_environs: dict[Any, dict[str, Any]] = {}  # see base_environ_for
         self._pool: ConnectionPool | None = None  # (server_close may run inside __init__)
         super().__init__(server_address, _NoHandler, bind_and_activate, options=options)
         threads = self.threads
         if threads is not None and ConnectionPool.available():
-            # Made once, with the options; its threads start at the first connection.
+            # Made once, with the options; its threads start with serve_forever.
             self._pool = ConnectionPool(
                 threads,
                 "graceserve-pool",
@@ -119,6 +121,31 @@ class GracefulWSGIServer(GracefulHTTPServer):
         after changing ``root_path`` or ``multiprocess``.
         """
         self.base_environ = make_base_environ(self)
+        first, *more = self.server_addresses
+        self._listener_environs = {_local_key(first): self.base_environ} if more else {}
+        for address in more:  # add_listener's: their own name and port
+            environ = dict(self.base_environ)
+            environ["SERVER_NAME"], environ["SERVER_PORT"] = _name_and_port(address)
+            self._listener_environs.setdefault(_local_key(address), environ)
+
+    def add_listener(self, sock: socket.socket) -> None:
+        """Accept on ``sock`` too (as GracefulTCPServer); requests that arrive on it see
+        its own ``SERVER_NAME`` and ``SERVER_PORT``."""
+        super().add_listener(sock)
+        self.setup_environ()
+
+    def base_environ_for(self, request: Any) -> dict[str, Any]:
+        """The shared environ keys for a connection: ``base_environ``, with the name and
+        port of the listener that accepted ``request`` when there are several (one
+        ``getsockname`` per connection then, none otherwise).  Any thread."""
+        environs = self._listener_environs
+        if not environs:
+            return self.base_environ
+        try:
+            key = _local_key(request.getsockname())
+        except OSError:
+            return self.base_environ
+        return environs.get(key, self.base_environ)
 
     def set_app(self, application: WSGIApplication) -> None:
         """Set the WSGI application to serve (as wsgiref's WSGIServer)."""
@@ -199,3 +226,17 @@ def make_server(
     ``options``: as for the constructor (None: the server class's attributes).
     """
     return server_class((host, port), app, options=options)
+
+
+def _local_key(address: Any) -> Any:
+    """What a listener and the connections it accepted have in common: the port (TCP;
+    a wildcard listener's connections have a concrete local address), or the path."""
+    return address[1] if isinstance(address, tuple) else address
+
+
+def _name_and_port(address: Any) -> tuple[str, str]:
+    """``SERVER_NAME`` and ``SERVER_PORT`` for a listener, as http.server names the
+    first one (a Unix socket: ``localhost`` and 0)."""
+    if isinstance(address, tuple):
+        return socket.getfqdn(str(address[0])), str(address[1])
+    return "localhost", "0"
