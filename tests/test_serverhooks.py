@@ -14,15 +14,18 @@ import http.server
 import socket
 import socketserver
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
 
 from graceserve import GracefulHTTPServer, GracefulTCPServer, GracefulWSGIServer
+from graceserve.core import accepting
 from graceserve.core.serverhooks import ServerHooks
 from testsupport.rawhttp import EOF, Connection, request_bytes
 from testsupport.serve import MODES, serve
+from testsupport.waiting import wait_until
 
 TIMEOUT = 10.0  # seconds: every socket and every wait
 IDLE = 0.5  # seconds: the idle timeout of the HTTP servers here
@@ -206,3 +209,44 @@ def test_a_client_left_to_peers_that_never_take_it_is_accepted_within_the_bound(
         assert server.accept_defer_limits >= 1
         assert server.accept_deferrals >= 1
         assert hooks.asked[:1] == [0]  # it said how many it held: none
+
+
+def left_alone(server: GracefulTCPServer, deferrals: int) -> Callable[[], bool]:
+    """Whether ``server`` has deferred ``deferrals`` times in all, or accepted at the limit."""
+    return lambda: server.accept_deferrals >= deferrals or server.accept_defer_limits > 0
+
+
+def test_a_peer_that_takes_each_client_left_to_it_never_makes_the_loop_accept_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run of deferrals ends once the client left to a peer is gone from the queue
+    (the peer took it): the next client starts a new run.  It used to last as long as
+    clients kept coming within ``ACCEPT_DEFER_LIMIT`` of each other, so a steady stream
+    reached the limit although the peer took every client at once, and the loop then
+    accepted without asking for a distrust period that doubled (balancing off for up
+    to 2 s).  The test is the peer: it accepts each client from the same listener once
+    the server has left it alone a while.  The limit is raised so that a loaded machine
+    never keeps a client queued for that long, and the stream outlasts it."""
+    monkeypatch.setattr(accepting, "ACCEPT_DEFER_LIMIT", 1.0)
+    hooks = Declining()
+    for server in serving(QuickReapHTTP(("127.0.0.1", 0), Hello), hooks):
+        peer = server.socket.dup()  # the same listener: O_NONBLOCK is shared with the loop
+        start, taken = time.monotonic(), 0
+        with peer:
+            while time.monotonic() - start < 1.5 and not server.accept_defer_limits:
+                assert taken < 200
+                deferrals = server.accept_deferrals
+                with socket.create_connection(address(server), timeout=TIMEOUT):
+                    wait_until(  # left to the peer for a while (each deferral is 1 ms or more)
+                        left_alone(server, deferrals + 10), TIMEOUT, "a client left to the peer"
+                    )
+                    if server.accept_defer_limits:
+                        break
+                    taken_sock, _ = peer.accept()
+                    taken_sock.close()
+                    taken += 1
+                    turns = hooks.turns  # three more turns: one looked at an empty queue
+                    hooks.wait(turns=turns + 3)
+        assert server.accept_defer_limits == 0, (taken, time.monotonic() - start)
+        assert server.active_connections == 0
+        assert taken >= 2

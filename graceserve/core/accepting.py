@@ -177,6 +177,9 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
                     ready = selector.select(max(timeout, 0))
                     if self._shutdown_request:
                         break
+                    queued = any(key.fileobj is not self._wakeup_r for key, _ in ready)
+                    if listening and not queued and self._deferring_since is not None:
+                        self._peer_took_them()  # what was left to a peer is gone
                     for key, _ in ready:
                         if key.fileobj is self._wakeup_r:
                             drain_socket(self._wakeup_r)
@@ -226,9 +229,11 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
         """Whether to leave the queued client to a peer for ``ACCEPT_DEFER`` (the hooks
         say so, and this run of deferrals is shorter than ``ACCEPT_DEFER_LIMIT``).
 
-        A run is unbroken while each look comes within the limit of the last
-        deferral's end; a later look (the peer took the clients, and this one
-        is new) starts a new run.  Never raises.
+        A run is unbroken while a client stays queued: it ends when the loop,
+        watching again, finds the queue empty (a peer took the clients; under a
+        steady stream of clients the next one comes before the limit, and must
+        start a new run), or when a look comes later than the limit after the
+        last deferral's end (the loop did not watch meanwhile).  Never raises.
         """
         if not self._asks_peers:
             return False
@@ -242,9 +247,8 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
             accept = True
         since = self._deferring_since
         if accept:
-            if since is not None:  # a peer took what was left to it
-                self._deferring_since = None
-                self._distrust = ACCEPT_DISTRUST
+            if since is not None:
+                self._peer_took_them()
             return False
         if since is None or now - self._defer_until > ACCEPT_DEFER_LIMIT:
             self._deferring_since = now
@@ -257,6 +261,13 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
         self._defer_until = now + ACCEPT_DEFER
         self.accept_deferrals += 1
         return True
+
+    def _peer_took_them(self) -> None:
+        """This run of deferrals has ended: nothing is queued any more (a peer took what
+        was left to it), or this loop may take the next client.  The next deferral
+        starts a new run, and the distrust period starts again from ``ACCEPT_DISTRUST``."""
+        self._deferring_since = None
+        self._distrust = ACCEPT_DISTRUST
 
     def _make_room(self, listener: socket.socket) -> None:
         """At the cap with clients queued: ask ``reclaim_idle`` to close idle connections.
