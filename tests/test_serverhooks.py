@@ -211,9 +211,29 @@ def test_a_client_left_to_peers_that_never_take_it_is_accepted_within_the_bound(
         assert hooks.asked[:1] == [0]  # it said how many it held: none
 
 
-def left_alone(server: GracefulTCPServer, deferrals: int) -> Callable[[], bool]:
-    """Whether ``server`` has deferred ``deferrals`` times in all, or accepted at the limit."""
-    return lambda: server.accept_deferrals >= deferrals or server.accept_defer_limits > 0
+def left_alone(server: GracefulTCPServer, deferrals: int, limits: int = 0) -> Callable[[], bool]:
+    """Whether ``server`` has deferred ``deferrals`` times in all, or reached the limit
+    more than ``limits`` times."""
+    return lambda: server.accept_deferrals >= deferrals or server.accept_defer_limits > limits
+
+
+def limits_reached(server: GracefulTCPServer, limits: int) -> Callable[[], bool]:
+    return lambda: server.accept_defer_limits >= limits
+
+
+def deferring_for(server: GracefulTCPServer, seconds: float) -> Callable[[], bool]:
+    """Whether ``server``'s run of deferrals has lasted ``seconds``."""
+
+    def predicate() -> bool:
+        since = server._deferring_since
+        return since is not None and time.monotonic() - since >= seconds
+
+    return predicate
+
+
+def trusting(server: GracefulTCPServer) -> Callable[[], bool]:
+    """Whether ``server``'s distrust period is over (it asks its hooks again)."""
+    return lambda: time.monotonic() >= server._trust_after
 
 
 def test_a_peer_that_takes_each_client_left_to_it_never_makes_the_loop_accept_them(
@@ -250,3 +270,56 @@ def test_a_peer_that_takes_each_client_left_to_it_never_makes_the_loop_accept_th
         assert server.accept_defer_limits == 0, (taken, time.monotonic() - start)
         assert server.active_connections == 0
         assert taken >= 2
+
+
+def test_a_peer_that_takes_a_client_at_once_ends_the_distrust(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After the limit the loop asks again only after a distrust period, doubled at
+    each limit in a row; a client left to a peer that takes it well within the limit
+    starts the period again from ``ACCEPT_DISTRUST`` (runs now end when the queue is
+    found empty, before the hooks are asked again: without this no run ended that way,
+    and the period only grew over a worker's life).  The test is the peer."""
+    monkeypatch.setattr(accepting, "ACCEPT_DEFER_LIMIT", 1.0)  # "at once": within 0.5 s
+    hooks = Declining()
+    for server in serving(QuickReapHTTP(("127.0.0.1", 0), Hello), hooks):
+        peer = server.socket.dup()
+        with peer, socket.create_connection(address(server), timeout=TIMEOUT):
+            wait_until(limits_reached(server, 1), TIMEOUT, "the limit")  # the peer took none
+            assert server._distrust == 2 * accepting.ACCEPT_DISTRUST
+            wait_until(trusting(server), TIMEOUT, "the end of the distrust period")
+            deferrals = server.accept_deferrals
+            with socket.create_connection(address(server), timeout=TIMEOUT):
+                wait_until(left_alone(server, deferrals + 1, 1), TIMEOUT, "a client left")
+                assert server.accept_defer_limits == 1
+                taken, _ = peer.accept()
+                taken.close()
+                turns = hooks.turns  # three more turns: one looked at an empty queue
+                hooks.wait(turns=turns + 3)
+        assert server._distrust == accepting.ACCEPT_DISTRUST
+
+
+def test_a_client_taken_only_late_leaves_the_distrust_as_it_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client left to a peer and taken only near the limit (by a peer that defers too,
+    to a stopped process, and took it at its own limit) says nothing of the peers: the
+    distrust period stays doubled.  Reset there, two workers deferring to a stopped third
+    took turns at the limit, and neither's period ever grew (20 ms per client, not one
+    per ``ACCEPT_DISTRUST_MAX``).  The test is that late peer."""
+    monkeypatch.setattr(accepting, "ACCEPT_DEFER_LIMIT", 1.0)
+    hooks = Declining()
+    for server in serving(QuickReapHTTP(("127.0.0.1", 0), Hello), hooks):
+        peer = server.socket.dup()
+        with peer, socket.create_connection(address(server), timeout=TIMEOUT):
+            wait_until(limits_reached(server, 1), TIMEOUT, "the limit")  # the peer took none
+            wait_until(trusting(server), TIMEOUT, "the end of the distrust period")
+            with socket.create_connection(address(server), timeout=TIMEOUT):
+                wait_until(deferring_for(server, 0.5), TIMEOUT, "half the limit")
+                assert server.accept_defer_limits == 1
+                taken, _ = peer.accept()
+                taken.close()
+                turns = hooks.turns  # three more turns: one looked at an empty queue
+                hooks.wait(turns=turns + 3)
+        assert server.accept_defer_limits == 1
+        assert server._distrust == 2 * accepting.ACCEPT_DISTRUST

@@ -178,8 +178,8 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
                     if self._shutdown_request:
                         break
                     queued = any(key.fileobj is not self._wakeup_r for key, _ in ready)
-                    if listening and not queued and self._deferring_since is not None:
-                        self._peer_took_them()  # what was left to a peer is gone
+                    if listening and not queued:  # what was left to a peer is gone
+                        self._end_deferring()
                     for key, _ in ready:
                         if key.fileobj is self._wakeup_r:
                             drain_socket(self._wakeup_r)
@@ -230,10 +230,14 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
         say so, and this run of deferrals is shorter than ``ACCEPT_DEFER_LIMIT``).
 
         A run is unbroken while a client stays queued: it ends when the loop,
-        watching again, finds the queue empty (a peer took the clients; under a
-        steady stream of clients the next one comes before the limit, and must
-        start a new run), or when a look comes later than the limit after the
-        last deferral's end (the loop did not watch meanwhile).  Never raises.
+        watching again, finds the queue empty (someone took the clients: under a
+        steady stream the next one comes within the limit, and starts a new run),
+        or when a look comes later than the limit after the last deferral's end
+        (the loop did not watch meanwhile).  The distrust period starts again from
+        ``ACCEPT_DISTRUST`` when the hooks let this loop accept during a run, or
+        when the queue emptied within half the limit; not later: a peer that
+        defers too (to a stopped process) takes the clients at its own limit, and
+        that says nothing of the peers this loop defers to.  Never raises.
         """
         if not self._asks_peers:
             return False
@@ -247,8 +251,9 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
             accept = True
         since = self._deferring_since
         if accept:
-            if since is not None:
-                self._peer_took_them()
+            if since is not None:  # a peer took what was left to it
+                self._deferring_since = None
+                self._distrust = ACCEPT_DISTRUST
             return False
         if since is None or now - self._defer_until > ACCEPT_DEFER_LIMIT:
             self._deferring_since = now
@@ -262,12 +267,15 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
         self.accept_deferrals += 1
         return True
 
-    def _peer_took_them(self) -> None:
-        """This run of deferrals has ended: nothing is queued any more (a peer took what
-        was left to it), or this loop may take the next client.  The next deferral
-        starts a new run, and the distrust period starts again from ``ACCEPT_DISTRUST``."""
-        self._deferring_since = None
-        self._distrust = ACCEPT_DISTRUST
+    def _end_deferring(self) -> None:
+        """The queue was found empty: the run of deferrals (if any) has ended.  One that
+        ended within half the limit (a peer took the client long before any loop's limit:
+        it accepts) starts the distrust period again from ``ACCEPT_DISTRUST``."""
+        since = self._deferring_since
+        if since is not None:
+            self._deferring_since = None
+            if time.monotonic() - since < ACCEPT_DEFER_LIMIT / 2:
+                self._distrust = ACCEPT_DISTRUST
 
     def _make_room(self, listener: socket.socket) -> None:
         """At the cap with clients queued: ask ``reclaim_idle`` to close idle connections.
