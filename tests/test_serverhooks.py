@@ -10,6 +10,7 @@ bounded; the servers drain at the end of each test.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import socket
 import socketserver
@@ -194,7 +195,9 @@ class Declining(Recorder):
 
     def may_accept(self, held: int) -> bool:
         self.asked.append(held)
-        return False
+        return self.caught_up
+
+    caught_up = False  # the peers' counts, as the hooks see them: one holds fewer
 
 
 def test_a_client_left_to_peers_that_never_take_it_is_accepted_within_the_bound() -> None:
@@ -219,16 +222,6 @@ def left_alone(server: GracefulTCPServer, deferrals: int, limits: int = 0) -> Ca
 
 def limits_reached(server: GracefulTCPServer, limits: int) -> Callable[[], bool]:
     return lambda: server.accept_defer_limits >= limits
-
-
-def deferring_for(server: GracefulTCPServer, seconds: float) -> Callable[[], bool]:
-    """Whether ``server``'s run of deferrals has lasted ``seconds``."""
-
-    def predicate() -> bool:
-        since = server._deferring_since
-        return since is not None and time.monotonic() - since >= seconds
-
-    return predicate
 
 
 def trusting(server: GracefulTCPServer) -> Callable[[], bool]:
@@ -272,54 +265,65 @@ def test_a_peer_that_takes_each_client_left_to_it_never_makes_the_loop_accept_th
         assert taken >= 2
 
 
-def test_a_peer_that_takes_a_client_at_once_ends_the_distrust(
+def limited_then_trusting(server: GracefulTCPServer) -> None:
+    """Leave one client queued until ``server`` reaches the limit (it accepts it, and
+    distrusts its hooks for ``ACCEPT_DISTRUST``), then wait out that period."""
+    with socket.create_connection(address(server), timeout=TIMEOUT):
+        wait_until(limits_reached(server, 1), TIMEOUT, "the limit")
+        assert server._distrust == 2 * accepting.ACCEPT_DISTRUST
+        wait_until(trusting(server), TIMEOUT, "the end of the distrust period")
+
+
+def left_and_taken(server: GracefulTCPServer, hooks: Recorder, peer: socket.socket) -> None:
+    """Connect a client; once ``server`` leaves it to the peer, the peer takes it; return
+    once the server has looked at the empty queue (three more turns)."""
+    deferrals = server.accept_deferrals
+    with socket.create_connection(address(server), timeout=TIMEOUT):
+        wait_until(left_alone(server, deferrals + 1, 1), TIMEOUT, "a client left to the peer")
+        assert server.accept_defer_limits == 1
+        taken, _ = peer.accept()
+        taken.close()
+        turns = hooks.turns
+        hooks.wait(turns=turns + 3)
+
+
+def test_a_peer_that_took_what_was_left_to_it_and_caught_up_ends_the_distrust(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """After the limit the loop asks again only after a distrust period, doubled at
-    each limit in a row; a client left to a peer that takes it well within the limit
-    starts the period again from ``ACCEPT_DISTRUST`` (runs now end when the queue is
-    found empty, before the hooks are asked again: without this no run ended that way,
-    and the period only grew over a worker's life).  The test is the peer."""
-    monkeypatch.setattr(accepting, "ACCEPT_DEFER_LIMIT", 1.0)  # "at once": within 0.5 s
+    each limit in a row.  Once a client left to a peer was taken and the hooks let
+    the loop accept again (the peer caught up), the period starts again from
+    ``ACCEPT_DISTRUST``, also now that a run ends when the queue is found empty,
+    before the hooks are asked again.  The test is the peer."""
+    monkeypatch.setattr(accepting, "ACCEPT_DEFER_LIMIT", 1.0)  # "at once": well within it
     hooks = Declining()
     for server in serving(QuickReapHTTP(("127.0.0.1", 0), Hello), hooks):
-        peer = server.socket.dup()
-        with peer, socket.create_connection(address(server), timeout=TIMEOUT):
-            wait_until(limits_reached(server, 1), TIMEOUT, "the limit")  # the peer took none
+        with server.socket.dup() as peer, contextlib.ExitStack() as held:
+            limited_then_trusting(server)
+            left_and_taken(server, hooks, peer)
             assert server._distrust == 2 * accepting.ACCEPT_DISTRUST
-            wait_until(trusting(server), TIMEOUT, "the end of the distrust period")
-            deferrals = server.accept_deferrals
-            with socket.create_connection(address(server), timeout=TIMEOUT):
-                wait_until(left_alone(server, deferrals + 1, 1), TIMEOUT, "a client left")
-                assert server.accept_defer_limits == 1
-                taken, _ = peer.accept()
-                taken.close()
-                turns = hooks.turns  # three more turns: one looked at an empty queue
-                hooks.wait(turns=turns + 3)
+            hooks.caught_up = True
+            asked = len(hooks.asked)
+            conn = held.enter_context(Connection(address(server), timeout=TIMEOUT))
+            conn.request("GET", "/")
+            assert conn.read_reply().status == 200  # accepted here, after asking
+            assert len(hooks.asked) > asked
         assert server._distrust == accepting.ACCEPT_DISTRUST
 
 
-def test_a_client_taken_only_late_leaves_the_distrust_as_it_was(
+def test_a_client_taken_while_a_peer_still_holds_fewer_leaves_the_distrust_as_it_was(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A client left to a peer and taken only near the limit (by a peer that defers too,
-    to a stopped process, and took it at its own limit) says nothing of the peers: the
-    distrust period stays doubled.  Reset there, two workers deferring to a stopped third
-    took turns at the limit, and neither's period ever grew (20 ms per client, not one
-    per ``ACCEPT_DISTRUST_MAX``).  The test is that late peer."""
+    """An empty queue does not say who took the client: with a stopped worker holding
+    fewer than all, another worker in its distrust period takes the clients at once
+    without asking.  Reset there, two workers deferring to a stopped third reset each
+    other's period and neither ever grew (20 ms for many a client, not one per
+    ``ACCEPT_DISTRUST_MAX``).  The test is that peer; the hooks never let the loop accept."""
     monkeypatch.setattr(accepting, "ACCEPT_DEFER_LIMIT", 1.0)
     hooks = Declining()
     for server in serving(QuickReapHTTP(("127.0.0.1", 0), Hello), hooks):
-        peer = server.socket.dup()
-        with peer, socket.create_connection(address(server), timeout=TIMEOUT):
-            wait_until(limits_reached(server, 1), TIMEOUT, "the limit")  # the peer took none
-            wait_until(trusting(server), TIMEOUT, "the end of the distrust period")
-            with socket.create_connection(address(server), timeout=TIMEOUT):
-                wait_until(deferring_for(server, 0.5), TIMEOUT, "half the limit")
-                assert server.accept_defer_limits == 1
-                taken, _ = peer.accept()
-                taken.close()
-                turns = hooks.turns  # three more turns: one looked at an empty queue
-                hooks.wait(turns=turns + 3)
+        with server.socket.dup() as peer:
+            limited_then_trusting(server)
+            left_and_taken(server, hooks, peer)
         assert server.accept_defer_limits == 1
         assert server._distrust == 2 * accepting.ACCEPT_DISTRUST
