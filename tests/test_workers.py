@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from testsupport.procfs import receive_queues
+from testsupport.procfs import accept_table, receive_queues
 from testsupport.rawhttp import read_response
-from testsupport.serve import KINDS, MODES, Mode, serve
+from testsupport.serve import KINDS, MODES, Mode, Served, serve
 from testsupport.waiting import wait_until
 from testsupport.workers import (
     Load,
@@ -135,6 +135,29 @@ def test_clients_that_stay_connected_are_shared_evenly_between_the_workers(
     assert len(served) == 2, served
     # Even, give or take a client the bounded deferral handed over on a loaded machine.
     assert min(served.values()) >= clients // 2 - 2, served
+
+
+def published(server: Served) -> list[int]:
+    """The counts in the accept table of ``server``, its slots not IDLE, in slot order."""
+    return [word for word in accept_table(server.pid) or () if word != -1]
+
+
+@pytest.mark.parametrize("mode", [m for m in MODES if m.workers == 2], ids=str)
+def test_the_accept_table_shows_each_serving_worker_s_connections(mode: Mode) -> None:
+    """Each serving worker has its count in the accept table from its start (the old
+    generation's places are IDLE after a reload), and it follows the worker's
+    connections as they end.  A worker used to publish only when it found a client
+    queued: one that always woke after its peer had taken the client stayed IDLE (or
+    at its count of long ago), and its peer never left it a client (6 keep-alive
+    clients one after another went 6 to 0)."""
+    with serve("wsgi", mode) as server:
+        wait_until(lambda: published(server) == [0, 0], 10.0, "both workers' counts: 0")
+        with server.connect() as first, server.connect() as second:
+            for conn in (first, second):
+                conn.request("GET", "/")
+                assert conn.read_reply().status == 200
+            wait_until(lambda: sum(published(server)) == 2, 10.0, "their 2 connections")
+        wait_until(lambda: published(server) == [0, 0], 10.0, "both counts back to 0")
 
 
 @pytest.mark.slow

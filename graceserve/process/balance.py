@@ -26,8 +26,9 @@ and sets it back to ``IDLE`` when it reaps the worker; the worker sets it to
 
 Threading contract: ``AcceptTable``'s supervisor half (``create``, ``take``,
 ``release``) on the supervisor's thread only; a ``Seat`` is written by its
-worker's accept loop (``may_accept``) and by one other thread (``leave``):
-single aligned words, no lock.
+worker's accept loop (``may_accept``, ``publish``; before the loop starts, by
+the thread that starts it) and by one other thread (``leave``): single aligned
+words, no lock.
 """
 
 from __future__ import annotations
@@ -144,17 +145,28 @@ class Seat:
         The slack (none below ``SLACK`` connections) lets every worker accept at once
         in a burst of thousands of clients, when a strict rule would have them take
         turns; the split stays within a sixteenth."""
-        if self.left:
+        if not self.publish(held):
             return True
+        floor = held - held // SLACK
+        for other, count in enumerate(self.table.counts()):
+            if IDLE < count < floor and other != self.slot:
+                return False
+        return True
+
+    def publish(self, held: int) -> bool:
+        """Write ``held`` in this worker's slot, unless it has left; whether it stands.
+
+        Before the worker serves and at each turn of its accept loop, not only before
+        an accept: a worker that always wakes after its peers have taken the client
+        must still be seen (from the start, and as its connections end).  The worker's
+        main thread before its accept loop starts, then the accept loop's thread."""
+        if self.left:
+            return False
         table, slot = self.table, self.slot
         table.write(slot, held)
         if self.left:  # ``leave`` ran meanwhile: its IDLE stands
             table.write(slot, IDLE)
-            return True
-        floor = held - held // SLACK
-        for other, count in enumerate(table.counts()):
-            if IDLE < count < floor and other != slot:
-                return False
+            return False
         return True
 
     def leave(self) -> None:
