@@ -160,6 +160,25 @@ def test_the_accept_table_shows_each_serving_worker_s_connections(mode: Mode) ->
         wait_until(lambda: published(server) == [0, 0], 10.0, "both counts back to 0")
 
 
+def test_a_frozen_worker_told_to_stop_is_no_longer_left_clients() -> None:
+    """A worker told to stop leaves the table (its place IDLE) when the supervisor tells
+    it, not only when it reads the message: a frozen one (SIGSTOP, stuck in C code)
+    never reads it, and until it was killed at the deadline its peers went on leaving
+    clients to it, 20 ms at a time (the sweeper at a stop too)."""
+    mode = next(m for m in MODES if m.workers == 2 and not m.reloaded)
+    with serve("wsgi", mode) as server:
+        wait_until(lambda: published(server) == [0, 0], 10.0, "both workers' counts: 0")
+        newest = int(re.findall(r"started worker pid (\d+)", server.log)[-1])
+        os.kill(newest, signal.SIGSTOP)
+        try:
+            server.stop(signal.SIGTTOU)  # the newest worker is retired
+            wait_until(lambda: published(server) == [0], 10.0, "the frozen worker's place IDLE")
+        finally:
+            os.kill(newest, signal.SIGCONT)  # it reads its STOP and drains
+        server.stop(signal.SIGTERM)
+        assert server.wait_exit() == 0, server.log
+
+
 @pytest.mark.slow
 def test_a_killed_worker_is_replaced_and_serving_goes_on(
     start_server: StartServer, app_dir: Path

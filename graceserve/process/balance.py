@@ -21,8 +21,9 @@ The page: word 0 is how many slots the supervisor has handed out (the
 high-water mark), then one 32-bit word per slot: ``IDLE`` (-1, nobody, or a
 worker that does not accept: a spare, or one that stopped) or a count.  The
 supervisor hands each worker a slot (``GRACESERVE_WORKER_BALANCE=fd slot``)
-and sets it back to ``IDLE`` when it reaps the worker; the worker sets it to
-``IDLE`` itself as soon as it is told to stop.
+and sets it back to ``IDLE`` when it tells the worker to stop (a frozen worker
+never reads that) and when it reaps it; the worker sets it to ``IDLE`` itself
+as soon as it reads the message (or finds the supervisor gone).
 
 Threading contract: ``AcceptTable``'s supervisor half (``create``, ``take``,
 ``release``) on the supervisor's thread only; a ``Seat`` is written by its
