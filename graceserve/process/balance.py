@@ -27,9 +27,8 @@ as soon as it reads the message (or finds the supervisor gone).
 
 Threading contract: ``AcceptTable``'s supervisor half (``create``, ``take``,
 ``release``) on the supervisor's thread only; a ``Seat`` is written by its
-worker's accept loop (``may_accept``, ``publish``; before the loop starts, by
-the thread that starts it) and by one other thread (``leave``): single aligned
-words, no lock.
+worker's accept loop (``may_accept``, ``publish``) and by one other thread
+(``leave``): single aligned words, no lock.
 """
 
 from __future__ import annotations
@@ -157,10 +156,10 @@ class Seat:
     def publish(self, held: int) -> bool:
         """Write ``held`` in this worker's slot, unless it has left; whether it stands.
 
-        Before the worker serves and at each turn of its accept loop, not only before
-        an accept: a worker that always wakes after its peers have taken the client
-        must still be seen (from the start, and as its connections end).  The worker's
-        main thread before its accept loop starts, then the accept loop's thread."""
+        At each turn of the worker's accept loop, not only before an accept: a worker
+        that always wakes after its peers have taken the client must still be seen
+        (from its first turn, and as its connections end); not before its loop runs
+        (its peers would leave clients to it meanwhile).  The accept loop's thread."""
         if self.left:
             return False
         table, slot = self.table, self.slot

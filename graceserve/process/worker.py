@@ -220,7 +220,6 @@ class _Worker:
         self.limit = max_requests or 0
         self.loop_at = time.monotonic()
         self.forced_by = 0
-        self.seat = seat
         server.install_hooks(_WorkerServerHooks(self, seat))  # next to the reaper, not instead
         relay.add_listener(server.registry.condition)
         link.attach(server)
@@ -260,8 +259,6 @@ class _Worker:
                 "%s", ready_line(where, scheme, os.getpid(), grace),
                 extra={"event": "ready", "url": where, "protocol": scheme, "grace": grace},
             )  # fmt: skip
-        if self.seat is not None:  # its peers see it from now on, not from its first client
-            self.seat.publish(server.active_connections)
         self.link.send("READY", scheme)  # before it accepts (see the module docstring)
         self.send_meters()
         accept_thread.start()
@@ -320,8 +317,8 @@ class _WorkerServerHooks(ServerHooks):
 
     def loop_turn(self) -> None:
         self.worker.beat()
-        if self.seat is not None:  # the count as connections end, not only at an accept
-            self.seat.publish(self.worker.server.active_connections)
+        if self.seat is not None:  # seen from its first turn (not its first client), and
+            self.seat.publish(self.worker.server.active_connections)  # as connections end
 
     def may_accept(self, held: int) -> bool:
         return self.seat is None or self.seat.may_accept(held)
