@@ -167,6 +167,25 @@ def test_wsgi_multiprocess_is_false_for_a_library_server() -> None:
             assert conn.read_reply().body == b"False"
 
 
+def test_the_loop_turns_once_as_it_starts_before_any_client_or_poll() -> None:
+    """``loop_turn`` runs as the loop starts, not only after its first wait: a worker
+    publishes its count there (``graceserve.process.balance``), and one whose first
+    wait was long (no client woke it; ``poll_interval``) stayed unseen by its peers,
+    which took every client meanwhile (20 clients one after another went 20 to 0)."""
+    hooks = Recorder()
+    server = GracefulTCPServer(("127.0.0.1", 0), Echo)
+    server.install_hooks(hooks)
+    thread = threading.Thread(target=server.serve_forever, args=(3600.0,), daemon=True)
+    thread.start()
+    try:
+        hooks.wait(turns=1)
+    finally:
+        server.drain(2.0)
+        server.shutdown()
+        thread.join(TIMEOUT)
+        server.server_close()
+
+
 def test_hooks_cannot_be_installed_once_the_server_serves() -> None:
     hooks = Recorder()
     for server in serving(GracefulTCPServer(("127.0.0.1", 0), Echo), hooks):

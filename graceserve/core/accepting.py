@@ -152,6 +152,7 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
             with selectors.DefaultSelector() as selector:
                 selector.register(self._wakeup_r, selectors.EVENT_READ)
                 listening = False
+                self.hooks.loop_turn()  # the loop runs: turn 0, before its first wait
                 while not self._shutdown_request:
                     paused = self._accept_paused()
                     now = time.monotonic()

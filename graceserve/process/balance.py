@@ -156,10 +156,11 @@ class Seat:
     def publish(self, held: int) -> bool:
         """Write ``held`` in this worker's slot, unless it has left; whether it stands.
 
-        At each turn of the worker's accept loop, not only before an accept: a worker
-        that always wakes after its peers have taken the client must still be seen
-        (from its first turn, and as its connections end); not before its loop runs
-        (its peers would leave clients to it meanwhile).  The accept loop's thread."""
+        As the worker's accept loop starts and at each of its turns, not only before an
+        accept: a worker that always wakes after its peers have taken the client must
+        still be seen (from the start, and as its connections end); not before its
+        loop runs (its peers would leave clients to it meanwhile).  The accept loop's
+        thread."""
         if self.left:
             return False
         table, slot = self.table, self.slot

@@ -317,7 +317,7 @@ class _WorkerServerHooks(ServerHooks):
 
     def loop_turn(self) -> None:
         self.worker.beat()
-        if self.seat is not None:  # seen from its first turn (not its first client), and
+        if self.seat is not None:  # seen as its loop starts (not at its first client), and
             self.seat.publish(self.worker.server.active_connections)  # as connections end
 
     def may_accept(self, held: int) -> bool:
