@@ -126,6 +126,8 @@ def test_clients_that_stay_connected_are_shared_evenly_between_the_workers(
     clients = 20
     served: collections.Counter[int] = collections.Counter()
     with serve(kind, mode) as server, contextlib.ExitStack() as held:
+        # Both accept loops run (a worker says READY before its loop starts).
+        wait_until(lambda: published(server) == [0, 0], 10.0, "both workers' counts: 0")
         for _ in range(clients):  # one at a time, each kept open once answered
             conn = held.enter_context(server.connect())
             conn.request("GET", "/")
