@@ -100,3 +100,14 @@ def test_in_a_burst_a_worker_defers_only_past_a_sixteenth(table: AcceptTable) ->
     assert first.may_accept(500)  # 500 - 500 // 16 = 469 <= 470
     assert second.may_accept(460)
     assert not first.may_accept(500)  # 460 < 469
+
+
+def test_a_seat_publishes_its_count_until_it_leaves(table: AcceptTable) -> None:
+    """``publish`` (each turn of the accept loop) writes the count without asking;
+    once the worker has left, its IDLE stands."""
+    seat = seat_of(table)
+    assert seat.publish(3)
+    assert table.counts() == (3,)
+    seat.leave()
+    assert not seat.publish(5)
+    assert table.counts() == (IDLE,)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from graceserve.core.parking import STALL, ConnectionPool
+from graceserve.core.serverhooks import ServerHooks
 from graceserve.wsgi.server import GracefulWSGIServer
 from testsupport.pki import make_pki
 from testsupport.waiting import Call, wait_until
@@ -50,6 +51,51 @@ def test_the_pool_threads_start_with_serving_not_at_the_first_client() -> None:
         assert pool is not None
         wait_until(lambda: pool.threads == 3, what="the pool's threads, with no client yet")
         assert server.active_connections == 0
+
+
+class _Started(ServerHooks):
+    """Says when the accept loop runs (its first ``loop_turn``)."""
+
+    def __init__(self) -> None:
+        self.looping = threading.Event()
+
+    def loop_turn(self) -> None:
+        self.looping.set()
+
+
+def _first_client(server: GracefulWSGIServer, hooks: _Started) -> bytes:
+    """Once the loop runs: thread starts work again, and one request is answered."""
+    if not hooks.looping.wait(10.0):
+        return b"the accept loop never ran"
+    threading.stack_size(0)
+    try:
+        with Client(server.server_address) as client:
+            client.request("GET", "/")
+            return client.read_response().body
+    finally:
+        server.shutdown()
+
+
+def test_threads_that_cannot_start_with_serving_leave_the_loop_serving() -> None:
+    """The pool's threads start with ``serve_forever``; if no thread can start then (a
+    pids limit, no memory for a stack), the accept loop must still run, and the first
+    client starts them (as before they started with serving).  The failure ended
+    ``serve_forever`` before its loop: a server (a worker) that never accepted."""
+    server_class = type("TestWSGIServer", (GracefulWSGIServer,), {"threads": 2})
+    server = server_class(("127.0.0.1", 0), hello_app)
+    hooks = _Started()
+    server.install_hooks(hooks)
+    client = Call(_first_client, server, hooks)  # started while threads still can
+    try:
+        threading.stack_size(2**44)  # from here no thread starts (until the client resets it)
+        server.serve_forever(0.05)
+    finally:
+        threading.stack_size(0)
+        server.shutdown()
+        client.join(15.0)
+        server.drain(2.0)
+        server.server_close()
+    assert client.result() == b"hello\n"
 
 
 def test_a_pipelined_request_is_served_without_parking() -> None:

@@ -10,19 +10,23 @@ bounded; the servers drain at the end of each test.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import socket
 import socketserver
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
 
 from graceserve import GracefulHTTPServer, GracefulTCPServer, GracefulWSGIServer
+from graceserve.core import accepting
 from graceserve.core.serverhooks import ServerHooks
 from testsupport.rawhttp import EOF, Connection, request_bytes
 from testsupport.serve import MODES, serve
+from testsupport.waiting import wait_until
 
 TIMEOUT = 10.0  # seconds: every socket and every wait
 IDLE = 0.5  # seconds: the idle timeout of the HTTP servers here
@@ -163,6 +167,25 @@ def test_wsgi_multiprocess_is_false_for_a_library_server() -> None:
             assert conn.read_reply().body == b"False"
 
 
+def test_the_loop_turns_once_as_it_starts_before_any_client_or_poll() -> None:
+    """``loop_turn`` runs as the loop starts, not only after its first wait: a worker
+    publishes its count there (``graceserve.process.balance``), and one whose first
+    wait was long (no client woke it; ``poll_interval``) stayed unseen by its peers,
+    which took every client meanwhile (20 clients one after another went 20 to 0)."""
+    hooks = Recorder()
+    server = GracefulTCPServer(("127.0.0.1", 0), Echo)
+    server.install_hooks(hooks)
+    thread = threading.Thread(target=server.serve_forever, args=(3600.0,), daemon=True)
+    thread.start()
+    try:
+        hooks.wait(turns=1)
+    finally:
+        server.drain(2.0)
+        server.shutdown()
+        thread.join(TIMEOUT)
+        server.server_close()
+
+
 def test_hooks_cannot_be_installed_once_the_server_serves() -> None:
     hooks = Recorder()
     for server in serving(GracefulTCPServer(("127.0.0.1", 0), Echo), hooks):
@@ -191,7 +214,9 @@ class Declining(Recorder):
 
     def may_accept(self, held: int) -> bool:
         self.asked.append(held)
-        return False
+        return self.caught_up
+
+    caught_up = False  # the peers' counts, as the hooks see them: one holds fewer
 
 
 def test_a_client_left_to_peers_that_never_take_it_is_accepted_within_the_bound() -> None:
@@ -206,3 +231,118 @@ def test_a_client_left_to_peers_that_never_take_it_is_accepted_within_the_bound(
         assert server.accept_defer_limits >= 1
         assert server.accept_deferrals >= 1
         assert hooks.asked[:1] == [0]  # it said how many it held: none
+
+
+def left_alone(server: GracefulTCPServer, deferrals: int, limits: int = 0) -> Callable[[], bool]:
+    """Whether ``server`` has deferred ``deferrals`` times in all, or reached the limit
+    more than ``limits`` times."""
+    return lambda: server.accept_deferrals >= deferrals or server.accept_defer_limits > limits
+
+
+def limits_reached(server: GracefulTCPServer, limits: int) -> Callable[[], bool]:
+    return lambda: server.accept_defer_limits >= limits
+
+
+def trusting(server: GracefulTCPServer) -> Callable[[], bool]:
+    """Whether ``server``'s distrust period is over (it asks its hooks again)."""
+    return lambda: time.monotonic() >= server._trust_after
+
+
+def test_a_peer_that_takes_each_client_left_to_it_never_makes_the_loop_accept_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run of deferrals ends once the client left to a peer is gone from the queue
+    (the peer took it): the next client starts a new run.  It used to last as long as
+    clients kept coming within ``ACCEPT_DEFER_LIMIT`` of each other, so a steady stream
+    reached the limit although the peer took every client at once, and the loop then
+    accepted without asking for a distrust period that doubled (balancing off for up
+    to 2 s).  The test is the peer: it accepts each client from the same listener once
+    the server has left it alone a while.  The limit is raised so that a loaded machine
+    never keeps a client queued for that long, and the stream outlasts it."""
+    monkeypatch.setattr(accepting, "ACCEPT_DEFER_LIMIT", 1.0)
+    hooks = Declining()
+    for server in serving(QuickReapHTTP(("127.0.0.1", 0), Hello), hooks):
+        peer = server.socket.dup()  # the same listener: O_NONBLOCK is shared with the loop
+        start, taken = time.monotonic(), 0
+        with peer:
+            while time.monotonic() - start < 1.5 and not server.accept_defer_limits:
+                assert taken < 200
+                deferrals = server.accept_deferrals
+                with socket.create_connection(address(server), timeout=TIMEOUT):
+                    wait_until(  # left to the peer for a while (each deferral is 1 ms or more)
+                        left_alone(server, deferrals + 10), TIMEOUT, "a client left to the peer"
+                    )
+                    if server.accept_defer_limits:
+                        break
+                    taken_sock, _ = peer.accept()
+                    taken_sock.close()
+                    taken += 1
+                    turns = hooks.turns  # three more turns: one looked at an empty queue
+                    hooks.wait(turns=turns + 3)
+        assert server.accept_defer_limits == 0, (taken, time.monotonic() - start)
+        assert server.active_connections == 0
+        assert taken >= 2
+
+
+def limited_then_trusting(server: GracefulTCPServer) -> None:
+    """Leave one client queued until ``server`` reaches the limit (it accepts it, and
+    distrusts its hooks for ``ACCEPT_DISTRUST``), then wait out that period."""
+    with socket.create_connection(address(server), timeout=TIMEOUT):
+        wait_until(limits_reached(server, 1), TIMEOUT, "the limit")
+        assert server._distrust == 2 * accepting.ACCEPT_DISTRUST
+        wait_until(trusting(server), TIMEOUT, "the end of the distrust period")
+
+
+def left_and_taken(server: GracefulTCPServer, hooks: Recorder, peer: socket.socket) -> None:
+    """Connect a client; once ``server`` leaves it to the peer, the peer takes it; return
+    once the server has looked at the empty queue (three more turns)."""
+    deferrals = server.accept_deferrals
+    with socket.create_connection(address(server), timeout=TIMEOUT):
+        wait_until(left_alone(server, deferrals + 1, 1), TIMEOUT, "a client left to the peer")
+        assert server.accept_defer_limits == 1
+        taken, _ = peer.accept()
+        taken.close()
+        turns = hooks.turns
+        hooks.wait(turns=turns + 3)
+
+
+def test_a_peer_that_took_what_was_left_to_it_and_caught_up_ends_the_distrust(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After the limit the loop asks again only after a distrust period, doubled at
+    each limit in a row.  Once a client left to a peer was taken and the hooks let
+    the loop accept again (the peer caught up), the period starts again from
+    ``ACCEPT_DISTRUST``, also now that a run ends when the queue is found empty,
+    before the hooks are asked again.  The test is the peer."""
+    monkeypatch.setattr(accepting, "ACCEPT_DEFER_LIMIT", 1.0)  # "at once": well within it
+    hooks = Declining()
+    for server in serving(QuickReapHTTP(("127.0.0.1", 0), Hello), hooks):
+        with server.socket.dup() as peer, contextlib.ExitStack() as held:
+            limited_then_trusting(server)
+            left_and_taken(server, hooks, peer)
+            assert server._distrust == 2 * accepting.ACCEPT_DISTRUST
+            hooks.caught_up = True
+            asked = len(hooks.asked)
+            conn = held.enter_context(Connection(address(server), timeout=TIMEOUT))
+            conn.request("GET", "/")
+            assert conn.read_reply().status == 200  # accepted here, after asking
+            assert len(hooks.asked) > asked
+        assert server._distrust == accepting.ACCEPT_DISTRUST
+
+
+def test_a_client_taken_while_a_peer_still_holds_fewer_leaves_the_distrust_as_it_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An empty queue does not say who took the client: with a stopped worker holding
+    fewer than all, another worker in its distrust period takes the clients at once
+    without asking.  Reset there, two workers deferring to a stopped third reset each
+    other's period and neither ever grew (20 ms for many a client, not one per
+    ``ACCEPT_DISTRUST_MAX``).  The test is that peer; the hooks never let the loop accept."""
+    monkeypatch.setattr(accepting, "ACCEPT_DEFER_LIMIT", 1.0)
+    hooks = Declining()
+    for server in serving(QuickReapHTTP(("127.0.0.1", 0), Hello), hooks):
+        with server.socket.dup() as peer:
+            limited_then_trusting(server)
+            left_and_taken(server, hooks, peer)
+        assert server.accept_defer_limits == 1
+        assert server._distrust == 2 * accepting.ACCEPT_DISTRUST

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from testsupport.procfs import receive_queues
+from testsupport.procfs import accept_table, receive_queues
 from testsupport.rawhttp import read_response
-from testsupport.serve import KINDS, MODES, Mode, serve
+from testsupport.serve import KINDS, MODES, Mode, Served, serve
 from testsupport.waiting import wait_until
 from testsupport.workers import (
     Load,
@@ -126,6 +126,8 @@ def test_clients_that_stay_connected_are_shared_evenly_between_the_workers(
     clients = 20
     served: collections.Counter[int] = collections.Counter()
     with serve(kind, mode) as server, contextlib.ExitStack() as held:
+        # Both accept loops run (a worker says READY before its loop starts).
+        wait_until(lambda: published(server) == [0, 0], 10.0, "both workers' counts: 0")
         for _ in range(clients):  # one at a time, each kept open once answered
             conn = held.enter_context(server.connect())
             conn.request("GET", "/")
@@ -135,6 +137,48 @@ def test_clients_that_stay_connected_are_shared_evenly_between_the_workers(
     assert len(served) == 2, served
     # Even, give or take a client the bounded deferral handed over on a loaded machine.
     assert min(served.values()) >= clients // 2 - 2, served
+
+
+def published(server: Served) -> list[int]:
+    """The counts in the accept table of ``server``, its slots not IDLE, in slot order."""
+    return [word for word in accept_table(server.pid) or () if word != -1]
+
+
+@pytest.mark.parametrize("mode", [m for m in MODES if m.workers == 2], ids=str)
+def test_the_accept_table_shows_each_serving_worker_s_connections(mode: Mode) -> None:
+    """Each serving worker has its count in the accept table from its start (the old
+    generation's places are IDLE after a reload), and it follows the worker's
+    connections as they end.  A worker used to publish only when it found a client
+    queued: one that always woke after its peer had taken the client stayed IDLE (or
+    at its count of long ago), and its peer never left it a client (6 keep-alive
+    clients one after another went 6 to 0)."""
+    with serve("wsgi", mode) as server:
+        wait_until(lambda: published(server) == [0, 0], 10.0, "both workers' counts: 0")
+        with server.connect() as first, server.connect() as second:
+            for conn in (first, second):
+                conn.request("GET", "/")
+                assert conn.read_reply().status == 200
+            wait_until(lambda: sum(published(server)) == 2, 10.0, "their 2 connections")
+        wait_until(lambda: published(server) == [0, 0], 10.0, "both counts back to 0")
+
+
+def test_a_frozen_worker_told_to_stop_is_no_longer_left_clients() -> None:
+    """A worker told to stop leaves the table (its place IDLE) when the supervisor tells
+    it, not only when it reads the message: a frozen one (SIGSTOP, stuck in C code)
+    never reads it, and until it was killed at the deadline its peers went on leaving
+    clients to it, 20 ms at a time (the sweeper at a stop too)."""
+    mode = next(m for m in MODES if m.workers == 2 and not m.reloaded)
+    with serve("wsgi", mode) as server:
+        wait_until(lambda: published(server) == [0, 0], 10.0, "both workers' counts: 0")
+        newest = int(re.findall(r"started worker pid (\d+)", server.log)[-1])
+        os.kill(newest, signal.SIGSTOP)
+        try:
+            server.stop(signal.SIGTTOU)  # the newest worker is retired
+            wait_until(lambda: published(server) == [0], 10.0, "the frozen worker's place IDLE")
+        finally:
+            os.kill(newest, signal.SIGCONT)  # it reads its STOP and drains
+        server.stop(signal.SIGTERM)
+        assert server.wait_exit() == 0, server.log
 
 
 @pytest.mark.slow

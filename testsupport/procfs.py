@@ -13,7 +13,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import ipaddress
+import mmap
 import os
+import struct
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,6 +25,7 @@ __all__ = [
     "LISTEN",
     "TcpSocket",
     "accept_queue",
+    "accept_table",
     "cpu_seconds",
     "listening_ports",
     "open_descriptors",
@@ -109,6 +113,22 @@ def open_descriptors(pid: int | str = "self") -> list[str]:
             with contextlib.suppress(OSError):
                 targets.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
     return targets
+
+
+def accept_table(pid: int) -> tuple[int, ...] | None:
+    """The words of the accept table (``graceserve.process.balance``) supervisor ``pid``
+    shares with its workers, one per slot handed out (-1: IDLE); None without one."""
+    directory = f"/proc/{pid}/fd"
+    with contextlib.suppress(FileNotFoundError):
+        for fd in os.listdir(directory):
+            with contextlib.suppress(OSError):
+                if "graceserve-accept-table" in os.readlink(f"{directory}/{fd}"):
+                    with open(f"{directory}/{fd}", "rb") as page:
+                        data = page.read(mmap.PAGESIZE)
+                    slots = max(0, int.from_bytes(data[:4], sys.byteorder, signed=True))
+                    words = struct.unpack_from(f"={slots}i", data, 4)
+                    return tuple(int(word) for word in words)
+    return None
 
 
 def socket_inodes(pid: int | str = "self") -> set[int]:

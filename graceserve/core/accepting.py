@@ -119,6 +119,7 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
         self._next_reclaim = 0.0  # at the cap: no reclaim_idle before this instant
         self._defer_until = 0.0  # clients left to a peer: the listener unwatched until then
         self._deferring_since: float | None = None  # the start of this run of deferrals
+        self._left_any = False  # clients were left to a peer since the last limit or trust
         self._asks_peers = False  # the hooks override may_accept (install_hooks)
         self._trust_after = 0.0  # the limit was reached: may_accept not asked until then
         self._distrust = ACCEPT_DISTRUST  # the next distrust period
@@ -151,6 +152,7 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
             with selectors.DefaultSelector() as selector:
                 selector.register(self._wakeup_r, selectors.EVENT_READ)
                 listening = False
+                self.hooks.loop_turn()  # the loop runs: turn 0, before its first wait
                 while not self._shutdown_request:
                     paused = self._accept_paused()
                     now = time.monotonic()
@@ -177,6 +179,9 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
                     ready = selector.select(max(timeout, 0))
                     if self._shutdown_request:
                         break
+                    queued = any(key.fileobj is not self._wakeup_r for key, _ in ready)
+                    if listening and not queued:  # what was left to a peer is gone:
+                        self._deferring_since = None  # the next deferral starts a new run
                     for key, _ in ready:
                         if key.fileobj is self._wakeup_r:
                             drain_socket(self._wakeup_r)
@@ -226,9 +231,16 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
         """Whether to leave the queued client to a peer for ``ACCEPT_DEFER`` (the hooks
         say so, and this run of deferrals is shorter than ``ACCEPT_DEFER_LIMIT``).
 
-        A run is unbroken while each look comes within the limit of the last
-        deferral's end; a later look (the peer took the clients, and this one
-        is new) starts a new run.  Never raises.
+        A run is unbroken while a client stays queued: it ends when the loop,
+        watching again, finds the queue empty (someone took the clients: under a
+        steady stream the next one comes within the limit, and starts a new run),
+        or when a look comes later than the limit after the last deferral's end
+        (the loop did not watch meanwhile).  The distrust period starts again from
+        ``ACCEPT_DISTRUST`` when the hooks let this loop accept after it left
+        clients to a peer (the peer took them and caught up); not when the queue
+        empties: that says nothing of who took the clients (a peer that does not
+        ask, or that defers too, to a stopped process, and took them at its own
+        limit).  Never raises.
         """
         if not self._asks_peers:
             return False
@@ -242,18 +254,21 @@ class AcceptingServer(socketserver.ThreadingTCPServer):
             accept = True
         since = self._deferring_since
         if accept:
-            if since is not None:  # a peer took what was left to it
-                self._deferring_since = None
+            self._deferring_since = None
+            if self._left_any:  # a peer took what was left to it, and caught up
+                self._left_any = False
                 self._distrust = ACCEPT_DISTRUST
             return False
         if since is None or now - self._defer_until > ACCEPT_DEFER_LIMIT:
             self._deferring_since = now
         elif now - since >= ACCEPT_DEFER_LIMIT:  # the peers do not take them: we do
             self._deferring_since = None
+            self._left_any = False
             self._trust_after = now + self._distrust
             self._distrust = min(self._distrust * 2, ACCEPT_DISTRUST_MAX)
             self.accept_defer_limits += 1
             return False
+        self._left_any = True
         self._defer_until = now + ACCEPT_DEFER
         self.accept_deferrals += 1
         return True

@@ -10,8 +10,9 @@ worker, every generation after a reload).  Instead a server holds one
 ``ServerHooks`` and calls it at fixed points, next to its own work, never
 instead of it:
 
-- ``loop_turn()``: after each turn of the accept loop (``serve_forever``),
-  once ``service_actions`` (where the reaper runs) has returned;
+- ``loop_turn()``: as the accept loop (``serve_forever``) starts, before its
+  first wait, and after each of its turns, once ``service_actions`` (where the
+  reaper runs) has returned;
 - ``may_accept(held)``: before the loop accepts a queued client, with the
   number of connections the server holds; False leaves the client to another
   process on the same listener for a moment (a worker holding more connections
@@ -41,14 +42,15 @@ class ServerHooks:
 
     Methods that may be overridden:
 
-    - loop_turn()      the accept loop made a turn (the serving thread)
+    - loop_turn()      the accept loop started, or made a turn (the serving thread)
     - may_accept(held) whether to accept the next client now (the serving thread)
     - request_done(status, seconds)   one request was finished (a handler thread;
                                       thread-safe)
     """
 
     def loop_turn(self) -> None:
-        """The accept loop finished a turn, ``service_actions`` included."""
+        """The accept loop started (before its first wait), or finished a turn,
+        ``service_actions`` included."""
 
     def may_accept(self, held: int) -> bool:
         """Whether to accept a queued client now, holding ``held`` connections;

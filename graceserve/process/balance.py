@@ -21,13 +21,14 @@ The page: word 0 is how many slots the supervisor has handed out (the
 high-water mark), then one 32-bit word per slot: ``IDLE`` (-1, nobody, or a
 worker that does not accept: a spare, or one that stopped) or a count.  The
 supervisor hands each worker a slot (``GRACESERVE_WORKER_BALANCE=fd slot``)
-and sets it back to ``IDLE`` when it reaps the worker; the worker sets it to
-``IDLE`` itself as soon as it is told to stop.
+and sets it back to ``IDLE`` when it tells the worker to stop (a frozen worker
+never reads that) and when it reaps it; the worker sets it to ``IDLE`` itself
+as soon as it reads the message (or finds the supervisor gone).
 
 Threading contract: ``AcceptTable``'s supervisor half (``create``, ``take``,
 ``release``) on the supervisor's thread only; a ``Seat`` is written by its
-worker's accept loop (``may_accept``) and by one other thread (``leave``):
-single aligned words, no lock.
+worker's accept loop (``may_accept``, ``publish``) and by one other thread
+(``leave``): single aligned words, no lock.
 """
 
 from __future__ import annotations
@@ -144,17 +145,29 @@ class Seat:
         The slack (none below ``SLACK`` connections) lets every worker accept at once
         in a burst of thousands of clients, when a strict rule would have them take
         turns; the split stays within a sixteenth."""
-        if self.left:
+        if not self.publish(held):
             return True
+        floor = held - held // SLACK
+        for other, count in enumerate(self.table.counts()):
+            if IDLE < count < floor and other != self.slot:
+                return False
+        return True
+
+    def publish(self, held: int) -> bool:
+        """Write ``held`` in this worker's slot, unless it has left; whether it stands.
+
+        As the worker's accept loop starts and at each of its turns, not only before an
+        accept: a worker that always wakes after its peers have taken the client must
+        still be seen (from the start, and as its connections end); not before its
+        loop runs (its peers would leave clients to it meanwhile).  The accept loop's
+        thread."""
+        if self.left:
+            return False
         table, slot = self.table, self.slot
         table.write(slot, held)
         if self.left:  # ``leave`` ran meanwhile: its IDLE stands
             table.write(slot, IDLE)
-            return True
-        floor = held - held // SLACK
-        for other, count in enumerate(table.counts()):
-            if IDLE < count < floor and other != slot:
-                return False
+            return False
         return True
 
     def leave(self) -> None:

@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable
 
 from graceserve.core.accepting import attach_drop_all_filter
-from graceserve.process.balance import AcceptTable
+from graceserve.process.balance import IDLE, AcceptTable
 from graceserve.process.control import ServerStatus
 from graceserve.process.inprocess import InProcessServer
 from graceserve.process.listener import unlink_socket_file
@@ -255,8 +255,13 @@ class Supervisor:
 
     def send(self, key: int, *words: object) -> None:
         member = self.members.get(key)
-        if member is not None:
-            member.send(*words)
+        if member is None:
+            return
+        seat = member.seat if isinstance(member, WorkerProcess) else None
+        if words[:1] == ("STOP",) and seat is not None and self.accept_table is not None:
+            # Its peers stop leaving clients to it now, even if it never reads this (frozen).
+            self.accept_table.write(seat[1], IDLE)
+        member.send(*words)
 
     def kill(self, key: int, signum: int) -> None:
         member = self.members.get(key)

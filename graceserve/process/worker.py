@@ -317,6 +317,8 @@ class _WorkerServerHooks(ServerHooks):
 
     def loop_turn(self) -> None:
         self.worker.beat()
+        if self.seat is not None:  # seen as its loop starts (not at its first client), and
+            self.seat.publish(self.worker.server.active_connections)  # as connections end
 
     def may_accept(self, held: int) -> bool:
         return self.seat is None or self.seat.may_accept(held)

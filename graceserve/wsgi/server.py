@@ -16,6 +16,7 @@ streaming response can end itself politely before the grace runs out.
 
 from __future__ import annotations
 
+import logging
 import socket
 import socketserver
 import time
@@ -31,6 +32,8 @@ from graceserve.wsgi.options import DEFAULT_THREADS, WSGIOptions
 from graceserve.wsgi.pooled import WSGISession
 
 __all__ = ["GracefulWSGIServer", "WSGIApplication", "make_server"]
+
+log = logging.getLogger("graceserve")
 
 _MAX_THREADS = 1024  # the pool's bound while stuck, without --max-connections
 
@@ -174,7 +177,10 @@ class GracefulWSGIServer(GracefulHTTPServer):
         accept loop for a burst's first clients (and a worker's peers would take them)."""
         pool = self._pool
         if pool is not None and not self.draining:
-            pool.start()
+            try:
+                pool.start()
+            except RuntimeError as exc:  # no thread can start now: the first client retries
+                log.error("cannot start the pool's threads yet (%s); serving on", exc)
         super().serve_forever(poll_interval)
 
     def process_request(self, request: Any, client_address: Any) -> None:
