@@ -38,13 +38,12 @@ import argparse
 import http.server
 import socket
 import sys
-import threading
 import time
 from pathlib import Path
 
 import benchutil as bu
 import peers
-from pingpong import exchange
+from pingpong import drive
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -97,14 +96,9 @@ def serve_one_connection(case: str, requests: int) -> float:
         server.finish_request(conn, address)
         cpu.append(time.thread_time() - t0)
 
-    thread = threading.Thread(target=serve)
-    thread.start()
     try:
-        exchange(client, REQUEST, requests)
-        client.shutdown(socket.SHUT_WR)  # the handler reads EOF and returns
+        drive(serve, client, REQUEST, requests)
     finally:
-        thread.join(10)
-        client.close()
         conn.close()
         if isinstance(server, GracefulHTTPServer):
             server.registry.discard(conn)

@@ -8,6 +8,8 @@ being measured, so whatever they share must not pull in another copy.
 from __future__ import annotations
 
 import socket
+import threading
+from collections.abc import Callable
 
 
 def exchange(client: socket.socket, request: bytes, requests: int) -> None:
@@ -27,3 +29,16 @@ def exchange(client: socket.socket, request: bytes, requests: int) -> None:
             if not chunk:
                 raise ConnectionError("server closed the connection")
             buf += chunk
+
+
+def drive(serve: Callable[[], None], client: socket.socket, request: bytes, requests: int) -> None:
+    """Run ``serve`` (the server's side of ``client``'s connection, until it reads EOF) in
+    a thread while ``exchange`` sends ``requests`` requests; then close ``client``."""
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        exchange(client, request, requests)
+        client.shutdown(socket.SHUT_WR)  # the server's side reads EOF and returns
+    finally:
+        thread.join(10)
+        client.close()

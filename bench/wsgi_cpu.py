@@ -47,12 +47,11 @@ import resource
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from pingpong import exchange
+from pingpong import drive
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -99,15 +98,9 @@ def serve_one_connection(app: Any, requests: int, profile: bool = False) -> tupl
         if profiler is not None:
             profiler.disable()
 
-    thread = threading.Thread(target=serve)
-    thread.start()
-    request = request_bytes(port)
     try:
-        exchange(client, request, requests)
-        client.shutdown(socket.SHUT_WR)  # the connection reads EOF and returns
+        drive(serve, client, request_bytes(port), requests)
     finally:
-        thread.join(10)
-        client.close()
         conn.close()
         server.registry.discard(conn)
         server.server_close()
