@@ -30,9 +30,10 @@ import pytest
 from graceserve import __version__
 from graceserve.process.pidfile import PidFile
 from graceserve.process.readiness import READY_PATTERN
-from testsupport.process import ServerProcess, child_env
+from testsupport.process import REPO, ServerProcess, child_env
 from testsupport.procfs import listening_ports
-from testsupport.rawhttp import get, read_response
+from testsupport.rawhttp import get, open_request, read_response
+from testsupport.serve import Gate
 from testsupport.stops import (
     IO_TIMEOUT,
     SUMMARY,
@@ -45,6 +46,7 @@ from testsupport.stops import (
     start_ready,
     write_module,
 )
+from testsupport.targets import TARGETS
 from testsupport.waiting import wait_until
 
 QUICK = 5.0  # seconds: "at once" for a forced stop, with room for a slow CI machine
@@ -877,20 +879,25 @@ def pid_namespace_prefix() -> list[str]:
 def test_term_reaches_graceserve_running_as_pid_1(
     start_server: StartServer, pid_namespace_prefix: list[str]
 ) -> None:
-    server = start_server(["--bind", "127.0.0.1:0", "--grace", "5"], prefix=pid_namespace_prefix)
+    args = [TARGETS["handler"], "--bind", "127.0.0.1:0", "--grace", "5"]
+    server = start_server(args, prefix=pid_namespace_prefix, cwd=REPO)
     server.wait_ready()
     server.wait_for_line(r"pid 1, grace 5s\)")  # it really is PID 1 in its namespace
     unshare_pid = server.proc.pid
     children = Path(f"/proc/{unshare_pid}/task/{unshare_pid}/children").read_text().split()
     assert len(children) == 1, children
     inner = int(children[0])
-    with contextlib.closing(in_flight(addr(server), "/slow?seconds=0.5")) as sock:
+    # The request waits at a gate until the drain has begun: a 0.5 s sleep there once
+    # ended before an overloaded machine delivered the TERM ("draining 0 connections").
+    with Gate() as gate, contextlib.closing(open_request(addr(server), gate.target)) as sock:
+        gate.wait_entered()
         started = time.monotonic()
         os.kill(inner, signal.SIGTERM)  # the inner graceserve: a process we started
+        server.wait_for_line(r"SIGTERM: draining 1 connections")
+        gate.release()
         assert read_response(sock)[0] == 200
     assert server.wait_exit() == 0
     assert time.monotonic() - started < QUICK
-    server.wait_for_line(r"SIGTERM: draining 1 connections")
     server.wait_for_line(SUMMARY.format(0))
 
 

